@@ -1,0 +1,89 @@
+# etcd-await-election developer entry points (GNU make).
+#
+#   make test      install deps, then fmt check, clippy, all tests (what CI runs)
+#   make build     debug build (host target)
+#   make release   static musl release binary
+#   make demo      two-candidate leader election demo against a throwaway etcd
+#   make bench     benchmarks (needs hyperfine)
+#   make soak      long-running soak test (EAE_SOAK_SECONDS, default 300)
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+CARGO ?= cargo
+# Test harness threads. Integration tests each start etcd + wrapper processes;
+# keep parallelism modest so timing-sensitive tests stay reliable on 2 cores.
+TEST_THREADS ?= 2
+# Duration of `make soak`, passed through to the soak test.
+EAE_SOAK_SECONDS ?= 300
+export EAE_SOAK_SECONDS
+
+MUSL_TARGET := x86_64-unknown-linux-musl
+BIN_NAME := etcd-await-election
+RELEASE_BIN := target/$(MUSL_TARGET)/release/$(BIN_NAME)
+
+banner = @printf '\n==================== %s ====================\n' "$(1)"
+
+.PHONY: all deps deps-bench deps-release build test fmt-check clippy \
+	unit-test release demo bench soak clean
+
+all: test
+
+deps:
+	$(call banner,Checking/installing dependencies)
+	scripts/install-deps.sh
+
+deps-bench:
+	$(call banner,Checking/installing dependencies (incl. bench))
+	scripts/install-deps.sh --bench
+
+deps-release:
+	$(call banner,Checking/installing dependencies (incl. musl target))
+	scripts/install-deps.sh --release
+
+build:
+	$(call banner,cargo build)
+	$(CARGO) build
+
+fmt-check:
+	$(call banner,cargo fmt --check)
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(call banner,cargo clippy -D warnings)
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit-test:
+	$(call banner,cargo test (test threads: $(TEST_THREADS)))
+	$(CARGO) test -- --test-threads=$(TEST_THREADS)
+
+# Sequential on purpose (recursive make keeps the order under `make -j`).
+test:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory fmt-check
+	@$(MAKE) --no-print-directory clippy
+	@$(MAKE) --no-print-directory unit-test
+	$(call banner,All checks passed)
+
+release: deps-release
+	$(call banner,cargo build --release ($(MUSL_TARGET)))
+	$(CARGO) build --release --locked --target $(MUSL_TARGET) --bin $(BIN_NAME)
+	@echo "==> Static binary: $(RELEASE_BIN) ($$(stat -c %s $(RELEASE_BIN)) bytes)"
+
+demo:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory build
+	$(call banner,Demo)
+	scripts/demo.sh
+
+bench: deps-bench
+	$(call banner,Benchmarks)
+	scripts/bench.sh
+
+soak:
+	$(call banner,Soak test ($(EAE_SOAK_SECONDS) s))
+	$(CARGO) test --release --test soak -- --ignored --nocapture
+
+clean:
+	$(CARGO) clean

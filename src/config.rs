@@ -1,0 +1,451 @@
+//! Reading the `ETCD_AWAIT_ELECTION_*` environment into a validated [`Config`].
+//!
+//! This module owns every rule about what a valid configuration is: which variables are required
+//! together, how durations and booleans are spelled, what an endpoint looks like, and that the TLS
+//! files exist and hold PEM data. Every error names the variable at fault. It does not talk to
+//! etcd and does not decide what happens at run time.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every variable that configures the election. Any one of them being set switches the wrapper
+/// from plain `exec` to election mode.
+const VARS: &[&str] = &[
+    LOCK_NAME,
+    IDENTITY,
+    ENDPOINTS,
+    STATUS_ENDPOINT,
+    LEASE_DURATION,
+    RENEW_DEADLINE,
+    RETRY_PERIOD,
+    CERT,
+    KEY,
+    CACERT,
+    FORCE_ACQUIRE,
+];
+
+pub const LOCK_NAME: &str = "ETCD_AWAIT_ELECTION_LOCK_NAME";
+pub const IDENTITY: &str = "ETCD_AWAIT_ELECTION_IDENTITY";
+pub const ENDPOINTS: &str = "ETCD_AWAIT_ELECTION_ENDPOINTS";
+pub const STATUS_ENDPOINT: &str = "ETCD_AWAIT_ELECTION_STATUS_ENDPOINT";
+pub const LEASE_DURATION: &str = "ETCD_AWAIT_ELECTION_LEASE_DURATION";
+pub const RENEW_DEADLINE: &str = "ETCD_AWAIT_ELECTION_RENEW_DEADLINE";
+pub const RETRY_PERIOD: &str = "ETCD_AWAIT_ELECTION_RETRY_PERIOD";
+pub const CERT: &str = "ETCD_AWAIT_ELECTION_CERT";
+pub const KEY: &str = "ETCD_AWAIT_ELECTION_KEY";
+pub const CACERT: &str = "ETCD_AWAIT_ELECTION_CACERT";
+pub const FORCE_ACQUIRE: &str = "ETCD_AWAIT_ELECTION_FORCE_ACQUIRE";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub lock_name: String,
+    pub identity: String,
+    pub endpoints: Vec<String>,
+    pub status_endpoint: Option<String>,
+    /// Requested lease TTL in whole seconds; etcd may grant more.
+    pub lease_ttl: i64,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+    pub tls: Option<Tls>,
+    pub force_acquire: bool,
+}
+
+/// PEM bytes read at start-up, so a file that vanishes later cannot surprise us.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub ca: Option<Vec<u8>>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.into(),
+    }
+}
+
+/// `Ok(None)` when no election variable is set at all: the caller should simply `exec`.
+pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, ConfigError> {
+    if VARS.iter().all(|v| get(v).is_none()) {
+        return Ok(None);
+    }
+    let required = |var: &'static str| match get(var) {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+        _ => Err(err(
+            var,
+            "is required when any ETCD_AWAIT_ELECTION_* variable is set",
+        )),
+    };
+    let lock_name = required(LOCK_NAME)?;
+    let identity = required(IDENTITY)?;
+    let endpoints_raw = required(ENDPOINTS)?;
+
+    let lease_ttl = match get(LEASE_DURATION) {
+        None => 15,
+        Some(v) => parse_whole_seconds(&v).map_err(|p| err(LEASE_DURATION, p))?,
+    };
+    let renew_deadline = match get(RENEW_DEADLINE) {
+        None => Duration::from_secs(10),
+        Some(v) => parse_duration(&v).map_err(|p| err(RENEW_DEADLINE, p))?,
+    };
+    let retry_period = match get(RETRY_PERIOD) {
+        None => Duration::from_secs(2),
+        Some(v) => parse_duration(&v).map_err(|p| err(RETRY_PERIOD, p))?,
+    };
+    if renew_deadline >= Duration::from_secs(lease_ttl as u64) {
+        return Err(err(
+            RENEW_DEADLINE,
+            format!(
+                "{renew_deadline:?} must be less than {LEASE_DURATION} ({lease_ttl}s): the leader \
+                 must stop its command before its lease can expire"
+            ),
+        ));
+    }
+
+    let tls = read_tls(&get)?;
+    let endpoints = parse_endpoints(&endpoints_raw, tls.is_some())?;
+    let status_endpoint = match get(STATUS_ENDPOINT) {
+        None => None,
+        Some(v) if v.trim().is_empty() => None,
+        Some(v) => Some(parse_status_endpoint(v.trim())?),
+    };
+    let force_acquire = match get(FORCE_ACQUIRE) {
+        None => false,
+        Some(v) => parse_bool(&v).map_err(|p| err(FORCE_ACQUIRE, p))?,
+    };
+
+    Ok(Some(Config {
+        lock_name,
+        identity,
+        endpoints,
+        status_endpoint,
+        lease_ttl,
+        renew_deadline,
+        retry_period,
+        tls,
+        force_acquire,
+    }))
+}
+
+fn parse_whole_seconds(v: &str) -> Result<i64, String> {
+    match v.trim().parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        Ok(_) => Err(format!("{v:?} must be a positive number of seconds")),
+        Err(_) => Err(format!("{v:?} is not a whole number of seconds")),
+    }
+}
+
+/// A plain number is seconds (the original tool's form); `ms`, `s` and `m` suffixes allow
+/// fractions, e.g. `500ms`, `1.5s`, `2m`.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let s = v.trim();
+    let (number, unit_secs) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let bad = || format!("{v:?} is not a duration (use e.g. 10, 500ms, 1.5s or 2m)");
+    if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad());
+    }
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let d = Duration::try_from_secs_f64(n * unit_secs).map_err(|_| bad())?;
+    if d.is_zero() {
+        return Err(format!("{v:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+pub fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        _ => Err(format!(
+            "{v:?} is not a boolean (use true/false, yes/no, on/off or 1/0)"
+        )),
+    }
+}
+
+/// Accepts `host:port`, `http://host:port` and `https://host:port`, including `[v6]:port`.
+/// Bare endpoints get the scheme implied by whether TLS is configured, so the etcd client never
+/// has to guess.
+fn parse_endpoints(raw: &str, tls: bool) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for ep in raw.split(',').map(str::trim) {
+        if ep.is_empty() {
+            return Err(err(ENDPOINTS, format!("{raw:?} has an empty entry")));
+        }
+        let (scheme, rest) = match ep.split_once("://") {
+            Some((s @ ("http" | "https"), rest)) => (s, rest),
+            Some((s, _)) => {
+                return Err(err(
+                    ENDPOINTS,
+                    format!("{ep:?}: unsupported scheme {s:?} (use http or https)"),
+                ))
+            }
+            None => (if tls { "https" } else { "http" }, ep),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        check_host_port(rest).map_err(|p| err(ENDPOINTS, format!("{ep:?}: {p}")))?;
+        match (scheme, tls) {
+            ("https", false) => {
+                return Err(err(
+                    ENDPOINTS,
+                    format!("{ep:?} is https but {CACERT} is not set to verify the server"),
+                ))
+            }
+            ("http", true) => {
+                return Err(err(
+                    ENDPOINTS,
+                    format!("{ep:?} is plain http but TLS files are configured"),
+                ))
+            }
+            _ => {}
+        }
+        out.push(format!("{scheme}://{rest}"));
+    }
+    Ok(out)
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = match s.strip_prefix('[') {
+        Some(v6) => {
+            let (host, port) = v6
+                .split_once("]:")
+                .ok_or("expected [ipv6]:port".to_string())?;
+            host.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("{host:?} is not an IPv6 address"))?;
+            (host, port)
+        }
+        None => s.rsplit_once(':').ok_or("expected host:port".to_string())?,
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if !host_ok {
+        return Err(format!("{host:?} is not a host name or address"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{port:?} is not a port number")),
+    }
+}
+
+/// `:8080` means all interfaces, like the original tool.
+fn parse_status_endpoint(v: &str) -> Result<String, ConfigError> {
+    let addr = if v.starts_with(':') {
+        format!("0.0.0.0{v}")
+    } else {
+        v.to_string()
+    };
+    addr.parse::<std::net::SocketAddr>()
+        .map(|a| a.to_string())
+        .map_err(|_| {
+            err(
+                STATUS_ENDPOINT,
+                format!("{v:?} is not host:port or :port with a numeric address"),
+            )
+        })
+}
+
+fn read_tls(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Tls>, ConfigError> {
+    let path = |var: &'static str| get(var).filter(|v| !v.trim().is_empty());
+    let (cert, key, ca) = (path(CERT), path(KEY), path(CACERT));
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some(_), None) => return Err(err(KEY, format!("is required together with {CERT}"))),
+        (None, Some(_)) => return Err(err(CERT, format!("is required together with {KEY}"))),
+        (Some(c), Some(k)) => Some((
+            read_pem(CERT, &c, "CERTIFICATE")?,
+            read_pem(KEY, &k, "PRIVATE KEY")?,
+        )),
+    };
+    let ca = match ca {
+        Some(c) => Some(read_pem(CACERT, &c, "CERTIFICATE")?),
+        None => None,
+    };
+    if identity.is_some() && ca.is_none() {
+        return Err(err(
+            CACERT,
+            format!("is required with {CERT}/{KEY}: without it the server cannot be verified"),
+        ));
+    }
+    Ok(ca.map(|ca| Tls {
+        ca: Some(ca),
+        identity,
+    }))
+}
+
+/// Reads a PEM file and checks it holds a block of the expected kind (e.g. `CERTIFICATE`, or a
+/// `PRIVATE KEY` of any algorithm), so a swapped or truncated file fails here, not at the first
+/// TLS handshake.
+fn read_pem(var: &'static str, path: &str, kind: &str) -> Result<Vec<u8>, ConfigError> {
+    let p = PathBuf::from(path.trim());
+    let bytes = std::fs::read(&p).map_err(|e| err(var, format!("cannot read {p:?}: {e}")))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let has_block = text.lines().any(|l| {
+        l.strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+            .is_some_and(|label| label.ends_with(kind))
+    });
+    if !has_block || !text.contains("-----END ") {
+        return Err(err(
+            var,
+            format!("{p:?} does not contain a PEM {kind} block"),
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Option<Config>, ConfigError> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        from_env(|k| m.get(k).cloned())
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        (LOCK_NAME, "lock"),
+        (IDENTITY, "me"),
+        (ENDPOINTS, "127.0.0.1:2379"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Result<Option<Config>, ConfigError> {
+        let mut v = BASE.to_vec();
+        v.extend_from_slice(extra);
+        cfg(&v)
+    }
+
+    #[test]
+    fn nothing_set_means_exec() {
+        assert!(cfg(&[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn defaults_match_the_original_tool() {
+        let c = with(&[]).unwrap().unwrap();
+        assert_eq!(c.lease_ttl, 15);
+        assert_eq!(c.renew_deadline, Duration::from_secs(10));
+        assert_eq!(c.retry_period, Duration::from_secs(2));
+        assert_eq!(c.endpoints, vec!["http://127.0.0.1:2379"]);
+        assert!(!c.force_acquire);
+    }
+
+    #[test]
+    fn missing_required_names_the_variable() {
+        let e = cfg(&[(LOCK_NAME, "x")]).unwrap_err();
+        assert_eq!(e.var, IDENTITY);
+        let e = cfg(&[(IDENTITY, "x"), (ENDPOINTS, "a:1")]).unwrap_err();
+        assert_eq!(e.var, LOCK_NAME);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "0", "0ms", "-1", "x", "1h", "1.2.3s", "ms", "1e3"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn renew_deadline_must_be_below_lease() {
+        let e = with(&[(LEASE_DURATION, "5"), (RENEW_DEADLINE, "5")]).unwrap_err();
+        assert_eq!(e.var, RENEW_DEADLINE);
+        assert!(with(&[(LEASE_DURATION, "5"), (RENEW_DEADLINE, "4900ms")]).is_ok());
+        let e = with(&[(LEASE_DURATION, "1.5")]).unwrap_err();
+        assert_eq!(e.var, LEASE_DURATION);
+    }
+
+    #[test]
+    fn endpoints() {
+        let c = with(&[(ENDPOINTS, "a:1, http://b:2,[::1]:3")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.endpoints, ["http://a:1", "http://b:2", "http://[::1]:3"]);
+        for bad in [
+            "a",
+            "a:",
+            "a:0",
+            "a:99999",
+            "ftp://a:1",
+            "a:1,",
+            "https://a:1",
+            "a b:1",
+        ] {
+            assert_eq!(
+                with(&[(ENDPOINTS, bad)]).unwrap_err().var,
+                ENDPOINTS,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn booleans() {
+        assert!(
+            with(&[(FORCE_ACQUIRE, "TRUE")])
+                .unwrap()
+                .unwrap()
+                .force_acquire
+        );
+        assert!(
+            !with(&[(FORCE_ACQUIRE, "off")])
+                .unwrap()
+                .unwrap()
+                .force_acquire
+        );
+        assert_eq!(
+            with(&[(FORCE_ACQUIRE, "sure")]).unwrap_err().var,
+            FORCE_ACQUIRE
+        );
+    }
+
+    #[test]
+    fn tls_files_are_checked() {
+        assert_eq!(with(&[(CERT, "/nonexistent")]).unwrap_err().var, KEY);
+        let e = with(&[(CACERT, "/nonexistent/ca.pem")]).unwrap_err();
+        assert_eq!(e.var, CACERT);
+        assert!(e.problem.contains("cannot read"));
+        let e = with(&[(CACERT, "/etc/hostname")]).unwrap_err();
+        assert!(e.problem.contains("PEM CERTIFICATE"), "{e}");
+    }
+
+    #[test]
+    fn status_endpoint() {
+        let c = with(&[(STATUS_ENDPOINT, ":8080")]).unwrap().unwrap();
+        assert_eq!(c.status_endpoint.as_deref(), Some("0.0.0.0:8080"));
+        assert_eq!(
+            with(&[(STATUS_ENDPOINT, "localhost")]).unwrap_err().var,
+            STATUS_ENDPOINT
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! `etcd-await-election CMD [ARGS...]`: run CMD only while this instance leads an etcd election.
+//!
+//! `main` owns the state machine (awaiting → leading → stopping → exit) and the renew deadline.
+//! It reads one channel of events from the election thread and the signal thread, and decides:
+//! start the child, forward a signal, stop the child's group before the lease can expire on the
+//! server, resign, exit. It never talks to etcd itself.
+
+mod config;
+mod election;
+mod signals;
+mod status;
+mod supervisor;
+
+use std::ffi::OsString;
+use std::process::exit;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::PoisonError;
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{error, info, warn};
+
+use config::Config;
+use status::Phase;
+use supervisor::Child;
+
+/// Exit codes of the wrapper itself; otherwise it exits with the child's code (128+N for a
+/// child killed by signal N).
+mod code {
+    /// Withdrew from the election on SIGTERM/SIGINT before leading.
+    pub const WITHDRAWN: i32 = 0;
+    /// No command given.
+    pub const USAGE: i32 = 64;
+    /// The wrapper's own failure: cannot start a thread, bind the status endpoint, ...
+    pub const INTERNAL: i32 = 70;
+    /// Leadership was lost (renew deadline passed, lease expired, key deleted): the command was
+    /// stopped.
+    pub const LOST: i32 = 75;
+    /// etcd refused our credentials.
+    pub const REFUSED: i32 = 77;
+    /// A configuration variable is missing or invalid.
+    pub const CONFIG: i32 = 78;
+}
+
+/// Everything `main` waits for, on one channel.
+#[derive(Debug)]
+pub enum Event {
+    Election(election::Event),
+    Signal(i32),
+}
+
+const USAGE: &str = "usage: etcd-await-election CMD [ARGS...]
+
+Runs CMD only while holding leadership of the etcd election ETCD_AWAIT_ELECTION_LOCK_NAME.
+Without any ETCD_AWAIT_ELECTION_* variable, CMD is simply executed in place.";
+
+fn main() {
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--") {
+        args.remove(0);
+    }
+    if args.is_empty() {
+        eprintln!("{USAGE}");
+        exit(code::USAGE);
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cfg =
+        match config::from_env(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                error!("{e}");
+                exit(code::CONFIG);
+            }
+        };
+    let Some(cfg) = cfg else {
+        let e = supervisor::exec(&args);
+        error!("cannot run {:?}: {}", args[0], e.error);
+        exit(e.code);
+    };
+    exit(Wrapper::start(cfg, args).run());
+}
+
+enum State {
+    Awaiting,
+    Leading(Child),
+    /// Leadership is lost; the child's group got SIGTERM and gets SIGKILL at `kill_at`.
+    Stopping {
+        child: Child,
+        kill_at: Instant,
+        killed: bool,
+    },
+    /// Waiting for the election thread to revoke the lease, then exit with this code.
+    Resigning {
+        code: i32,
+        until: Instant,
+    },
+    Done(i32),
+}
+
+struct Wrapper {
+    cfg: Config,
+    cmd: Vec<OsString>,
+    events: mpsc::Receiver<Event>,
+    election: election::Handle,
+    status: status::Shared,
+    /// Send time and TTL of the last successful renewal: the lease lives on the server until at
+    /// least `sent + ttl`.
+    renewal: Option<(Instant, Duration)>,
+}
+
+impl Wrapper {
+    fn start(cfg: Config, cmd: Vec<OsString>) -> Wrapper {
+        let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+            error!("{what}: {e}");
+            exit(code::INTERNAL)
+        };
+        supervisor::become_subreaper();
+        let (tx, events) = mpsc::channel();
+        signals::spawn(tx.clone()).unwrap_or_else(|e| fail("cannot handle signals", &e));
+        let status = status::shared(&cfg.identity, &cfg.lock_name);
+        if let Some(addr) = &cfg.status_endpoint {
+            status::serve(addr, status.clone())
+                .unwrap_or_else(|e| fail(config::STATUS_ENDPOINT, &e));
+        }
+        let election = election::spawn(cfg.clone(), tx)
+            .unwrap_or_else(|e| fail("cannot start the election thread", &e));
+        info!(
+            "lock={} identity={}: awaiting leadership",
+            cfg.lock_name, cfg.identity
+        );
+        Wrapper {
+            cfg,
+            cmd,
+            events,
+            election,
+            status,
+            renewal: None,
+        }
+    }
+
+    fn run(mut self) -> i32 {
+        let mut state = State::Awaiting;
+        loop {
+            let deadline = match &state {
+                State::Awaiting => None,
+                State::Leading(_) => self.renew_deadline(),
+                State::Stopping {
+                    kill_at, killed, ..
+                } => (!killed).then_some(*kill_at),
+                State::Resigning { until, .. } => Some(*until),
+                State::Done(code) => return *code,
+            };
+            let event = match deadline {
+                None => self
+                    .events
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(d) => self
+                    .events
+                    .recv_timeout(d.saturating_duration_since(Instant::now())),
+            };
+            state = match (state, event) {
+                (state, Err(RecvTimeoutError::Disconnected)) => {
+                    error!("internal channel closed");
+                    self.abandon(state, code::INTERNAL)
+                }
+                (state, Err(RecvTimeoutError::Timeout)) => self.on_deadline(state),
+                (state, Ok(Event::Signal(sig))) => self.on_signal(state, sig),
+                (state, Ok(Event::Election(e))) => self.on_election(state, e),
+            };
+        }
+    }
+
+    fn renew_deadline(&self) -> Option<Instant> {
+        self.renewal.map(|(sent, _)| sent + self.cfg.renew_deadline)
+    }
+
+    /// When the child must be gone at the latest: the kill needs a moment before the lease can
+    /// expire on the server, at most a second and at most half the slack between renew deadline
+    /// and TTL.
+    fn kill_at(&self) -> Instant {
+        let Some((sent, ttl)) = self.renewal else {
+            return Instant::now();
+        };
+        let slack = ttl.saturating_sub(self.cfg.renew_deadline);
+        sent + ttl - (slack / 2).min(Duration::from_secs(1))
+    }
+
+    fn on_deadline(&mut self, state: State) -> State {
+        match state {
+            State::Leading(child) => self.stop(child, "no lease renewal within the renew deadline"),
+            State::Stopping { child, .. } => {
+                warn!(
+                    "child {} still running as the lease nears expiry: SIGKILL to its group",
+                    child.pid
+                );
+                child.signal_group(libc::SIGKILL);
+                State::Stopping {
+                    child,
+                    kill_at: Instant::now(),
+                    killed: true,
+                }
+            }
+            State::Resigning { code, .. } => {
+                warn!("the election thread did not confirm resigning; the lease expires by itself");
+                State::Done(code)
+            }
+            other => other,
+        }
+    }
+
+    fn on_signal(&mut self, state: State, sig: i32) -> State {
+        if sig == libc::SIGCHLD {
+            return self.on_child_exit(state);
+        }
+        match state {
+            State::Leading(ref child) | State::Stopping { ref child, .. } => {
+                info!("forwarding signal {sig} to child {}", child.pid);
+                child.forward(sig);
+                state
+            }
+            State::Awaiting if sig == libc::SIGTERM || sig == libc::SIGINT => {
+                info!("signal {sig} while awaiting leadership: withdrawing");
+                self.resign(code::WITHDRAWN)
+            }
+            other => other,
+        }
+    }
+
+    fn on_child_exit(&mut self, state: State) -> State {
+        let (child, lost) = match state {
+            State::Leading(child) => (child, false),
+            State::Stopping { child, .. } => (child, true),
+            other => {
+                supervisor::reap(None);
+                return other;
+            }
+        };
+        let Some(status) = supervisor::reap(Some(child.pid)) else {
+            return if lost {
+                let kill_at = self.kill_at();
+                State::Stopping {
+                    child,
+                    kill_at,
+                    killed: false,
+                }
+            } else {
+                State::Leading(child)
+            };
+        };
+        let pid = child.pid;
+        child.finish();
+        let code = if lost { code::LOST } else { status };
+        info!(
+            "lock={} identity={}: child {pid} exited with {status}; resigning",
+            self.cfg.lock_name, self.cfg.identity
+        );
+        self.resign(code)
+    }
+
+    fn on_election(&mut self, state: State, e: election::Event) -> State {
+        use election::Event as E;
+        match e {
+            E::Renewed { sent, ttl } => {
+                if self.renewal.is_none_or(|(last, _)| sent > last) {
+                    self.renewal = Some((sent, ttl));
+                }
+                state
+            }
+            E::Leader(leader) => {
+                if let Some(l) = &leader {
+                    if !matches!(state, State::Leading(_)) {
+                        info!(
+                            "lock={} identity={}: leader is {l}",
+                            self.cfg.lock_name, self.cfg.identity
+                        );
+                    }
+                }
+                self.status
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .leader = leader;
+                state
+            }
+            E::Unreachable(_) | E::Reachable => state,
+            E::Elected { key, revision } => match state {
+                State::Awaiting => self.lead(key, revision),
+                other => other,
+            },
+            E::Lost(why) => match state {
+                State::Leading(child) => self.stop(child, &why),
+                other => other,
+            },
+            E::Fatal(why) => {
+                error!("{why}");
+                self.abandon(state, code::REFUSED)
+            }
+            E::Resigned => match state {
+                State::Resigning { code, .. } => State::Done(code),
+                other => other,
+            },
+        }
+    }
+
+    fn lead(&mut self, key: String, revision: i64) -> State {
+        if self.renew_deadline().is_none_or(|d| d <= Instant::now()) {
+            warn!("elected, but the lease was not renewed within the renew deadline");
+            return self.resign(code::LOST);
+        }
+        let env = [
+            ("ETCD_AWAIT_ELECTION_LEADER_KEY", key.clone()),
+            ("ETCD_AWAIT_ELECTION_LEADER_REVISION", revision.to_string()),
+        ];
+        match supervisor::spawn(&self.cmd, &env) {
+            Ok(child) => {
+                info!(
+                    "lock={} identity={} leader={}: leading as {key} (revision {revision}); started child {}",
+                    self.cfg.lock_name, self.cfg.identity, self.cfg.identity, child.pid
+                );
+                self.set_phase(Phase::Running);
+                State::Leading(child)
+            }
+            Err(e) => {
+                error!("cannot run {:?}: {}", self.cmd[0], e.error);
+                self.resign(e.code)
+            }
+        }
+    }
+
+    fn stop(&mut self, child: Child, why: &str) -> State {
+        warn!(
+            "lock={} identity={}: leadership lost ({why}); stopping child {}",
+            self.cfg.lock_name, self.cfg.identity, child.pid
+        );
+        self.set_phase(Phase::Stopping);
+        child.signal_group(libc::SIGTERM);
+        let kill_at = self.kill_at();
+        State::Stopping {
+            child,
+            kill_at,
+            killed: false,
+        }
+    }
+
+    /// Ends in whatever state: the child (if any) is killed outright, then we resign.
+    fn abandon(&mut self, state: State, code: i32) -> State {
+        match state {
+            State::Leading(child) | State::Stopping { child, .. } => {
+                child.signal_group(libc::SIGKILL);
+                while supervisor::reap(Some(child.pid)).is_none() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                child.finish();
+                self.resign(code)
+            }
+            State::Resigning { .. } | State::Awaiting | State::Done(_) => State::Done(code),
+        }
+    }
+
+    fn resign(&mut self, code: i32) -> State {
+        self.set_phase(Phase::Awaiting);
+        self.election.resign();
+        // The election thread bounds its revoke by its own request timeout; this is only a
+        // backstop in case that thread is gone.
+        State::Resigning {
+            code,
+            until: Instant::now() + Duration::from_secs(10),
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        s.phase = phase;
+        s.since = SystemTime::now();
+        if phase == Phase::Running {
+            s.leader = Some(self.cfg.identity.clone());
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Candidates: instances of the wrapper under test (`etcd-await-election`). This module owns
+//! configuring a candidate through its `ETCD_AWAIT_ELECTION_*` environment, running it (by
+//! default around `eae-test-child`) in its own process group with stdout/stderr captured to files
+//! in a temp dir, signalling and waiting for it, and cleaning up: dropping a [`Candidate`]
+//! SIGKILLs its process group, reaps it, and SIGKILLs any of its logged test children that are
+//! still alive (even ones that escaped into another process group).
+
+use super::child::{child_bin, read_records, Kind};
+use super::TempDir;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn wrapper_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_etcd-await-election")
+}
+
+#[derive(Clone, Debug)]
+pub struct CandidateBuilder {
+    identity: String,
+    lock: Option<String>,
+    endpoints: Option<String>,
+    lease: Option<String>,
+    renew: Option<String>,
+    retry: Option<String>,
+    status_port: Option<u16>,
+    force: Option<bool>,
+    env: Vec<(String, String)>,
+    command: Option<String>,
+    args: Vec<String>,
+    log: Option<PathBuf>,
+}
+
+impl CandidateBuilder {
+    /// `ETCD_AWAIT_ELECTION_LOCK_NAME` (default `eae-test-lock`).
+    pub fn lock(mut self, name: &str) -> Self {
+        self.lock = Some(name.into());
+        self
+    }
+
+    /// `ETCD_AWAIT_ELECTION_ENDPOINTS`, e.g. `127.0.0.1:2379,127.0.0.1:22379`.
+    pub fn endpoints(mut self, eps: &str) -> Self {
+        self.endpoints = Some(eps.into());
+        self
+    }
+
+    /// `ETCD_AWAIT_ELECTION_LEASE_DURATION` in whole seconds.
+    pub fn lease(mut self, secs: u64) -> Self {
+        self.lease = Some(secs.to_string());
+        self
+    }
+
+    /// `ETCD_AWAIT_ELECTION_RENEW_DEADLINE`, e.g. `1500ms`.
+    pub fn renew(mut self, d: &str) -> Self {
+        self.renew = Some(d.into());
+        self
+    }
+
+    /// `ETCD_AWAIT_ELECTION_RETRY_PERIOD`, e.g. `200ms`.
+    pub fn retry(mut self, d: &str) -> Self {
+        self.retry = Some(d.into());
+        self
+    }
+
+    /// `ETCD_AWAIT_ELECTION_STATUS_ENDPOINT` = `127.0.0.1:<port>`.
+    pub fn status_port(mut self, port: u16) -> Self {
+        self.status_port = Some(port);
+        self
+    }
+
+    /// `ETCD_AWAIT_ELECTION_FORCE_ACQUIRE`.
+    pub fn force(mut self, on: bool) -> Self {
+        self.force = Some(on);
+        self
+    }
+
+    /// Any extra environment variable (set last, so it can override the ones above).
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Command to run instead of `eae-test-child`.
+    pub fn command(mut self, cmd: &str) -> Self {
+        self.command = Some(cmd.into());
+        self
+    }
+
+    /// Arguments for the command (the test child by default), e.g. `&["--ignore-term"]`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// `EAE_TEST_LOG`: where the test child appends its records.
+    pub fn log(mut self, path: &Path) -> Self {
+        self.log = Some(path.to_path_buf());
+        self
+    }
+
+    pub fn spawn(self) -> Candidate {
+        let dir = TempDir::new(&format!("cand-{}", self.identity));
+        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("create stderr file");
+        let stdout = std::fs::File::create(dir.join("stdout.log")).expect("create stdout file");
+        let mut cmd = Command::new(wrapper_bin());
+        cmd.arg(self.command.as_deref().unwrap_or(child_bin()))
+            .args(&self.args)
+            .env("RUST_LOG", "debug")
+            .env(
+                "ETCD_AWAIT_ELECTION_LOCK_NAME",
+                self.lock.as_deref().unwrap_or("eae-test-lock"),
+            )
+            .env("ETCD_AWAIT_ELECTION_IDENTITY", &self.identity);
+        let opt = [
+            ("ETCD_AWAIT_ELECTION_ENDPOINTS", self.endpoints.clone()),
+            ("ETCD_AWAIT_ELECTION_LEASE_DURATION", self.lease.clone()),
+            ("ETCD_AWAIT_ELECTION_RENEW_DEADLINE", self.renew.clone()),
+            ("ETCD_AWAIT_ELECTION_RETRY_PERIOD", self.retry.clone()),
+            (
+                "ETCD_AWAIT_ELECTION_STATUS_ENDPOINT",
+                self.status_port.map(|p| format!("127.0.0.1:{p}")),
+            ),
+            (
+                "ETCD_AWAIT_ELECTION_FORCE_ACQUIRE",
+                self.force.map(|f| f.to_string()),
+            ),
+        ];
+        for (k, v) in opt {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        if let Some(l) = &self.log {
+            cmd.env("EAE_TEST_LOG", l);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", wrapper_bin()));
+        Candidate {
+            identity: self.identity,
+            status_port: self.status_port,
+            log: self.log,
+            child,
+            exit: None,
+            dir,
+        }
+    }
+}
+
+pub struct Candidate {
+    identity: String,
+    status_port: Option<u16>,
+    log: Option<PathBuf>,
+    child: Child,
+    exit: Option<ExitStatus>,
+    dir: TempDir,
+}
+
+impl Candidate {
+    /// Start configuring a candidate with this identity.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(identity: &str) -> CandidateBuilder {
+        CandidateBuilder {
+            identity: identity.into(),
+            lock: None,
+            endpoints: None,
+            lease: None,
+            renew: None,
+            retry: None,
+            status_port: None,
+            force: None,
+            env: Vec::new(),
+            command: None,
+            args: Vec::new(),
+            log: None,
+        }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Pid of the wrapper (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn status_port(&self) -> Option<u16> {
+        self.status_port
+    }
+
+    /// Send `sig` to the wrapper. Returns false if it has already been reaped or kill(2) failed.
+    pub fn signal(&mut self, sig: i32) -> bool {
+        if self.try_reap().is_some() {
+            return false;
+        }
+        super::signal_pid(self.pid(), sig)
+    }
+
+    /// SIGKILL the wrapper alone (its children are left to fend for themselves) and reap it.
+    pub fn kill9(&mut self) -> ExitStatus {
+        if let Some(st) = self.exit {
+            return st;
+        }
+        let _ = self.child.kill();
+        let st = self.child.wait().expect("wait for wrapper");
+        self.exit = Some(st);
+        st
+    }
+
+    fn try_reap(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.exit = Some(st);
+            }
+        }
+        self.exit
+    }
+
+    /// Wait up to `timeout` for the wrapper to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_reap() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Like [`Candidate::wait_timeout`] but panics (with the wrapper's stderr) on timeout.
+    pub fn expect_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait_timeout(timeout) {
+            Some(st) => st,
+            None => panic!(
+                "candidate {} did not exit within {timeout:?}; stderr:\n{}",
+                self.identity,
+                self.stderr_text()
+            ),
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_reap().is_none()
+    }
+
+    /// Exit status, if it has been reaped.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit
+    }
+
+    /// Everything the wrapper (and its command) wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Everything written to stdout so far (e.g. `--print-env` lines of the test child).
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    /// `http://127.0.0.1:<status port><path>`.
+    pub fn status_url(&self, path: &str) -> String {
+        let port = self.status_port.expect("candidate has no status port");
+        format!("http://127.0.0.1:{port}{path}")
+    }
+
+    /// SIGKILL every logged test child of this identity that is still alive. Uses a pidfd and
+    /// checks the command line, so a recycled pid is never hit.
+    pub fn kill_logged_children(&self) {
+        let Some(log) = &self.log else { return };
+        let mut pids: Vec<u32> = read_records(log)
+            .into_iter()
+            .filter(|r| r.kind == Kind::Start && r.identity == self.identity)
+            .map(|r| r.pid)
+            .collect();
+        pids.sort();
+        pids.dedup();
+        for pid in pids {
+            kill_if_test_child(pid);
+        }
+    }
+}
+
+fn kill_if_test_child(pid: u32) {
+    // SAFETY: plain syscalls on a fd we own.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
+        if fd < 0 {
+            return;
+        }
+        let fd = fd as i32;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let name = Path::new(child_bin())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if String::from_utf8_lossy(&cmdline).contains(&name) {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+        libc::close(fd);
+    }
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            // The wrapper leads its own process group; take the whole group down.
+            // SAFETY: kill(2) on our own, not yet reaped, process group.
+            unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        } else {
+            // Reaped already: the group may still hold children; the pgid cannot be reused while
+            // members remain, so this cannot hit strangers.
+            // SAFETY: as above.
+            unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        }
+        self.kill_logged_children();
+    }
+}

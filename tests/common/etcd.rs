@@ -1,0 +1,475 @@
+//! Real etcd servers for tests. This module owns starting `/usr/bin/etcd` on loopback with free
+//! client and peer ports and a temporary data dir (single member via [`Etcd::start`], or a
+//! [`Cluster`]), waiting until it is healthy, talking to it with `etcdctl` (API v3), and
+//! injecting server faults: pause/resume (SIGSTOP/SIGCONT), kill (SIGKILL), restart from the same
+//! data dir and ports. Dropping an [`Etcd`] or [`Cluster`] SIGKILLs and reaps every server and
+//! removes its directory.
+
+use super::{free_port, kill_and_wait, wait_for, TempDir};
+use std::fs::File;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const ETCD: &str = "etcd";
+const ETCDCTL: &str = "etcdctl";
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options for starting a single etcd member.
+#[derive(Clone, Debug)]
+pub struct EtcdBuilder {
+    extra_args: Vec<String>,
+    etcdctl_args: Vec<String>,
+    client_scheme: String,
+}
+
+impl Default for EtcdBuilder {
+    fn default() -> Self {
+        EtcdBuilder {
+            extra_args: Vec::new(),
+            etcdctl_args: Vec::new(),
+            client_scheme: "http".into(),
+        }
+    }
+}
+
+impl EtcdBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Extra command-line arguments for `etcd` (e.g. `--cert-file`, `--key-file`, ...).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Extra arguments given to every `etcdctl` call (e.g. `--cacert`, `--cert`, `--key`).
+    pub fn etcdctl_args(mut self, args: &[&str]) -> Self {
+        self.etcdctl_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Scheme of the client URLs (`http` by default, `https` for TLS).
+    pub fn client_scheme(mut self, scheme: &str) -> Self {
+        self.client_scheme = scheme.to_string();
+        self
+    }
+
+    pub fn start(self) -> Etcd {
+        let mut e = Etcd::new_member(&self, "solo", free_port(), free_port(), None);
+        e.spawn();
+        e.wait_healthy();
+        e
+    }
+}
+
+/// One etcd member process.
+pub struct Etcd {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    initial_cluster: String,
+    token: String,
+    opts: EtcdBuilder,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// A single-member etcd on loopback, healthy when this returns.
+    pub fn start() -> Etcd {
+        EtcdBuilder::new().start()
+    }
+
+    pub fn builder() -> EtcdBuilder {
+        EtcdBuilder::new()
+    }
+
+    fn new_member(
+        opts: &EtcdBuilder,
+        name: &str,
+        client_port: u16,
+        peer_port: u16,
+        cluster: Option<(&str, &str)>,
+    ) -> Etcd {
+        let dir = TempDir::new(&format!("etcd-{name}"));
+        let (initial_cluster, token) = match cluster {
+            Some((ic, tok)) => (ic.to_string(), tok.to_string()),
+            None => (
+                format!("{name}=http://127.0.0.1:{peer_port}"),
+                format!("eae-{client_port}"),
+            ),
+        };
+        Etcd {
+            name: name.to_string(),
+            client_port,
+            peer_port,
+            initial_cluster,
+            token,
+            opts: opts.clone(),
+            dir,
+            child: None,
+        }
+    }
+
+    fn client_url(&self) -> String {
+        format!(
+            "{}://127.0.0.1:{}",
+            self.opts.client_scheme, self.client_port
+        )
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "etcd {} already running", self.name);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .expect("open etcd log");
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = self.client_url();
+        let data = self.dir.join("data");
+        let child = Command::new(ETCD)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .args(["--log-outputs", "stderr"])
+            .args(&self.opts.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {ETCD}: {e}"));
+        self.child = Some(child);
+    }
+
+    /// Poll `etcdctl endpoint health` against this member until it succeeds.
+    fn wait_healthy(&mut self) {
+        let what = format!(
+            "etcd {} at {} to become healthy",
+            self.name,
+            self.endpoint()
+        );
+        let deadline = std::time::Instant::now() + HEALTHY_TIMEOUT;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    panic!(
+                        "etcd {} exited with {st} while waiting for health; log:\n{}",
+                        self.name,
+                        self.log_text()
+                    );
+                }
+            }
+            let out = self.etcdctl(&[
+                "--dial-timeout",
+                "1s",
+                "--command-timeout",
+                "2s",
+                "endpoint",
+                "health",
+            ]);
+            if out.status.success() {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                let last = String::from_utf8_lossy(&out.stderr);
+                panic!(
+                    "timed out waiting for {what}; last etcdctl error: {last}\netcd log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `127.0.0.1:PORT` of the client listener.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// Pid of the running server, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The member's temp dir (holds `data/` and `etcd.log`); removed on drop.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Everything the server logged (errors only, by default).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Run `etcdctl` (ETCDCTL_API=3) against this member.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        run_etcdctl(&[self.endpoint()], &self.opts.etcdctl_args, args)
+    }
+
+    /// `etcdctl put`, panicking on failure.
+    pub fn put(&self, key: &str, value: &str) {
+        let out = self.etcdctl(&["put", key, value]);
+        assert_success(&out, &format!("etcdctl put {key}"));
+    }
+
+    /// `etcdctl get --print-value-only`, `None` if the key does not exist; panics on failure.
+    pub fn get(&self, key: &str) -> Option<String> {
+        get_value(self.etcdctl(&["get", "--print-value-only", key]), key)
+    }
+
+    /// Keys under `prefix` (`etcdctl get --prefix --keys-only`), in etcd's (sorted) order.
+    pub fn get_prefix_keys(&self, prefix: &str) -> Vec<String> {
+        let out = self.etcdctl(&["get", "--prefix", "--keys-only", prefix]);
+        assert_success(&out, &format!("etcdctl get --prefix {prefix}"));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Number of live leases (`etcdctl lease list`).
+    pub fn lease_count(&self) -> usize {
+        let out = self.etcdctl(&["lease", "list"]);
+        assert_success(&out, "etcdctl lease list");
+        parse_lease_count(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.pid().expect("etcd is not running");
+        assert!(super::signal_pid(pid, sig), "kill({pid}, {sig}) failed");
+    }
+
+    /// Freeze the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaw a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// SIGKILL the server and reap it. No-op if it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_and_wait(&mut c);
+        }
+    }
+
+    /// Start again from the same data dir and ports (killing it first if it still runs) and wait
+    /// until healthy.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_healthy();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A multi-member etcd cluster on loopback.
+pub struct Cluster {
+    members: Vec<Etcd>,
+}
+
+impl Cluster {
+    /// Start `n` members and wait until every one of them is healthy.
+    pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, EtcdBuilder::new())
+    }
+
+    pub fn start_with(n: usize, opts: EtcdBuilder) -> Cluster {
+        assert!(n >= 1);
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("eae-cluster-{}", ports[0].0);
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| {
+                Etcd::new_member(
+                    &opts,
+                    &format!("m{i}"),
+                    *c,
+                    *p,
+                    Some((&initial_cluster, &token)),
+                )
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &mut members {
+            m.wait_healthy();
+        }
+        Cluster { members }
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Client endpoints (`127.0.0.1:PORT`) of all members, running or not.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::endpoint).collect()
+    }
+
+    /// Comma-separated endpoints, as `ETCD_AWAIT_ELECTION_ENDPOINTS` wants them.
+    pub fn endpoints_csv(&self) -> String {
+        self.endpoints().join(",")
+    }
+
+    pub fn member(&self, i: usize) -> &Etcd {
+        &self.members[i]
+    }
+
+    pub fn member_mut(&mut self, i: usize) -> &mut Etcd {
+        &mut self.members[i]
+    }
+
+    pub fn kill_member(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Restart member `i` from its data dir and wait until it is healthy.
+    pub fn restart_member(&mut self, i: usize) {
+        self.members[i].restart();
+    }
+
+    /// `etcdctl` against all currently running members.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let eps: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(Etcd::endpoint)
+            .collect();
+        run_etcdctl(&eps, &self.members[0].opts.etcdctl_args, args)
+    }
+
+    /// Index of the member that is currently the raft leader, asking each running member for its
+    /// status until one of them reports itself as leader (panics after 15 s).
+    pub fn raft_leader_index(&self) -> usize {
+        wait_for(Duration::from_secs(15), "a raft leader", || {
+            self.members.iter().enumerate().find_map(|(i, m)| {
+                if !m.is_running() {
+                    return None;
+                }
+                let out = m.etcdctl(&[
+                    "--dial-timeout",
+                    "1s",
+                    "--command-timeout",
+                    "1s",
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
+                ]);
+                if !out.status.success() {
+                    return None;
+                }
+                let s = String::from_utf8_lossy(&out.stdout);
+                let me = json_u64(&s, "\"member_id\":")?;
+                let leader = json_u64(&s, "\"leader\":")?;
+                (me == leader).then_some(i)
+            })
+        })
+    }
+}
+
+fn run_etcdctl(endpoints: &[String], extra: &[String], args: &[&str]) -> Output {
+    Command::new(ETCDCTL)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(extra)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {ETCDCTL}: {e}"))
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): stdout: {} stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn get_value(out: Output, key: &str) -> Option<String> {
+    assert_success(&out, &format!("etcdctl get {key}"));
+    let s = String::from_utf8_lossy(&out.stdout);
+    if s.is_empty() {
+        None
+    } else {
+        Some(s.strip_suffix('\n').unwrap_or(&s).to_string())
+    }
+}
+
+fn parse_lease_count(s: &str) -> usize {
+    // "found N leases" followed by one id per line.
+    s.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("found ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("unexpected `etcdctl lease list` output: {s:?}"))
+}
+
+/// The unsigned number following the first occurrence of `key` (e.g. `"leader":`) in `s`.
+fn json_u64(s: &str, key: &str) -> Option<u64> {
+    let rest = &s[s.find(key)? + key.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+impl Cluster {
+    /// `put` through the running members, panicking on failure.
+    pub fn put(&self, key: &str, value: &str) {
+        let out = self.etcdctl(&["put", key, value]);
+        assert_success(&out, &format!("etcdctl put {key} (cluster)"));
+    }
+}

@@ -1,0 +1,100 @@
+//! Shared integration-test fixtures. This module owns the small helpers every fixture uses
+//! (free loopback ports, self-removing temp dirs, deadline polling); each fixture lives in its
+//! own submodule and cleans up every process and directory it creates when dropped, even when
+//! the test panics.
+#![allow(dead_code)]
+
+pub mod candidate;
+pub mod child;
+pub mod etcd;
+pub mod invariant;
+pub mod proxy;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bind port 0, read it, drop the listener). Never hands out the
+/// same port twice within one test process, so concurrently running tests don't collide.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let set = guard.get_or_insert_with(HashSet::new);
+    for _ in 0..100 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        if set.insert(port) {
+            return port;
+        }
+    }
+    panic!("free_port: could not find an unused port in 100 tries");
+}
+
+/// A uniquely named directory under `std::env::temp_dir()`, removed recursively on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "eae-{tag}-{}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            child::monotonic_ns()
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Poll `cond` every few milliseconds until it returns `Some`, or panic after `timeout` with
+/// `what` in the message.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Like [`wait_for`] for a boolean condition.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    wait_for(timeout, what, || cond().then_some(()))
+}
+
+/// SIGKILL a child and reap it; errors (already dead, already reaped) are ignored.
+pub fn kill_and_wait(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Send a signal to a pid; returns false if it failed (e.g. the process is gone).
+pub fn signal_pid(pid: u32, sig: i32) -> bool {
+    // SAFETY: kill(2) with a concrete pid.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+}

@@ -1,0 +1,390 @@
+//! Tests of the test fixtures themselves: the invariant checker provably detects overlaps (and
+//! does not invent them), the test child behaves as documented, the fault proxy's modes do what
+//! they say against a real etcd, and the etcd single-member and cluster fixtures survive the
+//! faults they inject.
+
+mod common;
+
+use common::child::{child_bin, monotonic_ns, read_records, Kind};
+use common::etcd::{Cluster, Etcd};
+use common::invariant::Monitor;
+use common::proxy::{Mode, Proxy};
+use common::{wait_until, TempDir};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(10);
+
+/// A test child started directly (no wrapper), killed and reaped on drop.
+struct Direct(Child);
+
+impl Direct {
+    fn spawn(log: &std::path::Path, id: &str, args: &[&str]) -> Direct {
+        let c = Command::new(child_bin())
+            .args(["--id", id])
+            .args(args)
+            .env("EAE_TEST_LOG", log)
+            .env("ETCD_AWAIT_ELECTION_LEADER_KEY", "lock/abc")
+            .env("ETCD_AWAIT_ELECTION_LEADER_REVISION", "42")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn test child");
+        Direct(c)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn signal_group(&self, sig: i32) {
+        // SAFETY: the child leads its own process group.
+        unsafe { libc::kill(-(self.pid() as i32), sig) };
+    }
+
+    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "test child did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        self.signal_group(libc::SIGKILL);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn overlapping_children_are_reported() {
+    let dir = TempDir::new("fx-overlap");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut a = Direct::spawn(&log, "a", &[]);
+    let ra = mon.wait_for_start(Some("a"), T);
+    assert_eq!(ra.pid, a.pid());
+    let mut b = Direct::spawn(&log, "b", &[]);
+    mon.wait_for_start(Some("b"), T);
+    let ov = mon.overlaps();
+    assert_eq!(ov.len(), 1, "{ov:?}");
+    assert!(ov[0].ongoing);
+    assert_eq!(mon.running_identities(), vec!["a", "b"]);
+
+    a.signal_group(libc::SIGTERM);
+    b.signal_group(libc::SIGTERM);
+    assert_eq!(a.wait(T).code(), Some(143));
+    assert_eq!(b.wait(T).code(), Some(143));
+    mon.wait_until_all_dead(T);
+    let ov = mon.overlaps();
+    assert_eq!(ov.len(), 1, "{ov:?}");
+    assert!(!ov[0].ongoing);
+    assert!(ov[0].len() > Duration::ZERO);
+    let kinds: Vec<Kind> = read_records(&log).iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == Kind::Term).count(),
+        2,
+        "{kinds:?}"
+    );
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mon.assert_no_overlap()))
+        .expect_err("assert_no_overlap must panic on an overlap");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("overlap") && msg.contains("a(pid"), "{msg}");
+}
+
+#[test]
+fn sequential_children_do_not_overlap() {
+    let dir = TempDir::new("fx-seq");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut a = Direct::spawn(&log, "a", &["--exit-after", "100", "--exit-code", "7"]);
+    assert_eq!(a.wait(T).code(), Some(7));
+    mon.wait_until_dead(a.pid(), T);
+    let mut b = Direct::spawn(&log, "b", &["--exit-after", "50"]);
+    assert_eq!(b.wait(T).code(), Some(0));
+    mon.wait_until_all_dead(T);
+    mon.assert_no_overlap();
+    let procs = mon.procs();
+    assert_eq!(procs.len(), 2);
+    assert!(procs.iter().all(|p| p.stop_ns.is_some()));
+    assert!(mon.running().is_empty());
+}
+
+#[test]
+fn sigkilled_child_ends_at_observed_death() {
+    let dir = TempDir::new("fx-kill");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut a = Direct::spawn(&log, "a", &["--ignore-term"]);
+    mon.wait_for_start(Some("a"), T);
+    // --ignore-term: a term record, and it keeps running.
+    a.signal_group(libc::SIGTERM);
+    mon.wait_for_record("term of a", T, |r| r.kind == Kind::Term);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(mon.running().len(), 1);
+    let before = monotonic_ns();
+    a.0.kill().unwrap(); // not reaped yet: a zombie must count as dead
+    let death = mon.wait_until_dead(a.pid(), T);
+    assert!(death >= before);
+    let p = &mon.procs()[0];
+    assert_eq!(p.stop_ns, None);
+    assert_eq!(p.end_ns(), Some(death));
+    a.wait(T);
+
+    // A successor started after the observed death does not overlap.
+    let mut b = Direct::spawn(&log, "b", &["--exit-after", "20"]);
+    b.wait(T);
+    mon.wait_until_all_dead(T);
+    mon.assert_no_overlap();
+
+    // observe_death for a pid learned otherwise.
+    let mut c = Command::new("sleep").arg("30").spawn().unwrap();
+    mon.observe_death(c.id());
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(mon.death_ns(c.id()), None);
+    c.kill().unwrap();
+    mon.wait_until_dead(c.id(), T);
+    c.wait().unwrap();
+}
+
+#[test]
+fn forked_grandchildren_are_tracked_and_print_env() {
+    let dir = TempDir::new("fx-fork");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut a = Direct::spawn(&log, "a", &["--fork", "2", "--print-env"]);
+    wait_until(T, "3 starts", || mon.starts().len() == 3);
+    let pids: Vec<u32> = mon.starts().iter().map(|r| r.pid).collect();
+    assert_eq!(pids[0], a.pid());
+    assert!(pids[1] != pids[2] && pids[1] != pids[0]);
+    // While `a`'s tree runs, a `b` is an overlap with every member of the tree.
+    let mut b = Direct::spawn(&log, "b", &["--exit-after", "30"]);
+    b.wait(T);
+    mon.wait_until_dead(b.pid(), T);
+    assert_eq!(mon.overlaps().len(), 3);
+
+    a.signal_group(libc::SIGTERM);
+    assert_eq!(a.wait(T).code(), Some(143));
+    mon.wait_until_all_dead(T);
+    let recs = read_records(&log);
+    for pid in &pids {
+        for k in [Kind::Term, Kind::Stop] {
+            assert!(
+                recs.iter().any(|r| r.pid == *pid && r.kind == k),
+                "{pid} lacks {k:?}: {recs:?}"
+            );
+        }
+    }
+    let mut out = String::new();
+    a.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines.contains(&format!("env a {} lock/abc 42", a.pid()).as_str()));
+}
+
+fn etcdctl_via(ep: &str, args: &[&str]) -> (bool, Duration) {
+    let t = Instant::now();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={ep}"))
+        .args(["--dial-timeout", "1s", "--command-timeout", "1s"])
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), t.elapsed())
+}
+
+/// A raw HTTP/1 request to etcd's client port (it answers /version). `None` if nothing came back
+/// within `wait` (or the connection failed/closed).
+fn http_version(ep: &str, wait: Duration) -> Option<String> {
+    let mut s = TcpStream::connect(ep).ok()?;
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.contains("etcdserver").then_some(text)
+}
+
+#[test]
+fn proxy_modes_against_real_etcd() {
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd.endpoint());
+    let ep = proxy.endpoint();
+
+    let (ok, _) = etcdctl_via(&ep, &["put", "k", "v1"]);
+    assert!(ok, "put through pass proxy");
+    assert!(http_version(&ep, Duration::from_secs(2)).is_some());
+
+    // A long-lived connection opened in Pass: used to watch Blackhole and Reset happen to it.
+    let mut held = TcpStream::connect(&ep).unwrap();
+
+    proxy.set_mode(Mode::Blackhole);
+    let (ok, took) = etcdctl_via(&ep, &["put", "k", "v2"]);
+    assert!(!ok, "put must fail while blackholed");
+    assert!(
+        took >= Duration::from_millis(900),
+        "blackhole failed too fast: {took:?}"
+    );
+    assert!(http_version(&ep, Duration::from_millis(500)).is_none());
+    held.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    held.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let e = held.read(&mut buf).expect_err("no bytes while blackholed");
+    assert!(matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ));
+
+    proxy.set_mode(Mode::Reset);
+    // The held connection is torn down at once.
+    held.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let t = Instant::now();
+    let r = held.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0) | Err(_)) && t.elapsed() < Duration::from_secs(1),
+        "held connection not reset: {r:?} after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(proxy.open_connections(), 0);
+    // New connections are closed immediately.
+    let t = Instant::now();
+    assert!(http_version(&ep, Duration::from_secs(2)).is_none());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    let (ok, took) = etcdctl_via(&ep, &["put", "k", "v3"]);
+    assert!(!ok, "put must fail while resetting");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+
+    proxy.set_mode(Mode::Pass);
+    let (ok, _) = etcdctl_via(&ep, &["put", "k", "v4"]);
+    assert!(ok, "put after heal");
+    assert_eq!(etcd.get("k").as_deref(), Some("v4"));
+
+    // Blackhole then heal: a connection holding bytes resumes and gets its answer.
+    let mut s = TcpStream::connect(&ep).unwrap();
+    wait_until(T, "proxy to connect upstream", || {
+        proxy.open_connections() >= 1
+    });
+    proxy.set_mode(Mode::Blackhole);
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(s.read(&mut buf).is_err(), "bytes leaked through blackhole");
+    proxy.set_mode(Mode::Pass);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    assert!(String::from_utf8_lossy(&resp).contains("etcdserver"));
+}
+
+#[test]
+fn etcd_pause_resume_restart_keep_data() {
+    let mut etcd = Etcd::start();
+    etcd.put("/p/a", "1");
+    etcd.put("/p/b", "2");
+    etcd.put("/q", "3");
+    assert_eq!(etcd.get_prefix_keys("/p/"), vec!["/p/a", "/p/b"]);
+    assert_eq!(etcd.lease_count(), 0);
+    let out = etcd.etcdctl(&["lease", "grant", "60"]);
+    assert!(out.status.success());
+    assert_eq!(etcd.lease_count(), 1);
+
+    etcd.pause();
+    let (ok, took) = etcdctl_via(&etcd.endpoint(), &["get", "/q"]);
+    assert!(!ok && took >= Duration::from_millis(900), "{ok} {took:?}");
+    etcd.resume();
+    assert_eq!(etcd.get("/q").as_deref(), Some("3"));
+
+    etcd.restart();
+    assert_eq!(etcd.get("/p/a").as_deref(), Some("1"));
+    assert_eq!(etcd.lease_count(), 1);
+    etcd.kill();
+    assert!(!etcd.is_running());
+    let (ok, _) = etcdctl_via(&etcd.endpoint(), &["get", "/q"]);
+    assert!(!ok);
+    etcd.restart();
+    assert_eq!(etcd.get("/q").as_deref(), Some("3"));
+}
+
+#[test]
+fn cluster_survives_leader_loss() {
+    let mut c = Cluster::start(3);
+    assert_eq!(c.endpoints().len(), 3);
+    c.member(0).put("x", "1");
+    assert_eq!(c.member(1).get("x").as_deref(), Some("1"));
+    let leader = c.raft_leader_index();
+    c.kill_member(leader);
+    let other = (leader + 1) % 3;
+    wait_until(T, "a put to succeed after the leader died", || {
+        c.etcdctl(&["--command-timeout", "1s", "put", "x", "2"])
+            .status
+            .success()
+    });
+    assert_eq!(c.member(other).get("x").as_deref(), Some("2"));
+    let new_leader = c.raft_leader_index();
+    assert_ne!(new_leader, leader);
+    c.restart_member(leader);
+    assert_eq!(c.member(leader).get("x").as_deref(), Some("2"));
+}
+
+#[test]
+fn fixtures_clean_up_after_a_panic() {
+    fn alive(pid: u32) -> bool {
+        // A reaped process is gone; a zombie would still answer kill(0), so check /proc state.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => !s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
+            Err(_) => false,
+        }
+    }
+    let mut seen: Option<(Vec<u32>, Vec<std::path::PathBuf>)> = None;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let dir = TempDir::new("fx-panic");
+        let log = dir.join("log");
+        let mon = Monitor::start(&log);
+        let etcd = Etcd::start();
+        let proxy = Proxy::start(&etcd.endpoint());
+        let _conn = TcpStream::connect(proxy.endpoint()).unwrap();
+        let child = Direct::spawn(&log, "a", &["--fork", "1", "--ignore-term"]);
+        wait_until(T, "2 starts", || mon.starts().len() == 2);
+        let mut pids: Vec<u32> = mon.starts().iter().map(|r| r.pid).collect();
+        pids.push(etcd.pid().unwrap());
+        seen = Some((
+            pids,
+            vec![dir.path().to_path_buf(), etcd.dir().to_path_buf()],
+        ));
+        let _keep = (&child, &proxy);
+        panic!("deliberate");
+    }));
+    assert!(r.is_err());
+    let (pids, dirs) = seen.unwrap();
+    // The forked grandchild is reparented (to init or a subreaper), so give it a moment to go.
+    wait_until(T, "all fixture processes to be gone", || {
+        pids.iter().all(|p| !alive(*p))
+    });
+    for d in dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}
