@@ -23,6 +23,10 @@ const VARS: &[&str] = &[
     KEY,
     CACERT,
     FORCE_ACQUIRE,
+    USERNAME,
+    PASSWORD,
+    PASSWORD_FILE,
+    LEGACY_LOCK,
 ];
 
 pub const LOCK_NAME: &str = "ETCD_AWAIT_ELECTION_LOCK_NAME";
@@ -36,6 +40,10 @@ pub const CERT: &str = "ETCD_AWAIT_ELECTION_CERT";
 pub const KEY: &str = "ETCD_AWAIT_ELECTION_KEY";
 pub const CACERT: &str = "ETCD_AWAIT_ELECTION_CACERT";
 pub const FORCE_ACQUIRE: &str = "ETCD_AWAIT_ELECTION_FORCE_ACQUIRE";
+pub const USERNAME: &str = "ETCD_AWAIT_ELECTION_USERNAME";
+pub const PASSWORD: &str = "ETCD_AWAIT_ELECTION_PASSWORD";
+pub const PASSWORD_FILE: &str = "ETCD_AWAIT_ELECTION_PASSWORD_FILE";
+pub const LEGACY_LOCK: &str = "ETCD_AWAIT_ELECTION_LEGACY_LOCK";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -49,6 +57,20 @@ pub struct Config {
     pub retry_period: Duration,
     pub tls: Option<Tls>,
     pub force_acquire: bool,
+    /// etcd user name and password.
+    pub user: Option<(String, Secret)>,
+    /// Also hold the plain key `LOCK_NAME`, the lock of the Go tool we replace, while leading.
+    pub legacy_lock: bool,
+}
+
+/// A password: never printed, not even by `{:?}`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// PEM bytes read at start-up, so a file that vanishes later cannot surprise us.
@@ -129,7 +151,15 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         Some(v) => parse_bool(&v).map_err(|p| err(FORCE_ACQUIRE, p))?,
     };
 
+    let user = read_user(&get)?;
+    let legacy_lock = match get(LEGACY_LOCK) {
+        None => true,
+        Some(v) => parse_bool(&v).map_err(|p| err(LEGACY_LOCK, p))?,
+    };
+
     Ok(Some(Config {
+        user,
+        legacy_lock,
         lock_name,
         identity,
         endpoints,
@@ -140,6 +170,39 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         tls,
         force_acquire,
     }))
+}
+
+/// The password comes from the environment or, to keep it out of `/proc/*/environ`, a file
+/// (one trailing newline is dropped, as editors and `echo` add one).
+fn read_user(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<(String, Secret)>, ConfigError> {
+    let set = |var: &'static str| get(var).filter(|v| !v.is_empty());
+    let password = match (set(PASSWORD), set(PASSWORD_FILE)) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                PASSWORD_FILE,
+                format!("set either {PASSWORD} or {PASSWORD_FILE}, not both"),
+            ))
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path.trim())
+                .map_err(|e| err(PASSWORD_FILE, format!("cannot read {path:?}: {e}")))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            Some(text.strip_suffix('\r').unwrap_or(text).to_string())
+        }
+        (None, None) => None,
+    };
+    match (set(USERNAME), password) {
+        (None, None) => Ok(None),
+        (Some(user), Some(p)) => Ok(Some((user, Secret(p)))),
+        (Some(_), None) => Err(err(
+            PASSWORD,
+            format!("{PASSWORD} or {PASSWORD_FILE} is required with {USERNAME}"),
+        )),
+        (None, Some(_)) => Err(err(USERNAME, "is required with a password")),
+    }
 }
 
 fn parse_whole_seconds(v: &str) -> Result<i64, String> {
@@ -355,6 +418,7 @@ mod tests {
         assert_eq!(c.retry_period, Duration::from_secs(2));
         assert_eq!(c.endpoints, vec!["http://127.0.0.1:2379"]);
         assert!(!c.force_acquire);
+        assert!(c.legacy_lock);
     }
 
     #[test]
@@ -437,6 +501,18 @@ mod tests {
         assert!(e.problem.contains("cannot read"));
         let e = with(&[(CACERT, "/etc/hostname")]).unwrap_err();
         assert!(e.problem.contains("PEM CERTIFICATE"), "{e}");
+    }
+
+    #[test]
+    fn credentials() {
+        let c = with(&[(USERNAME, "u"), (PASSWORD, "p")]).unwrap().unwrap();
+        let (user, pass) = c.user.clone().unwrap();
+        assert_eq!((user.as_str(), pass.0.as_str()), ("u", "p"));
+        assert!(!format!("{c:?}").contains("\"p\""));
+        assert_eq!(with(&[(USERNAME, "u")]).unwrap_err().var, PASSWORD);
+        assert_eq!(with(&[(PASSWORD, "p")]).unwrap_err().var, USERNAME);
+        let e = with(&[(USERNAME, "u"), (PASSWORD_FILE, "/nonexistent")]).unwrap_err();
+        assert_eq!(e.var, PASSWORD_FILE);
     }
 
     #[test]

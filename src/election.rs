@@ -12,6 +12,11 @@
 //! the key with the lowest create revision under `LOCK/` leads; every other candidate watches the
 //! deletion of its immediate predecessor only. Unlike Go's `Campaign`, we check that our own key
 //! still exists before we lead, and requeue if it does not.
+//!
+//! For a rolling upgrade from the Go `etcd-await-election`, whose lock is the plain key `LOCK`
+//! (created if absent, bound to its lease, polled), the winner of the queue also takes `LOCK`
+//! the same way before it leads, waits for its deletion while an old replica holds it, and counts
+//! its deletion while leading as being deposed.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -108,16 +113,12 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
     let send = |e| {
         let _ = tx.send(crate::Event::Election(e));
     };
-    let client = match connect(&cfg).await {
-        Ok(c) => c,
-        Err(e) => return send(Event::Fatal(format!("cannot set up the etcd client: {e}"))),
-    };
     let cfg = Rc::new(cfg);
     let mut el = Election {
         prefix: format!("{}/", cfg.lock_name),
         etcd: Etcd {
             cfg: cfg.clone(),
-            client: Rc::new(RefCell::new(client)),
+            client: Rc::new(RefCell::new(None)),
         },
         cfg,
         tx: tx.clone(),
@@ -147,6 +148,7 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
 
 async fn connect(cfg: &Config) -> Result<Client> {
     let mut opts = ConnectOptions::new()
+        .with_auto_token_refresh(true)
         .with_connect_timeout(
             cfg.retry_period
                 .clamp(Duration::from_secs(1), op_timeout(cfg)),
@@ -162,6 +164,9 @@ async fn connect(cfg: &Config) -> Result<Client> {
             t = t.identity(Identity::from_pem(cert, key));
         }
         opts = opts.with_tls(t);
+    }
+    if let Some((user, password)) = &cfg.user {
+        opts = opts.with_user(user, &password.0);
     }
     Client::connect(&cfg.endpoints, Some(opts)).await
 }
@@ -185,8 +190,8 @@ impl Election {
         let _ = self.tx.send(crate::Event::Election(e));
     }
 
-    fn client(&self) -> Client {
-        self.etcd.client()
+    async fn client(&self) -> Result<Client> {
+        self.etcd.client().await
     }
 
     async fn elect_and_lead(&mut self) -> Outcome {
@@ -236,9 +241,39 @@ impl Election {
 
     /// Takes a seat: adopts the live key our previous life left under our identity (so a
     /// restarted leader is not queued behind itself), or grants a lease and creates our key.
+    /// Then clears what the Go tool would clear at start (the legacy lock under our identity)
+    /// and, with force acquire, deposes everyone ahead.
     async fn join(&mut self) -> Result<Seat> {
+        let mut c = self.client().await?;
+        let seat = match self.adopt(&mut c).await? {
+            Some(seat) => seat,
+            None => self.create(&mut c).await?,
+        };
+        self.lease = Some(seat.lease);
+        self.reachable();
+        if self.cfg.legacy_lock {
+            let lock = self.cfg.lock_name.as_str();
+            let stale = Txn::new()
+                .when([
+                    Compare::value(lock, CompareOp::Equal, self.cfg.identity.as_str()),
+                    Compare::lease(lock, CompareOp::NotEqual, seat.lease),
+                ])
+                .and_then([TxnOp::delete(lock, None)]);
+            if timed(op_timeout(&self.cfg), c.txn(stale))
+                .await?
+                .succeeded()
+            {
+                info!("deleted {lock} left under our identity by a previous life");
+            }
+        }
+        if self.cfg.force_acquire {
+            self.depose_ahead_of(&mut c, &seat).await?;
+        }
+        Ok(seat)
+    }
+
+    async fn adopt(&mut self, c: &mut Client) -> Result<Option<Seat>> {
         let t = op_timeout(&self.cfg);
-        let mut c = self.client();
         let existing = timed(
             t,
             c.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
@@ -268,15 +303,16 @@ impl Election {
                     revision: kv.create_revision(),
                 });
             } else if ttl.ttl() > 0 {
+                // A second key of ours (or one whose TTL no longer fits our renew deadline)
+                // would only queue us behind ourselves.
                 timed(t, c.lease_revoke(kv.lease())).await?;
             }
         }
-        if let Some(seat) = seat {
-            self.lease = Some(seat.lease);
-            self.reachable();
-            return Ok(seat);
-        }
+        Ok(seat)
+    }
 
+    async fn create(&mut self, c: &mut Client) -> Result<Seat> {
+        let t = op_timeout(&self.cfg);
         let sent = Instant::now();
         let grant = timed(t, c.lease_grant(self.cfg.lease_ttl, None)).await?;
         self.lease = Some(grant.id());
@@ -301,30 +337,17 @@ impl Election {
             "joined as {key} at revision {revision}, lease ttl {}s",
             grant.ttl()
         );
-        self.reachable();
-        let seat = Seat {
+        Ok(Seat {
             lease: grant.id(),
             ttl: Duration::from_secs(grant.ttl() as u64),
             key,
             revision,
-        };
-        if self.cfg.force_acquire {
-            self.depose_ahead_of(&seat).await?;
-        }
-        Ok(seat)
+        })
     }
 
-    /// Force acquire: remove every key ahead of ours and revoke its lease, so the holder stops
-    /// even if it cannot see the deletion; then wait until it can no longer be running.
-    ///
-    /// The holder stops its command before `send time of its last successful keep-alive + TTL`.
-    /// Any keep-alive that succeeded was sent before our revoke completed, so waiting the full
-    /// granted TTL from the revoke is enough. The remaining TTL read before revoking is not: a
-    /// keep-alive landing between the read and the revoke extends the holder's view past it.
-    async fn depose_ahead_of(&mut self, seat: &Seat) -> Result<()> {
+    async fn depose_ahead_of(&mut self, c: &mut Client, seat: &Seat) -> Result<()> {
         let t = op_timeout(&self.cfg);
-        let mut c = self.client();
-        let ahead = timed(
+        let mut ahead = timed(
             t,
             c.get(
                 self.prefix.as_str(),
@@ -335,9 +358,19 @@ impl Election {
                 ),
             ),
         )
-        .await?;
+        .await?
+        .take_kvs();
+        if self.cfg.legacy_lock {
+            let lock = timed(t, c.get(self.cfg.lock_name.as_str(), None)).await?;
+            ahead.extend(
+                lock.kvs()
+                    .iter()
+                    .filter(|kv| kv.lease() != seat.lease)
+                    .cloned(),
+            );
+        }
         let mut until = Instant::now();
-        for kv in ahead.kvs() {
+        for kv in &ahead {
             let mut granted = 0;
             if kv.lease() != 0 {
                 let ttl = timed(t, c.lease_time_to_live(kv.lease(), None)).await?;
@@ -365,7 +398,7 @@ impl Election {
     /// Waits until no key is ahead of ours. `Ok(false)` when our own key is gone.
     async fn wait_turn(&mut self, seat: &Seat) -> Result<bool> {
         let t = op_timeout(&self.cfg);
-        let mut c = self.client();
+        let mut c = self.client().await?;
         loop {
             // One read, one revision: who leads, who is just ahead of us, and are we still here.
             let head = GetOptions::new()
@@ -403,7 +436,16 @@ impl Election {
                 return Ok(false);
             }
             let Some(pred) = predecessor.kvs().first() else {
-                return Ok(true);
+                let Some((holder, revision)) = self.take_legacy_lock(&mut c, seat).await? else {
+                    return Ok(true);
+                };
+                info!(
+                    "{holder:?} (an old etcd-await-election) holds {}; waiting for it to go",
+                    self.cfg.lock_name
+                );
+                self.send(Event::Leader(Some(holder)));
+                wait_deleted(&mut c, self.cfg.lock_name.as_bytes(), revision + 1).await?;
+                continue;
             };
             self.send(Event::Leader(head.kvs().first().map(identity_of)));
             debug!(
@@ -415,23 +457,78 @@ impl Election {
         }
     }
 
-    /// Returns why leadership ended: our key was deleted. The keep-alive loop reports the rest.
+    /// With the legacy lock on: takes the plain key `LOCK` for our lease, as the Go tool would.
+    /// Returns its holder and the read's revision when someone else has it.
+    async fn take_legacy_lock(
+        &mut self,
+        c: &mut Client,
+        seat: &Seat,
+    ) -> Result<Option<(String, i64)>> {
+        if !self.cfg.legacy_lock {
+            return Ok(None);
+        }
+        let lock = self.cfg.lock_name.as_str();
+        let txn = Txn::new()
+            .when([Compare::create_revision(lock, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                lock,
+                self.cfg.identity.as_str(),
+                Some(PutOptions::new().with_lease(seat.lease)),
+            )])
+            .or_else([TxnOp::get(lock, None)]);
+        let resp = timed(op_timeout(&self.cfg), c.txn(txn)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(match resp.op_responses().first() {
+            Some(TxnOpResponse::Get(g)) => g
+                .kvs()
+                .first()
+                .filter(|kv| kv.lease() != seat.lease)
+                .map(|kv| (identity_of(kv), revision)),
+            _ => None,
+        })
+    }
+
+    /// Returns why leadership ended: our key (or the legacy lock) was deleted. The keep-alive
+    /// loop reports the rest.
     async fn watch_own_key(&mut self, seat: &Seat) -> String {
         let t = op_timeout(&self.cfg);
+        let cfg = self.cfg.clone();
+        let legacy = cfg.legacy_lock.then_some(cfg.lock_name.as_str());
         loop {
-            let mut c = self.client();
             let check = async {
-                let r = timed(t, c.get(seat.key.as_str(), None)).await?;
-                let here = r
-                    .kvs()
-                    .first()
-                    .is_some_and(|kv| kv.create_revision() == seat.revision);
-                Ok::<_, etcd_client::Error>((here, r.header().map_or(0, |h| h.revision())))
+                let mut c = self.client().await?;
+                let mut ops = vec![TxnOp::get(seat.key.as_str(), None)];
+                ops.extend(legacy.map(|l| TxnOp::get(l, None)));
+                let r = timed(t, c.txn(Txn::new().and_then(ops))).await?;
+                let lost = r.op_responses().into_iter().find_map(|op| match op {
+                    TxnOpResponse::Get(g)
+                        if g.kvs().first().is_none_or(|kv| kv.lease() != seat.lease) =>
+                    {
+                        Some(g)
+                    }
+                    _ => None,
+                });
+                Ok::<_, etcd_client::Error>((
+                    lost.is_none(),
+                    r.header().map_or(0, |h| h.revision()),
+                    c,
+                ))
             };
             match check.await {
-                Ok((false, _)) => return format!("our key {} was deleted", seat.key),
-                Ok((true, rev)) => {
-                    if let Err(e) = wait_deleted(&mut c, seat.key.as_bytes(), rev + 1).await {
+                Ok((false, _, _)) => return "our key was deleted (deposed)".to_string(),
+                Ok((true, rev, mut c)) => {
+                    let mut c2 = c.clone();
+                    let gone = async {
+                        match legacy {
+                            Some(l) => wait_deleted(&mut c2, l.as_bytes(), rev + 1).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let r = tokio::select! {
+                        r = wait_deleted(&mut c, seat.key.as_bytes(), rev + 1) => r,
+                        r = gone => r,
+                    };
+                    if let Err(e) = r {
                         self.note_failure(&e).await;
                         tokio::time::sleep(self.cfg.retry_period).await;
                     }
@@ -448,8 +545,14 @@ impl Election {
         let Some(lease) = self.lease.take() else {
             return;
         };
-        let mut c = self.client();
-        match timed(op_timeout(&self.cfg), c.lease_revoke(lease)).await {
+        let revoke = async {
+            timed(
+                op_timeout(&self.cfg),
+                self.client().await?.lease_revoke(lease),
+            )
+            .await
+        };
+        match revoke.await {
             Ok(_) => info!("resigned: revoked lease {lease:x}"),
             Err(e) if is_lease_not_found(&e) => {}
             Err(e) => warn!("could not revoke lease {lease:x} ({e}); it expires by itself"),
@@ -477,7 +580,7 @@ impl Election {
             self.send(Event::Unreachable(cause.clone()));
             self.failing = Some(cause);
         }
-        self.etcd.after_failure(e).await;
+        self.etcd.after_failure(e);
     }
 
     async fn backoff(&mut self, e: etcd_client::Error) -> std::result::Result<(), Outcome> {
@@ -501,14 +604,14 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
         }));
     };
     loop {
-        let mut c = etcd.client();
         let sent = Instant::now();
-        let (mut keeper, mut stream) = match timed(period, c.lease_keep_alive(lease)).await {
+        let attempt = async { timed(period, etcd.client().await?.lease_keep_alive(lease)).await };
+        let (mut keeper, mut stream) = match attempt.await {
             Ok(ks) => ks,
             Err(e) if is_lease_not_found(&e) => return format!("lease {lease:x} expired"),
             Err(e) => {
                 debug!("keep-alive: {e}");
-                etcd.after_failure(&e).await;
+                etcd.after_failure(&e);
                 tokio::time::sleep(etcd.cfg.retry_period.min(period)).await;
                 continue;
             }
@@ -529,7 +632,7 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
                 Ok(None) => break,
                 Err(e) => {
                     debug!("keep-alive: {e}");
-                    etcd.after_failure(&e).await;
+                    etcd.after_failure(&e);
                     break;
                 }
             }
@@ -562,28 +665,31 @@ async fn wait_deleted(c: &mut Client, key: &[u8], from: i64) -> Result<()> {
     Err(etcd_client::Error::WatchError("watch stream ended".into()))
 }
 
-/// The client, shared by the campaign and the keep-alive loop so that either can replace it
-/// when its connections went silent: a blackholed TCP connection is noticed only by timeouts,
-/// and tonic would keep sending on it until its HTTP/2 ping fails.
+/// The client, shared by the campaign and the keep-alive loop, built on first use (with etcd
+/// authentication, building it is a request) and dropped by either when its connections went
+/// silent: a blackholed TCP connection is noticed only by our timeouts, and tonic would keep
+/// sending on it until its HTTP/2 ping fails.
 #[derive(Clone)]
 struct Etcd {
     cfg: Rc<Config>,
-    client: Rc<RefCell<Client>>,
+    client: Rc<RefCell<Option<Client>>>,
 }
 
 impl Etcd {
-    fn client(&self) -> Client {
-        self.client.borrow().clone()
+    async fn client(&self) -> Result<Client> {
+        let existing = self.client.borrow().clone();
+        if let Some(c) = existing {
+            return Ok(c);
+        }
+        let c = timed(op_timeout(&self.cfg), connect(&self.cfg)).await?;
+        *self.client.borrow_mut() = Some(c.clone());
+        Ok(c)
     }
 
-    async fn after_failure(&self, e: &etcd_client::Error) {
-        if !is_silent(e) {
-            return;
-        }
-        debug!("dropping etcd connections that stopped answering");
-        match timed(op_timeout(&self.cfg), connect(&self.cfg)).await {
-            Ok(c) => *self.client.borrow_mut() = c,
-            Err(e) => debug!("reconnect: {e}"),
+    fn after_failure(&self, e: &etcd_client::Error) {
+        if is_silent(e) {
+            debug!("dropping etcd connections that stopped answering");
+            self.client.borrow_mut().take();
         }
     }
 }
@@ -605,23 +711,42 @@ fn is_lease_not_found(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Errors that retrying cannot cure: wrong credentials, or a user without rights on the lock.
+/// An expired auth token is not among them: the client refreshes it.
 fn fatal(e: &etcd_client::Error) -> Option<String> {
-    match e {
-        etcd_client::Error::GRpcStatus(s)
-            if matches!(
-                s.code(),
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-            ) =>
-        {
-            Some(format!("etcd refused us: {}", s.message()))
-        }
-        _ => None,
-    }
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return None;
+    };
+    let refused = s.code() == tonic::Code::PermissionDenied
+        || [
+            "authentication failed",
+            "user name is empty",
+            "user name not found",
+        ]
+        .iter()
+        .any(|m| s.message().contains(m));
+    refused.then(|| format!("etcd refused our credentials: {}", s.message()))
 }
 
+/// The whole chain of causes: tonic's own message is only "transport error", and the useful
+/// part (connection refused, unknown certificate issuer, ...) is in the sources.
 fn describe(e: &etcd_client::Error) -> String {
-    match e {
+    let mut out = match e {
         etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
         other => other.to_string(),
+    };
+    // etcd_client::Error keeps its cause inside the variant, without `source()`.
+    let mut source = match e {
+        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
+        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+        _ => None,
+    };
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = cause.source();
     }
+    out
 }

@@ -1,0 +1,234 @@
+//! An invalid configuration is refused before anything runs: exit 78 (EX_CONFIG), exactly one
+//! line on stderr naming the variable at fault, and the command is never started. A valid
+//! configuration whose status endpoint cannot be bound is the wrapper's own failure (70), also
+//! before the command starts and before the election is joined.
+
+mod common;
+
+use common::candidate::wrapper_bin;
+use common::etcd::Etcd;
+use common::{free_port, TempDir};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const LOCK: &str = "ETCD_AWAIT_ELECTION_LOCK_NAME";
+const IDENTITY: &str = "ETCD_AWAIT_ELECTION_IDENTITY";
+const ENDPOINTS: &str = "ETCD_AWAIT_ELECTION_ENDPOINTS";
+const STATUS: &str = "ETCD_AWAIT_ELECTION_STATUS_ENDPOINT";
+const LEASE: &str = "ETCD_AWAIT_ELECTION_LEASE_DURATION";
+const RENEW: &str = "ETCD_AWAIT_ELECTION_RENEW_DEADLINE";
+const RETRY: &str = "ETCD_AWAIT_ELECTION_RETRY_PERIOD";
+const CERT: &str = "ETCD_AWAIT_ELECTION_CERT";
+const KEY: &str = "ETCD_AWAIT_ELECTION_KEY";
+const CACERT: &str = "ETCD_AWAIT_ELECTION_CACERT";
+const FORCE: &str = "ETCD_AWAIT_ELECTION_FORCE_ACQUIRE";
+
+/// Long enough for a wrongly accepted config to show (it would try to join an election).
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Outcome {
+    status: ExitStatus,
+    stderr: String,
+    /// Whether the command ran (it would have created a marker file).
+    ran: bool,
+}
+
+/// Runs the wrapper with exactly `vars` as its `ETCD_AWAIT_ELECTION_*` environment, around a
+/// command that creates a marker file.
+fn run_with(vars: &[(&str, &str)]) -> Outcome {
+    let dir = TempDir::new("cfgerr");
+    let marker = dir.join("marker");
+    let err_path = dir.join("stderr");
+    let mut cmd = Command::new(wrapper_bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ETCD_AWAIT_ELECTION_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .args(["sh", "-c", r#"touch "$0""#])
+        .arg(&marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("spawn wrapper");
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            common::kill_and_wait(&mut child);
+            panic!(
+                "wrapper did not exit within {TIMEOUT:?} for {vars:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Outcome {
+        status,
+        stderr: std::fs::read_to_string(&err_path).unwrap(),
+        ran: Path::new(&marker).exists(),
+    }
+}
+
+/// A valid base (endpoint where nothing listens: a config error must be found before any
+/// connection is tried) with `changes` applied; `None` removes a variable.
+fn base_with(changes: &[(&'static str, Option<&str>)]) -> Vec<(&'static str, String)> {
+    let mut vars: Vec<(&'static str, String)> = vec![
+        (LOCK, "cfg-lock".into()),
+        (IDENTITY, "cfg-me".into()),
+        (ENDPOINTS, format!("127.0.0.1:{}", free_port())),
+    ];
+    for (k, v) in changes {
+        vars.retain(|(name, _)| name != k);
+        if let Some(v) = v {
+            vars.push((k, v.to_string()));
+        }
+    }
+    vars
+}
+
+/// Asserts: exit 78, one stderr line naming `var` as the culprit, command not started.
+fn assert_config_error(vars: &[(&str, String)], var: &str) {
+    let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = run_with(&borrowed);
+    let ctx = format!("vars {vars:?}; stderr:\n{}", o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(78),
+        "exit status {:?}; {ctx}",
+        o.status
+    );
+    assert!(!o.ran, "the command must not run; {ctx}");
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected exactly one line; {ctx}");
+    assert!(
+        lines[0].contains(&format!("{var}:")),
+        "the message must name {var} as the variable at fault; {ctx}"
+    );
+}
+
+fn check(changes: &[(&'static str, Option<&str>)], var: &str) {
+    assert_config_error(&base_with(changes), var);
+}
+
+#[test]
+fn missing_required_variables() {
+    check(&[(IDENTITY, None)], IDENTITY);
+    check(&[(LOCK, None)], LOCK);
+    check(&[(ENDPOINTS, None)], ENDPOINTS);
+    // Blank counts as missing.
+    check(&[(IDENTITY, Some("   "))], IDENTITY);
+    check(&[(LOCK, Some(""))], LOCK);
+    // Any single election variable switches to election mode, which then needs the rest.
+    assert_config_error(&[(LEASE, "5".into())], LOCK);
+    assert_config_error(&[(FORCE, "true".into())], LOCK);
+    assert_config_error(
+        &[(LOCK, "l".into()), (ENDPOINTS, "127.0.0.1:2379".into())],
+        IDENTITY,
+    );
+}
+
+#[test]
+fn bad_lease_duration() {
+    for bad in ["abc", "0", "1.5", "-3"] {
+        check(&[(LEASE, Some(bad))], LEASE);
+    }
+}
+
+#[test]
+fn bad_renew_deadline() {
+    check(&[(RENEW, Some("abc"))], RENEW);
+    check(&[(RENEW, Some("0"))], RENEW);
+    // Must be below the lease duration: equal or above is refused.
+    check(&[(LEASE, Some("3")), (RENEW, Some("3"))], RENEW);
+    check(&[(LEASE, Some("3")), (RENEW, Some("3000ms"))], RENEW);
+    check(&[(LEASE, Some("3")), (RENEW, Some("5s"))], RENEW);
+    // Against the default lease duration (15 s).
+    check(&[(RENEW, Some("20"))], RENEW);
+}
+
+#[test]
+fn bad_retry_period() {
+    check(&[(RETRY, Some("0"))], RETRY);
+    check(&[(RETRY, Some("soon"))], RETRY);
+}
+
+#[test]
+fn malformed_endpoints() {
+    for bad in [
+        "localhost",
+        "a:99999",
+        "ftp://x:1",
+        "127.0.0.1:2379,",
+        "a b:1",
+        "https://127.0.0.1:2379",
+    ] {
+        check(&[(ENDPOINTS, Some(bad))], ENDPOINTS);
+    }
+}
+
+#[test]
+fn tls_file_errors() {
+    let dir = TempDir::new("cfg-tls");
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "this is not a certificate\n").unwrap();
+    let not_pem = not_pem.to_str().unwrap();
+    let missing = dir.join("missing-ca.pem");
+    let missing = missing.to_str().unwrap();
+
+    // CERT without KEY: KEY is the one missing.
+    check(&[(CERT, Some(not_pem))], KEY);
+    check(&[(KEY, Some(not_pem))], CERT);
+    check(&[(CACERT, Some(missing))], CACERT);
+    check(&[(CACERT, Some(not_pem))], CACERT);
+}
+
+#[test]
+fn bad_force_acquire() {
+    check(&[(FORCE, Some("maybe"))], FORCE);
+}
+
+#[test]
+fn bad_status_endpoint() {
+    check(&[(STATUS, Some("nonsense"))], STATUS);
+    check(&[(STATUS, Some("localhost:8080"))], STATUS);
+    check(&[(STATUS, Some("127.0.0.1:70000"))], STATUS);
+}
+
+#[test]
+fn status_endpoint_in_use_is_an_internal_error() {
+    let etcd = Etcd::start();
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let ep = etcd.endpoint();
+    let vars = [
+        (LOCK, "cfg-busy"),
+        (IDENTITY, "cfg-me"),
+        (ENDPOINTS, ep.as_str()),
+        (LEASE, "2"),
+        (RENEW, "1500ms"),
+        (STATUS, addr.as_str()),
+    ];
+    let o = run_with(&vars);
+    let ctx = format!("stderr:\n{}", o.stderr);
+    assert_eq!(o.status.code(), Some(70), "{:?}; {ctx}", o.status);
+    assert!(!o.ran, "the command must not run; {ctx}");
+    assert!(
+        o.stderr.contains(STATUS) && o.stderr.contains(&addr),
+        "the message must name {STATUS} and the address; {ctx}"
+    );
+    // The wrapper gave up before joining the election.
+    assert!(etcd.get_prefix_keys("cfg-busy").is_empty());
+    assert_eq!(etcd.lease_count(), 0);
+    drop(busy);
+}
