@@ -9,24 +9,88 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Every variable that configures the election. Any one of them being set switches the wrapper
-/// from plain `exec` to election mode.
-const VARS: &[&str] = &[
-    LOCK_NAME,
-    IDENTITY,
-    ENDPOINTS,
-    STATUS_ENDPOINT,
-    LEASE_DURATION,
-    RENEW_DEADLINE,
-    RETRY_PERIOD,
-    CERT,
-    KEY,
-    CACERT,
-    FORCE_ACQUIRE,
-    USERNAME,
-    PASSWORD,
-    PASSWORD_FILE,
-    LEGACY_LOCK,
+/// A variable of ours, as `--help` and the command-line flags know it.
+pub struct Var {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+    /// Setting it switches the wrapper from plain `exec` to election mode.
+    pub election: bool,
+}
+
+const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
+    Var {
+        name,
+        default,
+        meaning,
+        election: true,
+    }
+}
+
+pub const VARIABLES: &[Var] = &[
+    var(LOCK_NAME, "(required)", "name of the election in etcd"),
+    var(
+        IDENTITY,
+        "(required)",
+        "unique identity of this candidate, e.g. the pod name",
+    ),
+    var(
+        ENDPOINTS,
+        "(required)",
+        "comma-separated etcd endpoints: host:port, http://..., https://...",
+    ),
+    var(
+        STATUS_ENDPOINT,
+        "(none)",
+        "host:port or :port to serve the HTTP status on",
+    ),
+    var(LEASE_DURATION, "15", "lease TTL in whole seconds"),
+    var(
+        RENEW_DEADLINE,
+        "10",
+        "stop the command when no renewal succeeded for this long (< lease)",
+    ),
+    var(
+        RETRY_PERIOD,
+        "2",
+        "back-off between failed attempts to reach etcd",
+    ),
+    var(CERT, "(none)", "TLS client certificate (PEM), with KEY"),
+    var(KEY, "(none)", "TLS client private key (PEM), with CERT"),
+    var(
+        CACERT,
+        "(none)",
+        "CA bundle (PEM) to verify the etcd servers; enables TLS",
+    ),
+    var(USERNAME, "(none)", "etcd user name"),
+    var(PASSWORD, "(none)", "etcd password (prefer PASSWORD_FILE)"),
+    var(PASSWORD_FILE, "(none)", "file holding the etcd password"),
+    var(
+        FORCE_ACQUIRE,
+        "false",
+        "depose the current leader at start (a preferred primary)",
+    ),
+    var(
+        LEGACY_LOCK,
+        "true",
+        "also hold the Go tool's plain LOCK_NAME key (rolling upgrades)",
+    ),
+    Var {
+        election: false,
+        ..var(
+            LOG_LEVEL,
+            "info",
+            "error, warn, info, debug or trace (else RUST_LOG)",
+        )
+    },
+    Var {
+        election: false,
+        ..var(
+            LOG_FORMAT,
+            "text",
+            "text or json (one JSON object per line)",
+        )
+    },
 ];
 
 pub const LOCK_NAME: &str = "ETCD_AWAIT_ELECTION_LOCK_NAME";
@@ -44,6 +108,8 @@ pub const USERNAME: &str = "ETCD_AWAIT_ELECTION_USERNAME";
 pub const PASSWORD: &str = "ETCD_AWAIT_ELECTION_PASSWORD";
 pub const PASSWORD_FILE: &str = "ETCD_AWAIT_ELECTION_PASSWORD_FILE";
 pub const LEGACY_LOCK: &str = "ETCD_AWAIT_ELECTION_LEGACY_LOCK";
+pub const LOG_LEVEL: &str = "ETCD_AWAIT_ELECTION_LOG_LEVEL";
+pub const LOG_FORMAT: &str = "ETCD_AWAIT_ELECTION_LOG_FORMAT";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -103,7 +169,10 @@ fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
 
 /// `Ok(None)` when no election variable is set at all: the caller should simply `exec`.
 pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, ConfigError> {
-    if VARS.iter().all(|v| get(v).is_none()) {
+    if VARIABLES
+        .iter()
+        .all(|v| !v.election || get(v.name).is_none())
+    {
         return Ok(None);
     }
     let required = |var: &'static str| match get(var) {

@@ -38,18 +38,17 @@ use crate::config::Config;
 pub enum Event {
     /// A keep-alive (or the grant) sent at `sent` succeeded: the lease lives until at least
     /// `sent + ttl` on the server.
-    Renewed {
-        sent: Instant,
-        ttl: Duration,
-    },
+    Renewed { sent: Instant, ttl: Duration },
     /// The identity at the head of the queue, when known.
     Leader(Option<String>),
-    /// etcd could not be reached; repeated only when the cause changes.
-    Unreachable(String),
+    /// An etcd request failed (`renewal`: a keep-alive).
+    Failed { renewal: bool, kind: &'static str },
+    /// etcd answers again after failures.
     Reachable,
     Elected {
         key: String,
         revision: i64,
+        lease: i64,
     },
     /// Leadership is gone; the child must stop now.
     Lost(String),
@@ -231,6 +230,7 @@ impl Election {
             self.send(Event::Elected {
                 key: seat.key.clone(),
                 revision: seat.revision,
+                lease: seat.lease,
             });
             return tokio::select! {
                 why = &mut keepalive => Outcome::Lost(why),
@@ -574,10 +574,13 @@ impl Election {
     }
 
     async fn note_failure(&mut self, e: &etcd_client::Error) {
+        self.send(Event::Failed {
+            renewal: false,
+            kind: kind(e),
+        });
         let cause = describe(e);
         if self.failing.as_deref() != Some(cause.as_str()) {
             warn!("etcd: {cause}; retrying every {:?}", self.cfg.retry_period);
-            self.send(Event::Unreachable(cause.clone()));
             self.failing = Some(cause);
         }
         self.etcd.after_failure(e);
@@ -603,6 +606,14 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
             ttl: Duration::from_secs(ttl as u64),
         }));
     };
+    let failed = |e: &etcd_client::Error| {
+        debug!("keep-alive: {e}");
+        let _ = tx.send(crate::Event::Election(Event::Failed {
+            renewal: true,
+            kind: kind(e),
+        }));
+        etcd.after_failure(e);
+    };
     loop {
         let sent = Instant::now();
         let attempt = async { timed(period, etcd.client().await?.lease_keep_alive(lease)).await };
@@ -610,8 +621,7 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
             Ok(ks) => ks,
             Err(e) if is_lease_not_found(&e) => return format!("lease {lease:x} expired"),
             Err(e) => {
-                debug!("keep-alive: {e}");
-                etcd.after_failure(&e);
+                failed(&e);
                 tokio::time::sleep(etcd.cfg.retry_period.min(period)).await;
                 continue;
             }
@@ -629,10 +639,14 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
             match answer {
                 Ok(Some(r)) if r.ttl() > 0 => send(sent, r.ttl()),
                 Ok(Some(_)) => return format!("lease {lease:x} expired"),
-                Ok(None) => break,
+                Ok(None) => {
+                    failed(&etcd_client::Error::LeaseKeepAliveError(
+                        "stream ended".into(),
+                    ));
+                    break;
+                }
                 Err(e) => {
-                    debug!("keep-alive: {e}");
-                    etcd.after_failure(&e);
+                    failed(&e);
                     break;
                 }
             }
@@ -708,6 +722,24 @@ fn is_lease_not_found(e: &etcd_client::Error) -> bool {
         etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
         etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
         _ => false,
+    }
+}
+
+/// A short label for metrics.
+fn kind(e: &etcd_client::Error) -> &'static str {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(s) => match s.code() {
+            tonic::Code::Unavailable => "unavailable",
+            tonic::Code::DeadlineExceeded => "deadline_exceeded",
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "auth",
+            _ => "grpc",
+        },
+        e if is_silent(e) => "timeout",
+        E::TransportError(_) => "transport",
+        E::WatchError(_) => "watch",
+        E::LeaseKeepAliveError(_) => "lease",
+        _ => "other",
     }
 }
 

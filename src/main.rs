@@ -5,8 +5,11 @@
 //! start the child, forward a signal, stop the child's group before the lease can expire on the
 //! server, resign, exit. It never talks to etcd itself.
 
+mod cli;
 mod config;
 mod election;
+mod format;
+mod logging;
 mod signals;
 mod status;
 mod supervisor;
@@ -14,7 +17,6 @@ mod supervisor;
 use std::ffi::OsString;
 use std::process::exit;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::PoisonError;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{error, info, warn};
@@ -48,35 +50,52 @@ pub enum Event {
     Signal(i32),
 }
 
-const USAGE: &str = "usage: etcd-await-election CMD [ARGS...]
-
-Runs CMD only while holding leadership of the etcd election ETCD_AWAIT_ELECTION_LOCK_NAME.
-Without any ETCD_AWAIT_ELECTION_* variable, CMD is simply executed in place.";
+const USAGE: &str = "usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...] (see --help)";
 
 fn main() {
-    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--") {
-        args.remove(0);
+    let (options, command) = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(cli::Action::Help) => {
+            print!("{}", cli::help());
+            exit(0);
+        }
+        Ok(cli::Action::Version) => {
+            println!("etcd-await-election {}", env!("CARGO_PKG_VERSION"));
+            exit(0);
+        }
+        Ok(cli::Action::Run { options, command }) if !command.is_empty() => (options, command),
+        Ok(cli::Action::Run { .. }) => {
+            eprintln!("{USAGE}");
+            exit(code::USAGE);
+        }
+        Err(e) => {
+            eprintln!("etcd-await-election: {e}\n{USAGE}");
+            exit(code::USAGE);
+        }
+    };
+    let get = |name: &str| {
+        let option = options.iter().rev().find(|(n, _)| *n == name);
+        option
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    };
+    let level = get(config::LOG_LEVEL);
+    if let Err(e) = logging::init(level.as_deref(), get(config::LOG_FORMAT).as_deref()) {
+        eprintln!("etcd-await-election: {}: {e}", config::LOG_FORMAT);
+        exit(code::CONFIG);
     }
-    if args.is_empty() {
-        eprintln!("{USAGE}");
-        exit(code::USAGE);
-    }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cfg =
-        match config::from_env(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())) {
-            Ok(cfg) => cfg,
-            Err(e) => {
-                error!("{e}");
-                exit(code::CONFIG);
-            }
-        };
+    let cfg = match config::from_env(get) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            error!("{e}");
+            exit(code::CONFIG);
+        }
+    };
     let Some(cfg) = cfg else {
-        let e = supervisor::exec(&args);
-        error!("cannot run {:?}: {}", args[0], e.error);
+        let e = supervisor::exec(&command);
+        error!("cannot run {:?}: {}", command[0], e.error);
         exit(e.code);
     };
-    exit(Wrapper::start(cfg, args).run());
+    exit(Wrapper::start(cfg, command).run());
 }
 
 enum State {
@@ -116,7 +135,12 @@ impl Wrapper {
         supervisor::become_subreaper();
         let (tx, events) = mpsc::channel();
         signals::spawn(tx.clone()).unwrap_or_else(|e| fail("cannot handle signals", &e));
-        let status = status::shared(&cfg.identity, &cfg.lock_name);
+        let status = status::Shared::new(
+            &cfg.identity,
+            &cfg.lock_name,
+            cfg.renew_deadline,
+            cfg.retry_period,
+        );
         if let Some(addr) = &cfg.status_endpoint {
             status::serve(addr, status.clone())
                 .unwrap_or_else(|e| fail(config::STATUS_ENDPOINT, &e));
@@ -250,6 +274,7 @@ impl Wrapper {
         let pid = child.pid;
         child.finish();
         let code = if lost { code::LOST } else { status };
+        self.status.update(|s| s.child_exit_code = Some(status));
         info!(
             "lock={} identity={}: child {pid} exited with {status}; resigning",
             self.cfg.lock_name, self.cfg.identity
@@ -264,6 +289,24 @@ impl Wrapper {
                 if self.renewal.is_none_or(|(last, _)| sent > last) {
                     self.renewal = Some((sent, ttl));
                 }
+                let wall = SystemTime::now() - sent.elapsed();
+                self.status.update(|s| {
+                    s.renewals += 1;
+                    s.last_renewal = Some((wall, sent));
+                    s.failing_since = None;
+                });
+                state
+            }
+            E::Failed { renewal, kind } => {
+                self.status.update(|s| {
+                    *s.etcd_errors.entry(kind).or_default() += 1;
+                    s.renewal_failures += u64::from(renewal);
+                    s.failing_since.get_or_insert_with(Instant::now);
+                });
+                state
+            }
+            E::Reachable => {
+                self.status.update(|s| s.failing_since = None);
                 state
             }
             E::Leader(leader) => {
@@ -275,15 +318,15 @@ impl Wrapper {
                         );
                     }
                 }
-                self.status
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .leader = leader;
+                self.status.update(|s| s.leader = leader);
                 state
             }
-            E::Unreachable(_) | E::Reachable => state,
-            E::Elected { key, revision } => match state {
-                State::Awaiting => self.lead(key, revision),
+            E::Elected {
+                key,
+                revision,
+                lease,
+            } => match state {
+                State::Awaiting => self.lead(key, revision, Some(lease)),
                 other => other,
             },
             E::Lost(why) => match state {
@@ -301,7 +344,7 @@ impl Wrapper {
         }
     }
 
-    fn lead(&mut self, key: String, revision: i64) -> State {
+    fn lead(&mut self, key: String, revision: i64, lease: Option<i64>) -> State {
         if self.renew_deadline().is_none_or(|d| d <= Instant::now()) {
             warn!("elected, but the lease was not renewed within the renew deadline");
             return self.resign(code::LOST);
@@ -312,6 +355,12 @@ impl Wrapper {
         ];
         match supervisor::spawn(&self.cmd, &env) {
             Ok(child) => {
+                self.status.update(|s| {
+                    s.transitions += 1;
+                    s.child_starts += 1;
+                    s.lease_id = lease;
+                    s.revision = Some(revision);
+                });
                 info!(
                     "lock={} identity={} leader={}: leading as {key} (revision {revision}); started child {}",
                     self.cfg.lock_name, self.cfg.identity, self.cfg.identity, child.pid
@@ -368,11 +417,13 @@ impl Wrapper {
     }
 
     fn set_phase(&self, phase: Phase) {
-        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        s.phase = phase;
-        s.since = SystemTime::now();
-        if phase == Phase::Running {
-            s.leader = Some(self.cfg.identity.clone());
-        }
+        let identity = &self.cfg.identity;
+        self.status.update(|s| {
+            s.phase = phase;
+            s.since = SystemTime::now();
+            if phase == Phase::Running {
+                s.leader = Some(identity.clone());
+            }
+        });
     }
 }

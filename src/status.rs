@@ -1,13 +1,17 @@
-//! The HTTP status endpoint, answered from an in-memory snapshot.
+//! The HTTP status endpoint (`/`, `/healthz`, `/readyz`, `/metrics`), answered from memory.
 //!
-//! `main` is the only writer of the [`Snapshot`]; the server thread only reads it, so a flood of
-//! requests costs no etcd request and cannot delay the election. This module does not know how
-//! the snapshot's facts are learned.
+//! `main` is the only writer of the [`Snapshot`]; the server thread only reads a copy of it, so a
+//! flood of requests costs no etcd request and cannot delay the election. This module does not
+//! know how the snapshot's facts are learned.
 
+use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::debug;
+
+use crate::format::{json_string, rfc3339};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -30,21 +34,61 @@ impl Phase {
 pub struct Snapshot {
     pub identity: String,
     pub lock: String,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
     pub phase: Phase,
     pub since: SystemTime,
     pub leader: Option<String>,
+    pub lease_id: Option<i64>,
+    pub revision: Option<i64>,
+    /// Wall time for people, monotonic time for ages.
+    pub last_renewal: Option<(SystemTime, Instant)>,
+    /// Since when etcd has been failing us, if it is.
+    pub failing_since: Option<Instant>,
+    pub transitions: u64,
+    pub renewals: u64,
+    pub renewal_failures: u64,
+    pub child_starts: u64,
+    pub child_exit_code: Option<i32>,
+    pub etcd_errors: BTreeMap<&'static str, u64>,
 }
 
-pub type Shared = Arc<Mutex<Snapshot>>;
+#[derive(Clone)]
+pub struct Shared(Arc<Mutex<Snapshot>>);
 
-pub fn shared(identity: &str, lock: &str) -> Shared {
-    Arc::new(Mutex::new(Snapshot {
-        identity: identity.to_string(),
-        lock: lock.to_string(),
-        phase: Phase::Awaiting,
-        since: SystemTime::now(),
-        leader: None,
-    }))
+impl Shared {
+    pub fn new(identity: &str, lock: &str, renew_deadline: Duration, retry: Duration) -> Shared {
+        Shared(Arc::new(Mutex::new(Snapshot {
+            identity: identity.to_string(),
+            lock: lock.to_string(),
+            renew_deadline,
+            retry_period: retry,
+            phase: Phase::Awaiting,
+            since: SystemTime::now(),
+            leader: None,
+            lease_id: None,
+            revision: None,
+            last_renewal: None,
+            failing_since: None,
+            transitions: 0,
+            renewals: 0,
+            renewal_failures: 0,
+            child_starts: 0,
+            child_exit_code: None,
+            etcd_errors: BTreeMap::new(),
+        })))
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn get(&self) -> Snapshot {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Binds at once, so a bad or busy address is reported before the election starts.
@@ -55,15 +99,8 @@ pub fn serve(addr: &str, snapshot: Shared) -> Result<(), String> {
         .name("status".into())
         .spawn(move || {
             for request in server.incoming_requests() {
-                let s = snapshot
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                let (code, body) = match request.url() {
-                    "/" => (200, to_json(&s)),
-                    _ => (404, "{\"error\":\"not found\"}".to_string()),
-                };
-                let header = tiny_http::Header::from_bytes("Content-Type", "application/json")
+                let (code, kind, body) = answer(request.method(), request.url(), &snapshot.get());
+                let header = tiny_http::Header::from_bytes("Content-Type", kind)
                     .expect("static header is valid");
                 let response = tiny_http::Response::from_string(body)
                     .with_status_code(code)
@@ -77,70 +114,187 @@ pub fn serve(addr: &str, snapshot: Shared) -> Result<(), String> {
     Ok(())
 }
 
+const JSON: &str = "application/json";
+
+fn answer(method: &tiny_http::Method, url: &str, s: &Snapshot) -> (u16, &'static str, String) {
+    use tiny_http::Method::{Get, Head};
+    let path = url.split('?').next().unwrap_or(url);
+    let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics");
+    if !known {
+        return (404, JSON, r#"{"error":"not found"}"#.into());
+    }
+    if !matches!(method, Get | Head) {
+        return (405, JSON, r#"{"error":"method not allowed"}"#.into());
+    }
+    match path {
+        "/" => (200, JSON, to_json(s)),
+        "/healthz" => match health_problem(s) {
+            None => (200, JSON, r#"{"status":"ok"}"#.into()),
+            Some(why) => (
+                503,
+                JSON,
+                format!(r#"{{"status":"failing","reason":{}}}"#, json_string(&why)),
+            ),
+        },
+        "/readyz" if s.phase == Phase::Running => (200, JSON, r#"{"status":"leading"}"#.into()),
+        "/readyz" => (503, JSON, r#"{"status":"not leading"}"#.into()),
+        _ => (200, "text/plain; version=0.0.4", metrics(s)),
+    }
+}
+
+/// Failing: etcd unreachable for longer than the retry period, half the renew deadline gone
+/// without a renewal while leading, or the command being stopped for lost leadership.
+fn health_problem(s: &Snapshot) -> Option<String> {
+    if let Some(t) = s.failing_since.filter(|t| t.elapsed() > s.retry_period) {
+        return Some(format!(
+            "etcd failing for {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    match s.phase {
+        Phase::Stopping => Some("leadership lost; stopping the command".into()),
+        Phase::Running => {
+            let age = s.last_renewal.map(|(_, t)| t.elapsed());
+            age.filter(|a| *a > s.renew_deadline / 2)
+                .map(|a| format!("no lease renewal for {:.1}s", a.as_secs_f64()))
+        }
+        Phase::Awaiting => None,
+    }
+}
+
 fn to_json(s: &Snapshot) -> String {
-    let leader = s.leader.as_deref().unwrap_or("unknown");
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "null".into());
     format!(
-        "{{\"status\":\"ok\",\"phase\":\"{}\",\"leader\":{},\"identity\":{},\"lock\":{},\"since\":\"{}\"}}",
+        concat!(
+            r#"{{"status":"ok","phase":"{}","leader":{},"identity":{},"lock":{},"#,
+            r#""lease_id":{},"revision":{},"since":"{}","last_renewal":{}}}"#
+        ),
         s.phase.as_str(),
-        json_string(leader),
+        json_string(s.leader.as_deref().unwrap_or("unknown")),
         json_string(&s.identity),
         json_string(&s.lock),
+        opt(s.lease_id.map(|l| json_string(&format!("{l:x}")))),
+        opt(s.revision.map(|r| r.to_string())),
         rfc3339(s.since),
+        opt(s.last_renewal.map(|(t, _)| json_string(&rfc3339(t)))),
     )
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+fn metrics(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+        let _ = writeln!(out, "# HELP etcd_await_election_{name} {help}");
+        let _ = writeln!(out, "# TYPE etcd_await_election_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "etcd_await_election_{name}{labels} {value}");
         }
+    };
+    let one = |v: String| [(String::new(), v)];
+    metric(
+        "leader",
+        "gauge",
+        "1 while this instance runs the command.",
+        &one(u8::from(s.phase == Phase::Running).to_string()),
+    );
+    metric(
+        "leadership_transitions_total",
+        "counter",
+        "Times this instance became leader.",
+        &one(s.transitions.to_string()),
+    );
+    metric(
+        "renewals_total",
+        "counter",
+        "Successful lease renewals.",
+        &one(s.renewals.to_string()),
+    );
+    metric(
+        "renewal_failures_total",
+        "counter",
+        "Failed lease keep-alive attempts.",
+        &one(s.renewal_failures.to_string()),
+    );
+    if let Some((_, t)) = s.last_renewal {
+        metric(
+            "seconds_since_renewal",
+            "gauge",
+            "Seconds since the send time of the last successful renewal.",
+            &one(format!("{:.3}", t.elapsed().as_secs_f64())),
+        );
     }
-    out.push('"');
+    metric(
+        "child_starts_total",
+        "counter",
+        "Times the command was started.",
+        &one(s.child_starts.to_string()),
+    );
+    if let Some(code) = s.child_exit_code {
+        metric(
+            "child_exit_code",
+            "gauge",
+            "Exit code of the command's last run (128+N for signal N).",
+            &one(code.to_string()),
+        );
+    }
+    let errors: Vec<_> = s
+        .etcd_errors
+        .iter()
+        .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string()))
+        .collect();
+    metric(
+        "etcd_errors_total",
+        "counter",
+        "Failed etcd requests, by kind.",
+        &errors,
+    );
     out
-}
-
-/// UTC, whole seconds. Days-to-civil from Howard Hinnant's `chrono`-compatible algorithm.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use tiny_http::Method;
 
-    #[test]
-    fn dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_305_600 + 3661);
-        assert_eq!(rfc3339(t), "2026-11-22T01:01:01Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    fn snapshot() -> Snapshot {
+        let s = Shared::new(
+            "me",
+            "lock",
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        );
+        s.get()
     }
 
     #[test]
-    fn json_escapes() {
-        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    fn compatible_json() {
+        let (code, _, body) = answer(&Method::Get, "/", &snapshot());
+        assert_eq!(code, 200);
+        assert!(
+            body.starts_with(r#"{"status":"ok","phase":"awaiting","leader":"unknown","#),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn routes() {
+        let s = snapshot();
+        assert_eq!(answer(&Method::Get, "/nope", &s).0, 404);
+        assert_eq!(answer(&Method::Post, "/", &s).0, 405);
+        assert_eq!(answer(&Method::Get, "/readyz", &s).0, 503);
+        assert_eq!(answer(&Method::Get, "/healthz", &s).0, 200);
+        let mut leading = s.clone();
+        leading.phase = Phase::Running;
+        leading.last_renewal = Some((SystemTime::now(), Instant::now()));
+        assert_eq!(answer(&Method::Get, "/readyz", &leading).0, 200);
+        assert_eq!(answer(&Method::Get, "/healthz", &leading).0, 200);
+        let (_, _, m) = answer(&Method::Get, "/metrics", &leading);
+        assert!(m.contains("\netcd_await_election_leader 1\n"), "{m}");
+    }
+
+    #[test]
+    fn unhealthy_when_etcd_fails_longer_than_the_retry_period() {
+        let mut s = snapshot();
+        s.failing_since = Some(Instant::now() - Duration::from_secs(3));
+        assert_eq!(answer(&Method::Get, "/healthz", &s).0, 503);
     }
 }

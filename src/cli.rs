@@ -1,0 +1,169 @@
+//! The command line: options before the command, `--help` and `--version`.
+//!
+//! Every variable of [`config::VARIABLES`] is also a long option (`ETCD_AWAIT_ELECTION_LOCK_NAME`
+//! is `--lock-name`); options win over the environment. Parsing stops at the first argument that
+//! is not an option, or after `--`: everything from there on is the command, untouched. This
+//! module does not validate values; `config` does, naming the variable.
+
+use std::ffi::OsString;
+
+use lexopt::Arg::{Long, Short, Value};
+
+use crate::config::{self, Var, VARIABLES};
+
+pub enum Action {
+    Help,
+    Version,
+    Run {
+        /// `(variable name, value)` for every option given.
+        options: Vec<(&'static str, String)>,
+        command: Vec<OsString>,
+    },
+}
+
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, String> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut options = Vec::new();
+    loop {
+        match parser.next().map_err(|e| e.to_string())? {
+            Some(Long("help") | Short('h')) => return Ok(Action::Help),
+            Some(Long("version") | Short('V')) => return Ok(Action::Version),
+            Some(Long(name)) => {
+                let name = name.to_string();
+                let var = VARIABLES
+                    .iter()
+                    .find(|v| flag(v) == name)
+                    .ok_or_else(|| format!("unknown option --{name} (see --help)"))?;
+                let value = if is_bool(var) {
+                    parser.optional_value()
+                } else {
+                    Some(parser.value().map_err(|e| e.to_string())?)
+                };
+                let value = match value {
+                    None => "true".to_string(),
+                    Some(v) => v
+                        .into_string()
+                        .map_err(|_| format!("--{name}: the value is not valid UTF-8"))?,
+                };
+                options.push((var.name, value));
+            }
+            Some(Short(c)) => return Err(format!("unknown option -{c} (see --help)")),
+            Some(Value(first)) => {
+                let mut command = vec![first];
+                command.extend(parser.raw_args().map_err(|e| e.to_string())?);
+                return Ok(Action::Run { options, command });
+            }
+            None => {
+                return Ok(Action::Run {
+                    options,
+                    command: Vec::new(),
+                })
+            }
+        }
+    }
+}
+
+fn flag(v: &Var) -> String {
+    v.name
+        .trim_start_matches("ETCD_AWAIT_ELECTION_")
+        .to_ascii_lowercase()
+        .replace('_', "-")
+}
+
+fn is_bool(v: &Var) -> bool {
+    [config::FORCE_ACQUIRE, config::LEGACY_LOCK].contains(&v.name)
+}
+
+pub fn help() -> String {
+    let mut out = format!(
+        "etcd-await-election {}
+Runs a command only while this instance leads an etcd election; without any election
+variable it simply executes the command.
+
+Usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...]
+
+Options (each is also an environment variable; options win):
+",
+        env!("CARGO_PKG_VERSION")
+    );
+    for v in VARIABLES {
+        let arg = if is_bool(v) { "[=BOOL]" } else { " VALUE" };
+        let default = match v.default {
+            d if d.starts_with('(') => d.to_string(),
+            d => format!("(default: {d})"),
+        };
+        out.push_str(&format!(
+            "  --{}{arg}\n      {}\n      {} {default}\n",
+            flag(v),
+            v.name,
+            v.meaning,
+        ));
+    }
+    out.push_str(
+        "  -h, --help       this help
+  -V, --version    the version
+
+Durations: a plain number is seconds; RENEW_DEADLINE and RETRY_PERIOD also take 500ms, 1.5s, 2m.
+
+Exit codes:
+  the command's own code, or 128+N if it died of signal N
+  0    withdrew from the election on SIGTERM/SIGINT before leading
+  64   usage error (no command, unknown option)
+  70   the wrapper's own failure (e.g. cannot listen on the status endpoint)
+  75   leadership lost (renew deadline passed, lease expired, deposed): the command was stopped
+  77   etcd refused our credentials
+  78   invalid configuration (the message names the variable)
+  126  the command was found but could not be executed
+  127  the command was not found
+
+Example:
+  ETCD_AWAIT_ELECTION_LOCK_NAME=my-job ETCD_AWAIT_ELECTION_IDENTITY=$HOSTNAME \\
+  ETCD_AWAIT_ELECTION_ENDPOINTS=10.0.0.1:2379,10.0.0.2:2379 \\
+  etcd-await-election my-job --serve
+",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> (Vec<(&'static str, String)>, Vec<OsString>) {
+        match parse(args.iter().map(OsString::from)).unwrap() {
+            Action::Run { options, command } => (options, command),
+            _ => panic!("not a run"),
+        }
+    }
+
+    #[test]
+    fn options_then_command_untouched() {
+        let (o, c) = run(&["--lock-name", "l", "--force-acquire", "sh", "-c", "--x"]);
+        assert_eq!(
+            o,
+            [
+                (config::LOCK_NAME, "l".to_string()),
+                (config::FORCE_ACQUIRE, "true".to_string())
+            ]
+        );
+        assert_eq!(c, ["sh", "-c", "--x"]);
+        let (o, c) = run(&["--legacy-lock=false", "--", "--weird"]);
+        assert_eq!(o, [(config::LEGACY_LOCK, "false".to_string())]);
+        assert_eq!(c, ["--weird"]);
+    }
+
+    #[test]
+    fn unknown_options_are_errors() {
+        assert!(parse(["--nope".into()]).is_err());
+        assert!(parse(["-x".into()]).is_err());
+        assert!(matches!(parse(["--help".into()]), Ok(Action::Help)));
+    }
+
+    #[test]
+    fn help_lists_every_variable() {
+        let h = help();
+        for v in VARIABLES {
+            assert!(h.contains(v.name), "{}", v.name);
+        }
+    }
+}
