@@ -596,10 +596,14 @@ impl Election {
     }
 }
 
-/// Keeps the lease alive about every TTL/3, one keep-alive in flight at a time so that each
-/// success is matched to its send time. Returns only when the lease is gone.
+/// Keeps the lease alive, one keep-alive in flight at a time so that each success is matched to
+/// its send time. Returns only when the lease is gone.
+///
+/// The period is a third of the TTL or of the renew deadline, whichever is shorter, and a
+/// keep-alive unanswered for a period is given up and retried on a fresh connection: one lost
+/// answer must not cost the leadership.
 async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Event>) -> String {
-    let period = ttl / 3;
+    let period = ttl.min(etcd.cfg.renew_deadline) / 3;
     let send = |sent: Instant, ttl: i64| {
         let _ = tx.send(crate::Event::Election(Event::Renewed {
             sent,

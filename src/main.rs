@@ -251,27 +251,22 @@ impl Wrapper {
     }
 
     fn on_child_exit(&mut self, state: State) -> State {
-        let (child, lost) = match state {
+        let (child, lost) = match &state {
             State::Leading(child) => (child, false),
             State::Stopping { child, .. } => (child, true),
-            other => {
+            _ => {
                 supervisor::reap(None);
-                return other;
+                return state;
             }
         };
+        // SIGCHLD also comes for the guardian and for reparented orphans.
         let Some(status) = supervisor::reap(Some(child.pid)) else {
-            return if lost {
-                let kill_at = self.kill_at();
-                State::Stopping {
-                    child,
-                    kill_at,
-                    killed: false,
-                }
-            } else {
-                State::Leading(child)
-            };
+            return state;
         };
         let pid = child.pid;
+        let (State::Leading(child) | State::Stopping { child, .. }) = state else {
+            unreachable!("matched above");
+        };
         child.finish();
         let code = if lost { code::LOST } else { status };
         self.status.update(|s| s.child_exit_code = Some(status));
