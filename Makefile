@@ -3,6 +3,9 @@
 #   make test      install deps, then fmt check, clippy, all tests (what CI runs)
 #   make build     debug build (host target)
 #   make release   static musl release binary
+#   make release-check   release, then static/size/empty-root checks of it
+#   make examples-check  verify examples/ (systemd unit, k8s YAML, Dockerfile)
+#   make release-aarch64 static musl release binary for aarch64 (cross build)
 #   make demo      two-candidate leader election demo against a throwaway etcd
 #   make bench     benchmarks (needs hyperfine)
 #   make soak      long-running soak test (EAE_SOAK_SECONDS, default 300)
@@ -22,11 +25,14 @@ export EAE_SOAK_SECONDS
 MUSL_TARGET := x86_64-unknown-linux-musl
 BIN_NAME := etcd-await-election
 RELEASE_BIN := target/$(MUSL_TARGET)/release/$(BIN_NAME)
+AARCH64_TARGET := aarch64-unknown-linux-musl
+AARCH64_BIN := $(or $(CARGO_TARGET_DIR),target)/$(AARCH64_TARGET)/release/$(BIN_NAME)
 
 banner = @printf '\n==================== %s ====================\n' "$(1)"
 
-.PHONY: all deps deps-bench deps-release build test fmt-check clippy \
-	unit-test release demo bench soak clean
+.PHONY: all deps deps-bench deps-release deps-aarch64 build test fmt-check \
+	clippy unit-test release release-check examples-check release-aarch64 \
+	demo bench soak clean
 
 all: test
 
@@ -41,6 +47,10 @@ deps-bench:
 deps-release:
 	$(call banner,Checking/installing dependencies (incl. musl target))
 	scripts/install-deps.sh --release
+
+deps-aarch64:
+	$(call banner,Checking/installing dependencies (incl. aarch64 cross toolchain))
+	scripts/install-deps.sh --aarch64
 
 build:
 	$(call banner,cargo build)
@@ -64,12 +74,37 @@ test:
 	@$(MAKE) --no-print-directory fmt-check
 	@$(MAKE) --no-print-directory clippy
 	@$(MAKE) --no-print-directory unit-test
+	@$(MAKE) --no-print-directory release-check
+	@$(MAKE) --no-print-directory examples-check
 	$(call banner,All checks passed)
 
 release: deps-release
 	$(call banner,cargo build --release ($(MUSL_TARGET)))
 	$(CARGO) build --release --locked --target $(MUSL_TARGET) --bin $(BIN_NAME)
 	@echo "==> Static binary: $(RELEASE_BIN) ($$(stat -c %s $(RELEASE_BIN)) bytes)"
+
+# Static linking, size budget, and runs (incl. an election) in an empty root.
+release-check: release
+	$(call banner,Release binary checks)
+	BIN=$(RELEASE_BIN) scripts/check-release.sh
+
+# systemd-analyze verify, Kubernetes YAML and Dockerfile structure.
+examples-check:
+	$(call banner,Examples checks)
+	scripts/check-examples.sh
+
+# Cross build (not part of `make test`): .cargo/config.toml sets the linker and
+# C compiler (Debian's aarch64-linux-gnu-gcc); rustc links musl statically.
+release-aarch64: deps-aarch64
+	$(call banner,cargo build --release ($(AARCH64_TARGET)))
+	$(CARGO) build --release --locked --target $(AARCH64_TARGET) --bin $(BIN_NAME)
+	@info="$$(file -b $(AARCH64_BIN))"; echo "==> file: $$info"; \
+	case "$$info" in *"ARM aarch64"*static*) ;; \
+		*) echo "==> $(AARCH64_BIN) is not a static aarch64 binary" >&2; exit 1 ;; esac
+	@if command -v qemu-aarch64-static >/dev/null 2>&1; then \
+		echo "==> qemu-aarch64-static $(AARCH64_BIN) --version: $$(qemu-aarch64-static $(AARCH64_BIN) --version)"; \
+	fi
+	@echo "==> Static binary: $(AARCH64_BIN) ($$(stat -c %s $(AARCH64_BIN)) bytes)"
 
 demo:
 	@$(MAKE) --no-print-directory deps

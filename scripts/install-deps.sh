@@ -8,29 +8,39 @@
 #   scripts/install-deps.sh            # test/build deps
 #   scripts/install-deps.sh --bench    # also hyperfine (for `make bench`)
 #   scripts/install-deps.sh --release  # musl target is mandatory (`make release`)
+#   scripts/install-deps.sh --aarch64  # also the aarch64 cross toolchain
 #
 # Tools checked -> Debian package installed when missing:
 #   etcd      -> etcd-server        (integration tests, demo)
 #   etcdctl   -> etcd-client        (demo, debugging)
 #   protoc    -> protobuf-compiler  (etcd-client build)
 #   musl-gcc  -> musl-tools         (static musl release build; ring's C code)
+#   readelf   -> binutils           (release check: static linking)
+#   file      -> file               (release check)
+#   systemd-analyze -> systemd      (examples check: verify the unit)
+#   python3 + PyYAML -> python3-yaml (examples check: Kubernetes YAML)
 #   hyperfine -> hyperfine          (--bench only)
+#   aarch64-linux-gnu-gcc -> gcc-aarch64-linux-gnu, libc6-dev-arm64-cross,
+#   qemu-aarch64-static   -> qemu-user-static   (--aarch64 only)
 # plus rustup components rustfmt + clippy and the rustup target
-# x86_64-unknown-linux-musl.
+# x86_64-unknown-linux-musl (and aarch64-unknown-linux-musl with --aarch64).
 set -euo pipefail
 
 MUSL_TARGET=x86_64-unknown-linux-musl
+AARCH64_TARGET=aarch64-unknown-linux-musl
 WANT_BENCH=0
 NEED_MUSL_TARGET=0
+WANT_AARCH64=0
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 for arg in "$@"; do
     case "$arg" in
         --bench) WANT_BENCH=1 ;;
         --release) NEED_MUSL_TARGET=1 ;;
+        --aarch64) WANT_AARCH64=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "install-deps: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -65,8 +75,35 @@ need_tool etcd etcd-server
 need_tool etcdctl etcd-client
 need_tool protoc protobuf-compiler
 need_tool musl-gcc musl-tools
+need_tool readelf binutils
+need_tool file file
+need_tool systemd-analyze systemd
+# PyYAML for whichever python3 scripts/check-examples.sh finds: the one on
+# PATH (may be a pyenv/venv one with PyYAML from pip) or Debian's.
+have_pyyaml() {
+    local py
+    for py in python3 /usr/bin/python3; do
+        if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import yaml' 2>/dev/null; then
+            return 0
+        fi
+    done
+    return 1
+}
+if ! have_pyyaml; then
+    log "missing PyYAML for python3 (package python3-yaml)"
+    missing_pkgs+=(python3-yaml)
+fi
 if [ "$WANT_BENCH" -eq 1 ]; then
     need_tool hyperfine hyperfine
+fi
+if [ "$WANT_AARCH64" -eq 1 ]; then
+    need_tool aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
+    # ring's C code includes <assert.h>/<stdint.h>: the cross C headers.
+    if [ ! -f /usr/aarch64-linux-gnu/include/assert.h ]; then
+        log "missing aarch64 C headers (package libc6-dev-arm64-cross)"
+        missing_pkgs+=(libc6-dev-arm64-cross)
+    fi
+    need_tool qemu-aarch64-static qemu-user-static
 fi
 
 # PIDs of etcd processes run by the package's `etcd` system user.
@@ -165,11 +202,17 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     case " ${missing_pkgs[*]} " in
         *" etcd-server "*) stop_packaged_etcd "$etcd_before" ;;
     esac
-    for tool in etcd etcdctl protoc musl-gcc; do
+    for tool in etcd etcdctl protoc musl-gcc readelf file systemd-analyze; do
         command -v "$tool" >/dev/null 2>&1 || die "'$tool' still missing after install"
     done
+    have_pyyaml || die "python3 still cannot import yaml after installing python3-yaml"
     if [ "$WANT_BENCH" -eq 1 ]; then
         command -v hyperfine >/dev/null 2>&1 || die "'hyperfine' still missing after install"
+    fi
+    if [ "$WANT_AARCH64" -eq 1 ]; then
+        for tool in aarch64-linux-gnu-gcc qemu-aarch64-static; do
+            command -v "$tool" >/dev/null 2>&1 || die "'$tool' still missing after install"
+        done
     fi
 fi
 
@@ -199,13 +242,18 @@ if command -v rustup >/dev/null 2>&1; then
                 "(only needed for 'make release'); continuing"
         fi
     fi
+    if [ "$WANT_AARCH64" -eq 1 ] &&
+        ! rustup target list --installed 2>/dev/null | grep -qx "$AARCH64_TARGET"; then
+        log "rustup target add $AARCH64_TARGET"
+        rustup target add "$AARCH64_TARGET" || die "could not install rustup target $AARCH64_TARGET"
+    fi
 else
     for sub in fmt clippy; do
         cargo "$sub" --version >/dev/null 2>&1 ||
             die "rustup not found and 'cargo $sub' is unavailable; install it manually"
     done
-    if [ "$NEED_MUSL_TARGET" -eq 1 ]; then
-        die "rustup not found; cannot install target $MUSL_TARGET"
+    if [ "$NEED_MUSL_TARGET" -eq 1 ] || [ "$WANT_AARCH64" -eq 1 ]; then
+        die "rustup not found; cannot install the musl target(s)"
     fi
     log "WARNING: rustup not found; cannot check target $MUSL_TARGET (needed only for 'make release')"
 fi

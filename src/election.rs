@@ -105,7 +105,9 @@ struct Election {
     etcd: Etcd,
     tx: Sender<crate::Event>,
     lease: Option<i64>,
-    failing: Option<String>,
+    /// Causes already logged since etcd last answered: a flapping cause (TLS alerts race the
+    /// connection close) is logged once, not on every retry.
+    failing: Vec<String>,
 }
 
 async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receiver<()>) {
@@ -122,7 +124,7 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
         cfg,
         tx: tx.clone(),
         lease: None,
-        failing: None,
+        failing: Vec::new(),
     };
     let outcome = tokio::select! {
         biased;
@@ -170,6 +172,25 @@ async fn connect(cfg: &Config) -> Result<Client> {
     Client::connect(&cfg.endpoints, Some(opts)).await
 }
 
+/// Builds a client once, without credentials (so no request is made), to reject at start-up a
+/// TLS setup that can never work, such as a key that does not match its certificate.
+pub fn check_tls(cfg: &Config) -> std::result::Result<(), String> {
+    if cfg.tls.is_none() {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let cfg = Config {
+        user: None,
+        ..cfg.clone()
+    };
+    rt.block_on(connect(&cfg))
+        .map(drop)
+        .map_err(|e| describe(&e))
+}
+
 /// Bounds every unary request: a silent connection must turn into an error we can act on.
 fn op_timeout(cfg: &Config) -> Duration {
     Duration::from_secs(cfg.lease_ttl as u64).clamp(Duration::from_secs(2), Duration::from_secs(5))
@@ -209,7 +230,13 @@ impl Election {
                     info!("lost our place in the queue ({why}); joining again");
                     continue;
                 }
-                r = self.wait_turn(&seat) => r,
+                r = async {
+                    // Deposing waits a TTL: inside this select!, so our own lease stays alive.
+                    if self.cfg.force_acquire {
+                        self.depose_ahead_of(&seat).await?;
+                    }
+                    self.wait_turn(&seat).await
+                } => r,
             };
             match turn {
                 Ok(true) => {}
@@ -241,8 +268,7 @@ impl Election {
 
     /// Takes a seat: adopts the live key our previous life left under our identity (so a
     /// restarted leader is not queued behind itself), or grants a lease and creates our key.
-    /// Then clears what the Go tool would clear at start (the legacy lock under our identity)
-    /// and, with force acquire, deposes everyone ahead.
+    /// Then clears what the Go tool would clear at start: the legacy lock under our identity.
     async fn join(&mut self) -> Result<Seat> {
         let mut c = self.client().await?;
         let seat = match self.adopt(&mut c).await? {
@@ -265,9 +291,6 @@ impl Election {
             {
                 info!("deleted {lock} left under our identity by a previous life");
             }
-        }
-        if self.cfg.force_acquire {
-            self.depose_ahead_of(&mut c, &seat).await?;
         }
         Ok(seat)
     }
@@ -345,8 +368,9 @@ impl Election {
         })
     }
 
-    async fn depose_ahead_of(&mut self, c: &mut Client, seat: &Seat) -> Result<()> {
+    async fn depose_ahead_of(&mut self, seat: &Seat) -> Result<()> {
         let t = op_timeout(&self.cfg);
+        let c = &mut self.client().await?;
         let mut ahead = timed(
             t,
             c.get(
@@ -567,7 +591,8 @@ impl Election {
     }
 
     fn reachable(&mut self) {
-        if self.failing.take().is_some() {
+        if !self.failing.is_empty() {
+            self.failing.clear();
             info!("etcd reachable again");
             self.send(Event::Reachable);
         }
@@ -579,9 +604,9 @@ impl Election {
             kind: kind(e),
         });
         let cause = describe(e);
-        if self.failing.as_deref() != Some(cause.as_str()) {
+        if !self.failing.contains(&cause) && self.failing.len() < 8 {
             warn!("etcd: {cause}; retrying every {:?}", self.cfg.retry_period);
-            self.failing = Some(cause);
+            self.failing.push(cause);
         }
         self.etcd.after_failure(e);
     }

@@ -95,6 +95,15 @@ fn main() {
         error!("cannot run {:?}: {}", command[0], e.error);
         exit(e.code);
     };
+    if let Err(e) = election::check_tls(&cfg) {
+        error!(
+            "{}/{}/{}: unusable TLS configuration: {e}",
+            config::CERT,
+            config::KEY,
+            config::CACERT
+        );
+        exit(code::CONFIG);
+    }
     exit(Wrapper::start(cfg, command).run());
 }
 

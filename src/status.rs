@@ -5,7 +5,10 @@
 //! know how the snapshot's facts are learned.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -91,22 +94,43 @@ impl Shared {
     }
 }
 
+/// A connection may take this long to send its request head, and again to take the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longer request heads are refused: nothing we serve needs more.
+const MAX_HEAD: usize = 8 * 1024;
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 32;
+
 /// Binds at once, so a bad or busy address is reported before the election starts.
+///
+/// One request per connection, answered and closed, each on a short-lived thread, with a bounded
+/// head, a time limit and a cap on connections: whatever a client sends or fails to read, memory
+/// and threads stay bounded and other clients are answered. (tiny_http, tried first, reads a
+/// header line without limit and answers from one thread that a non-reading client blocks.)
 pub fn serve(addr: &str, snapshot: Shared) -> Result<(), String> {
-    let server =
-        tiny_http::Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("status".into())
         .spawn(move || {
-            for request in server.incoming_requests() {
-                let (code, kind, body) = answer(request.method(), request.url(), &snapshot.get());
-                let header = tiny_http::Header::from_bytes("Content-Type", kind)
-                    .expect("static header is valid");
-                let response = tiny_http::Response::from_string(body)
-                    .with_status_code(code)
-                    .with_header(header);
-                if let Err(e) = request.respond(response) {
-                    debug!("status: {e}");
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                let (snapshot, done) = (snapshot.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("status-conn".into())
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        if let Err(e) = handle(stream, &snapshot) {
+                            debug!("status: {e}");
+                        }
+                        done.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::SeqCst);
                 }
             }
         })
@@ -114,16 +138,80 @@ pub fn serve(addr: &str, snapshot: Shared) -> Result<(), String> {
     Ok(())
 }
 
+fn handle(mut stream: TcpStream, snapshot: &Shared) -> std::io::Result<()> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_HEAD {
+            return respond(
+                &mut stream,
+                false,
+                431,
+                JSON,
+                r#"{"error":"request too large"}"#,
+            );
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf)? {
+            0 => return Ok(()),
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
+    else {
+        return respond(&mut stream, false, 400, JSON, r#"{"error":"bad request"}"#);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return respond(&mut stream, false, 400, JSON, r#"{"error":"bad request"}"#);
+    }
+    let (code, kind, body) = answer(method, target, &snapshot.get());
+    respond(&mut stream, method == "HEAD", code, kind, &body)
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    head_only: bool,
+    code: u16,
+    kind: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_only {
+        out.push_str(body);
+    }
+    stream.write_all(out.as_bytes())?;
+    stream.flush()
+}
+
 const JSON: &str = "application/json";
 
-fn answer(method: &tiny_http::Method, url: &str, s: &Snapshot) -> (u16, &'static str, String) {
-    use tiny_http::Method::{Get, Head};
+fn answer(method: &str, url: &str, s: &Snapshot) -> (u16, &'static str, String) {
     let path = url.split('?').next().unwrap_or(url);
     let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics");
     if !known {
         return (404, JSON, r#"{"error":"not found"}"#.into());
     }
-    if !matches!(method, Get | Head) {
+    if !matches!(method, "GET" | "HEAD") {
         return (405, JSON, r#"{"error":"method not allowed"}"#.into());
     }
     match path {
@@ -253,7 +341,6 @@ fn metrics(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tiny_http::Method;
 
     fn snapshot() -> Snapshot {
         let s = Shared::new(
@@ -267,7 +354,7 @@ mod tests {
 
     #[test]
     fn compatible_json() {
-        let (code, _, body) = answer(&Method::Get, "/", &snapshot());
+        let (code, _, body) = answer("GET", "/", &snapshot());
         assert_eq!(code, 200);
         assert!(
             body.starts_with(r#"{"status":"ok","phase":"awaiting","leader":"unknown","#),
@@ -278,16 +365,16 @@ mod tests {
     #[test]
     fn routes() {
         let s = snapshot();
-        assert_eq!(answer(&Method::Get, "/nope", &s).0, 404);
-        assert_eq!(answer(&Method::Post, "/", &s).0, 405);
-        assert_eq!(answer(&Method::Get, "/readyz", &s).0, 503);
-        assert_eq!(answer(&Method::Get, "/healthz", &s).0, 200);
+        assert_eq!(answer("GET", "/nope", &s).0, 404);
+        assert_eq!(answer("POST", "/", &s).0, 405);
+        assert_eq!(answer("GET", "/readyz", &s).0, 503);
+        assert_eq!(answer("GET", "/healthz", &s).0, 200);
         let mut leading = s.clone();
         leading.phase = Phase::Running;
         leading.last_renewal = Some((SystemTime::now(), Instant::now()));
-        assert_eq!(answer(&Method::Get, "/readyz", &leading).0, 200);
-        assert_eq!(answer(&Method::Get, "/healthz", &leading).0, 200);
-        let (_, _, m) = answer(&Method::Get, "/metrics", &leading);
+        assert_eq!(answer("GET", "/readyz", &leading).0, 200);
+        assert_eq!(answer("GET", "/healthz", &leading).0, 200);
+        let (_, _, m) = answer("GET", "/metrics", &leading);
         assert!(m.contains("\netcd_await_election_leader 1\n"), "{m}");
     }
 
@@ -295,6 +382,6 @@ mod tests {
     fn unhealthy_when_etcd_fails_longer_than_the_retry_period() {
         let mut s = snapshot();
         s.failing_since = Some(Instant::now() - Duration::from_secs(3));
-        assert_eq!(answer(&Method::Get, "/healthz", &s).0, 503);
+        assert_eq!(answer("GET", "/healthz", &s).0, 503);
     }
 }

@@ -8,6 +8,7 @@ pub mod candidate;
 pub mod child;
 pub mod etcd;
 pub mod invariant;
+pub mod old_replica;
 pub mod proxy;
 
 use std::collections::HashSet;

@@ -1,0 +1,1072 @@
+#!/usr/bin/env python3
+"""Benchmarks of etcd-await-election against a real etcd, next to `etcdctl lock`.
+
+    scripts/bench.py [--out BENCHMARKS.md] [--quick] [--no-build] [--keep]
+
+Starts a throwaway single-node etcd on loopback (free ports, data dir on /dev/shm when
+available, --heartbeat-interval 100 --election-timeout 1000 so a 2 s lease TTL is allowed),
+runs every scenario against it with the release build of etcd-await-election and with
+etcd's own `etcdctl lock NAME CMD...`, and writes the figures to BENCHMARKS.md (and the raw
+samples to target/bench/results.json).
+
+Every command under test is `target/release/eae-test-child` (tests/support/child.rs): it
+appends `start|term|stop <identity> <pid> <CLOCK_MONOTONIC ns>` to $EAE_TEST_LOG, so handover
+times are measured between two records written by the commands themselves, and the script's
+own timestamps (time.clock_gettime_ns(CLOCK_MONOTONIC)) are on the same clock.
+
+Only the Python standard library is used. Everything started here (etcd, wrappers, etcdctl,
+commands, the TCP proxy) is stopped on exit, on an exception, on Ctrl-C and on SIGTERM/SIGHUP.
+"""
+
+import argparse
+import base64
+import json
+import os
+import platform
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EAE = os.path.join(ROOT, "target", "release", "etcd-await-election")
+CHILD = os.path.join(ROOT, "target", "release", "eae-test-child")
+MUSL = os.path.join(ROOT, "target", "x86_64-unknown-linux-musl", "release", "etcd-await-election")
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+MS = 1e6  # ns per ms
+
+
+def now_ns():
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def b64(s):
+    return base64.b64encode(s.encode()).decode()
+
+
+def prefix_end(p):
+    return p[:-1] + chr(ord(p[-1]) + 1)
+
+
+def stats(xs):
+    xs = sorted(xs)
+    if not xs:
+        return None
+
+    def pct(p):
+        # nearest-rank percentile
+        k = max(0, min(len(xs) - 1, int(round(p / 100 * len(xs) + 0.5)) - 1))
+        return xs[k]
+
+    return {
+        "n": len(xs),
+        "p50": statistics.median(xs),
+        "p95": pct(95),
+        "min": xs[0],
+        "max": xs[-1],
+    }
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Procs:
+    """Everything we started, so that it can all be stopped whatever happens."""
+
+    def __init__(self):
+        self.popens = []
+        self.pids = set()  # command pids seen in logs (they may be orphaned)
+        self.lock = threading.Lock()
+
+    def spawn(self, argv, **kw):
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("start_new_session", True)
+        p = subprocess.Popen(argv, **kw)
+        with self.lock:
+            self.popens.append(p)
+        return p
+
+    def note_pid(self, pid):
+        self.pids.add(pid)
+
+    def reap(self):
+        with self.lock:
+            self.popens = [p for p in self.popens if p.poll() is None]
+
+    def kill_all(self, etcd=None):
+        for p in list(self.popens):
+            if p is not etcd and p.poll() is None:
+                try:
+                    p.kill()
+                except OSError:
+                    pass
+        for pid in list(self.pids):
+            kill_child_pid(pid, signal.SIGKILL)
+        for p in list(self.popens):
+            if p is not etcd:
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        self.reap()
+
+
+PROCS = Procs()
+
+
+def is_test_child(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"eae-test-child" in f.read()
+    except OSError:
+        return False
+
+
+def alive(pid):
+    """Running (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def kill_child_pid(pid, sig):
+    if is_test_child(pid) and alive(pid):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def stop_proc(p, sig=signal.SIGTERM, timeout=8):
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+        except OSError:
+            pass
+    return p.returncode
+
+
+def proc_status(pid):
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "RssAnon", "RssFile", "Threads"):
+                    out[k] = int(v.split()[0])
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    out["Pss"] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
+def children_of(pid):
+    kids = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+# --------------------------------------------------------------------------- etcd
+
+
+class Etcd:
+    def __init__(self, workdir):
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else workdir
+        self.data = tempfile.mkdtemp(prefix="eae-bench-etcd-", dir=base)
+        self.on_tmpfs = base == "/dev/shm"
+        self.cport, self.pport = free_port(), free_port()
+        while self.pport == self.cport:
+            self.pport = free_port()
+        self.endpoint = f"127.0.0.1:{self.cport}"
+        self.url = f"http://{self.endpoint}"
+        self.logf = open(os.path.join(workdir, "etcd.log"), "wb")
+        peer = f"http://127.0.0.1:{self.pport}"
+        self.proc = PROCS.spawn(
+            [
+                ETCD, "--name", "bench", "--data-dir", self.data,
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"bench={peer}",
+                "--heartbeat-interval", "100", "--election-timeout", "1000",
+                "--logger", "zap", "--log-level", "warn",
+            ],
+            stdout=self.logf, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    if json.load(r).get("health") in ("true", True):
+                        break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("etcd did not start; see etcd.log")
+            time.sleep(0.05)
+
+    def post(self, path, body):
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+
+    def count(self, prefix):
+        r = self.post("/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
+                                       "count_only": True})
+        return int(r.get("count", 0))
+
+    def keys(self, prefix):
+        r = self.post("/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
+        return r.get("kvs", [])
+
+    def put(self, key, value):
+        self.post("/v3/kv/put", {"key": b64(key), "value": b64(value)})
+
+    def delete(self, key):
+        self.post("/v3/kv/deleterange", {"key": b64(key)})
+
+    def granted_ttl(self, prefix):
+        for kv in self.keys(prefix):
+            lease = kv.get("lease")
+            if lease and lease != "0":
+                r = self.post("/v3/lease/timetolive", {"ID": lease})
+                return int(r.get("grantedTTL", 0))
+        return None
+
+    def metrics(self):
+        """{(metric, method): value} for the gRPC server counters, plus the watcher gauge."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            m = re.match(r'^(grpc_server_(?:msg_received|handled|started)_total)\{(.*)\} (\S+)$',
+                         line)
+            if m:
+                meth = re.search(r'grpc_method="([^"]+)"', m.group(2)).group(1)
+                key = (m.group(1), meth)
+                out[key] = out.get(key, 0) + float(m.group(3))
+            elif line.startswith("etcd_debugging_mvcc_watcher_total "):
+                out[("watchers", "")] = float(line.split()[1])
+        return out
+
+    def watchers(self):
+        return self.metrics().get(("watchers", ""), 0)
+
+    def stop(self):
+        stop_proc(self.proc, signal.SIGTERM, 10)
+        self.logf.close()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def delta(m1, m0, metric="grpc_server_msg_received_total", skip=()):
+    out = {}
+    for (name, meth), v in m1.items():
+        if name == metric and meth not in skip:
+            d = v - m0.get((name, meth), 0)
+            if d:
+                out[meth] = d
+    return out
+
+
+# --------------------------------------------------------------------------- command log
+
+
+class ChildLog:
+    """The records of eae-test-child: (kind, identity, pid, ns)."""
+
+    def __init__(self, path):
+        self.path = path
+        open(path, "a").close()
+        self.off = 0
+        self.recs = []
+
+    def poll(self):
+        with open(self.path) as f:
+            f.seek(self.off)
+            data = f.read()
+        end = data.rfind("\n") + 1
+        self.off += len(data[:end].encode())
+        for line in data[:end].splitlines():
+            kind, ident, pid, ns = line.split()
+            self.recs.append((kind, ident, int(pid), int(ns)))
+            if kind == "start":
+                PROCS.note_pid(int(pid))
+
+    def find(self, kind, ident=None, after=0):
+        for r in self.recs:
+            if r[0] == kind and (ident is None or r[1] == ident) and r[3] >= after:
+                return r
+        return None
+
+    def wait(self, kind, ident=None, timeout=10.0, after=0):
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            r = self.find(kind, ident, after)
+            if r or time.monotonic() > deadline:
+                return r
+            time.sleep(0.002)
+
+
+# --------------------------------------------------------------------------- TCP proxy
+
+
+class Proxy:
+    """Loopback TCP proxy to etcd; `blackhole()` keeps connections open but drops all bytes
+    both ways (and accepts new connections only to drop their bytes too), like a cable cut."""
+
+    def __init__(self, upstream_port):
+        self.up = upstream_port
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(64)
+        self.port = self.ls.getsockname()[1]
+        self.holed = False
+        self.closed = False
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            try:
+                u = socket.create_connection(("127.0.0.1", self.up))
+            except OSError:
+                c.close()
+                continue
+            for s in (c, u):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.socks += [c, u]
+            threading.Thread(target=self._pump, args=(c, u), daemon=True).start()
+
+    def _pump(self, a, b):
+        peer = {a: b, b: a}
+        try:
+            while not self.closed:
+                r, _, _ = select.select([a, b], [], [], 0.2)
+                for s in r:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    if not self.holed:
+                        peer[s].sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def blackhole(self):
+        self.holed = True
+
+    def close(self):
+        self.closed = True
+        try:
+            self.ls.close()
+        except OSError:
+            pass
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+class Bench:
+    def __init__(self, args, workdir, etcd):
+        self.args = args
+        self.work = workdir
+        self.etcd = etcd
+        self.n = 0
+        self.results = {}
+        self.notes = {}
+
+    def lockname(self, what):
+        self.n += 1
+        return f"bench-{what}-{self.n}"
+
+    def env(self, childlog):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_AWAIT_ELECTION_")
+               and not k.startswith("ETCDCTL_")}
+        env["EAE_TEST_LOG"] = childlog.path
+        return env
+
+    def launch(self, tool, ident, lock, childlog, ttl=None, renew=None, endpoint=None,
+               child_args=(), retry=None):
+        endpoint = endpoint or self.etcd.endpoint
+        env = self.env(childlog)
+        err = open(os.path.join(self.work, f"{lock}-{ident}.log"), "ab")
+        cmd = [CHILD, "--id", ident, *child_args]
+        if tool == "ours":
+            env.update({
+                "ETCD_AWAIT_ELECTION_LOCK_NAME": lock,
+                "ETCD_AWAIT_ELECTION_IDENTITY": ident,
+                "ETCD_AWAIT_ELECTION_ENDPOINTS": endpoint,
+            })
+            if ttl:
+                env["ETCD_AWAIT_ELECTION_LEASE_DURATION"] = str(ttl)
+            if renew:
+                env["ETCD_AWAIT_ELECTION_RENEW_DEADLINE"] = renew
+            if retry:
+                env["ETCD_AWAIT_ELECTION_RETRY_PERIOD"] = retry
+            argv = [EAE, "--", *cmd]
+        else:
+            argv = [ETCDCTL, "--endpoints", endpoint, "lock"]
+            if ttl:
+                argv.append(f"--ttl={ttl}")
+            argv += ["--", lock, *cmd]  # cobra would parse the command's flags otherwise
+        p = PROCS.spawn(argv, env=env, stdout=err, stderr=subprocess.STDOUT)
+        err.close()
+        return p
+
+    def wait_queued(self, lock, count, base_watchers, timeout=15):
+        """Until `count` keys are queued under LOCK/ and a new watch is up (the waiter's)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.etcd.count(lock + "/") >= count and self.etcd.watchers() >= base_watchers + 1:
+                time.sleep(0.02)
+                return True
+            time.sleep(0.01)
+        return False
+
+    def settle_watchers(self, pause=0.3):
+        time.sleep(pause)
+        return self.etcd.watchers()
+
+    # ------------------------------------------------------------------ handover (exit)
+
+    def handover(self, tool, rounds, how):
+        """how = 'exit': the leader's command exits; 'sigterm': its wrapper gets SIGTERM."""
+        lock = self.lockname(f"handover-{how}-{tool}")
+        cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
+        ttl = 15 if tool == "ours" else 10
+        ident = "c0"
+        cur = self.launch(tool, ident, lock, cl, ttl=ttl if tool != "ours" else None)
+        r = cl.wait("start", ident, 20)
+        if not r:
+            raise RuntimeError(f"{tool}: first candidate never started")
+        samples, term_to_stop, observations = [], [], []
+        cur_pid = r[2]
+        for i in range(1, rounds + 1):
+            base = self.settle_watchers()
+            nident = f"c{i}"
+            nxt = self.launch(tool, nident, lock, cl, ttl=ttl if tool != "ours" else None)
+            if not self.wait_queued(lock, 2, base):
+                raise RuntimeError(f"{tool}: candidate {nident} never queued")
+            t0 = now_ns()
+            if how == "exit":
+                os.kill(cur_pid, signal.SIGTERM)  # the command itself ends (exit 143)
+            else:
+                cur.send_signal(signal.SIGTERM)
+            if how == "sigterm" and tool == "etcdctl":
+                # etcdctl lock ignores SIGTERM while its command runs: watch for 2 s.
+                time.sleep(2.0)
+                cl.poll()
+                obs = {
+                    "command_got_term": bool(cl.find("term", ident, t0)),
+                    "command_alive_after_2s": alive(cur_pid),
+                    "etcdctl_alive_after_2s": cur.poll() is None,
+                    "next_started_within_2s": bool(cl.find("start", nident)),
+                }
+                observations.append(obs)
+                os.kill(cur_pid, signal.SIGTERM)  # end the command by hand to go on
+            stop = cl.wait("stop", ident, 10, after=t0)
+            start = cl.wait("start", nident, 15)
+            if not (stop and start):
+                raise RuntimeError(f"{tool}: handover {i} did not happen")
+            samples.append((start[3] - stop[3]) / MS)
+            term_to_stop.append((stop[3] - t0) / MS)
+            try:
+                rc = cur.wait(10)
+            except subprocess.TimeoutExpired:
+                rc = "hung"
+                cur.kill()
+            if i == 1 or rc not in (143, 0, 1):
+                self.notes.setdefault(f"handover-{how}-{tool}-exit-codes", set()).add(str(rc))
+            cur, ident, cur_pid = nxt, nident, start[2]
+        kill_child_pid(cur_pid, signal.SIGTERM)
+        stop_proc(cur)
+        return {"handover_ms": samples, "signal_to_stop_ms": term_to_stop,
+                "observations": observations}
+
+    # ------------------------------------------------------------------ failover (SIGKILL)
+
+    def failover(self, tool, rounds, ttl=2):
+        out = {"failover_minus_ttl_ms": [], "kill_to_start_ms": [], "old_cmd_gone_ms": [],
+               "old_cmd_survived": 0, "granted_ttl": None}
+        for i in range(rounds):
+            lock = self.lockname(f"failover-{tool}")
+            cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
+            renew = "1.5s" if tool == "ours" else None
+            a = self.launch(tool, "a", lock, cl, ttl=ttl, renew=renew)
+            ra = cl.wait("start", "a", 20)
+            if not ra:
+                raise RuntimeError(f"{tool}: leader never started")
+            base = self.settle_watchers()
+            b = self.launch(tool, "b", lock, cl, ttl=ttl, renew=renew)
+            if not self.wait_queued(lock, 2, base):
+                raise RuntimeError(f"{tool}: waiter never queued")
+            if out["granted_ttl"] is None:
+                out["granted_ttl"] = self.etcd.granted_ttl(lock + "/")
+            time.sleep(random.uniform(0, 0.7))  # random phase against the keep-alives
+            t0 = now_ns()
+            a.kill()
+            gone = None
+            while now_ns() - t0 < 5e9:
+                if not alive(ra[2]):
+                    gone = now_ns()
+                    break
+                time.sleep(0.001)
+            if gone:
+                out["old_cmd_gone_ms"].append((gone - t0) / MS)
+            else:
+                out["old_cmd_survived"] += 1
+            rb = cl.wait("start", "b", 15)
+            if rb:
+                out["kill_to_start_ms"].append((rb[3] - t0) / MS)
+                out["failover_minus_ttl_ms"].append((rb[3] - t0) / MS - ttl * 1000)
+            kill_child_pid(ra[2], signal.SIGKILL)
+            a.wait(5)
+            if rb:
+                kill_child_pid(rb[2], signal.SIGTERM)
+            stop_proc(b)
+        return out
+
+    # ------------------------------------------------------------------ partition
+
+    def partition(self, tool, rounds, ttl=2):
+        out = {"cut_to_old_stop_ms": [], "cut_to_new_start_ms": [], "gap_ms": [],
+               "old_never_stopped": 0, "old_exit_codes": []}
+        for i in range(rounds):
+            lock = self.lockname(f"partition-{tool}")
+            cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
+            proxy = Proxy(self.etcd.cport)
+            try:
+                renew = "1.5s" if tool == "ours" else None
+                a = self.launch(tool, "a", lock, cl, ttl=ttl, renew=renew, retry="500ms",
+                                endpoint=f"127.0.0.1:{proxy.port}")
+                ra = cl.wait("start", "a", 20)
+                if not ra:
+                    raise RuntimeError(f"{tool}: leader behind the proxy never started")
+                base = self.settle_watchers()
+                b = self.launch(tool, "b", lock, cl, ttl=ttl, renew=renew, retry="500ms")
+                if not self.wait_queued(lock, 2, base):
+                    raise RuntimeError(f"{tool}: waiter never queued")
+                time.sleep(random.uniform(0.2, 0.9))
+                t0 = now_ns()
+                proxy.blackhole()
+                rb = cl.wait("start", "b", 15)
+                stop = cl.wait("stop", "a", 6 if tool == "ours" else 0.5, after=t0)
+                if stop:
+                    out["cut_to_old_stop_ms"].append((stop[3] - t0) / MS)
+                else:
+                    out["old_never_stopped"] += 1
+                if rb:
+                    out["cut_to_new_start_ms"].append((rb[3] - t0) / MS)
+                    if stop:
+                        out["gap_ms"].append((rb[3] - stop[3]) / MS)
+                if tool == "ours":
+                    try:
+                        out["old_exit_codes"].append(a.wait(8))
+                    except subprocess.TimeoutExpired:
+                        out["old_exit_codes"].append("running")
+                kill_child_pid(ra[2], signal.SIGKILL)
+                stop_proc(a, signal.SIGKILL)
+                if rb:
+                    kill_child_pid(rb[2], signal.SIGTERM)
+                stop_proc(b)
+            finally:
+                proxy.close()
+        return out
+
+    # ------------------------------------------------------------------ launch to start
+
+    def launch_to_start(self, tool, rounds):
+        out = []
+        for i in range(rounds):
+            lock = self.lockname(f"launch-{tool}")
+            cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
+            t0 = now_ns()
+            if tool == "direct":
+                p = PROCS.spawn([CHILD, "--id", "x", "--exit-after", "0"], env=self.env(cl),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            else:
+                p = self.launch(tool, "x", lock, cl, child_args=("--exit-after", "0"))
+            r = cl.wait("start", "x", 15)
+            if r:
+                out.append((r[3] - t0) / MS)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                stop_proc(p, signal.SIGKILL)
+            time.sleep(0.05)
+        return out
+
+    # ------------------------------------------------------------------ memory
+
+    def memory(self, tool):
+        lock = self.lockname(f"memory-{tool}")
+        cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
+        a = self.launch(tool, "a", lock, cl)
+        ra = cl.wait("start", "a", 20)
+        base = self.settle_watchers()
+        b = self.launch(tool, "b", lock, cl)
+        self.wait_queued(lock, 2, base)
+        time.sleep(3)
+        res = {"leading": proc_status(a.pid), "waiting": proc_status(b.pid),
+               "command": proc_status(ra[2])}
+        others = [k for k in children_of(a.pid) if k != ra[2]]
+        if others:
+            res["guardian"] = proc_status(others[0])
+            res["guardian"]["count"] = len(others)
+        kill_child_pid(ra[2], signal.SIGTERM)
+        rb = cl.wait("start", "b", 15)
+        stop_proc(a)
+        if rb:
+            kill_child_pid(rb[2], signal.SIGTERM)
+        stop_proc(b)
+        return res
+
+    # ------------------------------------------------------------------ idle requests
+
+    def idle_requests(self, tool, ttl, window):
+        lock = self.lockname(f"idle-{tool}")
+        cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
+        # A holder key without a lease: a leader that costs etcd nothing.
+        self.etcd.put(lock + "/0", "placeholder-leader")
+        base = self.settle_watchers(0.1)
+        w = self.launch(tool, "w", lock, cl, ttl=ttl)
+        if not self.wait_queued(lock, 2, base):
+            raise RuntimeError(f"{tool}: idle waiter never queued")
+        time.sleep(1.0)
+        m0 = self.etcd.metrics()
+        t0 = time.monotonic()
+        time.sleep(window)
+        m1 = self.etcd.metrics()
+        el = time.monotonic() - t0
+        stop_proc(w)
+        self.etcd.delete(lock + "/0")
+        got = delta(m1, m0)
+        return {"window_s": el, "ttl": ttl,
+                "per_min": {k: v * 60 / el for k, v in got.items()},
+                "stream_opens": delta(m1, m0, "grpc_server_started_total",
+                                      skip=("Range", "Txn", "Put", "DeleteRange",
+                                            "LeaseGrant", "LeaseRevoke", "LeaseTimeToLive"))}
+
+    # ------------------------------------------------------------------ scale
+
+    def scale(self, candidates, handovers):
+        lock = self.lockname("scale")
+        cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
+        procs = {}
+        for i in range(candidates):
+            ident = f"s{i:03d}"
+            procs[ident] = self.launch("ours", ident, lock, cl)
+            time.sleep(0.03)
+        deadline = time.monotonic() + 60
+        while self.etcd.count(lock + "/") < candidates and time.monotonic() < deadline:
+            time.sleep(0.1)
+        queued = self.etcd.count(lock + "/")
+        # everyone's watch up: candidates-1 predecessor watches (+ the leader's own)
+        while self.etcd.watchers() < candidates - 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)
+        cl.poll()
+        starts = [r for r in cl.recs if r[0] == "start"]
+        if len(starts) != 1:
+            raise RuntimeError(f"scale: {len(starts)} commands started, expected 1")
+        cur = starts[0]
+        rss = [proc_status(p.pid).get("VmRSS", 0) for p in procs.values()]
+        samples, reqs, keepalives = [], [], []
+        for i in range(handovers):
+            m0 = self.etcd.metrics()
+            t0 = now_ns()
+            os.kill(cur[2], signal.SIGTERM)
+            stop = cl.wait("stop", cur[1], 10, after=t0)
+            nxt = None
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not nxt:
+                cl.poll()
+                nxt = next((r for r in cl.recs if r[0] == "start" and r[3] > t0), None)
+                time.sleep(0.002)
+            if not (stop and nxt):
+                raise RuntimeError(f"scale: handover {i} did not happen")
+            try:
+                procs[cur[1]].wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(0.5)
+            m1 = self.etcd.metrics()
+            dt = (now_ns() - t0) / 1e9
+            cl.poll()
+            extra = [r for r in cl.recs if r[0] == "start" and r[3] > t0 and r[1] != nxt[1]]
+            if extra:
+                raise RuntimeError(f"scale: more than one successor started: {extra}")
+            samples.append((nxt[3] - stop[3]) / MS)
+            d = delta(m1, m0, skip=("LeaseKeepAlive",))
+            reqs.append(d)
+            keepalives.append(delta(m1, m0).get("LeaseKeepAlive", 0) / dt)
+            cur = nxt
+        t_stop = time.monotonic()
+        kill_child_pid(cur[2], signal.SIGTERM)
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        totals = {}
+        for d in reqs:
+            for k, v in d.items():
+                totals[k] = totals.get(k, 0) + v
+        return {"candidates": candidates, "queued": queued, "handover_ms": samples,
+                "requests_per_handover": [sum(d.values()) for d in reqs],
+                "requests_by_method_avg": {k: v / len(reqs) for k, v in totals.items()},
+                "keepalives_per_s_background": keepalives,
+                "rss_kib_waiting": rss, "teardown_s": time.monotonic() - t_stop}
+
+    # ------------------------------------------------------------------ exec overhead
+
+    def overhead(self, runs):
+        true = shutil.which("true") or "/bin/true"
+        jf = os.path.join(self.work, "hyperfine.json")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_AWAIT_ELECTION_")}
+        subprocess.run(
+            ["hyperfine", "-N", "--warmup", "50", "--runs", str(runs), "--export-json", jf,
+             "--style", "none", f"{EAE} {true}", true],
+            check=True, env=env, stdout=subprocess.DEVNULL)
+        with open(jf) as f:
+            res = json.load(f)["results"]
+        return [{"command": r["command"], "times_ms": [t * 1000 for t in r["times"]],
+                 "mean_ms": r["mean"] * 1000, "stddev_ms": r["stddev"] * 1000} for r in res]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        etcdv = subprocess.run([ETCD, "--version"], capture_output=True, text=True).stdout
+        etcdv = re.search(r"etcd Version: (\S+)", etcdv).group(1)
+    except Exception:  # noqa: BLE001
+        etcdv = "?"
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True).stdout.strip()
+        if dirty:
+            rev += " (src/ modified)"
+    except Exception:  # noqa: BLE001
+        rev = "?"
+    return {"nproc": os.cpu_count(), "model": model, "kernel": platform.release(),
+            "etcd": etcdv, "rev": rev, "python": platform.python_version()}
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def fmt(x, unit="ms", digits=1):
+    if x is None:
+        return "–"
+    return f"{x:.{digits}f} {unit}".strip()
+
+
+def srow(s, digits=1):
+    if not s:
+        return "– | – | – | – | 0"
+    return " | ".join(f"{s[k]:.{digits}f}" for k in ("p50", "p95", "min", "max")) + f" | {s['n']}"
+
+
+def ratio(a, b):
+    if not a or not b or b["p50"] <= 0:
+        return "–"
+    return f"{a['p50'] / b['p50']:.2f}×"
+
+
+def verdict(ok):
+    return "✅" if ok else "❌"
+
+
+def write_report(path, R, meta):
+    M = meta["machine"]
+    L = []
+    w = L.append
+    w("# Benchmarks\n")
+    w("Generated by `make bench` (`scripts/bench.py`); do not edit by hand — rerun it. "
+      "Raw samples: `target/bench/results.json`.\n")
+    w("## Machine and versions\n")
+    w(f"- CPU: {M['nproc']} × {M['model']}; kernel {M['kernel']}")
+    w(f"- etcd {M['etcd']} (single member on loopback, `--heartbeat-interval 100 "
+      f"--election-timeout 1000`, data dir on {'tmpfs (/dev/shm)' if meta['tmpfs'] else 'disk'})")
+    w(f"- etcd-await-election git {M['rev']}, `cargo build --release` (host target, glibc); "
+      f"peer: `etcdctl lock` {M['etcd']}")
+    w(f"- Date {meta['date']}; run took {meta['duration_s']:.0f} s; load average "
+      f"{meta['load_before']} before, {meta['load_after']} after (1/5/15 min).")
+    w("- **The 2 cores are shared with other engineers' test runs** (cargo builds, integration "
+      "tests starting their own etcd). Tails (p95/max) are inflated by that; medians are the "
+      "figures to read. Rerun on a quiet machine for publishable numbers.\n")
+
+    w("## Summary\n")
+    w("| Figure | etcd-await-election | etcdctl lock | ratio (ours/peer) | target | met |")
+    w("|---|---|---|---|---|---|")
+    for row in meta["summary"]:
+        w("| " + " | ".join(row) + " |")
+    w("")
+
+    w("## Method\n")
+    w("""- The command under test is always `target/release/eae-test-child`, for both tools. It
+  writes `start`/`term`/`stop` records with `CLOCK_MONOTONIC` nanoseconds; the script's own
+  timestamps (`time.clock_gettime_ns(CLOCK_MONOTONIC)`, taken just before `kill(2)` or
+  `fork`) use the same clock.
+- **Handover on exit**: a leader and one queued candidate (queued = its key exists under
+  `LOCK/` and etcd's watcher gauge `etcd_debugging_mvcc_watcher_total` went up by one); the
+  script SIGTERMs the leader's *command* (it writes `stop` and exits 143); figure = next
+  command's `start` − old command's `stop`. A fresh candidate joins for every round.
+  Ours with defaults (TTL 15 s, legacy lock on); `etcdctl lock` with its default `--ttl=10`.
+- **Handover on SIGTERM**: same, but SIGTERM goes to the leader's *wrapper* (our wrapper
+  forwards it to the command); figure = next `start` − old `stop`; also SIGTERM → old `stop`.
+- **Failover after SIGKILL**: TTL 2 s for both (ours: renew deadline 1.5 s); SIGKILL to the
+  leader's wrapper at a random phase of the keep-alive cycle; figure = next `start` − kill −
+  granted TTL. The lease expires `TTL` after its *last renewal*, which preceded the kill by up
+  to one keep-alive period (ours: min(TTL, renew deadline)/3 = 0.5 s; etcdctl: TTL/3), and etcd's
+  lessor checks expiry every 500 ms: the expected window is about [−period, +500 ms].
+  We also time the old command's death (polling `/proc/PID/stat` every ms).
+- **Partition**: the leader talks to etcd through a TCP proxy in the script; at the cut the
+  proxy keeps the connections open but drops every byte both ways. TTL 2 s, renew deadline
+  1.5 s, retry period 500 ms; the waiter talks to etcd directly. Figures: cut → old command's
+  `stop`, cut → new command's `start`, and the gap between them (positive = no overlap).
+- **Overhead without election**: `hyperfine -N --warmup 50` of `etcd-await-election true` vs
+  `true` (no `ETCD_AWAIT_ELECTION_*` variable set: the wrapper just `exec`s).
+- **Launch → start**: uncontended lock, time from just before `Popen` to the command's `start`
+  record. "direct" is the command itself spawned by the script (the fork/exec floor).
+- **Memory**: `VmRSS`, `RssAnon`, `Pss` (smaps_rollup) and `Threads` from `/proc/PID/` 3 s after
+  a waiter queued behind a leader; the leading wrapper's guardian (a `fork` of the wrapper
+  that only waits on a pipe) is reported separately: its `VmRSS` counts pages shared
+  copy-on-write with the wrapper, `Pss` splits them.
+- **Idle requests**: a placeholder key without a lease holds the head of `LOCK/` (a leader that
+  costs etcd nothing); one candidate waits behind it; we diff etcd's
+  `grpc_server_msg_received_total` by `grpc_method` over the window (for unary methods one
+  message = one request; for streams, one message = one keep-alive or one watch create/cancel).
+- **Scale**: N of our candidates on one lock (started 30 ms apart); the leader's command is
+  SIGTERMed; figure = successor's `start` − old `stop`; requests per handover = all gRPC
+  messages received by etcd from the SIGTERM until 0.5 s after the old wrapper exited, minus the
+  background `LeaseKeepAlive` stream (reported separately). We also check that exactly one
+  command started per handover.
+""")
+
+    w("## Details\n")
+    w("All times in ms.\n")
+    w("| Scenario | tool | p50 | p95 | min | max | n |")
+    w("|---|---|---|---|---|---|---|")
+    for name, tool, s in meta["detail_rows"]:
+        w(f"| {name} | {tool} | {srow(s)} |")
+    w("")
+    for title, body in meta["sections"]:
+        w(f"### {title}\n")
+        w(body.rstrip() + "\n")
+    with open(path, "w") as f:
+        f.write("\n".join(L).rstrip() + "\n")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build():
+    log("cargo build --release --bins")
+    subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--quick", action="store_true", help="few rounds, for trying the script")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    ap.add_argument("--only", default="", help="comma-separated scenarios to run")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only rewrite --out from target/bench/results.json")
+    args = ap.parse_args()
+    if args.report_only:
+        with open(os.path.join(ROOT, "target", "bench", "results.json")) as f:
+            saved = json.load(f)
+        report(args.out, saved["results"], saved["meta"])
+        return
+
+    def on_signal(sig, _frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+    if not args.no_build:
+        build()
+    for p in (EAE, CHILD, ETCD, ETCDCTL):
+        if not os.access(p, os.X_OK):
+            sys.exit(f"bench: missing {p}")
+    if not shutil.which("hyperfine"):
+        sys.exit("bench: hyperfine missing (scripts/install-deps.sh --bench)")
+
+    q = args.quick
+    N = {"handover": 5 if q else 30, "sigterm_peer": 2 if q else 5, "failover": 3 if q else 10,
+         "failover_peer": 2 if q else 5, "partition": 2 if q else 5, "partition_peer": 1 if q else 3,
+         "launch": 5 if q else 20, "idle_window": 5 if q else 20, "scale": 20 if q else 100,
+         "scale_handovers": 3 if q else 10, "hyperfine_runs": 100 if q else 500}
+    only = set(filter(None, args.only.split(",")))
+
+    def want(x):
+        return not only or x in only
+
+    workdir = tempfile.mkdtemp(prefix="eae-bench-")
+    etcd = None
+    t_start = time.monotonic()
+    load_before = loadavg()
+    R = {}
+    try:
+        log(f"work dir {workdir}; load average {load_before}")
+        etcd = Etcd(workdir)
+        log(f"etcd on {etcd.endpoint}")
+        B = Bench(args, workdir, etcd)
+
+        def run(key, what, fn, *a):
+            log(what)
+            try:
+                R[key] = fn(*a)
+            except Exception as e:  # noqa: BLE001  (one broken scenario must not end the run)
+                log(f"{key} FAILED: {e!r}")
+                R[key] = {"error": repr(e)}
+            PROCS.kill_all(etcd.proc)
+
+        if want("overhead"):
+            run("overhead", "exec overhead (hyperfine)", B.overhead, N["hyperfine_runs"])
+        if want("launch"):
+            for tool in ("direct", "ours", "etcdctl"):
+                run(f"launch_{tool}", f"launch -> start: {tool}", B.launch_to_start, tool,
+                    N["launch"])
+        if want("handover"):
+            for tool in ("ours", "etcdctl"):
+                run(f"handover_exit_{tool}", f"handover on command exit: {tool}", B.handover,
+                    tool, N["handover"], "exit")
+        if want("sigterm"):
+            run("handover_sigterm_ours", "handover on wrapper SIGTERM: ours", B.handover,
+                "ours", N["handover"], "sigterm")
+            run("handover_sigterm_etcdctl", "handover on wrapper SIGTERM: etcdctl", B.handover,
+                "etcdctl", N["sigterm_peer"], "sigterm")
+        if want("memory"):
+            for tool in ("ours", "etcdctl"):
+                run(f"memory_{tool}", f"memory: {tool}", B.memory, tool)
+        if want("idle"):
+            # defaults: ours TTL 15 s / renew deadline 10 s (keep-alive every 3.3 s);
+            # etcdctl lock --ttl=10 (keep-alive every TTL/3 = 3.3 s)
+            for tool, ttl in (("ours", None), ("etcdctl", None)):
+                run(f"idle_{tool}", f"idle requests: {tool}", B.idle_requests, tool, ttl,
+                    N["idle_window"])
+        if want("failover"):
+            run("failover_ours", "failover after SIGKILL: ours", B.failover, "ours",
+                N["failover"])
+            run("failover_etcdctl", "failover after SIGKILL: etcdctl", B.failover, "etcdctl",
+                N["failover_peer"])
+        if want("partition"):
+            run("partition_ours", "partition: ours", B.partition, "ours", N["partition"])
+            run("partition_etcdctl", "partition: etcdctl", B.partition, "etcdctl",
+                N["partition_peer"])
+        if want("scale"):
+            run("scale", f"scale: {N['scale']} candidates", B.scale, N["scale"],
+                N["scale_handovers"])
+        R["notes"] = {k: sorted(v) for k, v in B.notes.items()}
+        R["sizes"] = {}
+        for name, p in (("host", EAE), ("musl", MUSL), ("etcdctl", ETCDCTL)):
+            if os.path.exists(p):
+                st = os.stat(p)
+                R["sizes"][name] = {"bytes": st.st_size, "mtime": time.strftime(
+                    "%Y-%m-%d %H:%M", time.localtime(st.st_mtime)), "path": os.path.relpath(p, ROOT)
+                    if p.startswith(ROOT) else p}
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e}); cleaning up")
+        raise SystemExit(130)
+    finally:
+        PROCS.kill_all(etcd.proc if etcd else None)
+        if etcd:
+            etcd.stop()
+        PROCS.kill_all()
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    meta = {"machine": machine(), "tmpfs": etcd.on_tmpfs, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "duration_s": time.monotonic() - t_start, "load_before": load_before,
+            "load_after": loadavg()}
+    os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
+    with open(os.path.join(ROOT, "target", "bench", "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": R}, f, indent=1, default=str)
+    report(args.out, R, meta)
+    log(f"wrote {args.out}")
+
+
+def report(out, R, meta):
+    raise NotImplementedError
+
+
+if __name__ == "__main__":
+    main()
