@@ -1064,8 +1064,266 @@ def main():
     log(f"wrote {args.out}")
 
 
+def ok(x):
+    return isinstance(x, (list, dict)) and not (isinstance(x, dict) and "error" in x)
+
+
+def err(x):
+    return x.get("error") if isinstance(x, dict) else None
+
+
+def kib_mib(k):
+    return f"{k / 1024:.1f} MiB" if k is not None else "–"
+
+
 def report(out, R, meta):
-    raise NotImplementedError
+    """Summary table, detail table and sections from the raw results."""
+    g = R.get
+    summary, rows, sections = [], [], []
+    S = {}  # name -> stats
+
+    def st(key, *path):
+        x = g(key)
+        if not ok(x):
+            return None
+        for p in path:
+            x = x.get(p) if isinstance(x, dict) else None
+        return stats(x) if isinstance(x, list) else None
+
+    def p50p95(s):
+        return f"{s['p50']:.1f} / {s['p95']:.1f} ms" if s else "–"
+
+    def failed(key):
+        return f"failed: {err(g(key))}" if err(g(key)) else "–"
+
+    # --- handover on exit
+    ho, hp = st("handover_exit_ours", "handover_ms"), st("handover_exit_etcdctl", "handover_ms")
+    rows += [("handover, command exits (next start − old stop)", "ours", ho),
+             ("handover, command exits (next start − old stop)", "etcdctl lock", hp)]
+    summary.append(["Handover when the leader's command exits, p50 / p95",
+                    p50p95(ho) if ho else failed("handover_exit_ours"),
+                    p50p95(hp) if hp else failed("handover_exit_etcdctl"),
+                    ratio(ho, hp), "p50 ≤ 20 ms", verdict(ho and ho["p50"] <= 20)])
+
+    # --- handover on SIGTERM
+    so = st("handover_sigterm_ours", "handover_ms")
+    sso = st("handover_sigterm_ours", "signal_to_stop_ms")
+    sp = g("handover_sigterm_etcdctl")
+    rows += [("handover, wrapper SIGTERM (next start − old stop)", "ours", so),
+             ("wrapper SIGTERM → old command's stop", "ours", sso)]
+    peer_txt = "–"
+    if ok(sp):
+        obs = sp.get("observations", [])
+        n = len(obs)
+        kept = sum(o["command_alive_after_2s"] and not o["command_got_term"] for o in obs)
+        nxt = sum(o["next_started_within_2s"] for o in obs)
+        peer_txt = (f"no handover: SIGTERM ignored while the command runs ({kept}/{n} rounds: "
+                    f"command untouched 2 s later, successor started in {nxt}/{n})")
+        rows.append(("etcdctl: handover once the command was then ended by hand", "etcdctl lock",
+                     stats(sp["handover_ms"])))
+        sections.append(("etcdctl lock on SIGTERM", f"""
+`etcdctl lock NAME CMD` catches SIGINT/SIGTERM (`signal.Notify`) only to cancel a `Lock()` still
+in progress; once the command runs, `cmd.Run()` is simply waited for, the signal is not passed on,
+and the lock is released (`Unlock`, a delete of its key) only when the command exits by itself.
+Observed in {n} rounds, 2 s after SIGTERM to `etcdctl`: command got SIGTERM in
+{sum(o['command_got_term'] for o in obs)}/{n}; command still running in
+{sum(o['command_alive_after_2s'] for o in obs)}/{n}; `etcdctl` still running in
+{sum(o['etcdctl_alive_after_2s'] for o in obs)}/{n}; successor started in {nxt}/{n}.
+When the command was then SIGTERMed directly, the successor started
+{p50p95(stats(sp['handover_ms']))} (p50 / p95) after the command's exit. Exit code of `etcdctl`
+afterwards: {', '.join(R.get('notes', {}).get('handover-sigterm-etcdctl-exit-codes', ['?']))}
+(a command killed by a signal makes `etcdctl` report an error). Its SIGKILL behaviour is worse: see failover.
+"""))
+    summary.append(["Handover when the leader's wrapper gets SIGTERM (next start − old stop), "
+                    "p50 / p95", p50p95(so) if so else failed("handover_sigterm_ours"), peer_txt,
+                    "–", "p50 ≤ 30 ms", verdict(so and so["p50"] <= 30)])
+
+    # --- failover
+    fo, fp = st("failover_ours", "failover_minus_ttl_ms"), st("failover_etcdctl",
+                                                              "failover_minus_ttl_ms")
+    go = st("failover_ours", "old_cmd_gone_ms")
+    rows += [("failover after SIGKILL − TTL (2 s)", "ours", fo),
+             ("failover after SIGKILL − TTL (2 s)", "etcdctl lock", fp),
+             ("SIGKILL of wrapper → old command dead", "ours", go)]
+    fpo = g("failover_etcdctl")
+    surv = (f"; old command survived the SIGKILL in {fpo['old_cmd_survived']}/"
+            f"{fpo['old_cmd_survived'] + len(fpo['old_cmd_gone_ms'])} rounds (orphaned, "
+            f"still running beside the new leader)") if ok(fpo) else ""
+    fog = g("failover_ours")
+    summary.append(["Failover after the leader's wrapper is SIGKILLed, minus granted TTL "
+                    f"({fog.get('granted_ttl') if ok(fog) else '?'} s), p50 / p95 "
+                    "(negative: the lease was last renewed before the kill)",
+                    (p50p95(fo) + (f"; old command killed by the guardian after "
+                                   f"{go['p50']:.1f} ms (p50)" if go else "")) if fo else
+                    failed("failover_ours"),
+                    (p50p95(fp) + surv) if fp else failed("failover_etcdctl"),
+                    "–", "≤ 250 ms", verdict(fo and fo["p50"] <= 250)
+                    + (" (p50; max " + f"{fo['max']:.0f} ms" + ")" if fo and fo["max"] > 250 else "")])
+
+    # --- partition
+    pco, pno, pgo = (st("partition_ours", k) for k in
+                     ("cut_to_old_stop_ms", "cut_to_new_start_ms", "gap_ms"))
+    pnp = st("partition_etcdctl", "cut_to_new_start_ms")
+    rows += [("partition: cut → old command stopped", "ours", pco),
+             ("partition: cut → new command started", "ours", pno),
+             ("partition: old stop → new start (gap, > 0 = no overlap)", "ours", pgo),
+             ("partition: cut → new command started", "etcdctl lock", pnp)]
+    pp = g("partition_etcdctl")
+    po = g("partition_ours")
+    summary.append(["Partition (TTL 2 s, renew deadline 1.5 s): cut → old command stopped; "
+                    "cut → new started, p50",
+                    (f"{pco['p50']:.0f} ms; {pno['p50']:.0f} ms (gap ≥ {pgo['min']:.0f} ms, "
+                     f"never overlapping)" if pco and pno and pgo else failed("partition_ours")),
+                    (f"never stopped ({pp['old_never_stopped']}/{pp['old_never_stopped'] + len(pp['cut_to_old_stop_ms'])} rounds); "
+                     f"{pnp['p50']:.0f} ms: both run at once" if ok(pp) and pnp else
+                     failed("partition_etcdctl")),
+                    "–", "(no target)", "–"])
+
+    # --- overhead
+    ov = g("overhead")
+    if ok(ov) and len(ov) == 2:
+        wr, tr = ov
+        sw, stt = stats(wr["times_ms"]), stats(tr["times_ms"])
+        rows += [("`etcd-await-election true` (exec only)", "ours", sw),
+                 ("`true`", "–", stt)]
+        extra = sw["p50"] - stt["p50"]
+        summary.append(["Overhead without election (`etcd-await-election true` − `true`, "
+                        "hyperfine medians; means)",
+                        f"+{extra:.2f} ms ({sw['p50']:.2f} vs {stt['p50']:.2f} ms; means "
+                        f"{wr['mean_ms']:.2f} vs {tr['mean_ms']:.2f} ms)", "n/a", "–", "≤ 1 ms",
+                        verdict(extra <= 1)])
+    else:
+        summary.append(["Overhead without election", failed("overhead"), "n/a", "–", "≤ 1 ms",
+                        "–"])
+
+    # --- launch
+    lo, lp, ld = st("launch_ours"), st("launch_etcdctl"), st("launch_direct")
+    rows += [("launch → command start, uncontended", "ours", lo),
+             ("launch → command start, uncontended", "etcdctl lock", lp),
+             ("launch → command start, no wrapper (spawn floor)", "direct", ld)]
+    summary.append(["Launch → command start, uncontended, p50 / p95",
+                    p50p95(lo) if lo else failed("launch_ours"),
+                    p50p95(lp) if lp else failed("launch_etcdctl"), ratio(lo, lp), "p50 ≤ 30 ms",
+                    verdict(lo and lo["p50"] <= 30)])
+
+    # --- memory
+    mo, mp = g("memory_ours"), g("memory_etcdctl")
+    if ok(mo) and ok(mp):
+        wo, lo_, gd = mo["waiting"], mo["leading"], mo.get("guardian", {})
+        summary.append(["Memory, VmRSS (threads): waiting / leading wrapper (+ guardian)",
+                        f"{kib_mib(wo.get('VmRSS'))} ({wo.get('Threads')}) / "
+                        f"{kib_mib(lo_.get('VmRSS'))} ({lo_.get('Threads')}) + guardian "
+                        f"{kib_mib(gd.get('VmRSS'))} (Pss {kib_mib(gd.get('Pss'))})",
+                        f"{kib_mib(mp['waiting'].get('VmRSS'))} ({mp['waiting'].get('Threads')}) / "
+                        f"{kib_mib(mp['leading'].get('VmRSS'))} ({mp['leading'].get('Threads')})",
+                        f"{wo['VmRSS'] / mp['waiting']['VmRSS']:.2f}× / "
+                        f"{(lo_['VmRSS'] + gd.get('VmRSS', 0)) / mp['leading']['VmRSS']:.2f}×",
+                        "≤ 6 MiB",
+                        verdict(max(wo["VmRSS"], lo_["VmRSS"] + gd.get("VmRSS", 0)) <= 6 * 1024)])
+        mrows = ["| process | VmRSS | RssAnon | RssFile | Pss | Threads |", "|---|---|---|---|---|---|"]
+        for tool, m in (("ours", mo), ("etcdctl lock", mp)):
+            for role in ("waiting", "leading", "guardian", "command"):
+                if role in m:
+                    x = m[role]
+                    mrows.append(f"| {tool} {role} | {x.get('VmRSS', '–')} KiB | "
+                                 f"{x.get('RssAnon', '–')} KiB | {x.get('RssFile', '–')} KiB | "
+                                 f"{x.get('Pss', '–')} KiB | {x.get('Threads', '–')} |")
+        sections.append(("Memory", "\n".join(mrows) + """
+
+Most of our wrapper's RSS is file-backed (the mapped binary and libc), shared between instances;
+`RssAnon` is its private memory. The guardian is a `fork` of the wrapper that only blocks in
+`read(2)` on a pipe: its `VmRSS` counts pages it still shares copy-on-write with the wrapper, so
+its own cost is closer to its `Pss`/`RssAnon`. `command` is `eae-test-child` (same for both).
+"""))
+    else:
+        summary.append(["Memory", failed("memory_ours"), failed("memory_etcdctl"), "–", "≤ 6 MiB",
+                        "–"])
+
+    # --- size
+    sz = g("sizes", {})
+    musl = sz.get("musl")
+    summary.append(["Binary size, static musl release (`make release`)",
+                    (f"{musl['bytes'] / 2**20:.2f} MiB ({musl['bytes']} B, built {musl['mtime']})"
+                     if musl else "not built (run `make release`)"),
+                    (f"{sz['etcdctl']['bytes'] / 2**20:.1f} MiB (Debian etcdctl, Go, "
+                     f"not stripped)" if "etcdctl" in sz else "–"),
+                    (f"{musl['bytes'] / sz['etcdctl']['bytes']:.2f}×" if musl and "etcdctl" in sz
+                     else "–"),
+                    "≤ 3 MiB", verdict(musl and musl["bytes"] <= 3 * 2**20) if musl else "–"])
+
+    # --- idle
+    io, ip = g("idle_ours"), g("idle_etcdctl")
+    if ok(io) and ok(ip):
+        def fmt_idle(x):
+            return ", ".join(f"{k} {v:.1f}" for k, v in sorted(x["per_min"].items())) or "none"
+        only_ka = set(io["per_min"]) <= {"LeaseKeepAlive"}
+        tot_o, tot_p = sum(io["per_min"].values()), sum(ip["per_min"].values())
+        summary.append([f"etcd requests per idle waiting candidate per minute "
+                        f"({io['window_s']:.0f} s window)",
+                        f"{fmt_idle(io)} (TTL 15 s, renew deadline 10 s)",
+                        f"{fmt_idle(ip)} (--ttl 10)",
+                        f"{tot_o / tot_p:.2f}×" if tot_p else "–",
+                        "only LeaseKeepAlive", verdict(only_ka)])
+    else:
+        summary.append(["Idle requests per minute", failed("idle_ours"), failed("idle_etcdctl"),
+                        "–", "only LeaseKeepAlive", "–"])
+
+    # --- scale
+    sc = g("scale")
+    if ok(sc):
+        ss = stats(sc["handover_ms"])
+        rows.append((f"handover with {sc['candidates']} waiting candidates", "ours", ss))
+        rq = sc["requests_per_handover"]
+        by = ", ".join(f"{k} {v:.1f}" for k, v in sorted(sc["requests_by_method_avg"].items()))
+        ka = statistics.mean(sc["keepalives_per_s_background"]) if sc[
+            "keepalives_per_s_background"] else 0
+        summary.append([f"Scale: {sc['candidates']} candidates on one lock: handover p50 / p95; "
+                        "etcd requests per handover",
+                        f"{p50p95(ss)}; {min(rq):.0f}–{max(rq):.0f} requests ({by})", "not run",
+                        "–", "p50 ≤ 50 ms, O(1) requests",
+                        verdict(ss["p50"] <= 50 and max(rq) <= 10)])
+        rss = sc["rss_kib_waiting"]
+        sections.append(("Scale", f"""
+{sc['candidates']} wrappers queued ({sc['queued']} keys under `LOCK/`), RSS per waiting wrapper
+{min(rss) / 1024:.1f}–{max(rss) / 1024:.1f} MiB (VmRSS, mostly shared file pages). Exactly one
+command started per handover (checked). Requests etcd received per handover (excluding the
+keep-alive stream): {', '.join(f'{x:.0f}' for x in rq)}; by method on average: {by}. That is
+the old leader's `LeaseRevoke`, and for the successor only: the `Txn` that reads head /
+predecessor / own key, the `Txn` that takes the legacy lock key, the `Txn` that checks its own
+key before watching it, the watch create on its own key (and the cancel of its finished
+predecessor watch, or the legacy-lock watch) — the other {sc['candidates'] - 2} waiters send
+nothing: each watches only its predecessor's key. Background keep-alives during the handovers:
+{ka:.1f}/s for {sc['candidates'] - 1} candidates (each renews every min(TTL, renew
+deadline)/3 = 3.3 s: expected {(sc['candidates'] - 1) / 3.33:.1f}/s). Teardown (SIGTERM to
+all, each withdraws by revoking its lease): {sc['teardown_s']:.1f} s.
+"""))
+    else:
+        summary.append(["Scale", failed("scale"), "not run", "–", "p50 ≤ 50 ms, O(1) requests",
+                        "–"])
+
+    if ok(io) and ok(ip):
+        sections.append(("Idle requests", f"""
+Per minute, by gRPC method (`grpc_server_msg_received_total` deltas over
+{io['window_s']:.1f} s): ours {io['per_min']}; etcdctl lock {ip['per_min']}. Both renew every
+3.3 s with their default settings (ours: min(TTL 15 s, renew deadline 10 s)/3; etcdctl: TTL
+10 s/3), i.e. 18 keep-alives a minute; the watch on the predecessor is one long-lived stream that
+costs etcd nothing while idle (gRPC-level HTTP/2 pings, every 10 s for ours, are not requests).
+A window that is not a multiple of the period catches one renewal more or less: ±{60 / io['window_s']:.0f}/min.
+"""))
+    if ok(pp) and ok(po):
+        sections.append(("Partition", f"""
+Ours: the leader behind the blackholed proxy stops its command when no renewal succeeded for the
+renew deadline (1.5 s after the last successful renewal, i.e. {pco['min'] if pco else 0:.0f}–{pco['max'] if pco else 0:.0f} ms
+after the cut depending on the keep-alive phase); its lease expires on the server 2 s after the
+last renewal, and etcd's lessor notices within its 500 ms check interval, so the waiter starts
+{pno['min'] if pno else 0:.0f}–{pno['max'] if pno else 0:.0f} ms after the cut. Exit codes of the cut-off wrapper:
+{po['old_exit_codes']} (75 = leadership lost).
+etcdctl lock never stops its command when its session is lost while the command runs (it only
+watches `session.Done()` when run without a command): the old command was still running in
+{pp['old_never_stopped']} of {pp['old_never_stopped'] + len(pp['cut_to_old_stop_ms'])} rounds when the new one started.
+"""))
+
+    write_report(out, R, dict(meta, summary=summary, detail_rows=rows, sections=sections))
 
 
 if __name__ == "__main__":
