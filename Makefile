@@ -112,9 +112,12 @@ demo:
 	$(call banner,Demo)
 	scripts/demo.sh
 
+# Builds the release binaries, starts a throwaway etcd, compares with `etcdctl lock`
+# and rewrites BENCHMARKS.md (~5 min; raw samples in target/bench/results.json).
+# BENCH_ARGS e.g. --quick, --only handover,scale, --keep.
 bench: deps-bench
 	$(call banner,Benchmarks)
-	scripts/bench.sh
+	python3 scripts/bench.py $(BENCH_ARGS)
 
 soak:
 	$(call banner,Soak test ($(EAE_SOAK_SECONDS) s))

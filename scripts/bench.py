@@ -754,7 +754,7 @@ class Bench:
             samples.append((nxt[3] - stop[3]) / MS)
             d = delta(m1, m0, skip=("LeaseKeepAlive",))
             reqs.append(d)
-            keepalives.append(delta(m1, m0).get("LeaseKeepAlive", 0) / dt)
+            keepalives.append((delta(m1, m0).get("LeaseKeepAlive", 0), dt))
             cur = nxt
         t_stop = time.monotonic()
         kill_child_pid(cur[2], signal.SIGTERM)
@@ -923,7 +923,7 @@ def write_report(path, R, meta):
     w("")
     for title, body in meta["sections"]:
         w(f"### {title}\n")
-        w(body.rstrip() + "\n")
+        w(body.strip() + "\n")
     with open(path, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
 
@@ -1275,8 +1275,8 @@ its own cost is closer to its `Pss`/`RssAnon`. `command` is `eae-test-child` (sa
         rows.append((f"handover with {sc['candidates']} waiting candidates", "ours", ss))
         rq = sc["requests_per_handover"]
         by = ", ".join(f"{k} {v:.1f}" for k, v in sorted(sc["requests_by_method_avg"].items()))
-        ka = statistics.mean(sc["keepalives_per_s_background"]) if sc[
-            "keepalives_per_s_background"] else 0
+        kas = sc["keepalives_per_s_background"]
+        ka = sum(k for k, _ in kas) / max(1e-9, sum(d for _, d in kas))
         summary.append([f"Scale: {sc['candidates']} candidates on one lock: handover p50 / p95; "
                         "etcd requests per handover",
                         f"{p50p95(ss)}; {min(rq):.0f}–{max(rq):.0f} requests ({by})", "not run",
@@ -1289,10 +1289,12 @@ its own cost is closer to its `Pss`/`RssAnon`. `command` is `eae-test-child` (sa
 command started per handover (checked). Requests etcd received per handover (excluding the
 keep-alive stream): {', '.join(f'{x:.0f}' for x in rq)}; by method on average: {by}. That is
 the old leader's `LeaseRevoke`, and for the successor only: the `Txn` that reads head /
-predecessor / own key, the `Txn` that takes the legacy lock key, the `Txn` that checks its own
-key before watching it, the watch create on its own key (and the cancel of its finished
-predecessor watch, or the legacy-lock watch) — the other {sc['candidates'] - 2} waiters send
-nothing: each watches only its predecessor's key. Background keep-alives during the handovers:
+predecessor / own key, the `Txn` that takes the legacy lock key (`ETCD_AWAIT_ELECTION_LEGACY_LOCK`,
+on by default), the `Txn` that checks its own key (and the legacy key) before watching them, and
+the two watch creates on those keys — the other {sc['candidates'] - 2} waiters send
+nothing: each watches only its predecessor's key. With the legacy lock off it would be one `Txn`
+and one watch fewer. Background keep-alives over all handover windows
+({sum(d for _, d in kas):.1f} s in all; they come in bursts, so short windows are noisy):
 {ka:.1f}/s for {sc['candidates'] - 1} candidates (each renews every min(TTL, renew
 deadline)/3 = 3.3 s: expected {(sc['candidates'] - 1) / 3.33:.1f}/s). Teardown (SIGTERM to
 all, each withdraws by revoking its lease): {sc['teardown_s']:.1f} s.
@@ -1304,7 +1306,7 @@ all, each withdraws by revoking its lease): {sc['teardown_s']:.1f} s.
     if ok(io) and ok(ip):
         sections.append(("Idle requests", f"""
 Per minute, by gRPC method (`grpc_server_msg_received_total` deltas over
-{io['window_s']:.1f} s): ours {io['per_min']}; etcdctl lock {ip['per_min']}. Both renew every
+{io['window_s']:.1f} s): ours {fmt_idle(io)}; etcdctl lock {fmt_idle(ip)}. Both renew every
 3.3 s with their default settings (ours: min(TTL 15 s, renew deadline 10 s)/3; etcdctl: TTL
 10 s/3), i.e. 18 keep-alives a minute; the watch on the predecessor is one long-lived stream that
 costs etcd nothing while idle (gRPC-level HTTP/2 pings, every 10 s for ours, are not requests).
@@ -1323,6 +1325,40 @@ watches `session.Done()` when run without a command): the old command was still 
 {pp['old_never_stopped']} of {pp['old_never_stopped'] + len(pp['cut_to_old_stop_ms'])} rounds when the new one started.
 """))
 
+    if sz:
+        sections.append(("Binary sizes", "\n".join(
+            f"- {k}: `{v['path']}` {v['bytes']} B ({v['bytes'] / 2**20:.2f} MiB), built {v['mtime']}"
+            for k, v in sz.items()) + """
+
+The static binary is the one `make release` left in `target/`; `make bench` does not rebuild it
+(it times the host release build, which runs the same code).
+"""))
+    sections.append(("What limits the figures", f"""
+- **Handover** (ours {ho['p50'] if ho else 0:.1f} ms p50): after the command exits the wrapper
+  kills and waits for the rest of its process group, releases the guardian, revokes its lease
+  (one raft commit; etcd's data dir is on tmpfs here, so no fsync cost — on a real disk add one
+  fsync, typically 1–10 ms), etcd delivers the delete event to the successor's watch, which then
+  does one read `Txn` and one write `Txn` (the legacy lock key: a second commit) and fork/execs
+  the command (+ the guardian fork). `etcdctl lock` is slower here ({hp['p50'] if hp else 0:.1f} ms) although it
+  needs fewer requests; its time is spent in the Go client, not in etcd.
+- **Failover after SIGKILL** is bounded below by etcd, not by the wrapper: the lease lives
+  until TTL after its last renewal, and etcd 3.4's lessor looks for expired leases only every
+  500 ms, so the successor starts between −(keep-alive period) and about +500 ms around
+  kill + TTL (the tail beyond that is load on the shared machine). The wrapper's own part after
+  the expiry is the same few ms as a handover. A shorter renewal period would narrow the window
+  on the negative side only.
+- **Partition**: the cut-off leader stops its command exactly at the renew deadline after its
+  last successful renewal (1.5 s here); the successor cannot start before the lease expires
+  (TTL 2 s after the same renewal, + up to 500 ms lessor granularity), so the gap between them
+  is TTL − renew deadline ± lessor granularity, by design.
+- **Launch → start** ({lo['p50'] if lo else 0:.1f} ms p50 vs a {ld['p50'] if ld else 0:.1f} ms spawn floor): process start, the
+  tokio runtime and the HTTP/2 connection, then the sequential requests of joining — a `Range`
+  (adopt a key left by a previous life), `LeaseGrant`, the create `Txn`, the legacy-lock cleanup
+  `Txn`, the keep-alive stream, the `Txn` of `wait_turn` and the legacy lock `Txn` — each a
+  loopback round trip, three of them raft commits.
+- **Memory**: a statically linked Rust binary with a single-threaded tokio runtime: 3 threads
+  (main, signals, election). Most of `VmRSS` is the binary's own mapped text.
+"""))
     write_report(out, R, dict(meta, summary=summary, detail_rows=rows, sections=sections))
 
 

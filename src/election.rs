@@ -565,21 +565,31 @@ impl Election {
         }
     }
 
+    /// Revokes our lease, retrying on failure: until it is revoked the next candidate waits a
+    /// whole TTL. Gives up once the lease would have expired anyway (or after 8 s, within
+    /// `main`'s backstop).
     async fn resign(&mut self) {
         let Some(lease) = self.lease.take() else {
             return;
         };
-        let revoke = async {
-            timed(
-                op_timeout(&self.cfg),
-                self.client().await?.lease_revoke(lease),
-            )
-            .await
-        };
-        match revoke.await {
-            Ok(_) => info!("resigned: revoked lease {lease:x}"),
-            Err(e) if is_lease_not_found(&e) => {}
-            Err(e) => warn!("could not revoke lease {lease:x} ({e}); it expires by itself"),
+        let budget = Duration::from_secs(self.cfg.lease_ttl as u64).min(Duration::from_secs(8));
+        let give_up = Instant::now() + budget;
+        loop {
+            let revoke = async {
+                let mut c = self.client().await?;
+                timed(op_timeout(&self.cfg), c.lease_revoke(lease)).await
+            };
+            let e = match revoke.await {
+                Ok(_) => return info!("resigned: revoked lease {lease:x}"),
+                Err(e) if is_lease_not_found(&e) => return,
+                Err(e) => e,
+            };
+            if Instant::now() + self.cfg.retry_period >= give_up {
+                return warn!("could not revoke lease {lease:x} ({e}); it expires by itself");
+            }
+            debug!("revoking lease {lease:x}: {e}; retrying");
+            self.etcd.after_failure(&e);
+            tokio::time::sleep(self.cfg.retry_period).await;
         }
     }
 
@@ -709,9 +719,9 @@ async fn wait_deleted(c: &mut Client, key: &[u8], from: i64) -> Result<()> {
 }
 
 /// The client, shared by the campaign and the keep-alive loop, built on first use (with etcd
-/// authentication, building it is a request) and dropped by either when its connections went
-/// silent: a blackholed TCP connection is noticed only by our timeouts, and tonic would keep
-/// sending on it until its HTTP/2 ping fails.
+/// authentication, building it is a request) and dropped by either when its connections fail:
+/// a blackholed TCP connection is noticed only by our timeouts, and tonic would keep sending on
+/// it until its HTTP/2 ping fails.
 #[derive(Clone)]
 struct Etcd {
     cfg: Rc<Config>,
@@ -730,8 +740,15 @@ impl Etcd {
     }
 
     fn after_failure(&self, e: &etcd_client::Error) {
-        if is_silent(e) {
-            debug!("dropping etcd connections that stopped answering");
+        // A timed-out request may mean a blackholed connection; a connection error may be one
+        // that tonic keeps reporting after the server is back. Either way: start afresh.
+        let connection = match e {
+            etcd_client::Error::TransportError(_) => true,
+            etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+            e => is_silent(e),
+        };
+        if connection {
+            debug!("dropping etcd connections after: {e}");
             self.client.borrow_mut().take();
         }
     }
