@@ -95,7 +95,7 @@ fn status_endpoints_on_leader_and_follower() {
 /// a renewal, and back to 200 after etcd resumes, the command untouched all along.
 #[test]
 fn healthz_follows_renewals() {
-    let mut etcd = Etcd::start();
+    let etcd = Etcd::start();
     let dir = TempDir::new("operate-health");
     let log = dir.join("log");
     let mon = Monitor::start(&log);
