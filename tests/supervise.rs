@@ -1,0 +1,107 @@
+//! The wrapper as a parent: orphans reparented to it are reaped (it is a child subreaper, and
+//! PID 1 in a container), and nothing of a finished command survives into the next leader's turn.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::candidate::{wrapper_bin, Candidate};
+use common::etcd::Etcd;
+use common::{wait_for, wait_until};
+
+/// `(pid, state)` of every process whose parent is `ppid`, from /proc.
+fn children_of(ppid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces: fields after the last ')' are fixed.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if fields.next().and_then(|p| p.parse().ok()) == Some(ppid) {
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+/// The command orphans a short-lived grandchild (its parent subshell exits at once). The orphan
+/// is reparented to the wrapper, not to init, and is reaped when it exits: no zombie lingers.
+#[test]
+fn orphans_are_reparented_and_reaped() {
+    let etcd = Etcd::start();
+    let c = Candidate::new("reaper")
+        .lock("reap")
+        .endpoints(&etcd.endpoint())
+        .lease(3)
+        .renew("2s")
+        .command("sh")
+        .args(&["-c", "(sleep 0.3 &); exec sleep 30"])
+        .spawn();
+    let wrapper = c.pid();
+    let orphan = wait_for(
+        Duration::from_secs(10),
+        "the orphan under the wrapper",
+        || {
+            children_of(wrapper)
+                .into_iter()
+                .find(|(pid, _)| {
+                    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.starts_with("sleep\u{0}0.3"))
+                })
+                .map(|(pid, _)| pid)
+        },
+    );
+    wait_until(Duration::from_secs(3), "the orphan reaped", || {
+        !children_of(wrapper).iter().any(|(pid, _)| *pid == orphan)
+    });
+    let zombies: Vec<_> = children_of(wrapper)
+        .into_iter()
+        .filter(|(_, s)| *s == 'Z')
+        .collect();
+    assert!(zombies.is_empty(), "zombies under the wrapper: {zombies:?}");
+}
+
+/// As PID 1 of a new PID namespace (a container's init), the wrapper execs or supervises its
+/// command and exits with its code; orphans left behind are reaped, so it exits at all.
+#[test]
+fn works_as_pid_1() {
+    let unshare = |args: &[&str]| {
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", wrapper_bin()])
+            .args(args)
+            .env_remove("ETCD_AWAIT_ELECTION_LOCK_NAME")
+            .output()
+    };
+    let probe = unshare(&["true"]).expect("run unshare");
+    assert!(
+        probe.status.success(),
+        "this test needs PID namespaces (root): {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let etcd = Etcd::start();
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", wrapper_bin()])
+        .args(["sh", "-c", "(sleep 0.2 &); echo pid=$$; exit 3"])
+        .env("ETCD_AWAIT_ELECTION_LOCK_NAME", "pid1")
+        .env("ETCD_AWAIT_ELECTION_IDENTITY", "init")
+        .env("ETCD_AWAIT_ELECTION_ENDPOINTS", etcd.endpoint())
+        .env("ETCD_AWAIT_ELECTION_LEASE_DURATION", "3")
+        .env("ETCD_AWAIT_ELECTION_RENEW_DEADLINE", "2s")
+        .output()
+        .expect("run unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    // PID 1 is the wrapper; its command is another process.
+    assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "pid=1");
+    assert!(stderr.contains("resigned"), "{stderr}");
+    assert!(etcd.get_prefix_keys("pid1").is_empty());
+}
