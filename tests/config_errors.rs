@@ -10,8 +10,8 @@ use common::etcd::Etcd;
 use common::{free_port, TempDir};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 const LOCK: &str = "ETCD_AWAIT_ELECTION_LOCK_NAME";
 const IDENTITY: &str = "ETCD_AWAIT_ELECTION_IDENTITY";
@@ -41,13 +41,7 @@ fn run_with(vars: &[(&str, &str)]) -> Outcome {
     let dir = TempDir::new("cfgerr");
     let marker = dir.join("marker");
     let err_path = dir.join("stderr");
-    let mut cmd = Command::new(wrapper_bin());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCD_AWAIT_ELECTION_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
+    let mut cmd = common::clean_command(wrapper_bin());
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -59,19 +53,12 @@ fn run_with(vars: &[(&str, &str)]) -> Outcome {
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .expect("spawn wrapper");
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            common::kill_and_wait(&mut child);
-            panic!(
-                "wrapper did not exit within {TIMEOUT:?} for {vars:?}; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let Some(status) = common::wait_child(&mut child, TIMEOUT) else {
+        common::kill_and_wait(&mut child);
+        panic!(
+            "wrapper did not exit within {TIMEOUT:?} for {vars:?}; stderr:\n{}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
     };
     Outcome {
         status,

@@ -8,11 +8,11 @@ mod common;
 
 use common::candidate::{Candidate, CandidateBuilder};
 use common::child::{monotonic_ns, Kind, Record};
-use common::etcd::Etcd;
+use common::etcd::{assert_success, json_uint, Etcd};
 use common::invariant::Monitor;
-use common::{free_port, wait_for, wait_until, TempDir};
+use common::scene::Scene;
+use common::{free_port, wait_for, wait_until};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -22,42 +22,30 @@ const T: Duration = Duration::from_secs(15);
 /// Lease TTL of the candidates, in seconds; the keep-alive runs every TTL/3.
 const TTL: u64 = 3;
 const RENEW: &str = "2s";
+/// Retry period of the candidates.
+const RETRY: &str = "200ms";
 /// A handover that does not wait for a lease to expire.
 const FAST: Duration = Duration::from_secs(1);
 
-/// One etcd, one record log watched by a monitor, one lock name.
-struct Scene {
-    lock: String,
-    mon: Monitor,
-    log: PathBuf,
-    _dir: TempDir,
-    etcd: Etcd,
+/// This file's helpers on a [`Scene`] (one etcd, one record log watched by a monitor, one lock
+/// name).
+trait ElectionScene {
+    fn cand(&self, id: &str) -> CandidateBuilder;
+    fn keys(&self) -> Vec<String>;
+    fn queue(&self) -> Vec<(String, String)>;
+    fn wait_queued(&self, n: usize);
+    fn start_of(&self, c: &Candidate) -> Record;
+    fn start_within(&self, c: &Candidate, timeout: Duration) -> Record;
+    fn record_of(&self, kind: Kind, pid: u32) -> Record;
+    fn starts_of(&self, id: &str) -> usize;
+    fn create_revision(&self, key: &str) -> Option<i64>;
+    fn leases(&self) -> Vec<u64>;
 }
 
-impl Scene {
-    fn new(lock: &str) -> Scene {
-        let etcd = Etcd::start();
-        let dir = TempDir::new(&format!("election-{lock}"));
-        let log = dir.join("records");
-        let mon = Monitor::start(&log);
-        Scene {
-            lock: lock.to_string(),
-            mon,
-            log,
-            _dir: dir,
-            etcd,
-        }
-    }
-
+impl ElectionScene for Scene {
     /// A candidate on this scene's etcd and lock, with short timings (override as needed).
     fn cand(&self, id: &str) -> CandidateBuilder {
-        Candidate::new(id)
-            .endpoints(&self.etcd.endpoint())
-            .lock(&self.lock)
-            .lease(TTL)
-            .renew(RENEW)
-            .retry("200ms")
-            .log(&self.log)
+        self.candidate(id, TTL, RENEW, RETRY)
     }
 
     /// Keys of the election (`<lock>/...`), in key order.
@@ -119,17 +107,17 @@ impl Scene {
     /// Create revision of `key`, `None` if it does not exist.
     fn create_revision(&self, key: &str) -> Option<i64> {
         let out = self.etcd.etcdctl(&["get", key, "-w", "json"]);
-        common::etcd::assert_success(&out, "etcdctl get -w json");
-        let s = String::from_utf8_lossy(&out.stdout);
-        let rest = &s[s.find("\"create_revision\":")? + "\"create_revision\":".len()..];
-        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        digits.parse().ok()
+        assert_success(&out, "etcdctl get -w json");
+        json_uint(
+            &String::from_utf8_lossy(&out.stdout),
+            "\"create_revision\":",
+        )
     }
 
     /// Ids of the live leases.
     fn leases(&self) -> Vec<u64> {
         let out = self.etcd.etcdctl(&["lease", "list"]);
-        common::etcd::assert_success(&out, "etcdctl lease list");
+        assert_success(&out, "etcdctl lease list");
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .skip(1)
@@ -307,7 +295,7 @@ impl Drop for Observer {
 
 #[test]
 fn one_leader_among_three() {
-    let s = Scene::new("three");
+    let s = Scene::new("election", "three");
     let cands: Vec<Candidate> = ["a", "b", "c"]
         .iter()
         .map(|id| s.cand(id).status_port(free_port()).spawn())
@@ -353,7 +341,7 @@ fn one_leader_among_three() {
 
 #[test]
 fn leader_env_names_key_and_revision() {
-    let s = Scene::new("env-lock");
+    let s = Scene::new("election", "env-lock");
     let mut a = s.cand("a").args(&["--print-env"]).spawn();
     let ra = s.start_of(&a);
     let b = s.cand("b").args(&["--print-env"]).spawn();
@@ -397,7 +385,7 @@ fn leader_env_names_key_and_revision() {
 
 #[test]
 fn etcdctl_elect_sees_our_leader() {
-    let s = Scene::new("observed");
+    let s = Scene::new("election", "observed");
     let mut a = s.cand("a").args(&["--print-env"]).spawn();
     let ra = s.start_of(&a);
     let b = s.cand("b").args(&["--print-env"]).spawn();
@@ -420,7 +408,7 @@ fn etcdctl_elect_sees_our_leader() {
 
 #[test]
 fn handover_when_the_command_exits() {
-    let s = Scene::new("cmd-exit");
+    let s = Scene::new("election", "cmd-exit");
     let mut a = s
         .cand("a")
         .args(&["--exit-after", "1500", "--exit-code", "7"])
@@ -446,7 +434,7 @@ fn handover_when_the_command_exits() {
 /// The leader's wrapper gets `sig`: it forwards it, exits with the child's status, resigns, and
 /// the follower starts at once.
 fn handover_on_signal(lock: &str, sig: i32, code: i32) {
-    let s = Scene::new(lock);
+    let s = Scene::new("election", lock);
     let mut a = s.cand("a").spawn();
     let ra = s.start_of(&a);
     let b = s.cand("b").spawn();
@@ -480,7 +468,7 @@ fn handover_on_sigint() {
 
 #[test]
 fn sigkilled_leader_hands_over_only_after_lease_expiry() {
-    let s = Scene::new("kill9");
+    let s = Scene::new("election", "kill9");
     let mut a = s.cand("a").args(&["--print-env"]).spawn();
     let ra = s.start_of(&a);
     let ea = leader_env(&a, ra.pid);
@@ -520,7 +508,7 @@ fn sigkilled_leader_hands_over_only_after_lease_expiry() {
 
 #[test]
 fn restarted_leader_takes_its_place_back() {
-    let s = Scene::new("restart");
+    let s = Scene::new("election", "restart");
     let mut a = s.cand("a").args(&["--print-env"]).spawn();
     let ra = s.start_of(&a);
     let ea = leader_env(&a, ra.pid);
@@ -574,7 +562,7 @@ fn restarted_leader_takes_its_place_back() {
 
 #[test]
 fn force_acquire_deposes_the_leader() {
-    let s = Scene::new("force");
+    let s = Scene::new("election", "force");
     let mut a = s.cand("a").lease(2).renew("1500ms").spawn();
     let ra = s.start_of(&a);
     s.wait_queued(1);
@@ -638,7 +626,7 @@ fn force_acquire_deposes_the_leader() {
 
 #[test]
 fn command_not_found_as_leader_releases_at_once() {
-    let s = Scene::new("notfound");
+    let s = Scene::new("election", "notfound");
     let mut z = s.cand("z").spawn();
     let rz = s.start_of(&z);
     let mut a = s.cand("a").command("/nonexistent/eae-no-such-cmd").spawn();
@@ -667,7 +655,7 @@ fn command_not_found_as_leader_releases_at_once() {
 
 #[test]
 fn clean_exits_leave_no_keys_or_leases() {
-    let s = Scene::new("clean");
+    let s = Scene::new("election", "clean");
     let mut a = s.cand("a").spawn();
     s.start_of(&a);
     s.wait_queued(1);
@@ -693,7 +681,7 @@ fn clean_exits_leave_no_keys_or_leases() {
 
 #[test]
 fn signal_while_awaiting_withdraws() {
-    let s = Scene::new("withdraw");
+    let s = Scene::new("election", "withdraw");
     let a = s.cand("a").spawn();
     let ra = s.start_of(&a);
     s.wait_queued(1);

@@ -47,14 +47,8 @@ impl Direct {
     }
 
     fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.0.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "test child did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        common::wait_child(&mut self.0, timeout)
+            .unwrap_or_else(|| panic!("test child did not exit"))
     }
 }
 

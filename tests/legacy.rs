@@ -11,11 +11,10 @@ mod common;
 
 use common::candidate::{Candidate, CandidateBuilder};
 use common::child::{Kind, Record};
-use common::etcd::{assert_success, Etcd};
-use common::invariant::Monitor;
+use common::etcd::{assert_success, json_uint};
 use common::old_replica::OldReplica;
-use common::{free_port, wait_for, wait_until, TempDir};
-use std::path::PathBuf;
+use common::scene::Scene;
+use common::{free_port, wait_for, wait_until};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -23,6 +22,9 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(15);
 /// Lease TTL (seconds) of every replica, old and new.
 const TTL: u64 = 3;
+/// RENEW_DEADLINE and RETRY_PERIOD of our wrappers.
+const RENEW: &str = "2s";
+const RETRY: &str = "200ms";
 /// RETRY_PERIOD of the old replicas: how often they poll `<LOCK>`.
 const OLD_RETRY: Duration = Duration::from_millis(500);
 /// Handover through a watch: no lease has to expire, no poll has to come round.
@@ -32,38 +34,22 @@ const FORCE_WINDOW: Duration = Duration::from_millis(500);
 /// Exit code of the wrapper when leadership was lost (src/main.rs `code::LOST`).
 const LOST: i32 = 75;
 
-struct Scene {
-    lock: String,
-    mon: Monitor,
-    log: PathBuf,
-    _dir: TempDir,
-    etcd: Etcd,
+/// This file's helpers on a [`Scene`]: our wrappers, old replicas, and the legacy key.
+trait LegacyScene {
+    fn cand(&self, id: &str) -> CandidateBuilder;
+    fn old(&self, id: &str, force: bool) -> OldReplica;
+    fn old_ttl(&self, id: &str, force: bool, ttl: u64) -> OldReplica;
+    fn legacy_key(&self) -> Option<(String, i64)>;
+    fn queue_leases(&self) -> Vec<i64>;
+    fn stop_of(&self, pid: u32) -> Record;
+    fn start_of(&self, c: &Candidate) -> Record;
+    fn timeline(&self) -> String;
 }
 
-impl Scene {
-    fn new(lock: &str) -> Scene {
-        let etcd = Etcd::start();
-        let dir = TempDir::new(&format!("legacy-{lock}"));
-        let log = dir.join("records");
-        let mon = Monitor::start(&log);
-        Scene {
-            lock: lock.to_string(),
-            mon,
-            log,
-            _dir: dir,
-            etcd,
-        }
-    }
-
+impl LegacyScene for Scene {
     /// One of our wrappers on this scene's etcd and lock (legacy lock on by default).
     fn cand(&self, id: &str) -> CandidateBuilder {
-        Candidate::new(id)
-            .endpoints(&self.etcd.endpoint())
-            .lock(&self.lock)
-            .lease(TTL)
-            .renew("2s")
-            .retry("200ms")
-            .log(&self.log)
+        self.candidate(id, TTL, RENEW, RETRY)
     }
 
     fn old(&self, id: &str, force: bool) -> OldReplica {
@@ -89,7 +75,7 @@ impl Scene {
         assert_success(&out, "etcdctl get -w json");
         let json = String::from_utf8_lossy(&out.stdout);
         // No "lease" field at all when the key has none.
-        Some((value, json_i64(&json, "\"lease\":").unwrap_or(0)))
+        Some((value, json_uint(&json, "\"lease\":").unwrap_or(0)))
     }
 
     /// Leases of the queue keys `<LOCK>/<lease in hex>`.
@@ -134,16 +120,6 @@ impl Scene {
     }
 }
 
-fn json_i64(s: &str, key: &str) -> Option<i64> {
-    let rest = &s[s.find(key)? + key.len()..];
-    let digits: String = rest
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
-
 fn ms(ns: i128) -> f64 {
     ns as f64 / 1e6
 }
@@ -156,7 +132,7 @@ fn code(c: &mut Candidate) -> Option<i32> {
 /// starts its command only after the old replica released the key, through its watch.
 #[test]
 fn old_leader_then_new() {
-    let s = Scene::new("leg-old-new");
+    let s = Scene::new("legacy", "leg-old-new");
     let mut old = s.old("old-0", false);
     old.wait_acquired(T);
     let old_start = s.mon.wait_for_start(Some("old-0"), T);
@@ -203,7 +179,7 @@ fn old_leader_then_new() {
 /// gets it while ours runs; once ours is gone the old one acquires on its next poll.
 #[test]
 fn new_leader_then_old() {
-    let s = Scene::new("leg-new-old");
+    let s = Scene::new("legacy", "leg-new-old");
     let mut ours = s.cand("new-0").spawn();
     let new_start = s.mon.wait_for_start(Some("new-0"), T);
     let (value, lease) = s.legacy_key().expect("our leader holds the legacy key");
@@ -257,7 +233,7 @@ fn new_forcing_deposes_old_short_old_lease() {
 }
 
 fn new_forcing_deposes_old_with(old_ttl: u64, our_ttl: u64, our_renew: &str) {
-    let s = Scene::new(&format!("leg-new-force-{old_ttl}"));
+    let s = Scene::new("legacy", &format!("leg-new-force-{old_ttl}"));
     let old = s.old_ttl("old-0", false, old_ttl);
     old.wait_acquired(T);
     let old_start = s.mon.wait_for_start(Some("old-0"), T);
@@ -321,7 +297,7 @@ fn new_forcing_deposes_old_with(old_ttl: u64, our_ttl: u64, our_renew: &str) {
 /// in which both commands run is measured and bounded.
 #[test]
 fn old_forcing_deposes_new() {
-    let s = Scene::new("leg-old-force");
+    let s = Scene::new("legacy", "leg-old-force");
     let mut ours = s.cand("new-0").spawn();
     let new_start = s.mon.wait_for_start(Some("new-0"), T);
     assert_eq!(s.legacy_key().map(|k| k.0).as_deref(), Some("new-0"));
@@ -391,7 +367,7 @@ fn old_forcing_deposes_new() {
 /// With ETCD_AWAIT_ELECTION_LEGACY_LOCK=false our leader does not touch `<LOCK>`.
 #[test]
 fn legacy_lock_off() {
-    let s = Scene::new("leg-off");
+    let s = Scene::new("legacy", "leg-off");
     let mut ours = s
         .cand("new-0")
         .env("ETCD_AWAIT_ELECTION_LEGACY_LOCK", "false")
@@ -420,7 +396,7 @@ impl Drop for KeepAlive {
 /// old or new): the starting candidate deletes it and leads, as the old tool would.
 #[test]
 fn restart_takeover_of_legacy_key() {
-    let s = Scene::new("leg-takeover");
+    let s = Scene::new("legacy", "leg-takeover");
     let out = s.etcd.etcdctl(&["lease", "grant", "30"]);
     assert_success(&out, "etcdctl lease grant");
     // "lease 694d9b5b1e1ec40a granted with TTL(30s)"
@@ -468,7 +444,7 @@ fn restart_takeover_of_legacy_key() {
 /// and RETRY_PERIOD; the status JSON's `status`, `phase` and `leader`; the command's exit code.
 #[test]
 fn old_configuration_still_works() {
-    let s = Scene::new("leg-config");
+    let s = Scene::new("legacy", "leg-config");
     let port = free_port();
     let mut ours = Candidate::new("new-0")
         .endpoints(&s.etcd.endpoint())

@@ -10,7 +10,7 @@ use common::TempDir;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -24,13 +24,8 @@ struct Run {
 /// A command whose environment holds no `ETCD_AWAIT_ELECTION_*` variable, whatever the test
 /// process itself inherited.
 fn clean(program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCD_AWAIT_ELECTION_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env_remove("RUST_LOG").stdin(Stdio::null());
+    let mut cmd = common::clean_command(program);
+    cmd.stdin(Stdio::null());
     cmd
 }
 
@@ -41,19 +36,12 @@ fn run(mut cmd: Command) -> Run {
     let err = std::fs::File::create(dir.join("err")).unwrap();
     let mut child = cmd.stdout(out).stderr(err).spawn().expect("spawn");
     let pid = child.id();
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            common::kill_and_wait(&mut child);
-            panic!(
-                "{cmd:?} did not finish within {TIMEOUT:?}; stderr: {}",
-                std::fs::read_to_string(dir.join("err")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let Some(status) = common::wait_child(&mut child, TIMEOUT) else {
+        common::kill_and_wait(&mut child);
+        panic!(
+            "{cmd:?} did not finish within {TIMEOUT:?}; stderr: {}",
+            std::fs::read_to_string(dir.join("err")).unwrap_or_default()
+        );
     };
     Run {
         status,

@@ -14,15 +14,15 @@
 
 mod common;
 
-use common::candidate::Candidate;
-use common::child::{child_bin, monotonic_ns, read_records, Kind};
+use common::candidate::{kill_if_test_child, Candidate};
+use common::child::{monotonic_ns, read_records, Kind};
 use common::etcd::Etcd;
 use common::invariant::{compute_overlaps, Monitor};
 use common::proxy::{Mode, Proxy};
 use common::TempDir;
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const LEASE_S: u64 = 3;
@@ -122,34 +122,6 @@ impl Drop for Reaper {
         for pid in pids {
             kill_if_test_child(pid);
         }
-    }
-}
-
-fn kill_if_test_child(pid: u32) {
-    // SAFETY: plain syscalls on a pidfd we own; the command line check (made after opening the
-    // pidfd, which pins the process) keeps a recycled pid from being hit.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
-        if fd < 0 {
-            return;
-        }
-        let fd = fd as i32;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let name = Path::new(child_bin())
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        if String::from_utf8_lossy(&cmdline).contains(&name) {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd,
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
-        }
-        libc::close(fd);
     }
 }
 

@@ -293,8 +293,10 @@ impl Candidate {
     }
 }
 
-fn kill_if_test_child(pid: u32) {
-    // SAFETY: plain syscalls on a fd we own.
+/// SIGKILL `pid` if it is (still) a test child (`eae-test-child`); anything else is left alone.
+pub fn kill_if_test_child(pid: u32) {
+    // SAFETY: plain syscalls on a pidfd we own; the command line check (made after opening the
+    // pidfd, which pins the process) keeps a recycled pid from being hit.
     unsafe {
         let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
         if fd < 0 {

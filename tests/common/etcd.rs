@@ -404,8 +404,8 @@ impl Cluster {
                     return None;
                 }
                 let s = String::from_utf8_lossy(&out.stdout);
-                let me = json_u64(&s, "\"member_id\":")?;
-                let leader = json_u64(&s, "\"leader\":")?;
+                let me = json_uint::<u64>(&s, "\"member_id\":")?;
+                let leader = json_uint::<u64>(&s, "\"leader\":")?;
                 (me == leader).then_some(i)
             })
         })
@@ -455,8 +455,9 @@ fn parse_lease_count(s: &str) -> usize {
         .unwrap_or_else(|| panic!("unexpected `etcdctl lease list` output: {s:?}"))
 }
 
-/// The unsigned number following the first occurrence of `key` (e.g. `"leader":`) in `s`.
-fn json_u64(s: &str, key: &str) -> Option<u64> {
+/// The unsigned number following the first occurrence of `key` (e.g. `"leader":`) in `s`,
+/// parsed as `T` (`None` if absent or out of range for `T`).
+pub fn json_uint<T: std::str::FromStr>(s: &str, key: &str) -> Option<T> {
     let rest = &s[s.find(key)? + key.len()..];
     let digits: String = rest
         .trim_start()

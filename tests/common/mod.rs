@@ -10,10 +10,12 @@ pub mod etcd;
 pub mod invariant;
 pub mod old_replica;
 pub mod proxy;
+pub mod scene;
 
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -88,8 +90,36 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     wait_for(timeout, what, || cond().then_some(()))
 }
 
+/// Poll `child` every few milliseconds until it exits (`Some(status)`) or `timeout` passes
+/// (`None`; the child is left running).
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `program` with no `ETCD_AWAIT_ELECTION_*` variable and no `RUST_LOG` in its environment,
+/// whatever the test process itself inherited.
+pub fn clean_command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ETCD_AWAIT_ELECTION_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
 /// SIGKILL a child and reap it; errors (already dead, already reaped) are ignored.
-pub fn kill_and_wait(child: &mut std::process::Child) {
+pub fn kill_and_wait(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }

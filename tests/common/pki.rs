@@ -67,46 +67,50 @@ impl Pki {
         );
     }
 
-    fn ca(&self, name: &str, cn: &str) {
-        self.openssl(&[
+    /// `openssl req <mode>` with a new P-256 key in `<name>.key` and subject `/CN=<cn>`, writing
+    /// `<name>.<out_ext>`, followed by `extra` arguments.
+    fn req(&self, mode: &str, name: &str, cn: &str, out_ext: &str, extra: &[&str]) {
+        let key = format!("{name}.key");
+        let out = format!("{name}.{out_ext}");
+        let subj = format!("/CN={cn}");
+        let mut args = vec![
             "req",
-            "-x509",
+            mode,
             "-newkey",
             "ec",
             "-pkeyopt",
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-keyout",
-            &format!("{name}.key"),
+            &key,
             "-out",
-            &format!("{name}.pem"),
+            &out,
             "-subj",
-            &format!("/CN={cn}"),
-            "-days",
-            "2",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
+            &subj,
+        ];
+        args.extend_from_slice(extra);
+        self.openssl(&args);
+    }
+
+    fn ca(&self, name: &str, cn: &str) {
+        self.req(
+            "-x509",
+            name,
+            cn,
+            "pem",
+            &[
+                "-days",
+                "2",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
     }
 
     fn csr(&self, name: &str, cn: &str) {
-        self.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
+        self.req("-new", name, cn, "csr", &[]);
     }
 
     fn leaf(&self, name: &str, cn: &str, ca: &str, ext: &str) {
