@@ -546,8 +546,13 @@ class Bench:
 
     def failover(self, tool, rounds, ttl=2):
         out = {"failover_minus_ttl_ms": [], "kill_to_start_ms": [], "old_cmd_gone_ms": [],
-               "old_cmd_survived": 0, "granted_ttl": None}
+               "old_cmd_survived": 0, "granted_ttl": None, "expiry_minus_ttl_ms": [],
+               "expiry_to_start_ms": []}
         for i in range(rounds):
+            # Random phase of the new leader's keep-alives against etcd's 500 ms lessor tick:
+            # without it every round starts a fixed delay after the previous expiry, and both
+            # being 500 ms periodic, the phase (and the figure) would be the same each round.
+            time.sleep(random.uniform(0, 0.5))
             lock = self.lockname(f"failover-{tool}")
             cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
             renew = "1.5s" if tool == "ours" else None
@@ -562,19 +567,26 @@ class Bench:
             if out["granted_ttl"] is None:
                 out["granted_ttl"] = self.etcd.granted_ttl(lock + "/")
             time.sleep(random.uniform(0, 0.7))  # random phase against the keep-alives
+            first = min(self.etcd.keys(lock + "/"), key=lambda kv: int(kv["create_revision"]))
             t0 = now_ns()
             a.kill()
-            gone = None
-            while now_ns() - t0 < 5e9:
-                if not alive(ra[2]):
+            gone = expired = None
+            while now_ns() - t0 < 6e9 and not (expired and (gone or now_ns() - t0 > 1e9)):
+                if not gone and not alive(ra[2]):
                     gone = now_ns()
-                    break
-                time.sleep(0.001)
+                if not expired and now_ns() - t0 > 1e9:  # etcd's view: the leader key deleted
+                    keys = [kv["key"] for kv in self.etcd.keys(lock + "/")]
+                    if first["key"] not in keys:
+                        expired = now_ns()
+                time.sleep(0.001 if not gone else 0.003)
             if gone:
                 out["old_cmd_gone_ms"].append((gone - t0) / MS)
             else:
                 out["old_cmd_survived"] += 1
             rb = cl.wait("start", "b", 15)
+            if expired and rb:
+                out["expiry_minus_ttl_ms"].append((expired - t0) / MS - ttl * 1000)
+                out["expiry_to_start_ms"].append((rb[3] - expired) / MS)
             if rb:
                 out["kill_to_start_ms"].append((rb[3] - t0) / MS)
                 out["failover_minus_ttl_ms"].append((rb[3] - t0) / MS - ttl * 1000)
@@ -591,6 +603,7 @@ class Bench:
         out = {"cut_to_old_stop_ms": [], "cut_to_new_start_ms": [], "gap_ms": [],
                "old_never_stopped": 0, "old_exit_codes": []}
         for i in range(rounds):
+            time.sleep(random.uniform(0, 0.5))  # random keep-alive phase, see failover()
             lock = self.lockname(f"partition-{tool}")
             cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
             proxy = Proxy(self.etcd.cport)
@@ -895,6 +908,10 @@ def write_report(path, R, meta):
   granted TTL. The lease expires `TTL` after its *last renewal*, which preceded the kill by up
   to one keep-alive period (ours: min(TTL, renew deadline)/3 = 0.5 s; etcdctl: TTL/3), and etcd's
   lessor checks expiry every 500 ms: the expected window is about [−period, +500 ms].
+  Each round starts after a random 0–500 ms pause, or the keep-alive phase would lock to the
+  lessor's tick (the previous round ended on it). To split etcd's part from the tool's, the
+  script polls etcd for the leader's key from 1 s after the kill (Range over HTTP, every
+  ~3–5 ms): key deleted − kill − TTL is etcd's part, successor start − key deleted the tool's.
   We also time the old command's death (polling `/proc/PID/stat` every ms).
 - **Partition**: the leader talks to etcd through a TCP proxy in the script; at the cut the
   proxy keeps the connections open but drops every byte both ways. TTL 2 s, renew deadline
@@ -987,8 +1004,8 @@ def main():
         sys.exit("bench: hyperfine missing (scripts/install-deps.sh --bench)")
 
     q = args.quick
-    N = {"handover": 5 if q else 30, "sigterm_peer": 2 if q else 5, "failover": 3 if q else 10,
-         "failover_peer": 2 if q else 5, "partition": 2 if q else 5, "partition_peer": 1 if q else 3,
+    N = {"handover": 5 if q else 30, "sigterm_peer": 2 if q else 5, "failover": 3 if q else 12,
+         "failover_peer": 2 if q else 6, "partition": 2 if q else 5, "partition_peer": 1 if q else 3,
          "launch": 5 if q else 20, "idle_window": 5 if q else 20, "scale": 20 if q else 100,
          "scale_handovers": 3 if q else 10, "hyperfine_runs": 100 if q else 500}
     only = set(filter(None, args.only.split(",")))
@@ -1166,8 +1183,17 @@ afterwards: {', '.join(R.get('notes', {}).get('handover-sigterm-etcdctl-exit-cod
     go = st("failover_ours", "old_cmd_gone_ms")
     rows += [("failover after SIGKILL − TTL (2 s)", "ours", fo),
              ("failover after SIGKILL − TTL (2 s)", "etcdctl lock", fp),
-             ("SIGKILL of wrapper → old command dead", "ours", go)]
+             ("SIGKILL of wrapper → old command dead", "ours", go),
+             ("failover: leader key deleted by etcd − kill − TTL (etcd's part; 3–5 ms polling)",
+              "ours", st("failover_ours", "expiry_minus_ttl_ms")),
+             ("failover: leader key deleted by etcd − kill − TTL (etcd's part; 3–5 ms polling)",
+              "etcdctl lock", st("failover_etcdctl", "expiry_minus_ttl_ms")),
+             ("failover: key deleted → successor's command start (the tool's part)", "ours",
+              st("failover_ours", "expiry_to_start_ms")),
+             ("failover: key deleted → successor's command start (the tool's part)",
+              "etcdctl lock", st("failover_etcdctl", "expiry_to_start_ms"))]
     fpo = g("failover_etcdctl")
+    eo = st("failover_ours", "expiry_to_start_ms")
     surv = (f"; old command survived the SIGKILL in {fpo['old_cmd_survived']}/"
             f"{fpo['old_cmd_survived'] + len(fpo['old_cmd_gone_ms'])} rounds (orphaned, "
             f"still running beside the new leader)") if ok(fpo) else ""
@@ -1175,8 +1201,10 @@ afterwards: {', '.join(R.get('notes', {}).get('handover-sigterm-etcdctl-exit-cod
     summary.append(["Failover after the leader's wrapper is SIGKILLed, minus granted TTL "
                     f"({fog.get('granted_ttl') if ok(fog) else '?'} s), p50 / p95 "
                     "(negative: the lease was last renewed before the kill)",
-                    (p50p95(fo) + (f"; old command killed by the guardian after "
-                                   f"{go['p50']:.1f} ms (p50)" if go else "")) if fo else
+                    (p50p95(fo) + (f"; of which after etcd deleted the key: "
+                                   f"{eo['p50']:.1f} ms p50" if eo else "")
+                     + (f"; old command killed by the guardian {go['p50']:.1f} ms after the "
+                        f"SIGKILL (p50)" if go else "")) if fo else
                     failed("failover_ours"),
                     (p50p95(fp) + surv) if fp else failed("failover_etcdctl"),
                     "–", "≤ 250 ms", verdict(fo and fo["p50"] <= 250)
@@ -1209,18 +1237,19 @@ afterwards: {', '.join(R.get('notes', {}).get('handover-sigterm-etcdctl-exit-cod
         rows += [("`etcd-await-election true` (exec only)", "ours", sw),
                  ("`true`", "–", stt)]
         extra = sw["p50"] - stt["p50"]
-        summary.append(["Overhead without election (`etcd-await-election true` − `true`, "
-                        "hyperfine medians; means)",
-                        f"+{extra:.2f} ms ({sw['p50']:.2f} vs {stt['p50']:.2f} ms; means "
-                        f"{wr['mean_ms']:.2f} vs {tr['mean_ms']:.2f} ms)", "n/a", "–", "≤ 1 ms",
-                        verdict(extra <= 1)])
         if len(ov) == 3:
             sm = stats(ov[2]["times_ms"])
             rows.append(("`etcd-await-election true`, static musl binary", "ours", sm))
-            summary.append(["Overhead without election, static musl binary (the shipped one)",
+            summary.append(["Overhead without election, static musl binary (the shipped one): "
+                            "`etcd-await-election true` − `true`, hyperfine medians",
                             f"+{sm['p50'] - stt['p50']:.2f} ms ({sm['p50']:.2f} vs "
                             f"{stt['p50']:.2f} ms)", "n/a", "–", "≤ 1 ms",
                             verdict(sm["p50"] - stt["p50"] <= 1)])
+        summary.append(["Overhead without election, host build (glibc, dynamically linked)",
+                        f"+{extra:.2f} ms ({sw['p50']:.2f} vs {stt['p50']:.2f} ms; means "
+                        f"{wr['mean_ms']:.2f} vs {tr['mean_ms']:.2f} ms)", "n/a", "–", "≤ 1 ms",
+                        verdict(extra <= 1) + ("" if extra <= 1 else " (dynamic loader; see "
+                                                "below)")])
     else:
         summary.append(["Overhead without election", failed("overhead"), "n/a", "–", "≤ 1 ms",
                         "–"])
@@ -1376,14 +1405,22 @@ The static binary is the one `make release` left in `target/`; `make bench` does
   in that window took 30–50 ms p50 in an earlier run; ours watches from the read's revision + 1
   (a future revision) and is synced at once. The script waits 300 ms after a candidate queued.
 - **Exec overhead without election**: the wrapper parses its options and environment and
-  `execve`s the command: the cost is one extra `execve` of a 2.4 MiB binary; the host build is
-  dynamically linked (glibc loader, relocations), the static musl build is about half of that.
-- **Failover after SIGKILL** is bounded below by etcd, not by the wrapper: the lease lives
-  until TTL after its last renewal, and etcd 3.4's lessor looks for expired leases only every
-  500 ms, so the successor starts between −(keep-alive period) and about +500 ms around
-  kill + TTL (the tail beyond that is load on the shared machine). The wrapper's own part after
-  the expiry is the same few ms as a handover. A shorter renewal period would narrow the window
-  on the negative side only.
+  `execve`s the command — `strace` shows nothing else (about 90 system calls in all, most of
+  them the loader's; the only file it opens itself is `/proc/self/maps`, read by glibc's
+  `pthread_getattr_np` for Rust's main-thread stack guard). The cost is one extra `execve` of
+  a 2.3 MiB binary plus, for the host build, the dynamic loader (libgcc_s and libc mapped,
+  relocated, initialised), so it scales with the machine's speed at the time (`true` alone
+  took {stt['p50'] if ok(ov) else 0:.2f} ms in this run; on this shared VM it varied between 0.6 and 0.9 ms from run
+  to run, and the host build's overhead with it, between +0.75 and +1.4 ms). The static
+  build, which is what ships, skips the loader and stays under 1 ms. Not a wrapper
+  inefficiency.
+- **Failover after SIGKILL** is set by etcd, not by the wrapper: the lease lives until TTL
+  after its last renewal, and etcd 3.4's lessor looks for expired leases only every 500 ms, so
+  the key goes between −(keep-alive period) and +500 ms around kill + TTL (ours renews every
+  0.5 s with TTL 2 s / renew deadline 1.5 s; `etcdctl lock`'s client every 1 s: its
+  TTL/3 = 0.67 s rounded up to its 500 ms send tick). Successor start − key deletion, the
+  tool's own part, is {eo['p50'] if eo else 0:.1f} ms p50 for ours. So the ≤ 250 ms target holds for the median
+  but cannot hold for every sample: up to 500 ms is etcd's lessor granularity.
 - **Partition**: the cut-off leader stops its command exactly at the renew deadline after its
   last successful renewal (1.5 s here); the successor cannot start before the lease expires
   (TTL 2 s after the same renewal, + up to 500 ms lessor granularity), so the gap between them
