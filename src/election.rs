@@ -29,7 +29,7 @@ use etcd_client::{
     WatchFilterType, WatchOptions,
 };
 use log::{debug, info, warn};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::config::Config;
 
@@ -120,6 +120,7 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
         etcd: Etcd {
             cfg: cfg.clone(),
             client: Rc::new(RefCell::new(None)),
+            replaced: Rc::new(Notify::new()),
         },
         cfg,
         tx: tx.clone(),
@@ -422,8 +423,8 @@ impl Election {
     /// Waits until no key is ahead of ours. `Ok(false)` when our own key is gone.
     async fn wait_turn(&mut self, seat: &Seat) -> Result<bool> {
         let t = op_timeout(&self.cfg);
-        let mut c = self.client().await?;
         loop {
+            let mut c = self.client().await?;
             // One read, one revision: who leads, who is just ahead of us, and are we still here.
             let head = GetOptions::new()
                 .with_prefix()
@@ -468,7 +469,7 @@ impl Election {
                     self.cfg.lock_name
                 );
                 self.send(Event::Leader(Some(holder)));
-                wait_deleted(&mut c, self.cfg.lock_name.as_bytes(), revision + 1).await?;
+                wait_deleted(&self.etcd, self.cfg.lock_name.as_bytes(), revision + 1).await?;
                 continue;
             };
             self.send(Event::Leader(head.kvs().first().map(identity_of)));
@@ -477,7 +478,7 @@ impl Election {
                 String::from_utf8_lossy(pred.key()),
                 identity_of(pred)
             );
-            wait_deleted(&mut c, pred.key(), revision + 1).await?;
+            wait_deleted(&self.etcd, pred.key(), revision + 1).await?;
         }
     }
 
@@ -520,10 +521,9 @@ impl Election {
         let legacy = cfg.legacy_lock.then_some(cfg.lock_name.as_str());
         loop {
             let check = async {
-                let mut c = self.client().await?;
                 let mut ops = vec![TxnOp::get(seat.key.as_str(), None)];
                 ops.extend(legacy.map(|l| TxnOp::get(l, None)));
-                let r = timed(t, c.txn(Txn::new().and_then(ops))).await?;
+                let r = timed(t, self.client().await?.txn(Txn::new().and_then(ops))).await?;
                 let lost = r.op_responses().into_iter().find_map(|op| match op {
                     TxnOpResponse::Get(g)
                         if g.kvs().first().is_none_or(|kv| kv.lease() != seat.lease) =>
@@ -535,26 +535,28 @@ impl Election {
                 Ok::<_, etcd_client::Error>((
                     lost.is_none(),
                     r.header().map_or(0, |h| h.revision()),
-                    c,
                 ))
             };
             match check.await {
-                Ok((false, _, _)) => return "our key was deleted (deposed)".to_string(),
-                Ok((true, rev, mut c)) => {
-                    let mut c2 = c.clone();
-                    let gone = async {
+                Ok((false, _)) => return "our key was deleted (deposed)".to_string(),
+                Ok((true, rev)) => {
+                    let legacy_gone = async {
                         match legacy {
-                            Some(l) => wait_deleted(&mut c2, l.as_bytes(), rev + 1).await,
+                            Some(l) => wait_deleted(&self.etcd, l.as_bytes(), rev + 1).await,
                             None => std::future::pending().await,
                         }
                     };
                     let r = tokio::select! {
-                        r = wait_deleted(&mut c, seat.key.as_bytes(), rev + 1) => r,
-                        r = gone => r,
+                        r = wait_deleted(&self.etcd, seat.key.as_bytes(), rev + 1) => r,
+                        r = legacy_gone => r,
                     };
-                    if let Err(e) = r {
-                        self.note_failure(&e).await;
-                        tokio::time::sleep(self.cfg.retry_period).await;
+                    match r {
+                        Err(e) if !is_replaced(&e) => {
+                            self.note_failure(&e).await;
+                            tokio::time::sleep(self.cfg.retry_period).await;
+                        }
+                        // Deleted, or a new connection: read again to tell which.
+                        _ => {}
                     }
                 }
                 Err(e) => {
@@ -625,6 +627,9 @@ impl Election {
         if let Some(why) = fatal(&e) {
             return Err(Outcome::Fatal(why));
         }
+        if is_replaced(&e) {
+            return Ok(());
+        }
         self.note_failure(&e).await;
         tokio::time::sleep(self.cfg.retry_period).await;
         Ok(())
@@ -661,7 +666,8 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
             Err(e) if is_lease_not_found(&e) => return format!("lease {lease:x} expired"),
             Err(e) => {
                 failed(&e);
-                tokio::time::sleep(etcd.cfg.retry_period.min(period)).await;
+                // Renewing is urgent: the renew deadline runs. Retry well within a period.
+                tokio::time::sleep(etcd.cfg.retry_period.min(period / 4)).await;
                 continue;
             }
         };
@@ -694,28 +700,37 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
 }
 
 /// Waits for the deletion of `key`, watching from `from` so that a deletion between our read and
-/// the watch is not missed. An error means the stream broke: the caller reads again.
-async fn wait_deleted(c: &mut Client, key: &[u8], from: i64) -> Result<()> {
-    let opts = WatchOptions::new()
-        .with_start_revision(from)
-        .with_filters([WatchFilterType::NoPut]);
-    let mut stream = c.watch(key, Some(opts)).await?;
-    while let Some(resp) = stream.message().await? {
-        if resp.canceled() {
-            return Err(etcd_client::Error::WatchError(format!(
-                "watch canceled: {}",
-                resp.cancel_reason()
-            )));
+/// the watch is not missed. An error means the stream broke, or its connection was replaced
+/// (a watch on a dead connection would otherwise wait for tonic's HTTP/2 ping to notice): the
+/// caller reads again.
+async fn wait_deleted(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
+    let replaced = etcd.replaced.notified();
+    let watch = async {
+        let opts = WatchOptions::new()
+            .with_start_revision(from)
+            .with_filters([WatchFilterType::NoPut]);
+        let mut stream = etcd.client().await?.watch(key, Some(opts)).await?;
+        while let Some(resp) = stream.message().await? {
+            if resp.canceled() {
+                return Err(etcd_client::Error::WatchError(format!(
+                    "watch canceled: {}",
+                    resp.cancel_reason()
+                )));
+            }
+            if resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                return Ok(());
+            }
         }
-        if resp
-            .events()
-            .iter()
-            .any(|e| e.event_type() == EventType::Delete)
-        {
-            return Ok(());
-        }
+        Err(etcd_client::Error::WatchError("watch stream ended".into()))
+    };
+    tokio::select! {
+        r = watch => r,
+        _ = replaced => Err(etcd_client::Error::WatchError(REPLACED.into())),
     }
-    Err(etcd_client::Error::WatchError("watch stream ended".into()))
 }
 
 /// The client, shared by the campaign and the keep-alive loop, built on first use (with etcd
@@ -726,6 +741,8 @@ async fn wait_deleted(c: &mut Client, key: &[u8], from: i64) -> Result<()> {
 struct Etcd {
     cfg: Rc<Config>,
     client: Rc<RefCell<Option<Client>>>,
+    /// Wakes watches still running on the dropped client's connections.
+    replaced: Rc<Notify>,
 }
 
 impl Etcd {
@@ -749,13 +766,22 @@ impl Etcd {
         };
         if connection {
             debug!("dropping etcd connections after: {e}");
-            self.client.borrow_mut().take();
+            if self.client.borrow_mut().take().is_some() {
+                self.replaced.notify_waiters();
+            }
         }
     }
 }
 
 fn identity_of(kv: &KeyValue) -> String {
     String::from_utf8_lossy(kv.value()).into_owned()
+}
+
+const REPLACED: &str = "connection replaced";
+
+/// A watch given up because its connection was replaced: nothing to log or wait for.
+fn is_replaced(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::WatchError(m) if m == REPLACED)
 }
 
 /// A request that timed out: the connection may be blackholed, so it should be rebuilt.

@@ -120,7 +120,20 @@ fn spawn_guardian(pgid: libc::pid_t) -> io::Result<Guardian> {
             Err(e)
         }
         0 => unsafe {
-            libc::close(write_end);
+            // Keep only the pipe: inherited copies of the wrapper's sockets would keep its etcd
+            // connections (and the status port) open after the wrapper dropped them.
+            let pipe = 3;
+            if write_end != pipe {
+                libc::close(write_end);
+            }
+            if read_end != pipe {
+                libc::dup2(read_end, pipe);
+            }
+            if libc::syscall(libc::SYS_close_range, pipe + 1, libc::c_uint::MAX, 0) != 0 {
+                for fd in pipe + 1..65_536 {
+                    libc::close(fd);
+                }
+            }
             // Signals sent to the wrapper's whole group (a terminal, systemd) are the wrapper's
             // to handle; the guardian must outlive them to do its one job.
             for sig in crate::signals::FORWARDED {
@@ -128,7 +141,7 @@ fn spawn_guardian(pgid: libc::pid_t) -> io::Result<Guardian> {
             }
             let mut byte = 0u8;
             loop {
-                let n = libc::read(read_end, (&mut byte as *mut u8).cast(), 1);
+                let n = libc::read(pipe, (&mut byte as *mut u8).cast(), 1);
                 if n < 0 && *libc::__errno_location() == libc::EINTR {
                     continue;
                 }
