@@ -105,3 +105,36 @@ fn works_as_pid_1() {
     assert!(stderr.contains("resigned"), "{stderr}");
     assert!(etcd.get_prefix_keys("pid1").is_empty());
 }
+
+/// The guardian (the wrapper's forked child that kills the command's group if the wrapper dies)
+/// keeps only stdio and its pipe: inherited copies of the wrapper's etcd sockets would keep those
+/// connections open after the wrapper dropped them.
+#[test]
+fn guardian_holds_only_its_pipe() {
+    let etcd = Etcd::start();
+    let c = Candidate::new("guarded")
+        .lock("guard")
+        .endpoints(&etcd.endpoint())
+        .lease(3)
+        .renew("2s")
+        .status_port(common::free_port())
+        .command("sleep")
+        .args(&["30"])
+        .spawn();
+    let wrapper = c.pid();
+    let guardian = wait_for(Duration::from_secs(10), "the guardian", || {
+        children_of(wrapper).into_iter().find_map(|(pid, _)| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            exe.ends_with("etcd-await-election").then_some(pid)
+        })
+    });
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{guardian}/fd"))
+        .expect("read the guardian's fds")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, [0, 1, 2, 3], "the guardian's open fds");
+    let pipe = std::fs::read_link(format!("/proc/{guardian}/fd/3")).expect("fd 3");
+    assert!(pipe.to_string_lossy().starts_with("pipe:"), "{pipe:?}");
+}
