@@ -182,7 +182,9 @@ impl Wrapper {
                 State::Resigning { until, .. } => Some(*until),
                 State::Done(code) => return *code,
             };
+            // A passed deadline wins over queued events: a storm of signals must not delay it.
             let event = match deadline {
+                Some(d) if d <= Instant::now() => Err(RecvTimeoutError::Timeout),
                 None => self
                     .events
                     .recv()
@@ -247,7 +249,13 @@ impl Wrapper {
         }
         match state {
             State::Leading(ref child) | State::Stopping { ref child, .. } => {
-                info!("forwarding signal {sig} to child {}", child.pid);
+                // A terminal being resized sends SIGWINCH in bursts: not worth a line each.
+                let level = if sig == libc::SIGWINCH {
+                    log::Level::Debug
+                } else {
+                    log::Level::Info
+                };
+                log::log!(level, "forwarding signal {sig} to child {}", child.pid);
                 child.forward(sig);
                 state
             }
@@ -330,7 +338,7 @@ impl Wrapper {
                 revision,
                 lease,
             } => match state {
-                State::Awaiting => self.lead(key, revision, Some(lease)),
+                State::Awaiting => self.lead(key, revision, lease),
                 other => other,
             },
             E::Lost(why) => match state {
@@ -348,7 +356,7 @@ impl Wrapper {
         }
     }
 
-    fn lead(&mut self, key: String, revision: i64, lease: Option<i64>) -> State {
+    fn lead(&mut self, key: String, revision: i64, lease: i64) -> State {
         if self.renew_deadline().is_none_or(|d| d <= Instant::now()) {
             warn!("elected, but the lease was not renewed within the renew deadline");
             return self.resign(code::LOST);
@@ -362,7 +370,7 @@ impl Wrapper {
                 self.status.update(|s| {
                     s.transitions += 1;
                     s.child_starts += 1;
-                    s.lease_id = lease;
+                    s.lease_id = Some(lease);
                     s.revision = Some(revision);
                 });
                 info!(
@@ -412,8 +420,8 @@ impl Wrapper {
     fn resign(&mut self, code: i32) -> State {
         self.set_phase(Phase::Awaiting);
         self.election.resign();
-        // The election thread bounds its revoke by its own request timeout; this is only a
-        // backstop in case that thread is gone.
+        // The election thread gives up revoking within 8 s; this is only a backstop in case
+        // that thread is gone.
         State::Resigning {
             code,
             until: Instant::now() + Duration::from_secs(10),
