@@ -1,9 +1,9 @@
 //! The election: etcd's campaign recipe, the lease kept alive, and resignation.
 //!
-//! This module owns everything that talks to etcd. It runs on its own thread, driving the async
-//! `etcd-client` with a single-threaded tokio runtime, and reports to `main` over a channel:
-//! renewals (with the send time of the keep-alive that succeeded), who leads, when this candidate
-//! is elected, and when leadership is lost. It never touches the child process and it does not
+//! This module owns the recipe; `etcd` owns the connection. It runs on its own thread, driving
+//! the async `etcd-client` with a single-threaded tokio runtime, and reports to `main` over a
+//! channel: renewals (with the send time of the keep-alive that succeeded), who leads, when this
+//! candidate is elected, and when leadership is lost. It never touches the child process and it does not
 //! decide when the child must stop: `main` enforces the renew deadline from the renewals reported
 //! here, on a clock this thread cannot stall.
 //!
@@ -18,20 +18,22 @@
 //! the same way before it leads, waits for its deletion while an old replica holds it, and counts
 //! its deletion while leading as being deposed.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse,
-    Identity, KeyValue, PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
-    WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, GetOptions, GetResponse, KeyValue, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use log::{debug, info, warn};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::config::Config;
+use crate::etcd::{
+    describe, fatal, is_lease_not_found, is_replaced, kind, op_timeout, timed, wait_deleted, Etcd,
+    Result,
+};
 
 /// What the election thread tells `main`.
 #[derive(Debug)]
@@ -97,8 +99,6 @@ enum Outcome {
     Fatal(String),
 }
 
-type Result<T> = std::result::Result<T, etcd_client::Error>;
-
 struct Election {
     cfg: Rc<Config>,
     prefix: String,
@@ -117,11 +117,7 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
     let cfg = Rc::new(cfg);
     let mut el = Election {
         prefix: format!("{}/", cfg.lock_name),
-        etcd: Etcd {
-            cfg: cfg.clone(),
-            client: Rc::new(RefCell::new(None)),
-            replaced: Rc::new(Notify::new()),
-        },
+        etcd: Etcd::new(cfg.clone()),
         cfg,
         tx: tx.clone(),
         lease: None,
@@ -146,64 +142,6 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
     }
     el.resign().await;
     send(Event::Resigned);
-}
-
-async fn connect(cfg: &Config) -> Result<Client> {
-    let mut opts = ConnectOptions::new()
-        .with_auto_token_refresh(true)
-        .with_connect_timeout(
-            cfg.retry_period
-                .clamp(Duration::from_secs(1), op_timeout(cfg)),
-        )
-        // etcd closes connections that ping more often than every 5 s (too_many_pings).
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-    if let Some(tls) = &cfg.tls {
-        let mut t = TlsOptions::new();
-        if let Some(ca) = &tls.ca {
-            t = t.ca_certificate(Certificate::from_pem(ca));
-        }
-        if let Some((cert, key)) = &tls.identity {
-            t = t.identity(Identity::from_pem(cert, key));
-        }
-        opts = opts.with_tls(t);
-    }
-    if let Some((user, password)) = &cfg.user {
-        opts = opts.with_user(user, &password.0);
-    }
-    Client::connect(&cfg.endpoints, Some(opts)).await
-}
-
-/// Builds a client once, without credentials (so no request is made), to reject at start-up a
-/// TLS setup that can never work, such as a key that does not match its certificate.
-pub fn check_tls(cfg: &Config) -> std::result::Result<(), String> {
-    if cfg.tls.is_none() {
-        return Ok(());
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let cfg = Config {
-        user: None,
-        ..cfg.clone()
-    };
-    rt.block_on(connect(&cfg))
-        .map(drop)
-        .map_err(|e| describe(&e))
-}
-
-/// Bounds every unary request: a silent connection must turn into an error we can act on.
-fn op_timeout(cfg: &Config) -> Duration {
-    Duration::from_secs(cfg.lease_ttl as u64).clamp(Duration::from_secs(2), Duration::from_secs(5))
-}
-
-async fn timed<T>(limit: Duration, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    match tokio::time::timeout(limit, f).await {
-        Ok(r) => r,
-        Err(_) => Err(etcd_client::Error::Internal(format!(
-            "no answer within {limit:?}"
-        ))),
-    }
 }
 
 impl Election {
@@ -699,158 +637,6 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
     }
 }
 
-/// Waits for the deletion of `key`, watching from `from` so that a deletion between our read and
-/// the watch is not missed. An error means the stream broke, or its connection was replaced
-/// (a watch on a dead connection would otherwise wait for tonic's HTTP/2 ping to notice): the
-/// caller reads again.
-async fn wait_deleted(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
-    let replaced = etcd.replaced.notified();
-    let watch = async {
-        let opts = WatchOptions::new()
-            .with_start_revision(from)
-            .with_filters([WatchFilterType::NoPut]);
-        let mut stream = etcd.client().await?.watch(key, Some(opts)).await?;
-        while let Some(resp) = stream.message().await? {
-            if resp.canceled() {
-                return Err(etcd_client::Error::WatchError(format!(
-                    "watch canceled: {}",
-                    resp.cancel_reason()
-                )));
-            }
-            if resp
-                .events()
-                .iter()
-                .any(|e| e.event_type() == EventType::Delete)
-            {
-                return Ok(());
-            }
-        }
-        Err(etcd_client::Error::WatchError("watch stream ended".into()))
-    };
-    tokio::select! {
-        r = watch => r,
-        _ = replaced => Err(etcd_client::Error::WatchError(REPLACED.into())),
-    }
-}
-
-/// The client, shared by the campaign and the keep-alive loop, built on first use (with etcd
-/// authentication, building it is a request) and dropped by either when its connections fail:
-/// a blackholed TCP connection is noticed only by our timeouts, and tonic would keep sending on
-/// it until its HTTP/2 ping fails.
-#[derive(Clone)]
-struct Etcd {
-    cfg: Rc<Config>,
-    client: Rc<RefCell<Option<Client>>>,
-    /// Wakes watches still running on the dropped client's connections.
-    replaced: Rc<Notify>,
-}
-
-impl Etcd {
-    async fn client(&self) -> Result<Client> {
-        let existing = self.client.borrow().clone();
-        if let Some(c) = existing {
-            return Ok(c);
-        }
-        let c = timed(op_timeout(&self.cfg), connect(&self.cfg)).await?;
-        *self.client.borrow_mut() = Some(c.clone());
-        Ok(c)
-    }
-
-    fn after_failure(&self, e: &etcd_client::Error) {
-        // A timed-out request may mean a blackholed connection; a connection error may be one
-        // that tonic keeps reporting after the server is back. Either way: start afresh.
-        let connection = match e {
-            etcd_client::Error::TransportError(_) => true,
-            etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
-            e => is_silent(e),
-        };
-        if connection {
-            debug!("dropping etcd connections after: {e}");
-            if self.client.borrow_mut().take().is_some() {
-                self.replaced.notify_waiters();
-            }
-        }
-    }
-}
-
 fn identity_of(kv: &KeyValue) -> String {
     String::from_utf8_lossy(kv.value()).into_owned()
-}
-
-const REPLACED: &str = "connection replaced";
-
-/// A watch given up because its connection was replaced: nothing to log or wait for.
-fn is_replaced(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::WatchError(m) if m == REPLACED)
-}
-
-/// A request that timed out: the connection may be blackholed, so it should be rebuilt.
-fn is_silent(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::Internal(m) if m.starts_with("no answer"))
-}
-
-fn is_lease_not_found(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
-        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
-        _ => false,
-    }
-}
-
-/// A short label for metrics.
-fn kind(e: &etcd_client::Error) -> &'static str {
-    use etcd_client::Error as E;
-    match e {
-        E::GRpcStatus(s) => match s.code() {
-            tonic::Code::Unavailable => "unavailable",
-            tonic::Code::DeadlineExceeded => "deadline_exceeded",
-            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "auth",
-            _ => "grpc",
-        },
-        e if is_silent(e) => "timeout",
-        E::TransportError(_) => "transport",
-        E::WatchError(_) => "watch",
-        E::LeaseKeepAliveError(_) => "lease",
-        _ => "other",
-    }
-}
-
-/// Errors that retrying cannot cure: wrong credentials, or a user without rights on the lock.
-/// An expired auth token is not among them: the client refreshes it.
-fn fatal(e: &etcd_client::Error) -> Option<String> {
-    let etcd_client::Error::GRpcStatus(s) = e else {
-        return None;
-    };
-    let refused = s.code() == tonic::Code::PermissionDenied
-        || [
-            "authentication failed",
-            "user name is empty",
-            "user name not found",
-        ]
-        .iter()
-        .any(|m| s.message().contains(m));
-    refused.then(|| format!("etcd refused our credentials: {}", s.message()))
-}
-
-/// The whole chain of causes: tonic's own message is only "transport error", and the useful
-/// part (connection refused, unknown certificate issuer, ...) is in the sources.
-fn describe(e: &etcd_client::Error) -> String {
-    let mut out = match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
-        other => other.to_string(),
-    };
-    // etcd_client::Error keeps its cause inside the variant, without `source()`.
-    let mut source = match e {
-        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
-        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
-        _ => None,
-    };
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out = format!("{out}: {text}");
-        }
-        source = cause.source();
-    }
-    out
 }

@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod election;
+mod etcd;
 mod format;
 mod logging;
 mod signals;
@@ -95,7 +96,7 @@ fn main() {
         error!("cannot run {:?}: {}", command[0], e.error);
         exit(e.code);
     };
-    if let Err(e) = election::check_tls(&cfg) {
+    if let Err(e) = etcd::check_tls(&cfg) {
         error!(
             "{}/{}/{}: unusable TLS configuration: {e}",
             config::CERT,
