@@ -880,9 +880,9 @@ def write_report(path, R, meta):
       f"peer: `etcdctl lock` {M['etcd']}")
     w(f"- Date {meta['date']}; run took {meta['duration_s']:.0f} s; load average "
       f"{meta['load_before']} before, {meta['load_after']} after (1/5/15 min).")
-    w("- **The 2 cores are shared with other engineers' test runs** (cargo builds, integration "
-      "tests starting their own etcd). Tails (p95/max) are inflated by that; medians are the "
-      "figures to read. Rerun on a quiet machine for publishable numbers.\n")
+    w("- Two cores run etcd, the candidates and this script together, and nothing isolates them "
+      "from other load on the machine (see the load averages): tails (p95/max) move from run "
+      "to run more than medians do, so medians are the figures to read.\n")
 
     w("## Summary\n")
     w("| Figure | etcd-await-election | etcdctl lock | ratio (ours/peer) | target | met |")
