@@ -57,8 +57,8 @@ fn spawn_error(error: io::Error) -> SpawnError {
 /// Must be called from the main thread: `PR_SET_PDEATHSIG` fires when the *thread* that forked
 /// the child exits, and only the main thread lives as long as the process.
 pub fn spawn(argv: &[OsString], env: &[(&str, String)]) -> Result<Child, SpawnError> {
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
+    // SAFETY: getpid and getpgrp have no preconditions.
+    let (parent, parent_group) = unsafe { (libc::getpid(), libc::getpgrp()) };
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions.
@@ -70,7 +70,7 @@ pub fn spawn(argv: &[OsString], env: &[(&str, String)]) -> Result<Child, SpawnEr
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
-            take_terminal(libc::getpid());
+            hand_terminal(parent_group, libc::getpid());
             Ok(())
         });
     }
@@ -88,15 +88,16 @@ pub fn spawn(argv: &[OsString], env: &[(&str, String)]) -> Result<Child, SpawnEr
     Ok(Child { pid, guardian })
 }
 
-/// Gives the terminal's foreground to the child's group if we have it, or interactive commands
-/// would stop with SIGTTIN. SIGTTOU is ignored around the call because a background group may
-/// not change the foreground otherwise.
-fn take_terminal(pgid: libc::pid_t) {
+/// Moves the terminal's foreground from group `from` to group `to`, if `from` has it: to the
+/// child's group when it starts, or interactive commands would stop with SIGTTIN, and back to
+/// ours when it is gone. SIGTTOU is ignored around the call because a background group may not
+/// change the foreground otherwise. Async-signal-safe, as it also runs between fork and exec.
+fn hand_terminal(from: libc::pid_t, to: libc::pid_t) {
     // SAFETY: async-signal-safe calls on fd 0.
     unsafe {
-        if libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() {
+        if libc::isatty(0) == 1 && libc::tcgetpgrp(0) == from {
             let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-            libc::tcsetpgrp(0, pgid);
+            libc::tcsetpgrp(0, to);
             libc::signal(libc::SIGTTOU, old);
         }
     }
@@ -180,7 +181,7 @@ impl Child {
         let mut warned = false;
         loop {
             self.signal_group(libc::SIGKILL);
-            reap_others();
+            reap(None);
             // SAFETY: signal 0 only checks for existence.
             let gone = unsafe { libc::kill(-self.pid, 0) } != 0
                 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
@@ -196,6 +197,8 @@ impl Child {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        // SAFETY: getpgrp has no preconditions.
+        hand_terminal(self.pid, unsafe { libc::getpgrp() });
         if let Some(g) = self.guardian.take() {
             // SAFETY: closing our own pipe end; the guardian then exits and is reaped later.
             unsafe { libc::close(g.pipe) };
@@ -226,8 +229,4 @@ pub fn reap(child: Option<libc::pid_t>) -> Option<i32> {
             debug!("reaped {pid}");
         }
     }
-}
-
-fn reap_others() {
-    reap(None);
 }

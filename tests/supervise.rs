@@ -138,3 +138,48 @@ fn guardian_holds_only_its_pipe() {
     let pipe = std::fs::read_link(format!("/proc/{guardian}/fd/3")).expect("fd 3");
     assert!(pipe.to_string_lossy().starts_with("pipe:"), "{pipe:?}");
 }
+
+/// On a terminal, the command gets the foreground: it can read the terminal instead of being
+/// stopped by SIGTTIN (script(1) gives the wrapper a pseudo-terminal of its own).
+#[test]
+fn interactive_command_reads_the_terminal() {
+    let etcd = Etcd::start();
+    let wrapped = format!("{} sh -c 'read line; echo got:$line'", wrapper_bin());
+    let mut child = Command::new("script")
+        .args(["-qec", &wrapped, "/dev/null"])
+        .env("ETCD_AWAIT_ELECTION_LOCK_NAME", "tty")
+        .env("ETCD_AWAIT_ELECTION_IDENTITY", "tty")
+        .env("ETCD_AWAIT_ELECTION_ENDPOINTS", etcd.endpoint())
+        .env("ETCD_AWAIT_ELECTION_LEASE_DURATION", "3")
+        .env("ETCD_AWAIT_ELECTION_RENEW_DEADLINE", "2s")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run script(1)");
+    // Typed only once the command leads and waits for it.
+    wait_until(Duration::from_secs(10), "the command leads", || {
+        etcd.get_prefix_keys("tty/").len() == 1
+    });
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello\n")
+        .expect("type a line");
+    let status = common::wait_child(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        common::kill_and_wait(&mut child);
+    }
+    let mut out = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read output");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {out}");
+    assert!(out.contains("got:hello"), "{out}");
+}
