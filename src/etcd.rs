@@ -4,7 +4,7 @@
 //!
 //! It knows nothing of elections; `election` builds the recipe on top of it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,9 +19,12 @@ use crate::config::Config;
 
 pub type Result<T> = std::result::Result<T, etcd_client::Error>;
 
-async fn connect(cfg: &Config) -> Result<Client> {
+async fn connect(cfg: &Config, endpoint: &str) -> Result<Client> {
     let mut opts = ConnectOptions::new()
         .with_auto_token_refresh(true)
+        // A member cut off from the raft leader fails requests and watches at once instead of
+        // holding them: we move on to the next member.
+        .with_require_leader(true)
         .with_connect_timeout(
             cfg.retry_period
                 .clamp(Duration::from_secs(1), op_timeout(cfg)),
@@ -41,7 +44,7 @@ async fn connect(cfg: &Config) -> Result<Client> {
     if let Some((user, password)) = &cfg.user {
         opts = opts.with_user(user, &password.0);
     }
-    Client::connect(&cfg.endpoints, Some(opts)).await
+    Client::connect([endpoint], Some(opts)).await
 }
 
 /// Builds a client once, without credentials (so no request is made), to reject at start-up a
@@ -58,7 +61,7 @@ pub fn check_tls(cfg: &Config) -> std::result::Result<(), String> {
         user: None,
         ..cfg.clone()
     };
-    rt.block_on(connect(&cfg))
+    rt.block_on(connect(&cfg, &cfg.endpoints[0]))
         .map(drop)
         .map_err(|e| describe(&e))
 }
@@ -122,6 +125,8 @@ pub async fn wait_deleted(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
 pub struct Etcd {
     pub cfg: Rc<Config>,
     client: Rc<RefCell<Option<Client>>>,
+    /// Index into the endpoints of the member the next client talks to.
+    member: Rc<Cell<usize>>,
     /// Wakes watches still running on the dropped client's connections.
     replaced: Rc<Notify>,
 }
@@ -131,16 +136,30 @@ impl Etcd {
         Etcd {
             cfg,
             client: Rc::new(RefCell::new(None)),
+            member: Rc::new(Cell::new(0)),
             replaced: Rc::new(Notify::new()),
         }
     }
 
+    /// A client of one member at a time. tonic's balancer would spread requests over all
+    /// endpoints, but it cannot tell a blackholed member (TCP accepted, nothing answered) from
+    /// a healthy one and keeps choosing it; a wrapper makes a request every few seconds and
+    /// needs failover, not balance. After a failure, the next client talks to the next member.
     pub async fn client(&self) -> Result<Client> {
         let existing = self.client.borrow().clone();
         if let Some(c) = existing {
             return Ok(c);
         }
-        let c = timed(op_timeout(&self.cfg), connect(&self.cfg)).await?;
+        let endpoints = &self.cfg.endpoints;
+        let endpoint = &endpoints[self.member.get() % endpoints.len()];
+        let c = match timed(op_timeout(&self.cfg), connect(&self.cfg, endpoint)).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.member.set(self.member.get() + 1);
+                return Err(e);
+            }
+        };
+        debug!("talking to etcd at {endpoint}");
         *self.client.borrow_mut() = Some(c.clone());
         Ok(c)
     }
@@ -156,6 +175,7 @@ impl Etcd {
         if connection {
             debug!("dropping etcd connections after: {e}");
             if self.client.borrow_mut().take().is_some() {
+                self.member.set(self.member.get() + 1);
                 self.replaced.notify_waiters();
             }
         }

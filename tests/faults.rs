@@ -758,3 +758,62 @@ fn etcd_restarted_candidates_reconnect_and_elect_one() {
         .iter()
         .any(|r| r.pid == pid && matches!(r.kind, Kind::Term)));
 }
+
+/// Fault 9: a 3-member cluster, each member behind its own proxy, both candidates given the
+/// three proxies. One proxy (the first listed) is blackholed for three renew deadlines:
+/// connections stay open, bytes stop. The other two members form a quorum and are reachable, so
+/// the leader must keep renewing through them: its command keeps running (same process, never
+/// signalled) and the follower never starts. After healing, a SIGTERM still hands over fast.
+#[test]
+fn one_blackholed_member_of_three_keeps_the_leader_running() {
+    let cluster = Cluster::start(3);
+    let proxies = cluster
+        .endpoints()
+        .iter()
+        .map(|e| Proxy::start(e))
+        .collect();
+    let mut s = Scene::new("cluster-blackhole", None, Some(cluster), proxies);
+    let eps: Vec<String> = s.proxies.iter().map(Proxy::endpoint).collect();
+    let eps = eps.join(",");
+    let renew = Duration::from_secs(4);
+    let a = s.cand("a", &eps).lease(6).renew("4s").retry("300ms");
+    s.spawn(a);
+    let a_pid = s.mon.wait_for_start(Some("a"), T).pid;
+    let b = s.cand("b", &eps).lease(6).renew("4s").retry("300ms");
+    s.spawn(b);
+    s.wait_queued(2);
+    s.mon.assert_no_overlap();
+
+    let cut = s.mark(&format!("blackhole proxy 0 ({})", s.proxies[0].endpoint()));
+    s.proxies[0].set_mode(Mode::Blackhole);
+    assert_undisturbed(&s, a_pid, 3 * renew, "one of three members blackholed");
+    assert!(
+        s.mon.starts().iter().all(|r| r.identity == "a"),
+        "someone else started while one member was blackholed:\n{}",
+        s.mon.timeline()
+    );
+    assert!(s.cands[0].is_running() && s.cands[1].is_running());
+    s.proxies[0].set_mode(Mode::Pass);
+    let healed = s.mark("healed proxy 0");
+    let failures = s.cands[0].stderr_text().matches("keep-alive:").count();
+
+    let sent = s.mark("SIGTERM to a's wrapper");
+    assert!(s.cands[0].signal(libc::SIGTERM));
+    let rb = s.mon.wait_for_start(Some("b"), T);
+    s.mon.assert_no_overlap();
+    let pa = s.proc_of(a_pid);
+    assert!(pa.end_ns().unwrap() < rb.ns, "{pa:?}");
+    let handover = since(sent, rb.ns);
+    assert!(
+        handover < Duration::from_secs(2),
+        "b started {handover:?} after the SIGTERM (healed {:?} before it)",
+        since(healed, sent)
+    );
+    assert_eq!(s.cands[0].expect_exit(T).code(), Some(143));
+    s.mon.assert_no_overlap();
+    eprintln!(
+        "one member blackholed for {:?}: a kept running ({failures} keep-alive failures \
+         logged); handover after SIGTERM {handover:?}",
+        since(cut, healed)
+    );
+}

@@ -472,3 +472,126 @@ fn old_configuration_still_works() {
     assert_eq!(code(&mut ours), Some(7), "stderr:\n{}", ours.stderr_text());
     s.mon.assert_no_overlap();
 }
+
+/// One of ours leads through a proxy; a network blip (blackhole, shorter than the renew
+/// deadline) leaves its leadership intact but may leave its watch of `<LOCK>` on a connection
+/// that went silent. After the blip an old replica with FORCE_ACQUIRE deletes `<LOCK>` (and
+/// starts its command at once): ours must still see the deletion promptly, stop its command and
+/// exit with the "leadership lost" code.
+#[test]
+fn deposed_by_old_forcer_after_a_network_blip() {
+    use common::invariant::Overlap;
+    use common::proxy::{Mode, Proxy};
+    let s = Scene::new("legacy", "leg-blip-old-force");
+    let proxy = Proxy::start(&s.etcd.endpoint());
+    let mut ours = s
+        .cand("new-0")
+        .endpoints(&proxy.endpoint())
+        .lease(6)
+        .renew("4s")
+        .retry("300ms")
+        .status_port(free_port())
+        .spawn();
+    let new_start = s.mon.wait_for_start(Some("new-0"), T);
+    assert_eq!(s.legacy_key().map(|k| k.0).as_deref(), Some("new-0"));
+    let renewals = || {
+        let body = ureq::get(&ours.status_url("/metrics"))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("etcd_await_election_renewals_total "))?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+
+    // Watch `new_start.pid` for `window`: still running, never signalled, nobody else runs.
+    let undisturbed = |window: Duration, what: &str| {
+        let until = std::time::Instant::now() + window;
+        loop {
+            let p = s.mon.procs().into_iter().find(|p| p.pid == new_start.pid);
+            let p = p.expect("our child is logged");
+            assert!(
+                p.end_ns().is_none() && p.term_ns.is_empty(),
+                "{what}: our child was stopped: {p:?}\n{}\nstderr:\n{}",
+                s.timeline(),
+                ours.stderr_text()
+            );
+            assert_eq!(s.mon.running().len(), 1, "{what}:\n{}", s.timeline());
+            if std::time::Instant::now() >= until {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The blip, within the renew deadline: 2 s from 1 s after a renewal was answered. The next
+    // keep-alive is sent a period (4 s / 3) after that answer, a third of a second into the
+    // blip, and given up a period later, a third of a second before the heal: the wrapper drops
+    // its client and watches again on a fresh one, whose connections are silent until the heal.
+    let before = wait_for(T, "the renewal count", renewals);
+    wait_for(T, "a renewal", || renewals().filter(|n| *n > before));
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.set_mode(Mode::Blackhole);
+    undisturbed(Duration::from_secs(2), "during the blip");
+    proxy.set_mode(Mode::Pass);
+    let stderr_at_heal = ours.stderr_text().len();
+    assert!(
+        ours.stderr_text()[..stderr_at_heal].contains("dropping etcd connections"),
+        "the blip should have cost a keep-alive (and the client); stderr:\n{}",
+        ours.stderr_text()
+    );
+    undisturbed(Duration::from_secs(1), "after the blip");
+    assert!(ours.is_running(), "stderr:\n{}", ours.stderr_text());
+
+    let mut old = s.old("old-0", true);
+    let old_start = s.mon.wait_for_start(Some("old-0"), T);
+    let new_stop = s.stop_of(new_start.pid);
+    let st = old.status();
+    let deleted = st.forced_ns.unwrap_or_else(|| panic!("{st:#?}"));
+    let reaction = new_stop.ns as i128 - deleted as i128;
+    eprintln!(
+        "after a 2 s blip: old-0 deleted {} -> new-0 stop: {:.1} ms; old-0 start -> new-0 \
+         stop: {:.1} ms",
+        s.lock,
+        ms(reaction),
+        ms(new_stop.ns as i128 - old_start.ns as i128)
+    );
+    let stderr = ours.stderr_text();
+    assert!(
+        reaction < FAST.as_nanos() as i128,
+        "ours stopped {:.1} ms after old-0 deleted {}: its watch was stuck after the blip\n{}\n\
+         stderr before the heal:\n{}\n======== healed ========\n{}",
+        ms(reaction),
+        s.lock,
+        s.timeline(),
+        &stderr[..stderr_at_heal],
+        &stderr[stderr_at_heal..]
+    );
+    assert_eq!(
+        code(&mut ours),
+        Some(LOST),
+        "stderr:\n{}",
+        ours.stderr_text()
+    );
+    let ov = s.mon.overlaps();
+    assert!(ov.len() <= 1, "{ov:#?}\n{}", s.timeline());
+    if let Some(o) = ov.first() {
+        let mut ids = [o.a_identity.as_str(), o.b_identity.as_str()];
+        ids.sort();
+        assert_eq!(ids, ["new-0", "old-0"], "{o:?}");
+        assert_eq!(o.end_ns, new_stop.ns, "{o:?}\n{}", s.timeline());
+        assert!(o.len() < FAST, "overlap {:?}:\n{}", o.len(), s.timeline());
+    }
+    assert!(old.is_holding(), "{:#?}", old.status());
+    let st = old.stop();
+    assert!(st.error.is_none(), "{st:#?}");
+    let spans = |ov: &[Overlap]| {
+        ov.iter()
+            .map(|o| (o.a_pid, o.b_pid, o.start_ns, o.end_ns))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(spans(&s.mon.overlaps()), spans(&ov), "no further overlap");
+}
