@@ -490,7 +490,7 @@ impl Election {
                     };
                     match r {
                         Err(e) if !is_replaced(&e) => {
-                            self.note_failure(&e).await;
+                            self.note_failure(&e);
                             tokio::time::sleep(self.cfg.retry_period).await;
                         }
                         // Deleted, or a new connection: read again to tell which.
@@ -498,7 +498,7 @@ impl Election {
                     }
                 }
                 Err(e) => {
-                    self.note_failure(&e).await;
+                    self.note_failure(&e);
                     tokio::time::sleep(self.cfg.retry_period).await;
                 }
             }
@@ -534,10 +534,7 @@ impl Election {
     }
 
     fn renewed(&self, sent: Instant, ttl: i64) {
-        self.send(Event::Renewed {
-            sent,
-            ttl: Duration::from_secs(ttl.max(0) as u64),
-        });
+        report_renewal(&self.tx, sent, ttl);
     }
 
     fn reachable(&mut self) {
@@ -548,7 +545,7 @@ impl Election {
         }
     }
 
-    async fn note_failure(&mut self, e: &etcd_client::Error) {
+    fn note_failure(&mut self, e: &etcd_client::Error) {
         self.send(Event::Failed {
             renewal: false,
             kind: kind(e),
@@ -568,7 +565,7 @@ impl Election {
         if is_replaced(&e) {
             return Ok(());
         }
-        self.note_failure(&e).await;
+        self.note_failure(&e);
         tokio::time::sleep(self.cfg.retry_period).await;
         Ok(())
     }
@@ -582,12 +579,7 @@ impl Election {
 /// answer must not cost the leadership.
 async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Event>) -> String {
     let period = ttl.min(etcd.cfg.renew_deadline) / 3;
-    let send = |sent: Instant, ttl: i64| {
-        let _ = tx.send(crate::Event::Election(Event::Renewed {
-            sent,
-            ttl: Duration::from_secs(ttl as u64),
-        }));
-    };
+    let send = |sent: Instant, ttl: i64| report_renewal(&tx, sent, ttl);
     let failed = |e: &etcd_client::Error| {
         debug!("keep-alive: {e}");
         let _ = tx.send(crate::Event::Election(Event::Failed {
@@ -635,6 +627,14 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
             }
         }
     }
+}
+
+/// A renewal sent at `sent` succeeded with this TTL (seconds, as etcd reports it).
+fn report_renewal(tx: &Sender<crate::Event>, sent: Instant, ttl: i64) {
+    let _ = tx.send(crate::Event::Election(Event::Renewed {
+        sent,
+        ttl: Duration::from_secs(ttl.max(0) as u64),
+    }));
 }
 
 fn identity_of(kv: &KeyValue) -> String {
