@@ -128,13 +128,29 @@ fn guardian_holds_only_its_pipe() {
             exe.ends_with("etcd-await-election").then_some(pid)
         })
     });
-    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{guardian}/fd"))
-        .expect("read the guardian's fds")
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-        .collect();
-    fds.sort();
-    assert_eq!(fds, [0, 1, 2, 3], "the guardian's open fds");
+    // Right after fork the guardian still holds copies of every wrapper fd; it closes them
+    // before it blocks on the pipe. Wait for that, and fail if it never happens.
+    let open_fds = || {
+        let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{guardian}/fd"))
+            .expect("read the guardian's fds")
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+            .collect();
+        fds.sort();
+        fds
+    };
+    let settled = wait_for(Duration::from_secs(5), "the guardian to close fds", || {
+        // Blocked in read(2) on its pipe: every close before it is done.
+        let stat = std::fs::read_to_string(format!("/proc/{guardian}/stat")).ok()?;
+        let state = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .next()?
+            .to_owned();
+        (state == "S").then(open_fds)
+    });
+    assert_eq!(settled, [0, 1, 2, 3], "the guardian's open fds");
     let pipe = std::fs::read_link(format!("/proc/{guardian}/fd/3")).expect("fd 3");
     assert!(pipe.to_string_lossy().starts_with("pipe:"), "{pipe:?}");
 }
