@@ -111,11 +111,14 @@ fn main() {
 enum State {
     Awaiting,
     Leading(Child),
-    /// Leadership is lost; the child's group got SIGTERM and gets SIGKILL at `kill_at`.
+    /// Leadership is lost, or the child exited and left processes in its group: the group got
+    /// SIGTERM and gets SIGKILL at `kill_at`. Once the child has exited, `exited` holds the code to
+    /// resign with when the whole group is gone.
     Stopping {
         child: Child,
         kill_at: Instant,
         killed: bool,
+        exited: Option<i32>,
     },
     /// Waiting for the election thread to revoke the lease, then exit with this code.
     Resigning {
@@ -177,9 +180,18 @@ impl Wrapper {
             let deadline = match &state {
                 State::Awaiting => None,
                 State::Leading(_) => self.renew_deadline(),
+                // Leftovers of an exited child that are not our children die without a
+                // SIGCHLD to us: poll the group until the kill.
                 State::Stopping {
-                    kill_at, killed, ..
-                } => (!killed).then_some(*kill_at),
+                    kill_at,
+                    killed: false,
+                    exited,
+                    ..
+                } => Some(match exited {
+                    None => *kill_at,
+                    Some(_) => (*kill_at).min(Instant::now() + Duration::from_millis(10)),
+                }),
+                State::Stopping { killed: true, .. } => None,
                 State::Resigning { until, .. } => Some(*until),
                 State::Done(code) => return *code,
             };
@@ -224,16 +236,44 @@ impl Wrapper {
     fn on_deadline(&mut self, state: State) -> State {
         match state {
             State::Leading(child) => self.stop(child, "no lease renewal within the renew deadline"),
-            State::Stopping { child, .. } => {
+            State::Stopping {
+                child,
+                kill_at,
+                killed,
+                exited,
+            } => {
+                if let Some(code) = exited {
+                    if !child.group_alive() {
+                        child.release();
+                        return self.resign(code);
+                    }
+                }
+                if Instant::now() < kill_at {
+                    return State::Stopping {
+                        child,
+                        kill_at,
+                        killed,
+                        exited,
+                    };
+                }
                 warn!(
-                    "child {} still running as the lease nears expiry: SIGKILL to its group",
+                    "group {} still running as the lease nears expiry: SIGKILL",
                     child.pid
                 );
-                child.signal_group(libc::SIGKILL);
-                State::Stopping {
-                    child,
-                    kill_at: Instant::now(),
-                    killed: true,
+                match exited {
+                    Some(code) => {
+                        child.finish();
+                        self.resign(code)
+                    }
+                    None => {
+                        child.signal_group(libc::SIGKILL);
+                        State::Stopping {
+                            child,
+                            kill_at,
+                            killed: true,
+                            exited,
+                        }
+                    }
                 }
             }
             State::Resigning { code, .. } => {
@@ -256,8 +296,19 @@ impl Wrapper {
                 } else {
                     log::Level::Info
                 };
-                log::log!(level, "forwarding signal {sig} to child {}", child.pid);
-                child.forward(sig);
+                if matches!(
+                    state,
+                    State::Stopping {
+                        exited: Some(_),
+                        ..
+                    }
+                ) {
+                    log::log!(level, "forwarding signal {sig} to group {}", child.pid);
+                    child.signal_group(sig);
+                } else {
+                    log::log!(level, "forwarding signal {sig} to child {}", child.pid);
+                    child.forward(sig);
+                }
                 state
             }
             State::Awaiting if sig == libc::SIGTERM || sig == libc::SIGINT => {
@@ -269,30 +320,55 @@ impl Wrapper {
     }
 
     fn on_child_exit(&mut self, state: State) -> State {
-        let (child, lost) = match &state {
-            State::Leading(child) => (child, false),
-            State::Stopping { child, .. } => (child, true),
+        let pid = match &state {
+            State::Leading(child)
+            | State::Stopping {
+                child,
+                exited: None,
+                ..
+            } => child.pid,
+            // The child is gone already; this may have been the last of what it left.
+            State::Stopping { .. } => return self.on_deadline(state),
             _ => {
                 supervisor::reap(None);
                 return state;
             }
         };
         // SIGCHLD also comes for the guardian and for reparented orphans.
-        let Some(status) = supervisor::reap(Some(child.pid)) else {
+        let Some(status) = supervisor::reap(Some(pid)) else {
             return state;
         };
-        let pid = child.pid;
-        let (State::Leading(child) | State::Stopping { child, .. }) = state else {
-            unreachable!("matched above");
-        };
-        child.finish();
-        let code = if lost { code::LOST } else { status };
         self.status.update(|s| s.child_exit_code = Some(status));
+        let (child, code, kill_at, killed) = match state {
+            State::Leading(child) => (child, status, None, false),
+            State::Stopping {
+                child,
+                kill_at,
+                killed,
+                ..
+            } => (child, code::LOST, Some(kill_at), killed),
+            _ => unreachable!("matched above"),
+        };
+        let (lock, identity) = (&self.cfg.lock_name, &self.cfg.identity);
+        if killed || !child.group_alive() {
+            info!("lock={lock} identity={identity}: child {pid} exited with {status}; resigning");
+            child.finish();
+            return self.resign(code);
+        }
+        // What the child left is stopped like a lost leader's group: SIGTERM now, SIGKILL at the
+        // kill deadline, so it can shut down cleanly and still never outlives the lease.
         info!(
-            "lock={} identity={}: child {pid} exited with {status}; resigning",
-            self.cfg.lock_name, self.cfg.identity
+            "lock={lock} identity={identity}: child {pid} exited with {status}; \
+             stopping what it left in its group"
         );
-        self.resign(code)
+        self.set_phase(Phase::Stopping);
+        child.signal_group(libc::SIGTERM);
+        State::Stopping {
+            child,
+            kill_at: kill_at.unwrap_or_else(|| self.kill_at()),
+            killed: false,
+            exited: Some(code),
+        }
     }
 
     fn on_election(&mut self, state: State, e: election::Event) -> State {
@@ -400,17 +476,27 @@ impl Wrapper {
             child,
             kill_at,
             killed: false,
+            exited: None,
         }
     }
 
     /// Ends in whatever state: the child (if any) is killed outright, then we resign.
     fn abandon(&mut self, state: State, code: i32) -> State {
         match state {
-            State::Leading(child) | State::Stopping { child, .. } => {
+            State::Leading(child)
+            | State::Stopping {
+                child,
+                exited: None,
+                ..
+            } => {
                 child.signal_group(libc::SIGKILL);
                 while supervisor::reap(Some(child.pid)).is_none() {
                     std::thread::sleep(Duration::from_millis(1));
                 }
+                child.finish();
+                self.resign(code)
+            }
+            State::Stopping { child, .. } => {
                 child.finish();
                 self.resign(code)
             }

@@ -174,18 +174,23 @@ impl Child {
         unsafe { libc::kill(-self.pid, sig) };
     }
 
-    /// After the child itself exited: kills whatever it left in its group and waits until the
-    /// group is empty, so no part of the command outlives our leadership.
-    pub fn finish(mut self) {
+    /// After the child itself was reaped: reaps whatever else exited and tells whether anything
+    /// of its group still lives.
+    pub fn group_alive(&self) -> bool {
+        reap(None);
+        // SAFETY: signal 0 only checks for existence.
+        let r = unsafe { libc::kill(-self.pid, 0) };
+        r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+
+    /// After the child itself was reaped: kills whatever it left in its group and waits until
+    /// the group is empty, so no part of the command outlives our leadership.
+    pub fn finish(self) {
         let started = Instant::now();
         let mut warned = false;
         loop {
             self.signal_group(libc::SIGKILL);
-            reap(None);
-            // SAFETY: signal 0 only checks for existence.
-            let gone = unsafe { libc::kill(-self.pid, 0) } != 0
-                && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-            if gone {
+            if !self.group_alive() {
                 break;
             }
             if !warned && started.elapsed() > Duration::from_secs(1) {
@@ -197,6 +202,11 @@ impl Child {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        self.release();
+    }
+
+    /// Once the group is empty: the terminal comes back to us and the guardian is let go.
+    pub fn release(mut self) {
         // SAFETY: getpgrp has no preconditions.
         hand_terminal(self.pid, unsafe { libc::getpgrp() });
         if let Some(g) = self.guardian.take() {

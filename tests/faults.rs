@@ -414,6 +414,61 @@ fn cut_leader_with_sigterm_ignoring_grandchildren_whole_tree_is_killed() {
     cut_with_child(&["--fork", "2", "--ignore-term"], 3, true);
 }
 
+/// The leader's command dies on its own and leaves grandchildren in its group: they get SIGTERM
+/// (and SIGKILL in time if they ignore it), the command's exit code becomes the wrapper's, and
+/// the follower starts only once every one of them is dead.
+fn leftovers_of_exited_command(args: &[&str], ignore_term: bool) {
+    let mut s = Scene::single("leftovers", 2);
+    let a_pid = leader_and_follower(&mut s, args, 3);
+    let grandchildren: Vec<u32> = s
+        .procs_of("a")
+        .iter()
+        .map(|p| p.pid)
+        .filter(|&p| p != a_pid)
+        .collect();
+
+    s.mark("SIGKILL to a's command alone");
+    // SAFETY: plain syscall on a pid the monitor watches.
+    unsafe { libc::kill(a_pid as libc::pid_t, libc::SIGKILL) };
+    let rb = s.mon.wait_for_start(Some("b"), LEASE + T);
+    for pid in &grandchildren {
+        s.mon.wait_until_dead(*pid, Duration::from_secs(1));
+    }
+    s.mon.assert_no_overlap();
+    for pid in &grandchildren {
+        let p = s.proc_of(*pid);
+        let death = p.death_ns.unwrap();
+        assert!(
+            death < rb.ns,
+            "grandchild {pid} died {:?} after b started",
+            since(rb.ns, death)
+        );
+        assert!(!p.term_ns.is_empty(), "{pid} got no SIGTERM: {p:?}");
+        if ignore_term {
+            assert_eq!(p.stop_ns, None, "{pid} ignores SIGTERM: no stop: {p:?}");
+            assert!(
+                since(p.term_ns[0], death) > Duration::from_millis(100),
+                "{pid} was killed before its grace ended: {p:?}"
+            );
+        } else {
+            assert!(p.stop_ns.is_some(), "{pid} should have stopped on SIGTERM");
+        }
+    }
+    let st = s.cands[0].expect_exit(T);
+    assert_eq!(st.code(), Some(128 + libc::SIGKILL), "the command's code");
+    s.mon.assert_no_overlap();
+}
+
+#[test]
+fn leftovers_of_an_exited_command_are_stopped_before_the_follower_starts() {
+    leftovers_of_exited_command(&["--fork", "2"], false);
+}
+
+#[test]
+fn leftovers_of_an_exited_command_that_ignore_sigterm_are_killed_in_time() {
+    leftovers_of_exited_command(&["--fork", "2", "--ignore-term"], true);
+}
+
 /// Fault 4: the leader's wrapper is SIGKILLed while its command has grandchildren: every
 /// process it had (child, grandchildren, guardian) is dead within about a second, and the
 /// follower starts only once the lease expired, about the TTL later.
