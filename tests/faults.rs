@@ -349,6 +349,31 @@ fn leader_connection_reset_stops_before_follower_starts() {
     leader_cut(Mode::Reset);
 }
 
+/// Every one of `pids` got SIGTERM and died before `b_start_ns`: by its own stop on SIGTERM,
+/// or, when it ignores SIGTERM, by the SIGKILL that follows after a grace.
+fn assert_stopped_before(s: &Scene, pids: &[u32], b_start_ns: u64, ignore_term: bool) {
+    for pid in pids {
+        let p = s.proc_of(*pid);
+        let death = p.death_ns.unwrap();
+        assert!(
+            death < b_start_ns,
+            "a's process {pid} died {:?} after b started",
+            since(b_start_ns, death)
+        );
+        assert!(!p.term_ns.is_empty(), "{pid} got no SIGTERM: {p:?}");
+        if ignore_term {
+            assert_eq!(p.stop_ns, None, "{pid} ignores SIGTERM: no stop: {p:?}");
+            // It outlived the SIGTERM: the SIGKILL is what ended it.
+            assert!(
+                since(p.term_ns[0], death) > Duration::from_millis(100),
+                "{pid} was killed without a grace after SIGTERM: {p:?}"
+            );
+        } else {
+            assert!(p.stop_ns.is_some(), "{pid} should have stopped on SIGTERM");
+        }
+    }
+}
+
 /// Fault 2 and 3: the leader is cut off while its command ignores SIGTERM and/or forked
 /// grandchildren: every process of the tree is dead (observed, not merely "stop" written)
 /// before the follower starts; processes that ignore SIGTERM are SIGKILLed in time.
@@ -364,30 +389,14 @@ fn cut_with_child(args: &[&str], procs: usize, ignore_term: bool) {
         s.mon.wait_until_dead(*pid, Duration::from_secs(1));
     }
     s.mon.assert_no_overlap();
+    assert_stopped_before(&s, &a_pids, rb.ns, ignore_term);
     for pid in &a_pids {
-        let p = s.proc_of(*pid);
-        let death = p.death_ns.unwrap();
-        assert!(
-            death < rb.ns,
-            "a's process {pid} died {:?} after b started",
-            since(rb.ns, death)
-        );
+        let death = s.proc_of(*pid).death_ns.unwrap();
         assert!(
             since(cut, death) < LEASE,
             "a's process {pid} lived {:?} past the cut (TTL {LEASE:?})",
             since(cut, death)
         );
-        assert!(!p.term_ns.is_empty(), "{pid} got no SIGTERM: {p:?}");
-        if ignore_term {
-            assert_eq!(p.stop_ns, None, "{pid} ignores SIGTERM: no stop: {p:?}");
-            // It outlived the SIGTERM: the SIGKILL is what ended it.
-            assert!(
-                since(p.term_ns[0], death) > Duration::from_millis(100),
-                "{p:?}"
-            );
-        } else {
-            assert!(p.stop_ns.is_some(), "{pid} should have stopped on SIGTERM");
-        }
     }
     assert!(
         since(cut, rb.ns) < LEASE + Duration::from_secs(3),
@@ -435,25 +444,7 @@ fn leftovers_of_exited_command(args: &[&str], ignore_term: bool) {
         s.mon.wait_until_dead(*pid, Duration::from_secs(1));
     }
     s.mon.assert_no_overlap();
-    for pid in &grandchildren {
-        let p = s.proc_of(*pid);
-        let death = p.death_ns.unwrap();
-        assert!(
-            death < rb.ns,
-            "grandchild {pid} died {:?} after b started",
-            since(rb.ns, death)
-        );
-        assert!(!p.term_ns.is_empty(), "{pid} got no SIGTERM: {p:?}");
-        if ignore_term {
-            assert_eq!(p.stop_ns, None, "{pid} ignores SIGTERM: no stop: {p:?}");
-            assert!(
-                since(p.term_ns[0], death) > Duration::from_millis(100),
-                "{pid} was killed before its grace ended: {p:?}"
-            );
-        } else {
-            assert!(p.stop_ns.is_some(), "{pid} should have stopped on SIGTERM");
-        }
-    }
+    assert_stopped_before(&s, &grandchildren, rb.ns, ignore_term);
     let st = s.cands[0].expect_exit(T);
     assert_eq!(st.code(), Some(128 + libc::SIGKILL), "the command's code");
     s.mon.assert_no_overlap();
