@@ -483,20 +483,7 @@ impl Wrapper {
     /// Ends in whatever state: the child (if any) is killed outright, then we resign.
     fn abandon(&mut self, state: State, code: i32) -> State {
         match state {
-            State::Leading(child)
-            | State::Stopping {
-                child,
-                exited: None,
-                ..
-            } => {
-                child.signal_group(libc::SIGKILL);
-                while supervisor::reap(Some(child.pid)).is_none() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                child.finish();
-                self.resign(code)
-            }
-            State::Stopping { child, .. } => {
+            State::Leading(child) | State::Stopping { child, .. } => {
                 child.finish();
                 self.resign(code)
             }

@@ -174,8 +174,8 @@ impl Child {
         unsafe { libc::kill(-self.pid, sig) };
     }
 
-    /// After the child itself was reaped: reaps whatever else exited and tells whether anything
-    /// of its group still lives.
+    /// Reaps whatever exited (the child too, discarding its status: collect that first when it
+    /// matters) and tells whether anything of the group still lives.
     pub fn group_alive(&self) -> bool {
         reap(None);
         // SAFETY: signal 0 only checks for existence.
@@ -183,8 +183,9 @@ impl Child {
         r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
     }
 
-    /// After the child itself was reaped: kills whatever it left in its group and waits until
-    /// the group is empty, so no part of the command outlives our leadership.
+    /// Kills whatever is left of the group (the child too, if it still runs; its exit status is
+    /// then discarded) and waits until the group is empty, so no part of the command outlives
+    /// our leadership.
     pub fn finish(self) {
         let started = Instant::now();
         let mut warned = false;
