@@ -211,12 +211,7 @@ fn json_str(body: &str, field: &str) -> Option<String> {
 }
 
 fn status(c: &Candidate) -> Option<Status> {
-    let body = ureq::get(&c.status_url("/"))
-        .timeout(Duration::from_secs(2))
-        .call()
-        .ok()?
-        .into_string()
-        .ok()?;
+    let (_, body) = common::http("GET", &c.status_url("/"), Duration::from_secs(2))?;
     Some(Status {
         status: json_str(&body, "status")?,
         phase: json_str(&body, "phase")?,

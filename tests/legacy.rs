@@ -458,12 +458,7 @@ fn old_configuration_still_works() {
         .spawn();
     s.mon.wait_for_start(Some("new-0"), T);
     let body = wait_for(T, "the status JSON while leading", || {
-        let body = ureq::get(&ours.status_url("/"))
-            .timeout(Duration::from_secs(2))
-            .call()
-            .ok()?
-            .into_string()
-            .ok()?;
+        let (_, body) = common::http("GET", &ours.status_url("/"), Duration::from_secs(2))?;
         body.contains(r#""phase":"running""#).then_some(body)
     });
     for field in [r#""status":"ok""#, r#""leader":"new-0""#] {
@@ -495,17 +490,8 @@ fn deposed_by_old_forcer_after_a_network_blip() {
     let new_start = s.mon.wait_for_start(Some("new-0"), T);
     assert_eq!(s.legacy_key().map(|k| k.0).as_deref(), Some("new-0"));
     let renewals = || {
-        let body = ureq::get(&ours.status_url("/metrics"))
-            .timeout(Duration::from_secs(2))
-            .call()
-            .ok()?
-            .into_string()
-            .ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix("etcd_await_election_renewals_total "))?
-            .trim()
-            .parse::<u64>()
-            .ok()
+        let (_, body) = common::http("GET", &ours.status_url("/metrics"), Duration::from_secs(2))?;
+        common::metric(&body, "etcd_await_election_renewals_total")
     };
 
     // Watch `new_start.pid` for `window`: still running, never signalled, nobody else runs.

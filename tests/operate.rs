@@ -9,21 +9,11 @@ use std::time::Duration;
 use common::candidate::{wrapper_bin, Candidate};
 use common::etcd::Etcd;
 use common::invariant::Monitor;
-use common::{free_port, wait_for, wait_until, TempDir};
-
-/// `(status code, body)`; errors with a status are answers too.
-fn http(method: &str, url: &str) -> Option<(u16, String)> {
-    let req = ureq::request(method, url).timeout(Duration::from_secs(2));
-    match req.call() {
-        Ok(r) => Some((r.status(), r.into_string().ok()?)),
-        Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().ok()?)),
-        Err(_) => None,
-    }
-}
+use common::{free_port, http, metric, wait_for, wait_until, TempDir};
 
 fn get(c: &Candidate, path: &str) -> (u16, String) {
     wait_for(Duration::from_secs(5), &format!("GET {path}"), || {
-        http("GET", &c.status_url(path))
+        http("GET", &c.status_url(path), Duration::from_secs(2))
     })
 }
 
@@ -76,17 +66,14 @@ fn status_endpoints_on_leader_and_follower() {
         m.contains("\netcd_await_election_child_starts_total 1\n"),
         "{m}"
     );
-    let renewals: u64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("etcd_await_election_renewals_total "))
-        .and_then(|v| v.parse().ok())
+    let renewals = metric(&m, "etcd_await_election_renewals_total")
         .unwrap_or_else(|| panic!("no renewals_total in {m}"));
     assert!(renewals >= 1, "{m}");
     let (_, m) = get(&b, "/metrics");
     assert!(m.contains("\netcd_await_election_leader 0\n"), "{m}");
 
     assert_eq!(get(&a, "/nope").0, 404);
-    let post = http("POST", &a.status_url("/")).expect("an answer to POST");
+    let post = http("POST", &a.status_url("/"), Duration::from_secs(2)).expect("an answer to POST");
     assert_eq!(post.0, 405);
     mon.assert_no_overlap();
 }

@@ -497,8 +497,10 @@ fn etcd_refusals_are_fatal() {
 
 /// Sum of every sample of `name` in etcd's Prometheus metrics (served on the client URL).
 fn etcd_counter(etcd: &Etcd, name: &str) -> f64 {
-    let (code, body) = http_get(etcd.client_port(), "/metrics", Duration::from_secs(5))
-        .expect("etcd /metrics answers");
+    // Through a real HTTP client: etcd sends its metrics chunked.
+    let url = format!("http://127.0.0.1:{}/metrics", etcd.client_port());
+    let (code, body) =
+        common::http("GET", &url, Duration::from_secs(5)).expect("etcd /metrics answers");
     assert_eq!(code, 200);
     let prefix = format!("{name}{{");
     let samples: Vec<f64> = body

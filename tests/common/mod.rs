@@ -85,6 +85,25 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Opti
     }
 }
 
+/// `(status code, body)` of one HTTP request (answers with an error status count too); `None`
+/// when no complete answer arrives within `timeout`. Chunked bodies (etcd's) are decoded.
+pub fn http(method: &str, url: &str, timeout: Duration) -> Option<(u16, String)> {
+    match ureq::request(method, url).timeout(timeout).call() {
+        Ok(r) => Some((r.status(), r.into_string().ok()?)),
+        Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().ok()?)),
+        Err(_) => None,
+    }
+}
+
+/// The value of the unlabelled Prometheus sample `name` in a metrics body.
+pub fn metric(body: &str, name: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Like [`wait_for`] for a boolean condition.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     wait_for(timeout, what, || cond().then_some(()))
