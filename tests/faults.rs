@@ -14,7 +14,7 @@ use common::etcd::{Cluster, Etcd};
 use common::invariant::{Monitor, Proc};
 use common::proxy::{Mode, Proxy};
 use common::{wait_for, wait_until, TempDir};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -252,35 +252,6 @@ fn since(earlier_ns: u64, later_ns: u64) -> Duration {
     Duration::from_nanos(later_ns.saturating_sub(earlier_ns))
 }
 
-/// Pids of every live descendant of `pid` (from /proc's ppid links).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ..."; comm may hold spaces and parens: split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-            children.entry(ppid).or_default().push(p);
-        }
-    }
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            out.push(c);
-            todo.push(c);
-        }
-    }
-    out
-}
-
 /// Start `a` (leader) and then `b` (queued) on proxies 0 and 1; returns a's child start record
 /// pid. `a_args` are the test child's arguments for `a`, `a_procs` how many processes a's
 /// command consists of.
@@ -468,7 +439,7 @@ fn sigkilled_leader_wrapper_leaves_no_orphans() {
     let mut s = Scene::single("kill9", 2);
     leader_and_follower(&mut s, &["--fork", "2"], 3);
     let wrapper = s.cands[0].pid();
-    let tree = descendants(wrapper);
+    let tree = common::procfs::descendants(wrapper);
     let logged: HashSet<u32> = s.procs_of("a").iter().map(|p| p.pid).collect();
     // Child, 2 grandchildren, guardian (and nothing unexpected missing from the log).
     assert!(

@@ -343,15 +343,7 @@ fn cluster_survives_leader_loss() {
 fn fixtures_clean_up_after_a_panic() {
     fn alive(pid: u32) -> bool {
         // A reaped process is gone; a zombie would still answer kill(0), so check /proc state.
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(s) => !s
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z'),
-            Err(_) => false,
-        }
+        common::procfs::stat(pid).is_some_and(|s| s.state != 'Z')
     }
     let mut seen: Option<(Vec<u32>, Vec<std::path::PathBuf>)> = None;
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -8,30 +8,8 @@ use std::time::Duration;
 
 use common::candidate::{wrapper_bin, Candidate};
 use common::etcd::Etcd;
+use common::procfs::{self, children_of};
 use common::{wait_for, wait_until};
-
-/// `(pid, state)` of every process whose parent is `ppid`, from /proc.
-fn children_of(ppid: u32) -> Vec<(u32, char)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The command name may hold spaces: fields after the last ')' are fixed.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        if fields.next().and_then(|p| p.parse().ok()) == Some(ppid) {
-            out.push((pid, state));
-        }
-    }
-    out
-}
 
 /// The command orphans a short-lived grandchild (its parent subshell exits at once). The orphan
 /// is reparented to the wrapper, not to init, and is reaped when it exits: no zombie lingers.
@@ -51,21 +29,18 @@ fn orphans_are_reparented_and_reaped() {
         Duration::from_secs(10),
         "the orphan under the wrapper",
         || {
-            children_of(wrapper)
-                .into_iter()
-                .find(|(pid, _)| {
-                    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                        .is_ok_and(|c| c.starts_with("sleep\u{0}0.3"))
-                })
-                .map(|(pid, _)| pid)
+            children_of(wrapper).into_iter().map(|s| s.pid).find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.starts_with("sleep\u{0}0.3"))
+            })
         },
     );
     wait_until(Duration::from_secs(3), "the orphan reaped", || {
-        !children_of(wrapper).iter().any(|(pid, _)| *pid == orphan)
+        !children_of(wrapper).iter().any(|s| s.pid == orphan)
     });
     let zombies: Vec<_> = children_of(wrapper)
         .into_iter()
-        .filter(|(_, s)| *s == 'Z')
+        .filter(|s| s.state == 'Z')
         .collect();
     assert!(zombies.is_empty(), "zombies under the wrapper: {zombies:?}");
 }
@@ -123,7 +98,8 @@ fn guardian_holds_only_its_pipe() {
         .spawn();
     let wrapper = c.pid();
     let guardian = wait_for(Duration::from_secs(10), "the guardian", || {
-        children_of(wrapper).into_iter().find_map(|(pid, _)| {
+        children_of(wrapper).into_iter().find_map(|s| {
+            let pid = s.pid;
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
             exe.ends_with("etcd-await-election").then_some(pid)
         })
@@ -141,14 +117,7 @@ fn guardian_holds_only_its_pipe() {
     };
     let settled = wait_for(Duration::from_secs(5), "the guardian to close fds", || {
         // Blocked in read(2) on its pipe: every close before it is done.
-        let stat = std::fs::read_to_string(format!("/proc/{guardian}/stat")).ok()?;
-        let state = stat
-            .rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .next()?
-            .to_owned();
-        (state == "S").then(open_fds)
+        (procfs::stat(guardian)?.state == 'S').then(open_fds)
     });
     assert_eq!(settled, [0, 1, 2, 3], "the guardian's open fds");
     let pipe = std::fs::read_link(format!("/proc/{guardian}/fd/3")).expect("fd 3");

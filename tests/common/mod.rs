@@ -9,6 +9,7 @@ pub mod child;
 pub mod etcd;
 pub mod invariant;
 pub mod old_replica;
+pub mod procfs;
 pub mod proxy;
 pub mod scene;
 

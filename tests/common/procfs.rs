@@ -1,0 +1,50 @@
+//! Reading the process table from `/proc`: who is whose parent, and in which state. Only what
+//! the tests ask of it; it never signals or waits for anything.
+
+/// One line of `/proc/PID/stat`, the fields the tests need.
+#[derive(Clone, Copy, Debug)]
+pub struct Stat {
+    pub pid: u32,
+    pub ppid: u32,
+    /// `R`, `S`, `D`, `Z`, ...
+    pub state: char,
+}
+
+/// The stat of `pid`; `None` once it is reaped.
+pub fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields after the last ')' are fixed.
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some(Stat { pid, ppid, state })
+}
+
+/// Every process there is.
+pub fn all() -> Vec<Stat> {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter_map(stat)
+        .collect()
+}
+
+/// The processes whose parent is `ppid`.
+pub fn children_of(ppid: u32) -> Vec<Stat> {
+    all().into_iter().filter(|s| s.ppid == ppid).collect()
+}
+
+/// Pids of every live descendant of `pid`, following parent links.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let table = all();
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for s in table.iter().filter(|s| s.ppid == p) {
+            out.push(s.pid);
+            todo.push(s.pid);
+        }
+    }
+    out
+}
