@@ -193,10 +193,6 @@ impl Candidate {
         self.child.id()
     }
 
-    pub fn status_port(&self) -> Option<u16> {
-        self.status_port
-    }
-
     /// Send `sig` to the wrapper. Returns false if it has already been reaped or kill(2) failed.
     pub fn signal(&mut self, sig: i32) -> bool {
         if self.try_reap().is_some() {

@@ -336,30 +336,13 @@ impl Cluster {
         Cluster { members }
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// Client endpoints (`127.0.0.1:PORT`) of all members, running or not.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Etcd::endpoint).collect()
     }
 
-    /// Comma-separated endpoints, as `ETCD_AWAIT_ELECTION_ENDPOINTS` wants them.
-    pub fn endpoints_csv(&self) -> String {
-        self.endpoints().join(",")
-    }
-
     pub fn member(&self, i: usize) -> &Etcd {
         &self.members[i]
-    }
-
-    pub fn member_mut(&mut self, i: usize) -> &mut Etcd {
-        &mut self.members[i]
     }
 
     pub fn kill_member(&mut self, i: usize) {

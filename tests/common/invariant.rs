@@ -11,7 +11,7 @@ use super::child::{monotonic_ns, Kind, Record};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -76,7 +76,6 @@ struct Inner {
 
 pub struct Monitor {
     inner: Arc<Inner>,
-    path: PathBuf,
     t0: u64,
     thread: Option<JoinHandle<()>>,
 }
@@ -113,14 +112,9 @@ impl Monitor {
             .unwrap();
         Monitor {
             inner,
-            path: log_path.to_path_buf(),
             t0: monotonic_ns(),
             thread: Some(thread),
         }
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.path
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

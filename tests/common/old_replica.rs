@@ -96,7 +96,6 @@ struct Cfg {
     retry: Duration,
     force: bool,
     log: PathBuf,
-    args: Vec<String>,
 }
 
 pub struct OldReplica {
@@ -116,21 +115,6 @@ impl OldReplica {
         force: bool,
         log: &Path,
     ) -> OldReplica {
-        Self::start_with_args(endpoint, lock, identity, lease_secs, retry, force, log, &[])
-    }
-
-    /// Like [`OldReplica::start`], with arguments for the test child (e.g. `--exit-after`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_with_args(
-        endpoint: &str,
-        lock: &str,
-        identity: &str,
-        lease_secs: i64,
-        retry: Duration,
-        force: bool,
-        log: &Path,
-        args: &[&str],
-    ) -> OldReplica {
         let cfg = Cfg {
             endpoint: endpoint.into(),
             lock: lock.into(),
@@ -139,7 +123,6 @@ impl OldReplica {
             retry,
             force,
             log: log.to_path_buf(),
-            args: args.iter().map(|s| s.to_string()).collect(),
         };
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -172,10 +155,6 @@ impl OldReplica {
             thread: Some(thread),
             identity: identity.into(),
         }
-    }
-
-    pub fn identity(&self) -> &str {
-        &self.identity
     }
 
     pub fn status(&self) -> OldStatus {
@@ -381,8 +360,7 @@ async fn hold(
 
     // Lead: start the command at once, then watch the key.
     let mut cmd = Command::new(child_bin());
-    cmd.args(&cfg.args)
-        .env("ETCD_AWAIT_ELECTION_IDENTITY", &cfg.identity)
+    cmd.env("ETCD_AWAIT_ELECTION_IDENTITY", &cfg.identity)
         .env("EAE_TEST_LOG", &cfg.log)
         .env_remove("RUST_LOG")
         .process_group(0)

@@ -32,7 +32,6 @@ struct Shared {
     sockets: Mutex<HashMap<u64, Vec<TcpStream>>>,
     next_id: AtomicU64,
     live_threads: AtomicUsize,
-    accepted: AtomicU64,
 }
 
 impl Shared {
@@ -135,7 +134,6 @@ impl Proxy {
             sockets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             live_threads: AtomicUsize::new(0),
-            accepted: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let acceptor = std::thread::Builder::new()
@@ -174,11 +172,6 @@ impl Proxy {
     pub fn open_connections(&self) -> usize {
         self.shared.sockets.lock().unwrap().len()
     }
-
-    /// Connections accepted since start (in any mode).
-    pub fn accepted_connections(&self) -> u64 {
-        self.shared.accepted.load(Ordering::SeqCst)
-    }
 }
 
 impl Drop for Proxy {
@@ -212,7 +205,6 @@ fn accept_loop(listener: TcpListener, upstream: SocketAddr, sh: Arc<Shared>) {
             Ok(c) => c,
             Err(_) => continue,
         };
-        sh.accepted.fetch_add(1, Ordering::SeqCst);
         if sh.mode() == Mode::Reset {
             set_linger_zero(&client);
             drop(client);
