@@ -41,7 +41,6 @@ struct Scene {
     log: PathBuf,
     /// Monitor start (its timeline's zero) and the phase marks dumped on failure: label, time,
     /// and how far each candidate's stderr had got.
-    t0: u64,
     marks: Vec<(String, u64, Vec<usize>)>,
     _dir: TempDir,
 }
@@ -70,7 +69,6 @@ impl Scene {
             etcd,
             cluster,
             log,
-            t0: monotonic_ns(),
             marks: Vec::new(),
             _dir: dir,
         }
@@ -81,10 +79,7 @@ impl Scene {
     fn mark(&mut self, label: &str) -> u64 {
         let now = monotonic_ns();
         let at = self.cands.iter().map(|c| c.stderr_text().len()).collect();
-        eprintln!(
-            "[{:+.3}ms] {label}",
-            since(self.t0, now).as_secs_f64() * 1e3
-        );
+        eprintln!("[{}] {label}", self.mon.rel(now));
         self.marks.push((label.to_string(), now, at));
         now
     }
@@ -228,8 +223,10 @@ impl Drop for Scene {
                 let Some(&off) = at.get(i) else { continue };
                 let off = off.clamp(pos, text.len());
                 out.push_str(&text[pos..off]);
-                let rel = since(self.t0, *ns).as_secs_f64() * 1e3;
-                out.push_str(&format!("======== [{rel:+.3}ms] {label} ========\n"));
+                out.push_str(&format!(
+                    "======== [{}] {label} ========\n",
+                    self.mon.rel(*ns)
+                ));
                 pos = off;
             }
             out.push_str(&text[pos..]);
@@ -408,8 +405,10 @@ fn leftovers_of_exited_command(args: &[&str], ignore_term: bool) {
         .collect();
 
     s.mark("SIGKILL to a's command alone");
-    // SAFETY: plain syscall on a pid the monitor watches.
-    unsafe { libc::kill(a_pid as libc::pid_t, libc::SIGKILL) };
+    assert!(
+        common::signal_pid(a_pid, libc::SIGKILL),
+        "a's command is gone"
+    );
     let rb = s.mon.wait_for_start(Some("b"), LEASE + T);
     for pid in &grandchildren {
         s.mon.wait_until_dead(*pid, Duration::from_secs(1));

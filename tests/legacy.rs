@@ -42,7 +42,6 @@ trait LegacyScene {
     fn legacy_key(&self) -> Option<(String, i64)>;
     fn queue_leases(&self) -> Vec<i64>;
     fn stop_of(&self, pid: u32) -> Record;
-    fn start_of(&self, c: &Candidate) -> Record;
     fn timeline(&self) -> String;
 }
 
@@ -94,25 +93,6 @@ impl LegacyScene for Scene {
             .wait_for_record(&format!("stop record of pid {pid}"), T, |r| {
                 r.kind == Kind::Stop && r.pid == pid
             })
-    }
-
-    /// The first `start` record of `c`'s identity; panics with its stderr on timeout.
-    fn start_of(&self, c: &Candidate) -> Record {
-        let id = c.identity();
-        let deadline = std::time::Instant::now() + T;
-        loop {
-            if let Some(r) = self.mon.starts().into_iter().find(|r| r.identity == id) {
-                return r;
-            }
-            if std::time::Instant::now() >= deadline {
-                panic!(
-                    "no start record of {id} within {T:?}; timeline:\n{}\n{id} stderr:\n{}",
-                    self.timeline(),
-                    c.stderr_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
 
     fn timeline(&self) -> String {
@@ -264,7 +244,7 @@ fn new_forcing_deposes_old_with(old_ttl: u64, our_ttl: u64, our_renew: &str) {
             s.timeline()
         );
     }
-    let new_start = s.start_of(&ours);
+    let new_start = s.mon.wait_for_start(Some("new-0"), T);
     let gap = new_start.ns as i128 - old_stop.ns as i128;
     eprintln!(
         "old-0 saw its key deleted -> its command stopped: {:.1} ms; old-0 stop -> new-0 start: \

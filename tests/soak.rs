@@ -14,8 +14,8 @@
 
 mod common;
 
-use common::candidate::{kill_if_test_child, Candidate};
-use common::child::{monotonic_ns, read_records, Kind};
+use common::candidate::{kill_logged_test_children, Candidate};
+use common::child::monotonic_ns;
 use common::etcd::Etcd;
 use common::invariant::{compute_overlaps, Monitor};
 use common::proxy::{Mode, Proxy};
@@ -104,7 +104,6 @@ struct World {
     actions: Vec<String>,
     etcd: Etcd,
     log: PathBuf,
-    t0: u64,
     _dir: TempDir,
 }
 
@@ -114,24 +113,13 @@ struct Reaper(PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let pids: HashSet<u32> = read_records(&self.0)
-            .into_iter()
-            .filter(|r| r.kind == Kind::Start)
-            .map(|r| r.pid)
-            .collect();
-        for pid in pids {
-            kill_if_test_child(pid);
-        }
+        kill_logged_test_children(&self.0, None);
     }
 }
 
 impl World {
-    fn rel(&self, ns: u64) -> String {
-        format!("{:+.3}ms", (ns as i128 - self.t0 as i128) as f64 / 1e6)
-    }
-
     fn act(&mut self, what: String) {
-        let line = format!("[{}] {what}", self.rel(monotonic_ns()));
+        let line = format!("[{}] {what}", self.mon.rel(monotonic_ns()));
         self.actions.push(line);
     }
 
@@ -222,16 +210,19 @@ impl World {
         }
     }
 
+    /// A live candidate to hurt: the leader half the time.
+    fn pick_target(&mut self, rng: &mut Rng) -> Option<usize> {
+        let live = self.live();
+        match self.leader_slot() {
+            Some(l) if rng.below(2) == 0 && live.contains(&l) => Some(l),
+            _ => rng.pick(&live),
+        }
+    }
+
     fn step(&mut self, rng: &mut Rng, stats: &mut Stats) {
         match rng.below(16) {
             0..=2 => {
-                // kill -9: the leader half the time.
-                let live = self.live();
-                let target = match self.leader_slot() {
-                    Some(l) if rng.below(2) == 0 && live.contains(&l) => Some(l),
-                    _ => rng.pick(&live),
-                };
-                if let Some(i) = target {
+                if let Some(i) = self.pick_target(rng) {
                     let c = self.slots[i].cand.as_mut().unwrap();
                     c.kill9();
                     stats.kill9 += 1;
@@ -240,12 +231,7 @@ impl World {
                 }
             }
             3..=4 => {
-                let live = self.live();
-                let target = match self.leader_slot() {
-                    Some(l) if rng.below(2) == 0 && live.contains(&l) => Some(l),
-                    _ => rng.pick(&live),
-                };
-                if let Some(i) = target {
+                if let Some(i) = self.pick_target(rng) {
                     let sig = if rng.below(3) == 0 {
                         libc::SIGINT
                     } else {
@@ -366,7 +352,6 @@ fn soak(duration: Duration, n: usize) {
     let dir = TempDir::new("soak");
     let log = dir.join("children.log");
     let mon = Monitor::start(&log);
-    let t0 = monotonic_ns();
     let slots = (0..n)
         .map(|i| Slot {
             id: format!("s{i}"),
@@ -383,7 +368,6 @@ fn soak(duration: Duration, n: usize) {
         actions: Vec::new(),
         etcd,
         log,
-        t0,
         _dir: dir,
     };
     let mut stats = Stats::default();

@@ -272,20 +272,26 @@ impl Candidate {
         format!("http://127.0.0.1:{port}{path}")
     }
 
-    /// SIGKILL every logged test child of this identity that is still alive. Uses a pidfd and
-    /// checks the command line, so a recycled pid is never hit.
+    /// SIGKILL every logged test child of this identity that is still alive.
     pub fn kill_logged_children(&self) {
-        let Some(log) = &self.log else { return };
-        let mut pids: Vec<u32> = read_records(log)
-            .into_iter()
-            .filter(|r| r.kind == Kind::Start && r.identity == self.identity)
-            .map(|r| r.pid)
-            .collect();
-        pids.sort();
-        pids.dedup();
-        for pid in pids {
-            kill_if_test_child(pid);
+        if let Some(log) = &self.log {
+            kill_logged_test_children(log, Some(&self.identity));
         }
+    }
+}
+
+/// SIGKILL every test child that logged a `start` to `log` (of `identity`, or anyone) and is
+/// still alive. Uses a pidfd and checks the command line, so a recycled pid is never hit.
+pub fn kill_logged_test_children(log: &Path, identity: Option<&str>) {
+    let mut pids: Vec<u32> = read_records(log)
+        .into_iter()
+        .filter(|r| r.kind == Kind::Start && identity.is_none_or(|id| r.identity == id))
+        .map(|r| r.pid)
+        .collect();
+    pids.sort();
+    pids.dedup();
+    for pid in pids {
+        kill_if_test_child(pid);
     }
 }
 

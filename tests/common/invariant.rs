@@ -308,7 +308,8 @@ impl Monitor {
         self.render(&self.lock())
     }
 
-    fn rel(&self, ns: u64) -> String {
+    /// `ns` relative to the monitor's start, as the timeline shows it (`+12.345ms`).
+    pub fn rel(&self, ns: u64) -> String {
         format!("{:+.3}ms", (ns as i128 - self.t0 as i128) as f64 / 1e6)
     }
 
