@@ -29,6 +29,8 @@ if [ -n "${BIN:-}" ] && [ "${BIN#/}" = "$BIN" ]; then
     BIN="$PWD/$BIN"
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/etcd.sh
+source scripts/etcd.sh
 BIN="${BIN:-target/x86_64-unknown-linux-musl/release/etcd-await-election}"
 SIZE_BUDGET="${SIZE_BUDGET:-3145728}"
 NAME=etcd-await-election
@@ -56,15 +58,10 @@ EXPECTED_VERSION_LINE="$NAME $VERSION"
 WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/eae-release-check.XXXXXX")"
 ETCD_PID=""
 cleanup() {
-    local rc=$? i
+    local rc=$?
     trap - EXIT INT TERM
-    if [ -n "$ETCD_PID" ] && kill -0 "$ETCD_PID" 2>/dev/null; then
-        kill -TERM "$ETCD_PID" 2>/dev/null || true
-        for i in $(seq 1 50); do
-            kill -0 "$ETCD_PID" 2>/dev/null || break
-            [ "$i" -eq 50 ] && kill -KILL "$ETCD_PID" 2>/dev/null
-            sleep 0.1
-        done
+    if [ -n "$ETCD_PID" ]; then
+        stop_pids 5 "$ETCD_PID"
         wait "$ETCD_PID" 2>/dev/null || true
     fi
     rm -rf "$WORKDIR"
@@ -163,38 +160,10 @@ out="$(in_root 20 "/$NAME" "/$NAME" --version 2>&1)" || rc=$?
 expect_version "/$NAME /$NAME --version (passthrough exec)" "$out"
 
 # A throwaway single-node etcd on free loopback ports.
-read -r CLIENT_PORT PEER_PORT < <(python3 - <<'PY'
-import socket
-socks = []
-for _ in range(2):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
+read -r CLIENT_PORT PEER_PORT < <(free_ports 2)
 ENDPOINT="127.0.0.1:$CLIENT_PORT"
 say "   starting a throwaway etcd on $ENDPOINT"
-etcd --name release-check \
-    --data-dir "$WORKDIR/etcd" \
-    --listen-client-urls "http://$ENDPOINT" \
-    --advertise-client-urls "http://$ENDPOINT" \
-    --listen-peer-urls "http://127.0.0.1:$PEER_PORT" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
-    --initial-cluster "release-check=http://127.0.0.1:$PEER_PORT" \
-    --heartbeat-interval 100 --election-timeout 1000 \
-    >"$WORKDIR/etcd.log" 2>&1 &
-ETCD_PID=$!
-for i in $(seq 1 150); do
-    if etcdctl --endpoints "$ENDPOINT" --command-timeout 1s endpoint health >/dev/null 2>&1; then
-        break
-    fi
-    if ! kill -0 "$ETCD_PID" 2>/dev/null || [ "$i" -eq 150 ]; then
-        tail -n 20 "$WORKDIR/etcd.log" >&2 || true
-        die "the throwaway etcd did not become healthy on $ENDPOINT"
-    fi
-    sleep 0.1
-done
+start_etcd release-check "$WORKDIR" "$CLIENT_PORT" "$PEER_PORT"
 ok "etcd is healthy"
 
 LOCK="release-check-$$"

@@ -19,6 +19,8 @@ if [ -n "${BIN:-}" ] && [ "${BIN#/}" = "$BIN" ] && [[ "$BIN" == */* ]]; then
     BIN="$PWD/$BIN"
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/etcd.sh
+source scripts/etcd.sh
 BIN="${BIN:-target/debug/etcd-await-election}"
 export RUST_LOG="${RUST_LOG:-info}"
 export ETCDCTL_API=3
@@ -42,27 +44,6 @@ WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/eae-demo.XXXXXX")"
 CANDIDATE_PIDS=() # wrapper processes we started
 ETCD_PID=""
 
-# stop_pids TIMEOUT_S PID...: SIGTERM, wait up to TIMEOUT_S, then SIGKILL.
-stop_pids() {
-    local timeout="$1" pid i alive
-    shift
-    [ "$#" -gt 0 ] || return 0
-    for pid in "$@"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for ((i = 0; i < timeout * 10; i++)); do
-        alive=0
-        for pid in "$@"; do
-            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-        done
-        [ "$alive" -eq 0 ] && return 0
-        sleep 0.1
-    done
-    for pid in "$@"; do
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-}
-
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -81,19 +62,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ------------------------------------------------------------------- helpers
-# Print N free TCP ports on 127.0.0.1 (all held open at once, so distinct).
-free_ports() {
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-
 # GET a status endpoint; prints the JSON body (or nothing if unreachable).
 get_status() {
     if command -v curl >/dev/null 2>&1; then
@@ -158,31 +126,7 @@ ENDPOINT="127.0.0.1:$CLIENT_PORT"
 declare -A STATUS=([alice]="127.0.0.1:$ALICE_PORT" [bob]="127.0.0.1:$BOB_PORT")
 
 say "Starting a throwaway etcd on $ENDPOINT (data dir $WORKDIR/etcd, log $WORKDIR/etcd.log)"
-# etcd runs in its own process group so a Ctrl-C in the terminal doesn't kill
-# it before the candidates have resigned; the cleanup trap stops it last.
-# (python3 does setpgid + exec, so $! is etcd's own pid.)
-python3 -c 'import os, sys; os.setpgid(0, 0); os.execvp(sys.argv[1], sys.argv[1:])' \
-    etcd --name demo \
-    --data-dir "$WORKDIR/etcd" \
-    --listen-client-urls "http://$ENDPOINT" \
-    --advertise-client-urls "http://$ENDPOINT" \
-    --listen-peer-urls "http://127.0.0.1:$PEER_PORT" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
-    --initial-cluster "demo=http://127.0.0.1:$PEER_PORT" \
-    --heartbeat-interval 100 --election-timeout 1000 \
-    >"$WORKDIR/etcd.log" 2>&1 &
-ETCD_PID=$!
-
-for i in $(seq 1 100); do
-    if etcdctl --endpoints "$ENDPOINT" --command-timeout 1s endpoint health >/dev/null 2>&1; then
-        break
-    fi
-    if ! kill -0 "$ETCD_PID" 2>/dev/null || [ "$i" -eq 100 ]; then
-        tail -n 20 "$WORKDIR/etcd.log" >&2 || true
-        die "etcd did not become healthy"
-    fi
-    sleep 0.1
-done
+start_etcd demo "$WORKDIR" "$CLIENT_PORT" "$PEER_PORT"
 say "etcd is healthy"
 
 # ---------------------------------------------------------------- candidates
