@@ -84,19 +84,23 @@ except Exception:
     print("")' "$1" "$2"
 }
 
-# wait_phase ADDR PHASE TIMEOUT_S [START_NS]: poll a status endpoint until its
-# phase is PHASE. Prints the milliseconds since START_NS (default: now).
+# wait_phase ADDR PHASE TIMEOUT_S START_NS: poll a status endpoint until its
+# phase is PHASE. Prints the milliseconds from START_NS (wall clock) to the
+# phase change as the wrapper stamped it (`since`), so the figure leaves out
+# this poller's own start-up and polling.
 wait_phase() {
     python3 - "$@" <<'PY'
 import json, sys, time, urllib.request
-addr, phase, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
-start = int(sys.argv[4]) if len(sys.argv) > 4 else time.time_ns()
+from datetime import datetime, timezone
+addr, phase, timeout, start = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 deadline = time.monotonic() + timeout
 while time.monotonic() < deadline:
     try:
-        body = urllib.request.urlopen("http://%s/" % addr, timeout=0.5).read()
-        if json.loads(body).get("phase") == phase:
-            print("%.0f" % ((time.time_ns() - start) / 1e6))
+        status = json.loads(urllib.request.urlopen("http://%s/" % addr, timeout=0.5).read())
+        if status.get("phase") == phase:
+            since = datetime.strptime(status["since"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            since_ns = since.replace(tzinfo=timezone.utc).timestamp() * 1e9
+            print("%.0f" % ((since_ns - start) / 1e6))
             sys.exit(0)
     except Exception:
         pass
@@ -159,15 +163,16 @@ start_candidate() { # start_candidate NAME
 }
 
 say "Starting candidate alice (status on ${STATUS[alice]})"
+t0="$(date +%s%N)"
 start_candidate alice
-if ! ms="$(wait_phase "${STATUS[alice]}" running 10)"; then
+if ! ms="$(wait_phase "${STATUS[alice]}" running 10 "$t0")"; then
     die "alice did not become leader within 10 s"
 fi
 say "alice is leading ($ms ms after start)"
 
 say "Starting candidate bob (status on ${STATUS[bob]}); alice already leads, so bob waits"
 start_candidate bob
-wait_phase "${STATUS[bob]}" awaiting 5 >/dev/null || die "bob's status endpoint did not come up"
+wait_phase "${STATUS[bob]}" awaiting 5 "$(date +%s%N)" >/dev/null || die "bob's status endpoint did not come up"
 sleep 2
 
 say "Status endpoints:"
