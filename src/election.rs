@@ -38,8 +38,8 @@ use crate::etcd::{
 /// What the election thread tells `main`.
 #[derive(Debug)]
 pub enum Event {
-    /// A keep-alive (or the grant) sent at `sent` succeeded: the lease lives until at least
-    /// `sent + ttl` on the server.
+    /// A keep-alive (or the grant) sent at `sent` succeeded: the lease was reset to its full
+    /// granted `ttl` and lives until at least `sent + ttl` on the server.
     Renewed { sent: Instant, ttl: Duration },
     /// The identity at the head of the queue, when known.
     Leader(Option<String>),
@@ -246,7 +246,6 @@ impl Election {
             if kv.value() != self.cfg.identity.as_bytes() || kv.lease() == 0 {
                 continue;
             }
-            let sent = Instant::now();
             let ttl = timed(t, c.lease_time_to_live(kv.lease(), None)).await?;
             let usable = ttl.ttl() > 0
                 && Duration::from_secs(ttl.granted_ttl() as u64) > self.cfg.renew_deadline;
@@ -257,7 +256,12 @@ impl Election {
                     kv.lease(),
                     ttl.ttl()
                 );
-                self.renewed(sent, ttl.ttl());
+                // Renew it first, as the grant does for a new lease: `main` times the renew
+                // deadline from a renewal, and what is left of the old life's TTL may be
+                // shorter than that deadline.
+                let sent = Instant::now();
+                timed(t, c.lease_keep_alive(kv.lease())).await?;
+                self.renewed(sent, ttl.granted_ttl());
                 seat = Some(Seat {
                     lease: kv.lease(),
                     ttl: Duration::from_secs(ttl.granted_ttl() as u64),
@@ -478,6 +482,7 @@ impl Election {
             match check.await {
                 Ok((false, _)) => return "our key was deleted (deposed)".to_string(),
                 Ok((true, rev)) => {
+                    self.reachable();
                     let legacy_gone = async {
                         match legacy {
                             Some(l) => wait_deleted(&self.etcd, l.as_bytes(), rev + 1).await,
