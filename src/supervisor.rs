@@ -23,7 +23,7 @@ pub struct Child {
 
 struct Guardian {
     pid: libc::pid_t,
-    /// Closing it (or the wrapper dying) makes the guardian kill the child's group.
+    /// The wrapper dying closes it, and that makes the guardian kill the child's group.
     pipe: libc::c_int,
 }
 
@@ -211,9 +211,15 @@ impl Child {
         // SAFETY: getpgrp has no preconditions.
         hand_terminal(self.pid, unsafe { libc::getpgrp() });
         if let Some(g) = self.guardian.take() {
-            // SAFETY: closing our own pipe end; the guardian then exits and is reaped later.
-            unsafe { libc::close(g.pipe) };
-            debug!("released guardian {}", g.pid);
+            // Killed, not woken by closing its pipe: woken, it would signal the group id, which
+            // is free now and could already name somebody else's group. It is our unreaped
+            // child, so its own pid is still ours to signal.
+            // SAFETY: plain syscalls on our child and our own pipe end.
+            unsafe {
+                libc::kill(g.pid, libc::SIGKILL);
+                libc::close(g.pipe);
+            }
+            debug!("stopped guardian {}", g.pid);
         }
     }
 }
