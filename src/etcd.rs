@@ -78,7 +78,7 @@ pub async fn timed<T>(
     match tokio::time::timeout(limit, f).await {
         Ok(r) => r,
         Err(_) => Err(etcd_client::Error::Internal(format!(
-            "no answer within {limit:?}"
+            "{NO_ANSWER} within {limit:?}"
         ))),
     }
 }
@@ -183,6 +183,7 @@ impl Etcd {
 }
 
 const REPLACED: &str = "connection replaced";
+const NO_ANSWER: &str = "no answer";
 
 /// A watch given up because its connection was replaced: nothing to log or wait for.
 pub fn is_replaced(e: &etcd_client::Error) -> bool {
@@ -191,7 +192,7 @@ pub fn is_replaced(e: &etcd_client::Error) -> bool {
 
 /// A request that timed out: the connection may be blackholed, so it should be rebuilt.
 fn is_silent(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::Internal(m) if m.starts_with("no answer"))
+    matches!(e, etcd_client::Error::Internal(m) if m.starts_with(NO_ANSWER))
 }
 
 pub fn is_lease_not_found(e: &etcd_client::Error) -> bool {
