@@ -111,15 +111,12 @@ struct Election {
 }
 
 async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receiver<()>) {
-    let send = |e| {
-        let _ = tx.send(crate::Event::Election(e));
-    };
     let cfg = Rc::new(cfg);
     let mut el = Election {
         prefix: format!("{}/", cfg.lock_name),
         etcd: Etcd::new(cfg.clone()),
         cfg,
-        tx: tx.clone(),
+        tx,
         lease: None,
         failing: Vec::new(),
     };
@@ -131,20 +128,32 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
     match outcome {
         Some(Outcome::Fatal(why)) => {
             el.resign().await;
-            return send(Event::Fatal(why));
+            return el.send(Event::Fatal(why));
         }
         Some(Outcome::Lost(why)) => {
-            send(Event::Lost(why));
+            el.send(Event::Lost(why));
             // `main` resigns once the child is gone; until then the lease must stay ours.
             let _ = resign.await;
         }
         None => {}
     }
     el.resign().await;
-    send(Event::Resigned);
+    el.send(Event::Resigned);
 }
 
 impl Election {
+    /// Our identity at `key`, bound to `lease`, only if the key does not exist; else reads it.
+    fn put_if_absent(&self, key: &str, lease: i64) -> Txn {
+        Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                self.cfg.identity.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)])
+    }
+
     fn send(&self, e: Event) {
         let _ = self.tx.send(crate::Event::Election(e));
     }
@@ -271,7 +280,7 @@ impl Election {
             } else if ttl.ttl() > 0 {
                 // A second key of ours (or one whose TTL no longer fits our renew deadline)
                 // would only queue us behind ourselves.
-                timed(t, c.lease_revoke(kv.lease())).await?;
+                revoke(c, t, kv.lease()).await?;
             }
         }
         Ok(seat)
@@ -284,15 +293,7 @@ impl Election {
         self.lease = Some(grant.id());
         self.renewed(sent, grant.ttl());
         let key = format!("{}{:x}", self.prefix, grant.id());
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                self.cfg.identity.as_str(),
-                Some(PutOptions::new().with_lease(grant.id())),
-            )])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        let resp = timed(t, c.txn(txn)).await?;
+        let resp = timed(t, c.txn(self.put_if_absent(&key, grant.id()))).await?;
         let revision = match resp.op_responses().first() {
             Some(TxnOpResponse::Get(g)) if !resp.succeeded() => {
                 g.kvs().first().map_or(0, |kv| kv.create_revision())
@@ -343,11 +344,7 @@ impl Election {
                 let ttl = timed(t, c.lease_time_to_live(kv.lease(), None)).await?;
                 if ttl.ttl() > 0 {
                     granted = ttl.granted_ttl();
-                    match timed(t, c.lease_revoke(kv.lease())).await {
-                        Ok(_) => {}
-                        Err(e) if is_lease_not_found(&e) => {}
-                        Err(e) => return Err(e),
-                    }
+                    revoke(c, t, kv.lease()).await?;
                 }
             }
             timed(t, c.delete(kv.key(), None)).await?;
@@ -434,15 +431,7 @@ impl Election {
         if !self.cfg.legacy_lock {
             return Ok(None);
         }
-        let lock = self.cfg.lock_name.as_str();
-        let txn = Txn::new()
-            .when([Compare::create_revision(lock, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                lock,
-                self.cfg.identity.as_str(),
-                Some(PutOptions::new().with_lease(seat.lease)),
-            )])
-            .or_else([TxnOp::get(lock, None)]);
+        let txn = self.put_if_absent(&self.cfg.lock_name, seat.lease);
         let resp = timed(op_timeout(&self.cfg), c.txn(txn)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok(match resp.op_responses().first() {
@@ -631,6 +620,14 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
                 }
             }
         }
+    }
+}
+
+/// Revokes a lease that may have expired (or been revoked) since it was read.
+async fn revoke(c: &mut Client, t: Duration, lease: i64) -> Result<()> {
+    match timed(t, c.lease_revoke(lease)).await {
+        Err(e) if !is_lease_not_found(&e) => Err(e),
+        _ => Ok(()),
     }
 }
 
