@@ -231,7 +231,8 @@ fn answer(method: &str, url: &str, s: &Snapshot) -> (u16, &'static str, String) 
 }
 
 /// Failing: etcd unreachable for longer than the retry period, half the renew deadline gone
-/// without a renewal while leading, or the command being stopped for lost leadership.
+/// without a renewal while leading, or the command's group being stopped (leadership lost, or
+/// the command exited and its leftovers are being stopped: either way the wrapper is ending).
 fn health_problem(s: &Snapshot) -> Option<String> {
     if let Some(t) = s.failing_since.filter(|t| t.elapsed() > s.retry_period) {
         return Some(format!(
@@ -240,7 +241,7 @@ fn health_problem(s: &Snapshot) -> Option<String> {
         ));
     }
     match s.phase {
-        Phase::Stopping => Some("leadership lost; stopping the command".into()),
+        Phase::Stopping => Some("stopping the command's process group".into()),
         Phase::Running => {
             let age = s.last_renewal.map(|(_, t)| t.elapsed());
             age.filter(|a| *a > s.renew_deadline / 2)
