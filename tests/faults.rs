@@ -552,30 +552,6 @@ fn sigterm_during_network_blip_still_resigns_promptly() {
     );
 }
 
-/// Watch for `window`: `pid` (a's child) keeps running, gets no SIGTERM, nobody else starts.
-fn assert_undisturbed(s: &Scene, pid: u32, window: Duration, what: &str) {
-    let until = Instant::now() + window;
-    loop {
-        let p = s.proc_of(pid);
-        assert!(
-            p.end_ns().is_none() && p.term_ns.is_empty(),
-            "{what}: the leader's child was stopped: {p:?}"
-        );
-        let others: Vec<_> = s
-            .mon
-            .running()
-            .into_iter()
-            .filter(|(_, q)| *q != pid)
-            .collect();
-        assert!(others.is_empty(), "{what}: others run: {others:?}");
-        s.mon.assert_no_overlap();
-        if Instant::now() >= until {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Fault 6: members of a 3-member cluster die one at a time (first the member listed first
 /// for the leader, then, after it is back, the raft leader): while a quorum lives the leader's
 /// command keeps running, same process, never signalled; at the end a handover still works.
@@ -602,10 +578,20 @@ fn cluster_member_loss_keeps_the_leader_running() {
     // Windows long enough for a stalled keep-alive to run into the renew deadline.
     s.mark(&format!("kill member {first} ({})", eps[first]));
     s.cluster_mut().kill_member(first);
-    assert_undisturbed(&s, a_pid, RENEW_DEADLINE + LEASE, "follower member killed");
+    s.mon.assert_undisturbed(
+        a_pid,
+        RENEW_DEADLINE + LEASE,
+        "follower member killed",
+        String::new,
+    );
     s.cluster_mut().restart_member(first);
     s.mark(&format!("member {first} restarted"));
-    assert_undisturbed(&s, a_pid, Duration::from_millis(500), "follower restarted");
+    s.mon.assert_undisturbed(
+        a_pid,
+        Duration::from_millis(500),
+        "follower restarted",
+        String::new,
+    );
 
     let raft_leader = s.cluster_mut().raft_leader_index();
     s.mark(&format!(
@@ -613,19 +599,19 @@ fn cluster_member_loss_keeps_the_leader_running() {
         eps[raft_leader]
     ));
     s.cluster_mut().kill_member(raft_leader);
-    assert_undisturbed(
-        &s,
+    s.mon.assert_undisturbed(
         a_pid,
         renew + Duration::from_secs(1),
         "raft leader killed",
+        String::new,
     );
     s.cluster_mut().restart_member(raft_leader);
     s.mark(&format!("member {raft_leader} restarted"));
-    assert_undisturbed(
-        &s,
+    s.mon.assert_undisturbed(
         a_pid,
         Duration::from_millis(500),
         "raft leader restarted",
+        String::new,
     );
 
     // The election still works: a resigns, b takes over at once.
@@ -670,11 +656,11 @@ fn etcd_paused_short_keeps_leader_long_hands_over() {
     std::thread::sleep(Duration::from_millis(500));
     s.etcd().resume();
     s.mark("resumed etcd");
-    assert_undisturbed(
-        &s,
+    s.mon.assert_undisturbed(
         a_pid,
         RENEW_DEADLINE + Duration::from_secs(1),
         "after a 500 ms pause",
+        String::new,
     );
 
     // Long pause: past the TTL.
@@ -802,7 +788,12 @@ fn one_blackholed_member_of_three_keeps_the_leader_running() {
 
     let cut = s.mark(&format!("blackhole proxy 0 ({})", s.proxies[0].endpoint()));
     s.proxies[0].set_mode(Mode::Blackhole);
-    assert_undisturbed(&s, a_pid, 3 * renew, "one of three members blackholed");
+    s.mon.assert_undisturbed(
+        a_pid,
+        3 * renew,
+        "one of three members blackholed",
+        String::new,
+    );
     assert!(
         s.mon.starts().iter().all(|r| r.identity == "a"),
         "someone else started while one member was blackholed:\n{}",

@@ -476,22 +476,9 @@ fn deposed_by_old_forcer_after_a_network_blip() {
 
     // Watch `new_start.pid` for `window`: still running, never signalled, nobody else runs.
     let undisturbed = |window: Duration, what: &str| {
-        let until = std::time::Instant::now() + window;
-        loop {
-            let p = s.mon.procs().into_iter().find(|p| p.pid == new_start.pid);
-            let p = p.expect("our child is logged");
-            assert!(
-                p.end_ns().is_none() && p.term_ns.is_empty(),
-                "{what}: our child was stopped: {p:?}\n{}\nstderr:\n{}",
-                s.timeline(),
-                ours.stderr_text()
-            );
-            assert_eq!(s.mon.running().len(), 1, "{what}:\n{}", s.timeline());
-            if std::time::Instant::now() >= until {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        s.mon.assert_undisturbed(new_start.pid, window, what, || {
+            format!("stderr:\n{}", ours.stderr_text())
+        })
     };
     // The blip, within the renew deadline: 2 s from 1 s after a renewal was answered. The next
     // keep-alive is sent a period (4 s / 3) after that answer, a third of a second into the

@@ -275,6 +275,44 @@ impl Monitor {
         compute_overlaps(&self.lock().procs, monotonic_ns())
     }
 
+    /// Watches `pid` for `window`: it keeps running, never gets SIGTERM, and nothing else runs.
+    /// Panics with the timeline and `context()` (say, a wrapper's stderr) otherwise.
+    pub fn assert_undisturbed(
+        &self,
+        pid: u32,
+        window: Duration,
+        what: &str,
+        context: impl Fn() -> String,
+    ) {
+        let until = Instant::now() + window;
+        loop {
+            let p = self.procs().into_iter().rev().find(|p| p.pid == pid);
+            let p = p.unwrap_or_else(|| panic!("{what}: no logged process {pid}"));
+            assert!(
+                p.end_ns().is_none() && p.term_ns.is_empty(),
+                "{what}: the leader's child was stopped: {p:?}\n{}\n{}",
+                self.timeline(),
+                context()
+            );
+            let others: Vec<_> = self
+                .running()
+                .into_iter()
+                .filter(|(_, q)| *q != pid)
+                .collect();
+            assert!(
+                others.is_empty(),
+                "{what}: others run: {others:?}\n{}\n{}",
+                self.timeline(),
+                context()
+            );
+            self.assert_no_overlap();
+            if Instant::now() >= until {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Panic with a readable timeline if any two identities ever ran at once.
     pub fn assert_no_overlap(&self) {
         let st = self.lock();
