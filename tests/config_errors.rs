@@ -40,29 +40,15 @@ struct Outcome {
 fn run_with(vars: &[(&str, &str)]) -> Outcome {
     let dir = TempDir::new("cfgerr");
     let marker = dir.join("marker");
-    let err_path = dir.join("stderr");
     let mut cmd = common::clean_command(wrapper_bin());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
+    cmd.envs(vars.iter().copied())
         .args(["sh", "-c", r#"touch "$0""#])
         .arg(&marker)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("spawn wrapper");
-    let Some(status) = common::wait_child(&mut child, TIMEOUT) else {
-        common::kill_and_wait(&mut child);
-        panic!(
-            "wrapper did not exit within {TIMEOUT:?} for {vars:?}; stderr:\n{}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        );
-    };
+        .stdin(Stdio::null());
+    let r = common::run(cmd, TIMEOUT);
     Outcome {
-        status,
-        stderr: std::fs::read_to_string(&err_path).unwrap(),
+        status: r.status,
+        stderr: r.stderr,
         ran: Path::new(&marker).exists(),
     }
 }

@@ -6,20 +6,13 @@
 mod common;
 
 use common::candidate::wrapper_bin;
-use common::TempDir;
+use common::{Run, TempDir};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Run {
-    status: ExitStatus,
-    pid: u32,
-    stdout: String,
-    stderr: String,
-}
 
 /// A command whose environment holds no `ETCD_AWAIT_ELECTION_*` variable, whatever the test
 /// process itself inherited.
@@ -29,26 +22,8 @@ fn clean(program: &str) -> Command {
     cmd
 }
 
-/// Runs `cmd` to completion (killed after [`TIMEOUT`]), capturing stdout/stderr in files.
-fn run(mut cmd: Command) -> Run {
-    let dir = TempDir::new("passthrough");
-    let out = std::fs::File::create(dir.join("out")).unwrap();
-    let err = std::fs::File::create(dir.join("err")).unwrap();
-    let mut child = cmd.stdout(out).stderr(err).spawn().expect("spawn");
-    let pid = child.id();
-    let Some(status) = common::wait_child(&mut child, TIMEOUT) else {
-        common::kill_and_wait(&mut child);
-        panic!(
-            "{cmd:?} did not finish within {TIMEOUT:?}; stderr: {}",
-            std::fs::read_to_string(dir.join("err")).unwrap_or_default()
-        );
-    };
-    Run {
-        status,
-        pid,
-        stdout: std::fs::read_to_string(dir.join("out")).unwrap(),
-        stderr: std::fs::read_to_string(dir.join("err")).unwrap(),
-    }
+fn run(cmd: Command) -> Run {
+    common::run(cmd, TIMEOUT)
 }
 
 /// `etcd-await-election ARGS...` with a clean environment.

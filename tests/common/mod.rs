@@ -138,6 +138,37 @@ pub fn clean_command(program: &str) -> Command {
     cmd
 }
 
+/// What a finished [`run`] left: its exit status, pid and output.
+pub struct Run {
+    pub status: ExitStatus,
+    pub pid: u32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion, capturing stdout and stderr in files; panics (with its stderr) if it
+/// has not finished within `timeout`, after killing it.
+pub fn run(mut cmd: Command, timeout: Duration) -> Run {
+    let dir = TempDir::new("run");
+    let out = std::fs::File::create(dir.join("out")).expect("create stdout file");
+    let err = std::fs::File::create(dir.join("err")).expect("create stderr file");
+    let mut child = cmd.stdout(out).stderr(err).spawn().expect("spawn");
+    let pid = child.id();
+    let Some(status) = wait_child(&mut child, timeout) else {
+        kill_and_wait(&mut child);
+        panic!(
+            "{cmd:?} did not finish within {timeout:?}; stderr: {}",
+            std::fs::read_to_string(dir.join("err")).unwrap_or_default()
+        );
+    };
+    Run {
+        status,
+        pid,
+        stdout: std::fs::read_to_string(dir.join("out")).expect("read stdout"),
+        stderr: std::fs::read_to_string(dir.join("err")).expect("read stderr"),
+    }
+}
+
 /// SIGKILL a child and reap it; errors (already dead, already reaped) are ignored.
 pub fn kill_and_wait(child: &mut Child) {
     let _ = child.kill();
