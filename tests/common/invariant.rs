@@ -414,6 +414,10 @@ fn observe(path: &Path, inner: &Inner) {
     let mut file: Option<std::fs::File> = None;
     let mut partial: Vec<u8> = Vec::new();
     let mut watches: Vec<Watch> = Vec::new();
+    // Deaths seen but not yet published: a process writes its records before it dies, so its
+    // death is published only after a read of the log that began after the death was seen.
+    // Otherwise a waiter could see it dead but without its last (`stop`) record.
+    let mut dead: Vec<(Option<usize>, u32, u64)> = Vec::new();
     while !inner.stop.load(Ordering::SeqCst) {
         // 1. New log lines.
         if file.is_none() {
@@ -441,7 +445,8 @@ fn observe(path: &Path, inner: &Inner) {
                 }
             }
         }
-        let mut changed = !new_records.is_empty();
+        let changed = !new_records.is_empty() || !dead.is_empty();
+        let seen_dead = std::mem::take(&mut dead);
         {
             let mut st = inner.state.lock().unwrap();
             for r in new_records {
@@ -463,7 +468,7 @@ fn observe(path: &Path, inner: &Inner) {
                                 pid: r.pid,
                                 proc_idx: Some(idx),
                             }),
-                            Err(_) => st.procs[idx].death_ns = Some(monotonic_ns()),
+                            Err(_) => dead.push((Some(idx), r.pid, monotonic_ns())),
                         }
                     }
                     Kind::Stop | Kind::Term => {
@@ -483,15 +488,14 @@ fn observe(path: &Path, inner: &Inner) {
                 let proc_idx = st.by_pid.get(&pid).copied();
                 match pidfd_open(pid) {
                     Ok(fd) => watches.push(Watch { fd, pid, proc_idx }),
-                    Err(_) => {
-                        let now = monotonic_ns();
-                        st.deaths.insert(pid, now);
-                        if let Some(i) = proc_idx {
-                            st.procs[i].death_ns.get_or_insert(now);
-                        }
-                        changed = true;
-                    }
+                    Err(_) => dead.push((proc_idx, pid, monotonic_ns())),
                 }
+            }
+            for (proc_idx, pid, ns) in seen_dead {
+                if let Some(i) = proc_idx {
+                    st.procs[i].death_ns.get_or_insert(ns);
+                }
+                st.deaths.entry(pid).or_insert(ns);
             }
         }
         // 2. Wait up to 2 ms for any watched process to die.
@@ -512,17 +516,12 @@ fn observe(path: &Path, inner: &Inner) {
         };
         if n > 0 {
             let now = monotonic_ns();
-            let mut st = inner.state.lock().unwrap();
             let mut keep = Vec::with_capacity(watches.len());
             for (w, p) in watches.drain(..).zip(fds.iter()) {
                 if p.revents != 0 {
-                    if let Some(i) = w.proc_idx {
-                        st.procs[i].death_ns.get_or_insert(now);
-                    }
-                    st.deaths.entry(w.pid).or_insert(now);
+                    dead.push((w.proc_idx, w.pid, now));
                     // SAFETY: we own this pidfd.
                     unsafe { libc::close(w.fd) };
-                    changed = true;
                 } else {
                     keep.push(w);
                 }
