@@ -125,8 +125,6 @@ pub struct Config {
     pub force_acquire: bool,
     /// etcd user name and password.
     pub user: Option<(String, Secret)>,
-    /// Also hold the plain key `LOCK_NAME`, the lock of the Go tool we replace, while leading.
-    pub legacy_lock: bool,
 }
 
 /// A password: never printed, not even by `{:?}`.
@@ -167,6 +165,9 @@ fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The least time between the renew deadline and the lease's expiry.
+const MIN_SLACK: Duration = Duration::from_secs(1);
+
 /// `Ok(None)` when no election variable is set at all: the caller should simply `exec`.
 pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, ConfigError> {
     if VARIABLES
@@ -198,12 +199,15 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         None => Duration::from_secs(2),
         Some(v) => parse_duration(&v).map_err(|p| err(RETRY_PERIOD, p))?,
     };
-    if renew_deadline >= Duration::from_secs(lease_ttl as u64) {
+    // The kill budget is half this slack, at most a second: below a second of slack the
+    // command would get SIGKILL within an etcd heartbeat or two of its SIGTERM.
+    if renew_deadline + MIN_SLACK > Duration::from_secs(lease_ttl as u64) {
         return Err(err(
             RENEW_DEADLINE,
             format!(
-                "{renew_deadline:?} must be less than {LEASE_DURATION} ({lease_ttl}s): the leader \
-                 must stop its command before its lease can expire"
+                "{renew_deadline:?} must be at least {MIN_SLACK:?} less than {LEASE_DURATION} \
+                 ({lease_ttl}s): the leader must stop its command, SIGTERM then SIGKILL, \
+                 before its lease can expire"
             ),
         ));
     }
@@ -221,14 +225,14 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
     };
 
     let user = read_user(&get)?;
-    let legacy_lock = match get(LEGACY_LOCK) {
-        None => true,
-        Some(v) => parse_bool(&v).map_err(|p| err(LEGACY_LOCK, p))?,
-    };
+    // Accepted for the Go tool's users: the key `LOCK_NAME` is now always held, as the record
+    // of who may be running the command (see `queue`).
+    if let Some(v) = get(LEGACY_LOCK) {
+        parse_bool(&v).map_err(|p| err(LEGACY_LOCK, p))?;
+    }
 
     Ok(Some(Config {
         user,
-        legacy_lock,
         lock_name,
         identity,
         endpoints,
@@ -487,7 +491,6 @@ mod tests {
         assert_eq!(c.retry_period, Duration::from_secs(2));
         assert_eq!(c.endpoints, vec!["http://127.0.0.1:2379"]);
         assert!(!c.force_acquire);
-        assert!(c.legacy_lock);
     }
 
     #[test]
@@ -513,7 +516,9 @@ mod tests {
     fn renew_deadline_must_be_below_lease() {
         let e = with(&[(LEASE_DURATION, "5"), (RENEW_DEADLINE, "5")]).unwrap_err();
         assert_eq!(e.var, RENEW_DEADLINE);
-        assert!(with(&[(LEASE_DURATION, "5"), (RENEW_DEADLINE, "4900ms")]).is_ok());
+        let e = with(&[(LEASE_DURATION, "5"), (RENEW_DEADLINE, "4900ms")]).unwrap_err();
+        assert_eq!(e.var, RENEW_DEADLINE, "less than a second of kill budget");
+        assert!(with(&[(LEASE_DURATION, "5"), (RENEW_DEADLINE, "4s")]).is_ok());
         let e = with(&[(LEASE_DURATION, "1.5")]).unwrap_err();
         assert_eq!(e.var, LEASE_DURATION);
     }

@@ -1,45 +1,51 @@
 //! The election: etcd's campaign recipe, the lease kept alive, and resignation.
 //!
-//! This module owns the recipe; `etcd` owns the connection. It runs on its own thread, driving
-//! the async `etcd-client` with a single-threaded tokio runtime, and reports to `main` over a
-//! channel: renewals (with the send time of the keep-alive that succeeded), who leads, when this
-//! candidate is elected, and when leadership is lost. It never touches the child process and it does not
-//! decide when the child must stop: `main` enforces the renew deadline from the renewals reported
-//! here, on a clock this thread cannot stall.
+//! This module owns the recipe; `queue` owns the layout of the lock's keys, `force` the request
+//! to yield, `adopt` what a restart finds under its identity, and `etcd` the connection. It runs
+//! on its own thread, driving the async `etcd-client` with a single-threaded tokio runtime, and
+//! reports to `main` over a channel: renewals (with the send time of the keep-alive that
+//! succeeded), who leads, when this candidate is elected, and when leadership is lost. It never
+//! touches the child process and it does not decide when the child must stop: `main` enforces the
+//! renew deadline from the renewals reported here, on a clock this thread cannot stall.
 //!
 //! The recipe is the one of etcd's `concurrency/election.go`, so `etcdctl elect -l LOCK` shows our
 //! leader: a lease; the key `LOCK/<lease id in hex>` holding our identity, created only if absent;
-//! the key with the lowest create revision under `LOCK/` leads; every other candidate watches the
-//! deletion of its immediate predecessor only. Unlike Go's `Campaign`, we check that our own key
-//! still exists before we lead, and requeue if it does not.
+//! the oldest candidate key leads; every other candidate watches the deletion of its immediate
+//! predecessor only. Two rules make it hold against other actors on the lock, and both live in
+//! etcd, not in this process's memory:
 //!
-//! For a rolling upgrade from the Go `etcd-await-election`, whose lock is the plain key `LOCK`
-//! (created if absent, bound to its lease, polled), the winner of the queue also takes `LOCK`
-//! the same way before it leads, waits for its deletion while an old replica holds it, and counts
-//! its deletion while leading as being deposed.
+//! 1. A key vanishing is not its holder having stopped. Whoever runs the command holds the record
+//!    `LOCK`, bound to its lease, which it revokes only once its command's group is empty. The head
+//!    of the queue takes the record only if it is absent, and starts only then; a lease it saw
+//!    ahead of it must be gone as well (keys deleted by hand).
+//! 2. A renewal counts only if etcd can still commit and we still hold our place: each keep-alive
+//!    is confirmed by a linearizable read of our key (and, leading, of the record). A member that
+//!    answers keep-alives with a stalled raft loop (etcd-io/etcd#15247) cannot answer that read.
 
+use std::cell::Cell;
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, GetResponse, KeyValue, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use log::{debug, info, warn};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
+use crate::adopt::{self, Adoption};
 use crate::config::Config;
 use crate::etcd::{
-    describe, fatal, is_lease_not_found, is_replaced, kind, op_timeout, timed, wait_deleted, Etcd,
+    describe, fatal, is_lease_not_found, is_replaced, kind, op_timeout, timed, wait_changed, Etcd,
     Result,
 };
+use crate::force;
+use crate::queue::{identity_of, key_of, unchanged, Keys, Seat, Snapshot};
 
 /// What the election thread tells `main`.
 #[derive(Debug)]
 pub enum Event {
-    /// A keep-alive (or the grant) sent at `sent` succeeded: the lease was reset to its full
-    /// granted `ttl` and lives until at least `sent + ttl` on the server.
+    /// A keep-alive (or the grant) sent at `sent` succeeded and was confirmed: the lease was reset
+    /// to its full granted `ttl` and lives until at least `sent + ttl` on the server.
     Renewed { sent: Instant, ttl: Duration },
     /// The identity at the head of the queue, when known.
     Leader(Option<String>),
@@ -56,6 +62,8 @@ pub enum Event {
     Lost(String),
     /// etcd refused us for good (e.g. credentials): retrying cannot help.
     Fatal(String),
+    /// Another live candidate renews a key under our identity: nothing was started.
+    Twin(String),
     /// The lease is revoked (or could not be, and will expire): the next candidate may start.
     Resigned,
 }
@@ -86,25 +94,43 @@ pub fn spawn(cfg: Config, tx: Sender<crate::Event>) -> std::io::Result<Handle> {
     })
 }
 
-/// Our place in the queue.
-struct Seat {
-    lease: i64,
-    ttl: Duration,
-    key: String,
-    revision: i64,
-}
-
 enum Outcome {
     Lost(String),
     Fatal(String),
+    Twin(String),
+}
+
+/// How often the lease is renewed: a waiter at the lease's pace, a leader at its renew deadline's.
+pub struct Pace {
+    leading: Cell<bool>,
+    changed: Notify,
+}
+
+impl Pace {
+    fn set(&self, leading: bool) {
+        if self.leading.replace(leading) != leading {
+            self.changed.notify_one();
+        }
+    }
+
+    fn period(&self, ttl: Duration, renew_deadline: Duration) -> Duration {
+        if self.leading.get() {
+            ttl.min(renew_deadline) / 3
+        } else {
+            // Within half the renew deadline: once elected, `main` starts the command only
+            // with a renewal inside its deadline, and the next one follows at once.
+            (ttl / 3).min(renew_deadline / 2)
+        }
+    }
 }
 
 struct Election {
     cfg: Rc<Config>,
-    prefix: String,
+    keys: Rc<Keys>,
     etcd: Etcd,
     tx: Sender<crate::Event>,
-    lease: Option<i64>,
+    seat: Option<Seat>,
+    pace: Rc<Pace>,
     /// Causes already logged since etcd last answered: a flapping cause (TLS alerts race the
     /// connection close) is logged once, not on every retry.
     failing: Vec<String>,
@@ -113,27 +139,44 @@ struct Election {
 async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receiver<()>) {
     let cfg = Rc::new(cfg);
     let mut el = Election {
-        prefix: format!("{}/", cfg.lock_name),
+        keys: Rc::new(Keys::new(&cfg.lock_name)),
         etcd: Etcd::new(cfg.clone()),
         cfg,
         tx,
-        lease: None,
+        seat: None,
+        pace: Rc::new(Pace {
+            leading: Cell::new(false),
+            changed: Notify::new(),
+        }),
         failing: Vec::new(),
     };
     let outcome = tokio::select! {
         biased;
         _ = &mut resign => None,
-        o = el.elect_and_lead() => Some(o),
+        o = Box::pin(el.elect_and_lead()) => Some(o),
     };
     match outcome {
         Some(Outcome::Fatal(why)) => {
             el.resign().await;
             return el.send(Event::Fatal(why));
         }
+        Some(Outcome::Twin(why)) => return el.send(Event::Twin(why)),
         Some(Outcome::Lost(why)) => {
             el.send(Event::Lost(why));
-            // `main` resigns once the child is gone; until then the lease must stay ours.
-            let _ = resign.await;
+            // `main` resigns once the child's group is empty; until then the lease stays ours
+            // (and with it the record that keeps everyone else waiting).
+            match &el.seat {
+                Some(seat) => {
+                    let renew = Box::pin(keep_alive(el.keeper(seat)));
+                    tokio::select! {
+                        _ = &mut resign => {}
+                        _ = renew => { let _ = resign.await; }
+                    }
+                }
+                None => {
+                    let _ = resign.await;
+                }
+            }
         }
         None => {}
     }
@@ -142,18 +185,6 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
 }
 
 impl Election {
-    /// Our identity at `key`, bound to `lease`, only if the key does not exist; else reads it.
-    fn put_if_absent(&self, key: &str, lease: i64) -> Txn {
-        Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                self.cfg.identity.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key, None)])
-    }
-
     fn send(&self, e: Event) {
         let _ = self.tx.send(crate::Event::Election(e));
     }
@@ -162,29 +193,52 @@ impl Election {
         self.etcd.client().await
     }
 
+    fn keeper(&self, seat: &Seat) -> Keeper {
+        Keeper {
+            etcd: self.etcd.clone(),
+            keys: self.keys.clone(),
+            lease: seat.lease,
+            own: seat.key.clone(),
+            ttl: seat.ttl,
+            pace: self.pace.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+
     async fn elect_and_lead(&mut self) -> Outcome {
         loop {
+            self.pace.set(false);
             let seat = match self.join().await {
-                Ok(s) => s,
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    return Outcome::Twin(format!(
+                        "{} {:?} is in use by another live candidate (it renews a key under \
+                         this identity); give every candidate its own identity",
+                        crate::config::IDENTITY,
+                        self.cfg.identity
+                    ))
+                }
                 Err(e) => match self.backoff(e).await {
                     Ok(()) => continue,
                     Err(fatal) => return fatal,
                 },
             };
-            let keepalive = keep_alive(self.etcd.clone(), seat.lease, seat.ttl, self.tx.clone());
-            tokio::pin!(keepalive);
+            // Boxed, as the other large futures here: in a debug build their nested states
+            // would overflow the thread's stack.
+            let mut keepalive = Box::pin(keep_alive(self.keeper(&seat)));
             let turn = tokio::select! {
                 why = &mut keepalive => {
                     info!("lost our place in the queue ({why}); joining again");
+                    self.seat = None;
                     continue;
                 }
-                r = async {
-                    // Deposing waits a TTL: inside this select!, so our own lease stays alive.
+                r = Box::pin(async {
                     if self.cfg.force_acquire {
-                        self.depose_ahead_of(&seat).await?;
+                        Box::pin(force::request_yield(&self.etcd, &self.keys, &self.cfg, &seat))
+                            .await?;
                     }
-                    self.wait_turn(&seat).await
-                } => r,
+                    Box::pin(self.wait_turn(&seat)).await
+                }) => r,
             };
             match turn {
                 Ok(true) => {}
@@ -201,6 +255,7 @@ impl Election {
                     Err(fatal) => return fatal,
                 },
             }
+            self.pace.set(true);
             self.send(Event::Leader(Some(self.cfg.identity.clone())));
             self.send(Event::Elected {
                 key: seat.key.clone(),
@@ -209,292 +264,211 @@ impl Election {
             });
             return tokio::select! {
                 why = &mut keepalive => Outcome::Lost(why),
-                why = self.watch_own_key(&seat) => Outcome::Lost(why),
+                why = Box::pin(self.watch_own_key(&seat)) => Outcome::Lost(why),
             };
         }
     }
 
-    /// Takes a seat: adopts the live key our previous life left under our identity (so a
-    /// restarted leader is not queued behind itself), or grants a lease and creates our key.
-    /// Then clears what the Go tool would clear at start: the legacy lock under our identity.
-    async fn join(&mut self) -> Result<Seat> {
+    /// Takes a seat: adopts the key a dead previous life left under our identity (so a restarted
+    /// leader is not queued behind itself), or grants a lease and creates our key. `None`: a live
+    /// twin renews a key under our identity.
+    async fn join(&mut self) -> Result<Option<Seat>> {
         let mut c = self.client().await?;
-        let seat = match self.adopt(&mut c).await? {
-            Some(seat) => seat,
-            None => self.create(&mut c).await?,
+        let seat = match adopt::previous_life(&mut c, &self.keys, &self.cfg).await? {
+            Adoption::Twin => return Ok(None),
+            Adoption::Adopted { seat, sent } => {
+                report_renewal(&self.tx, sent, seat.ttl.as_secs() as i64);
+                seat
+            }
+            Adoption::Nothing => self.create(&mut c).await?,
         };
-        self.lease = Some(seat.lease);
+        self.seat = Some(seat.clone());
         self.reachable();
-        if self.cfg.legacy_lock {
-            let lock = self.cfg.lock_name.as_str();
-            let stale = Txn::new()
-                .when([
-                    Compare::value(lock, CompareOp::Equal, self.cfg.identity.as_str()),
-                    Compare::lease(lock, CompareOp::NotEqual, seat.lease),
-                ])
-                .and_then([TxnOp::delete(lock, None)]);
-            if timed(op_timeout(&self.cfg), c.txn(stale))
-                .await?
-                .succeeded()
-            {
-                info!("deleted {lock} left under our identity by a previous life");
-            }
-        }
-        Ok(seat)
-    }
-
-    async fn adopt(&mut self, c: &mut Client) -> Result<Option<Seat>> {
-        let t = op_timeout(&self.cfg);
-        let existing = timed(
-            t,
-            c.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let mut seat = None;
-        for kv in existing.kvs() {
-            if kv.value() != self.cfg.identity.as_bytes() || kv.lease() == 0 {
-                continue;
-            }
-            let ttl = timed(t, c.lease_time_to_live(kv.lease(), None)).await?;
-            let usable = ttl.ttl() > 0
-                && Duration::from_secs(ttl.granted_ttl() as u64) > self.cfg.renew_deadline;
-            if seat.is_none() && usable {
-                info!(
-                    "adopting {} left by our previous life (lease {:x}, {}s left)",
-                    String::from_utf8_lossy(kv.key()),
-                    kv.lease(),
-                    ttl.ttl()
-                );
-                // Renew it first, as the grant does for a new lease: `main` times the renew
-                // deadline from a renewal, and what is left of the old life's TTL may be
-                // shorter than that deadline.
-                let sent = Instant::now();
-                timed(t, c.lease_keep_alive(kv.lease())).await?;
-                self.renewed(sent, ttl.granted_ttl());
-                seat = Some(Seat {
-                    lease: kv.lease(),
-                    ttl: Duration::from_secs(ttl.granted_ttl() as u64),
-                    key: String::from_utf8_lossy(kv.key()).into_owned(),
-                    revision: kv.create_revision(),
-                });
-            } else if ttl.ttl() > 0 {
-                // A second key of ours (or one whose TTL no longer fits our renew deadline)
-                // would only queue us behind ourselves.
-                revoke(c, t, kv.lease()).await?;
-            }
-        }
-        Ok(seat)
+        Ok(Some(seat))
     }
 
     async fn create(&mut self, c: &mut Client) -> Result<Seat> {
         let t = op_timeout(&self.cfg);
         let sent = Instant::now();
         let grant = timed(t, c.lease_grant(self.cfg.lease_ttl, None)).await?;
-        self.lease = Some(grant.id());
-        self.renewed(sent, grant.ttl());
-        let key = format!("{}{:x}", self.prefix, grant.id());
-        let resp = timed(t, c.txn(self.put_if_absent(&key, grant.id()))).await?;
+        let ttl = Duration::from_secs(grant.ttl() as u64);
+        let key = self.keys.candidate_key(grant.id());
+        // Owned from here on, so that a failure below still revokes it.
+        self.seat = Some(Seat {
+            lease: grant.id(),
+            ttl,
+            key: key.clone(),
+            revision: 0,
+        });
+        let put = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                self.cfg.identity.as_str(),
+                Some(PutOptions::new().with_lease(grant.id())),
+            )])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let resp = timed(t, c.txn(put)).await?;
         let revision = match resp.op_responses().first() {
             Some(TxnOpResponse::Get(g)) if !resp.succeeded() => {
                 g.kvs().first().map_or(0, |kv| kv.create_revision())
             }
             _ => resp.header().map_or(0, |h| h.revision()),
         };
-        debug!(
-            "joined as {key} at revision {revision}, lease ttl {}s",
-            grant.ttl()
-        );
+        // The grant counts as a renewal only once our key exists: see `Keeper::confirm`.
+        report_renewal(&self.tx, sent, grant.ttl());
+        debug!("joined as {key} at revision {revision}, lease ttl {ttl:?}");
         Ok(Seat {
             lease: grant.id(),
-            ttl: Duration::from_secs(grant.ttl() as u64),
+            ttl,
             key,
             revision,
         })
     }
 
-    async fn depose_ahead_of(&mut self, seat: &Seat) -> Result<()> {
-        let t = op_timeout(&self.cfg);
-        let c = &mut self.client().await?;
-        let mut ahead = timed(
-            t,
-            c.get(
-                self.prefix.as_str(),
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_max_create_revision(seat.revision - 1),
-                ),
-            ),
-        )
-        .await?
-        .take_kvs();
-        if self.cfg.legacy_lock {
-            let lock = timed(t, c.get(self.cfg.lock_name.as_str(), None)).await?;
-            ahead.extend(
-                lock.kvs()
-                    .iter()
-                    .filter(|kv| kv.lease() != seat.lease)
-                    .cloned(),
-            );
-        }
-        let mut until = Instant::now();
-        for kv in &ahead {
-            let mut granted = 0;
-            if kv.lease() != 0 {
-                let ttl = timed(t, c.lease_time_to_live(kv.lease(), None)).await?;
-                if ttl.ttl() > 0 {
-                    granted = ttl.granted_ttl();
-                    revoke(c, t, kv.lease()).await?;
-                }
-            }
-            timed(t, c.delete(kv.key(), None)).await?;
-            until = until.max(Instant::now() + Duration::from_secs(granted as u64));
-            warn!(
-                "force acquire: deposed {:?} ({}); starting no earlier than {granted}s from now",
-                String::from_utf8_lossy(kv.value()),
-                String::from_utf8_lossy(kv.key()),
-            );
-        }
-        tokio::time::sleep_until(until.into()).await;
-        Ok(())
-    }
-
-    /// Waits until no key is ahead of ours. `Ok(false)` when our own key is gone.
+    /// Waits until we may lead: no candidate key ahead of ours, the holder record ours, and every
+    /// lease seen ahead of us gone. `Ok(false)` when our own key is gone.
     async fn wait_turn(&mut self, seat: &Seat) -> Result<bool> {
         let t = op_timeout(&self.cfg);
+        // Leases that may have run the command before us: their keys vanishing proves nothing.
+        let mut seen = BTreeSet::new();
+        let mut reported_holder = None;
         loop {
             let mut c = self.client().await?;
-            // One read, one revision: who leads, who is just ahead of us, and are we still here.
-            let head = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Create, SortOrder::Ascend)
-                .with_limit(1);
-            let predecessor = GetOptions::new()
-                .with_prefix()
-                .with_max_create_revision(seat.revision - 1)
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_limit(1);
-            let txn = Txn::new().and_then([
-                TxnOp::get(self.prefix.as_str(), Some(head)),
-                TxnOp::get(self.prefix.as_str(), Some(predecessor)),
-                TxnOp::get(seat.key.as_str(), None),
-            ]);
-            let resp = timed(t, c.txn(txn)).await?;
-            let revision = resp.header().map_or(0, |h| h.revision());
-            let gets: Vec<GetResponse> = resp
-                .op_responses()
-                .into_iter()
-                .filter_map(|r| match r {
-                    TxnOpResponse::Get(g) => Some(g),
-                    _ => None,
-                })
-                .collect();
-            let [head, predecessor, own] = gets.as_slice() else {
-                return Err(etcd_client::Error::Internal("short txn response".into()));
-            };
-            let ours = own
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.create_revision() == seat.revision);
-            if !ours {
+            let snap = Snapshot::read(&mut c, &self.keys, seat, t).await?;
+            if snap.own.is_none() {
                 return Ok(false);
             }
-            let Some(pred) = predecessor.kvs().first() else {
-                let Some((holder, revision)) = self.take_legacy_lock(&mut c, seat).await? else {
-                    return Ok(true);
-                };
-                info!(
-                    "{holder:?} (an old etcd-await-election) holds {}; waiting for it to go",
-                    self.cfg.lock_name
-                );
-                self.send(Event::Leader(Some(holder)));
-                wait_deleted(&self.etcd, self.cfg.lock_name.as_bytes(), revision + 1).await?;
+            let holder = snap.holder.as_ref().filter(|h| h.lease() != seat.lease);
+            let head = holder.or(snap.ahead.first());
+            self.send(Event::Leader(head.map(identity_of)));
+            if let Some(pred) = snap.ahead.last() {
+                seen.insert(pred.lease());
+                debug!("waiting for {} ({}) to go", key_of(pred), identity_of(pred));
+                wait_changed(&self.etcd, pred.key(), snap.revision + 1).await?;
                 continue;
-            };
-            self.send(Event::Leader(head.kvs().first().map(identity_of)));
-            debug!(
-                "waiting for {} ({}) to go",
-                String::from_utf8_lossy(pred.key()),
-                identity_of(pred)
-            );
-            wait_deleted(&self.etcd, pred.key(), revision + 1).await?;
+            }
+            if let Some(h) = holder {
+                seen.insert(h.lease());
+                if reported_holder.replace(h.lease()) != Some(h.lease()) {
+                    info!(
+                        "{:?} holds {} (lease {:x}); waiting for it to stop and let go",
+                        identity_of(h),
+                        self.keys.holder,
+                        h.lease()
+                    );
+                }
+                wait_changed(&self.etcd, self.keys.holder.as_bytes(), snap.revision + 1).await?;
+                continue;
+            }
+            if snap.holder.is_none() && !self.take_record(&mut c, seat, &snap).await? {
+                continue;
+            }
+            seen.remove(&seat.lease);
+            for lease in seen {
+                self.await_lease_gone(&mut c, lease).await?;
+            }
+            return Ok(true);
         }
     }
 
-    /// With the legacy lock on: takes the plain key `LOCK` for our lease, as the Go tool would.
-    /// Returns its holder and the read's revision when someone else has it.
-    async fn take_legacy_lock(
-        &mut self,
-        c: &mut Client,
-        seat: &Seat,
-    ) -> Result<Option<(String, i64)>> {
-        if !self.cfg.legacy_lock {
-            return Ok(None);
+    /// Puts the holder record for our lease, if it is still absent, our key still ours and no
+    /// forcer asked for the lock in between (a request of our own is withdrawn with it).
+    async fn take_record(&mut self, c: &mut Client, seat: &Seat, snap: &Snapshot) -> Result<bool> {
+        let keys = &self.keys;
+        let mut ops = vec![TxnOp::put(
+            keys.holder.as_str(),
+            self.cfg.identity.as_str(),
+            Some(PutOptions::new().with_lease(seat.lease)),
+        )];
+        if snap.yield_request.is_some() {
+            ops.push(TxnOp::delete(keys.yield_request.clone(), None));
         }
-        let txn = self.put_if_absent(&self.cfg.lock_name, seat.lease);
-        let resp = timed(op_timeout(&self.cfg), c.txn(txn)).await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        Ok(match resp.op_responses().first() {
-            Some(TxnOpResponse::Get(g)) => g
-                .kvs()
-                .first()
-                .filter(|kv| kv.lease() != seat.lease)
-                .map(|kv| (identity_of(kv), revision)),
-            _ => None,
-        })
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(seat.key.as_str(), CompareOp::Equal, seat.revision),
+                unchanged(keys.holder.as_str(), None),
+                unchanged(keys.yield_request.clone(), snap.yield_request.as_ref()),
+            ])
+            .and_then(ops);
+        Ok(timed(op_timeout(&self.cfg), c.txn(txn)).await?.succeeded())
     }
 
-    /// Returns why leadership ended: our key (or the legacy lock) was deleted. The keep-alive
-    /// loop reports the rest.
+    /// Waits until `lease` is gone (its holder revoked it, or it expired): a key of it deleted
+    /// by hand leaves its holder running until it notices.
+    async fn await_lease_gone(&mut self, c: &mut Client, lease: i64) -> Result<()> {
+        let mut said = false;
+        loop {
+            match timed(op_timeout(&self.cfg), c.lease_time_to_live(lease, None)).await {
+                Ok(r) if r.ttl() >= 0 => {}
+                Err(e) if !is_lease_not_found(&e) => return Err(e),
+                _ => return Ok(()),
+            }
+            if !said {
+                info!("lease {lease:x} ahead of us still lives though its keys are gone; waiting for it to end");
+                said = true;
+            }
+            tokio::time::sleep(self.cfg.retry_period.min(Duration::from_millis(100))).await;
+        }
+    }
+
+    /// Returns why leadership ended: our key or the holder record deleted or taken, or a forcer
+    /// asking us to yield. The keep-alive loop reports the rest.
     async fn watch_own_key(&mut self, seat: &Seat) -> String {
         let t = op_timeout(&self.cfg);
-        let cfg = self.cfg.clone();
-        let legacy = cfg.legacy_lock.then_some(cfg.lock_name.as_str());
+        let keys = self.keys.clone();
         loop {
             let check = async {
-                let mut ops = vec![TxnOp::get(seat.key.as_str(), None)];
-                ops.extend(legacy.map(|l| TxnOp::get(l, None)));
-                let r = timed(t, self.client().await?.txn(Txn::new().and_then(ops))).await?;
-                let lost = r.op_responses().into_iter().find_map(|op| match op {
-                    TxnOpResponse::Get(g)
-                        if g.kvs().first().is_none_or(|kv| kv.lease() != seat.lease) =>
-                    {
-                        Some(g)
-                    }
-                    _ => None,
-                });
-                Ok::<_, etcd_client::Error>((
-                    lost.is_none(),
-                    r.header().map_or(0, |h| h.revision()),
-                ))
+                let mut c = self.client().await?;
+                let snap = Snapshot::read(&mut c, &keys, seat, t).await?;
+                Ok::<_, etcd_client::Error>((c, snap))
             };
-            match check.await {
-                Ok((false, _)) => return "our key was deleted (deposed)".to_string(),
-                Ok((true, rev)) => {
-                    self.reachable();
-                    let legacy_gone = async {
-                        match legacy {
-                            Some(l) => wait_deleted(&self.etcd, l.as_bytes(), rev + 1).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    let r = tokio::select! {
-                        r = wait_deleted(&self.etcd, seat.key.as_bytes(), rev + 1) => r,
-                        r = legacy_gone => r,
-                    };
-                    match r {
-                        Err(e) if !is_replaced(&e) => {
-                            self.note_failure(&e);
-                            tokio::time::sleep(self.cfg.retry_period).await;
-                        }
-                        // Deleted, or a new connection: read again to tell which.
-                        _ => {}
-                    }
-                }
+            let (mut c, snap) = match check.await {
+                Ok(r) => r,
                 Err(e) => {
                     self.note_failure(&e);
                     tokio::time::sleep(self.cfg.retry_period).await;
+                    continue;
                 }
+            };
+            if snap.own.is_none() {
+                return "our key was deleted (deposed)".to_string();
+            }
+            if snap.holder_lease() != Some(seat.lease) {
+                return format!(
+                    "the holder record {} was deleted or taken (deposed)",
+                    keys.holder
+                );
+            }
+            if let Some(y) = snap
+                .yield_request
+                .as_ref()
+                .filter(|y| y.lease() != seat.lease)
+            {
+                // The acknowledgement: the forcer now waits for our lease to go instead of
+                // fencing us out after its bound. If it fails, the fence is as safe, only slower.
+                let ack = Txn::new()
+                    .when([unchanged(keys.yield_request.clone(), Some(y))])
+                    .and_then([TxnOp::delete(keys.yield_request.clone(), None)]);
+                if let Err(e) = timed(t, c.txn(ack)).await {
+                    debug!("acknowledging the yield request: {e}");
+                }
+                return format!("{:?} asked us to yield (force acquire)", identity_of(y));
+            }
+            self.reachable();
+            let from = snap.revision + 1;
+            let r = tokio::select! {
+                r = wait_changed(&self.etcd, seat.key.as_bytes(), from) => r,
+                r = wait_changed(&self.etcd, keys.holder.as_bytes(), from) => r,
+                r = wait_changed(&self.etcd, &keys.yield_request, from) => r,
+            };
+            match r {
+                Err(e) if !is_replaced(&e) => {
+                    self.note_failure(&e);
+                    tokio::time::sleep(self.cfg.retry_period).await;
+                }
+                // Changed, or a new connection: read again to tell which.
+                _ => {}
             }
         }
     }
@@ -503,7 +477,7 @@ impl Election {
     /// whole TTL. Gives up once the lease would have expired anyway (or after 8 s, within
     /// `main`'s backstop).
     async fn resign(&mut self) {
-        let Some(lease) = self.lease.take() else {
+        let Some(lease) = self.seat.take().map(|s| s.lease) else {
             return;
         };
         let budget = Duration::from_secs(self.cfg.lease_ttl as u64).min(Duration::from_secs(8));
@@ -525,10 +499,6 @@ impl Election {
             self.etcd.after_failure(&e);
             tokio::time::sleep(self.cfg.retry_period).await;
         }
-    }
-
-    fn renewed(&self, sent: Instant, ttl: i64) {
-        report_renewal(&self.tx, sent, ttl);
     }
 
     fn reachable(&mut self) {
@@ -565,50 +535,103 @@ impl Election {
     }
 }
 
+/// What the keep-alive loop needs: our lease, and the keys that must still be ours for a renewal
+/// to count.
+struct Keeper {
+    etcd: Etcd,
+    keys: Rc<Keys>,
+    lease: i64,
+    own: String,
+    ttl: Duration,
+    pace: Rc<Pace>,
+    tx: Sender<crate::Event>,
+}
+
+impl Keeper {
+    /// A linearizable read, after a keep-alive was answered: that etcd can still commit (a
+    /// member with a stalled raft loop answers keep-alives but not this), and that our key (and,
+    /// leading, the holder record) is still bound to our lease. A renewal that fails this check
+    /// does not count: a deposed leader's lease must not seem fresh.
+    async fn confirm(&self, c: &mut Client) -> Result<bool> {
+        let txn = Txn::new().and_then([
+            TxnOp::get(self.own.as_str(), None),
+            TxnOp::get(self.keys.holder.as_str(), None),
+        ]);
+        let resp = c.txn(txn).await?;
+        let ours = |i: usize| match resp.op_responses().get(i) {
+            Some(TxnOpResponse::Get(g)) => {
+                g.kvs().first().is_some_and(|kv| kv.lease() == self.lease)
+            }
+            _ => false,
+        };
+        Ok(ours(0) && (!self.pace.leading.get() || ours(1)))
+    }
+}
+
 /// Keeps the lease alive, one keep-alive in flight at a time so that each success is matched to
 /// its send time. Returns only when the lease is gone.
 ///
-/// The period is a third of the TTL or of the renew deadline, whichever is shorter, and a
-/// keep-alive unanswered for a period is given up and retried on a fresh connection: one lost
-/// answer must not cost the leadership.
-async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Event>) -> String {
-    let period = ttl.min(etcd.cfg.renew_deadline) / 3;
-    let send = |sent: Instant, ttl: i64| report_renewal(&tx, sent, ttl);
+/// A keep-alive unanswered (or unconfirmed) for a period is given up and retried on a fresh
+/// connection: one lost answer must not cost the leadership.
+async fn keep_alive(k: Keeper) -> String {
+    let (lease, rd) = (k.lease, k.etcd.cfg.renew_deadline);
     let failed = |e: &etcd_client::Error| {
         debug!("keep-alive: {e}");
-        let _ = tx.send(crate::Event::Election(Event::Failed {
+        let _ = k.tx.send(crate::Event::Election(Event::Failed {
             renewal: true,
             kind: kind(e),
         }));
-        etcd.after_failure(e);
+        k.etcd.after_failure(e);
+    };
+    let counted = |sent: Instant, ttl: i64, ok: bool| {
+        if ok {
+            report_renewal(&k.tx, sent, ttl);
+        } else {
+            debug!("renewal of lease {lease:x} not counted: our key or the record is gone");
+        }
     };
     loop {
+        let period = k.pace.period(k.ttl, rd);
         let sent = Instant::now();
-        let attempt = async { timed(period, etcd.client().await?.lease_keep_alive(lease)).await };
-        let (mut keeper, mut stream) = match attempt.await {
-            Ok(ks) => ks,
+        let attempt = async {
+            let mut c = k.etcd.client().await?;
+            let ks = c.lease_keep_alive(lease).await?;
+            let ok = k.confirm(&mut c).await?;
+            Ok((ks, ok))
+        };
+        let (mut keeper, mut stream) = match timed(period, attempt).await {
+            Ok((ks, ok)) => {
+                // `lease_keep_alive` already sent one keep-alive and checked its answer.
+                counted(sent, k.ttl.as_secs() as i64, ok);
+                ks
+            }
             Err(e) if is_lease_not_found(&e) => return format!("lease {lease:x} expired"),
             Err(e) => {
                 failed(&e);
                 // Renewing is urgent: the renew deadline runs. Retry well within a period.
-                tokio::time::sleep(etcd.cfg.retry_period.min(period / 4)).await;
+                tokio::time::sleep(k.etcd.cfg.retry_period.min(period / 4)).await;
                 continue;
             }
         };
-        // `lease_keep_alive` already sent one keep-alive and checked its answer.
-        send(sent, ttl.as_secs() as i64);
         loop {
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                _ = tokio::time::sleep(k.pace.period(k.ttl, rd)) => {}
+                // Elected: renew now, at the leader's pace from here on.
+                _ = k.pace.changed.notified() => {}
+            }
+            let period = k.pace.period(k.ttl, rd);
             let sent = Instant::now();
             let answer = timed(period, async {
                 keeper.keep_alive().await?;
-                stream.message().await
+                let r = stream.message().await?;
+                let ok = k.confirm(&mut k.etcd.client().await?).await?;
+                Ok((r, ok))
             })
             .await;
             match answer {
-                Ok(Some(r)) if r.ttl() > 0 => send(sent, r.ttl()),
-                Ok(Some(_)) => return format!("lease {lease:x} expired"),
-                Ok(None) => {
+                Ok((Some(r), ok)) if r.ttl() > 0 => counted(sent, r.ttl(), ok),
+                Ok((Some(_), _)) => return format!("lease {lease:x} expired"),
+                Ok((None, _)) => {
                     failed(&etcd_client::Error::LeaseKeepAliveError(
                         "stream ended".into(),
                     ));
@@ -623,22 +646,10 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, tx: Sender<crate::Eve
     }
 }
 
-/// Revokes a lease that may have expired (or been revoked) since it was read.
-async fn revoke(c: &mut Client, t: Duration, lease: i64) -> Result<()> {
-    match timed(t, c.lease_revoke(lease)).await {
-        Err(e) if !is_lease_not_found(&e) => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// A renewal sent at `sent` succeeded with this TTL (seconds, as etcd reports it).
-fn report_renewal(tx: &Sender<crate::Event>, sent: Instant, ttl: i64) {
+pub fn report_renewal(tx: &Sender<crate::Event>, sent: Instant, ttl: i64) {
     let _ = tx.send(crate::Event::Election(Event::Renewed {
         sent,
         ttl: Duration::from_secs(ttl.max(0) as u64),
     }));
-}
-
-fn identity_of(kv: &KeyValue) -> String {
-    String::from_utf8_lossy(kv.value()).into_owned()
 }

@@ -8,10 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, Identity, TlsOptions, WatchFilterType,
-    WatchOptions,
-};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions, WatchOptions};
 use log::debug;
 use tokio::sync::Notify;
 
@@ -83,16 +80,14 @@ pub async fn timed<T>(
     }
 }
 
-/// Waits for the deletion of `key`, watching from `from` so that a deletion between our read and
-/// the watch is not missed. An error means the stream broke, or its connection was replaced
-/// (a watch on a dead connection would otherwise wait for tonic's HTTP/2 ping to notice): the
-/// caller reads again.
-pub async fn wait_deleted(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
+/// Waits for any change of `key` (deleted, or put again: a holder record re-bound to a fence),
+/// watching from `from` so that a change between our read and the watch is not missed. An error
+/// means the stream broke, or its connection was replaced (a watch on a dead connection would
+/// otherwise wait for tonic's HTTP/2 ping to notice): the caller reads again.
+pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
     let replaced = etcd.replaced.notified();
     let watch = async {
-        let opts = WatchOptions::new()
-            .with_start_revision(from)
-            .with_filters([WatchFilterType::NoPut]);
+        let opts = WatchOptions::new().with_start_revision(from);
         let mut stream = etcd.client().await?.watch(key, Some(opts)).await?;
         while let Some(resp) = stream.message().await? {
             if resp.canceled() {
@@ -101,11 +96,7 @@ pub async fn wait_deleted(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
                     resp.cancel_reason()
                 )));
             }
-            if resp
-                .events()
-                .iter()
-                .any(|e| e.event_type() == EventType::Delete)
-            {
+            if !resp.events().is_empty() {
                 return Ok(());
             }
         }

@@ -5,12 +5,15 @@
 //! start the child, forward a signal, stop the child's group before the lease can expire on the
 //! server, resign, exit. It never talks to etcd itself.
 
+mod adopt;
 mod cli;
 mod config;
 mod election;
 mod etcd;
+mod force;
 mod format;
 mod logging;
+mod queue;
 mod signals;
 mod status;
 mod supervisor;
@@ -38,6 +41,8 @@ mod code {
     /// Leadership was lost (renew deadline passed, lease expired, key deleted): the command was
     /// stopped.
     pub const LOST: i32 = 75;
+    /// Another live candidate renews a key under our identity: identities must be unique.
+    pub const TWIN: i32 = 76;
     /// etcd refused our credentials.
     pub const REFUSED: i32 = 77;
     /// A configuration variable is missing or invalid.
@@ -425,6 +430,10 @@ impl Wrapper {
             E::Fatal(why) => {
                 error!("{why}");
                 self.abandon(state, code::REFUSED)
+            }
+            E::Twin(why) => {
+                error!("{why}");
+                self.abandon(state, code::TWIN)
             }
             E::Resigned => match state {
                 State::Resigning { code, .. } => State::Done(code),

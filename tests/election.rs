@@ -558,7 +558,7 @@ fn restarted_leader_takes_its_place_back() {
 #[test]
 fn force_acquire_deposes_the_leader() {
     let s = Scene::new("election", "force");
-    let mut a = s.cand("a").lease(2).renew("1500ms").spawn();
+    let mut a = s.cand("a").lease(2).renew("1s").spawn();
     let ra = s.start_of(&a);
     s.wait_queued(1);
 
@@ -566,7 +566,7 @@ fn force_acquire_deposes_the_leader() {
     let mut c = s
         .cand("c")
         .lease(2)
-        .renew("1500ms")
+        .renew("1s")
         .force(true)
         .args(&["--print-env"])
         .spawn();

@@ -1,0 +1,112 @@
+//! What a starting candidate finds under its own identity: the key of a dead previous life,
+//! which it adopts so that a restarted leader is not queued behind itself, or the key of a live
+//! twin (a second candidate given the same identity), which it refuses.
+//!
+//! Nothing in etcd tells the two apart but time: a live candidate renews its lease at least
+//! every third of its TTL, a dead one never again. So the remaining TTL is watched (etcd reports
+//! whole seconds) until it rises (renewed: a twin) or shows no renewal for longer than a
+//! keep-alive period (dead). That wait also lets a revoke the previous life sent in its last
+//! moments land before we take its lease over. Leases of ours are never revoked here: one we do
+//! not adopt expires by itself.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+use log::info;
+
+use crate::config::Config;
+use crate::etcd::{op_timeout, timed, Result};
+use crate::queue::{key_of, Keys, Seat};
+
+pub enum Adoption {
+    /// A previous life's seat, renewed at `sent`.
+    Adopted {
+        seat: Seat,
+        sent: Instant,
+    },
+    /// A live candidate renews a key under our identity.
+    Twin,
+    Nothing,
+}
+
+enum Life {
+    Dead { granted: i64 },
+    Twin,
+    Gone,
+}
+
+pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<Adoption> {
+    let t = op_timeout(cfg);
+    let oldest_first = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let existing = timed(t, c.get(keys.prefix.as_str(), Some(oldest_first))).await?;
+    let ours = existing
+        .kvs()
+        .iter()
+        .filter(|kv| keys.is_candidate(kv) && kv.value() == cfg.identity.as_bytes());
+    let mut adopted = None;
+    for kv in ours {
+        let granted = match liveness(c, kv.lease(), t).await? {
+            Life::Twin => return Ok(Adoption::Twin),
+            Life::Gone => continue,
+            Life::Dead { granted } => granted,
+        };
+        // A TTL that no longer fits our renew deadline cannot be led with: it expires by itself.
+        let usable = Duration::from_secs(granted as u64) > cfg.renew_deadline;
+        if adopted.is_some() || !usable {
+            continue;
+        }
+        // Renewed first, as the grant does for a new lease: `main` times the renew deadline
+        // from a renewal.
+        let sent = Instant::now();
+        timed(t, c.lease_keep_alive(kv.lease())).await?;
+        info!(
+            "adopting {} left by our previous life (lease {:x})",
+            key_of(kv),
+            kv.lease()
+        );
+        adopted = Some(Adoption::Adopted {
+            seat: Seat {
+                lease: kv.lease(),
+                ttl: Duration::from_secs(granted as u64),
+                key: key_of(kv),
+                revision: kv.create_revision(),
+            },
+            sent,
+        });
+    }
+    Ok(adopted.unwrap_or(Adoption::Nothing))
+}
+
+/// Watches a lease's remaining TTL once a second until it tells a live holder from a dead one.
+async fn liveness(c: &mut Client, lease: i64, t: Duration) -> Result<Life> {
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        let r = timed(t, c.lease_time_to_live(lease, None)).await?;
+        let (granted, left) = (r.granted_ttl(), r.ttl());
+        if left < 0 {
+            return Ok(Life::Gone);
+        }
+        // Whole seconds, rounded down: without a renewal it never rises.
+        if last.is_some_and(|prev| left > prev) {
+            return Ok(Life::Twin);
+        }
+        // Unrenewed for longer than any keep-alive period of ours (a third of the TTL), with a
+        // second for the rounding and one for a retried keep-alive.
+        let period = granted / 3 + 2;
+        if granted - left >= period {
+            return Ok(Life::Dead { granted });
+        }
+        // A lease that never decays is renewed faster than we can see: a twin as well.
+        if start.elapsed() > Duration::from_secs(period as u64 + 1) {
+            return Ok(Life::Twin);
+        }
+        if last.is_none() {
+            info!("a key under our identity holds lease {lease:x}: telling a previous life from a live twin");
+        }
+        last = Some(left);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,160 @@
+//! The lock's keys in etcd, and what they say: who is in the queue, who holds the lock, and who
+//! asked the holder to yield.
+//!
+//! This module owns the layout; `election` owns the recipe that moves through it, `force` the
+//! request to yield. Three kinds of keys, all under the range starting with `LOCK`:
+//!
+//! - **Candidate keys** `LOCK/<hex lease id>`, bound to that lease, holding the identity: etcd's
+//!   election recipe, so `etcdctl elect -l LOCK` names our leader and `etcdctl lock` interoperates.
+//!   Only a key of exactly this form whose name is its own lease counts: a neighbouring lock
+//!   `LOCK/cron` puts keys (`LOCK/cron/<hex>`) and a record (`LOCK/cron`) under the same prefix, and
+//!   they are not candidates of ours.
+//! - **The holder record** `LOCK`, bound to the lease of whoever may be running the command (the
+//!   Go tool's lock key, with the same meaning, so old replicas respect it). It is bound to the
+//!   holder's lease, and a holder revokes its lease only once its command's group is empty, so
+//!   the record vanishes only when its holder can no longer run: a candidate key vanishing says
+//!   nothing of the kind (an operator's `etcdctl del`, a forcer). Whoever finds it bound to
+//!   another lease waits. A forcer deposing a holder that did not yield re-binds it to a fence
+//!   lease nobody renews, which outlives what the deposed holder may still run.
+//! - **The yield request** `LOCK\0yield`, bound to a forcer's lease. No valid lock name contains a
+//!   control character, so no lock's key has this name, and it lies outside `LOCK/`, where
+//!   `etcdctl elect` and `etcdctl lock` never look.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KeyValue, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
+};
+
+use crate::etcd::{timed, Result};
+
+/// The names of one lock's keys.
+pub struct Keys {
+    /// `LOCK/`: the candidates' prefix.
+    pub prefix: String,
+    /// `LOCK`: the holder record.
+    pub holder: String,
+    /// `LOCK\0yield`: a forcer's request to the holder.
+    pub yield_request: Vec<u8>,
+}
+
+impl Keys {
+    pub fn new(lock: &str) -> Keys {
+        Keys {
+            prefix: format!("{lock}/"),
+            holder: lock.to_string(),
+            yield_request: format!("{lock}\0yield").into_bytes(),
+        }
+    }
+
+    /// A candidate key of this lock: `LOCK/<hex>` where the hex is the key's own lease.
+    pub fn is_candidate(&self, kv: &KeyValue) -> bool {
+        kv.lease() != 0
+            && kv.key().strip_prefix(self.prefix.as_bytes()) == Some(hex(kv.lease()).as_bytes())
+    }
+
+    pub fn candidate_key(&self, lease: i64) -> String {
+        format!("{}{}", self.prefix, hex(lease))
+    }
+}
+
+fn hex(lease: i64) -> String {
+    format!("{lease:x}")
+}
+
+/// Our place in the queue.
+#[derive(Clone, Debug)]
+pub struct Seat {
+    pub lease: i64,
+    /// The TTL etcd granted.
+    pub ttl: Duration,
+    pub key: String,
+    pub revision: i64,
+}
+
+/// One linearizable read of everything a candidate decides on, at one revision.
+pub struct Snapshot {
+    pub revision: i64,
+    /// Candidate keys created before ours, oldest first: the first is the head of the queue.
+    pub ahead: Vec<KeyValue>,
+    /// Our own key, if it still exists with our create revision.
+    pub own: Option<KeyValue>,
+    pub holder: Option<KeyValue>,
+    pub yield_request: Option<KeyValue>,
+}
+
+impl Snapshot {
+    pub async fn read(c: &mut Client, keys: &Keys, seat: &Seat, t: Duration) -> Result<Snapshot> {
+        let ahead = GetOptions::new()
+            .with_prefix()
+            .with_max_create_revision(seat.revision - 1)
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
+        let txn = Txn::new().and_then([
+            TxnOp::get(keys.prefix.as_str(), Some(ahead)),
+            TxnOp::get(seat.key.as_str(), None),
+            TxnOp::get(keys.holder.as_str(), None),
+            TxnOp::get(keys.yield_request.clone(), None),
+        ]);
+        let resp = timed(t, c.txn(txn)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(mut g) => Some(g.take_kvs()),
+            _ => None,
+        });
+        let mut next = || {
+            gets.next()
+                .ok_or_else(|| etcd_client::Error::Internal("short txn response".into()))
+        };
+        let ahead = next()?
+            .into_iter()
+            .filter(|kv| keys.is_candidate(kv))
+            .collect();
+        let own = next()?
+            .into_iter()
+            .find(|kv| kv.create_revision() == seat.revision);
+        let holder = next()?.into_iter().next();
+        let yield_request = next()?.into_iter().next();
+        Ok(Snapshot {
+            revision,
+            ahead,
+            own,
+            holder,
+            yield_request,
+        })
+    }
+
+    /// The lease bound to the holder record, if any.
+    pub fn holder_lease(&self) -> Option<i64> {
+        self.holder.as_ref().map(KeyValue::lease)
+    }
+}
+
+/// Compares that `kv` (as read) is unchanged, or that the key is absent when `kv` is `None`.
+pub fn unchanged(key: impl Into<Vec<u8>>, kv: Option<&KeyValue>) -> Compare {
+    match kv {
+        Some(kv) => Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision()),
+        None => Compare::create_revision(key, CompareOp::Equal, 0),
+    }
+}
+
+pub fn identity_of(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.value()).into_owned()
+}
+
+pub fn key_of(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yield_request_is_no_lock_key_and_outside_the_prefix() {
+        let k = Keys::new("app");
+        assert!(!k.yield_request.starts_with(k.prefix.as_bytes()));
+        assert_ne!(k.yield_request, k.holder.as_bytes());
+        assert_eq!(k.candidate_key(0xabc), "app/abc");
+    }
+}
