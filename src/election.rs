@@ -351,8 +351,14 @@ impl Election {
             if let Some(h) = holder {
                 seen.insert(h.lease());
                 if reported_holder.replace(h.lease()) != Some(h.lease()) {
+                    // Without a candidate key: the Go tool, or a holder whose key was deleted.
+                    let what = if snap.ahead.iter().any(|kv| kv.lease() == h.lease()) {
+                        ""
+                    } else {
+                        " (an old etcd-await-election, or a holder whose key is gone)"
+                    };
                     info!(
-                        "{:?} holds {} (lease {:x}); waiting for it to stop and let go",
+                        "{:?}{what} holds {} (lease {:x}); waiting for it to stop and let go",
                         identity_of(h),
                         self.keys.holder,
                         h.lease()

@@ -344,22 +344,22 @@ fn old_forcing_deposes_new() {
     assert_eq!(spans(&s.mon.overlaps()), spans(&ov), "no further overlap");
 }
 
-/// With ETCD_AWAIT_ELECTION_LEGACY_LOCK=false our leader does not touch `<LOCK>`.
+/// ETCD_AWAIT_ELECTION_LEGACY_LOCK=false is still accepted, but `<LOCK>` is held all the same:
+/// it is the record of who may be running the command, which every candidate respects.
 #[test]
-fn legacy_lock_off() {
+fn legacy_lock_off_still_holds_the_record() {
     let s = Scene::new("legacy", "leg-off");
     let mut ours = s
         .cand("new-0")
         .env("ETCD_AWAIT_ELECTION_LEGACY_LOCK", "false")
         .spawn();
     s.mon.wait_for_start(Some("new-0"), T);
-    assert_eq!(s.queue_leases().len(), 1);
-    assert_eq!(s.legacy_key(), None);
-    // Past a keep-alive period or two, still nothing.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(s.legacy_key(), None);
+    let leases = s.queue_leases();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(s.legacy_key(), Some(("new-0".to_string(), leases[0])));
     assert!(ours.signal(libc::SIGTERM));
     assert_eq!(code(&mut ours), Some(143));
+    assert_eq!(s.legacy_key(), None, "revoked with our lease");
     s.mon.assert_no_overlap();
 }
 
@@ -372,10 +372,12 @@ impl Drop for KeepAlive {
     }
 }
 
-/// `<LOCK>` holds our identity under another, live lease (a previous life of this replica,
-/// old or new): the starting candidate deletes it and leads, as the old tool would.
+/// `<LOCK>` holds our identity under another lease that somebody still renews (an old replica
+/// given our identity, or a twin): a key vanishing, or holding our name, is not its holder having
+/// stopped, so the starting candidate waits for that lease to end and only then leads. (The old
+/// tool deleted it and started at once.)
 #[test]
-fn restart_takeover_of_legacy_key() {
+fn a_renewed_record_under_our_identity_is_waited_out() {
     let s = Scene::new("legacy", "leg-takeover");
     let out = s.etcd.etcdctl(&["lease", "grant", "30"]);
     assert_success(&out, "etcdctl lease grant");
@@ -405,16 +407,21 @@ fn restart_takeover_of_legacy_key() {
     assert_eq!(s.legacy_key(), Some(("new-0".to_string(), other)));
 
     let mut ours = s.cand("new-0").spawn();
+    wait_until(T, "ours to see the holder", || {
+        ours.stderr_text().contains("holds")
+    });
+    // Several keep-alive periods of that lease: nothing moves.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(s.mon.starts().is_empty(), "{}", s.timeline());
+    assert_eq!(s.legacy_key(), Some(("new-0".to_string(), other)));
+    drop(_ka);
+    let out = s.etcd.etcdctl(&["lease", "revoke", &hex]);
+    assert_success(&out, "etcdctl lease revoke");
     s.mon.wait_for_start(Some("new-0"), T);
     let (value, lease) = s.legacy_key().expect("ours holds the legacy key");
     assert_eq!(value, "new-0");
     assert_ne!(lease, other, "still bound to the previous life's lease");
     assert_eq!(vec![lease], s.queue_leases(), "bound to our queue lease");
-    assert!(
-        ours.stderr_text().contains("left under our identity"),
-        "stderr:\n{}",
-        ours.stderr_text()
-    );
     assert!(ours.signal(libc::SIGTERM));
     assert_eq!(code(&mut ours), Some(143));
     s.mon.assert_no_overlap();
