@@ -243,10 +243,6 @@ impl Election {
             match turn {
                 Ok(true) => {}
                 Ok(false) => {
-                    info!(
-                        "our key {} was deleted while we waited; joining again",
-                        seat.key
-                    );
                     self.resign().await;
                     continue;
                 }
@@ -327,7 +323,8 @@ impl Election {
     }
 
     /// Waits until we may lead: no candidate key ahead of ours, the holder record ours, and every
-    /// lease seen ahead of us gone. `Ok(false)` when our own key is gone.
+    /// lease seen ahead of us gone. `Ok(false)`: we must join again (our key is gone, or a forcer
+    /// asked for the lock).
     async fn wait_turn(&mut self, seat: &Seat) -> Result<bool> {
         let t = op_timeout(&self.cfg);
         // Leases that may have run the command before us: their keys vanishing proves nothing.
@@ -337,6 +334,10 @@ impl Election {
             let mut c = self.client().await?;
             let snap = Snapshot::read(&mut c, &self.keys, seat, t).await?;
             if snap.own.is_none() {
+                info!(
+                    "our key {} was deleted while we waited; joining again",
+                    seat.key
+                );
                 return Ok(false);
             }
             let holder = snap.holder.as_ref().filter(|h| h.lease() != seat.lease);
@@ -366,6 +367,19 @@ impl Election {
                 }
                 wait_changed(&self.etcd, self.keys.holder.as_bytes(), snap.revision + 1).await?;
                 continue;
+            }
+            if let Some(y) = snap
+                .yield_request
+                .as_ref()
+                .filter(|y| y.lease() != seat.lease)
+            {
+                if snap.holder.is_none() {
+                    // A forcer behind us asked for the lock before we took it: we go back in
+                    // line behind it, as the waiters it deleted did, rather than start only to
+                    // be asked to yield at once.
+                    info!("{:?} forces the lock; going back in line", identity_of(y));
+                    return Ok(false);
+                }
             }
             if snap.holder.is_none() && !self.take_record(&mut c, seat, &snap).await? {
                 continue;
