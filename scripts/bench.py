@@ -441,7 +441,7 @@ class Bench:
         return env
 
     def launch(self, tool, ident, lock, childlog, ttl=None, renew=None, endpoint=None,
-               child_args=(), retry=None, legacy=None):
+               child_args=(), retry=None, legacy=None, force=False):
         endpoint = endpoint or self.etcd.endpoint
         env = self.env(childlog)
         err = open(os.path.join(self.work, f"{lock}-{ident}.log"), "ab")
@@ -460,6 +460,8 @@ class Bench:
                 env["ETCD_AWAIT_ELECTION_RETRY_PERIOD"] = retry
             if legacy is not None:
                 env["ETCD_AWAIT_ELECTION_LEGACY_LOCK"] = "true" if legacy else "false"
+            if force:
+                env["ETCD_AWAIT_ELECTION_FORCE_ACQUIRE"] = "true"
             argv = [EAE, "--", *cmd]
         else:
             argv = [ETCDCTL, "--endpoints", endpoint, "lock"]
@@ -541,6 +543,39 @@ class Bench:
         stop_proc(cur)
         return {"handover_ms": samples, "signal_to_stop_ms": term_to_stop,
                 "observations": observations}
+
+    # ------------------------------------------------------------------ force switchover
+
+    def switchover(self, rounds, holder_tool, ttl=3):
+        """A forcing candidate of ours takes over from a holder: one of ours (asked to yield: it
+        stops its command through its SIGTERM handler) or `etcdctl lock` (never answers: it is
+        fenced out for its TTL + 1 s, as long as the old design always waited)."""
+        out = {"gap_ms": [], "request_to_stop_ms": [], "stopped_by_term": 0}
+        for i in range(rounds):
+            lock = self.lockname(f"switchover-{holder_tool}")
+            cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
+            holder = self.launch(holder_tool, "h", lock, cl, ttl=ttl, renew="2s", retry="1s")
+            rh = cl.wait("start", "h", 20)
+            if not rh:
+                raise RuntimeError(f"switchover {i}: holder never started")
+            t0 = now_ns()
+            forcer = self.launch("ours", "f", lock, cl, ttl=ttl, renew="2s", retry="1s",
+                                 force=True)
+            if holder_tool == "etcdctl":
+                # etcdctl lock never yields: its command is ended by hand once fenced out.
+                time.sleep(0.2)
+                kill_child_pid(rh[2], signal.SIGTERM)
+            stop = cl.wait("stop", "h", 15)
+            start = cl.wait("start", "f", 2 * ttl + 10)
+            if not (stop and start):
+                raise RuntimeError(f"switchover {i}: did not happen")
+            out["gap_ms"].append((start[3] - stop[3]) / MS)
+            out["request_to_stop_ms"].append((stop[3] - t0) / MS)
+            out["stopped_by_term"] += bool(cl.find("term", "h", t0))
+            kill_child_pid(start[2], signal.SIGTERM)
+            stop_proc(forcer)
+            stop_proc(holder)
+        return out
 
     # ------------------------------------------------------------------ failover (SIGKILL)
 
@@ -1007,7 +1042,8 @@ def main():
     N = {"handover": 5 if q else 30, "sigterm_peer": 2 if q else 5, "failover": 3 if q else 12,
          "failover_peer": 2 if q else 6, "partition": 2 if q else 5, "partition_peer": 1 if q else 3,
          "launch": 5 if q else 20, "idle_window": 5 if q else 20, "scale": 20 if q else 100,
-         "scale_handovers": 3 if q else 10, "hyperfine_runs": 100 if q else 500}
+         "scale_handovers": 3 if q else 10, "hyperfine_runs": 100 if q else 500,
+         "switchover": 3 if q else 12, "switchover_peer": 1 if q else 3}
     only = set(filter(None, args.only.split(",")))
 
     def want(x):
@@ -1052,6 +1088,11 @@ def main():
                 "ours", N["handover"], "sigterm")
             run("handover_sigterm_etcdctl", "handover on wrapper SIGTERM: etcdctl", B.handover,
                 "etcdctl", N["sigterm_peer"], "sigterm")
+        if want("switchover"):
+            run("switchover_ours", "force switchover: holder of ours yields", B.switchover,
+                N["switchover"], "ours")
+            run("switchover_etcdctl", "force switchover: etcdctl lock holder fenced out",
+                B.switchover, N["switchover_peer"], "etcdctl")
         if want("memory"):
             for tool in ("ours", "etcdctl"):
                 run(f"memory_{tool}", f"memory: {tool}", B.memory, tool)
@@ -1176,6 +1217,22 @@ afterwards: {', '.join(R.get('notes', {}).get('handover-sigterm-etcdctl-exit-cod
     summary.append(["Handover when the leader's wrapper gets SIGTERM (next start − old stop), "
                     "p50 / p95", p50p95(so) if so else failed("handover_sigterm_ours"), peer_txt,
                     "–", "p50 ≤ 30 ms", verdict(so and so["p50"] <= 30)])
+
+    # --- force switchover
+    sw, swp = st("switchover_ours", "gap_ms"), st("switchover_etcdctl", "gap_ms")
+    rows += [("force switchover, holder of ours yields (forcer start − old stop)", "ours", sw),
+             ("force switchover: forcer launched → old command's stop", "ours",
+              st("switchover_ours", "request_to_stop_ms")),
+             ("force switchover, holder that never yields: fenced for TTL 3 s + 1 s "
+              "(the old design always waited a TTL)", "ours", swp)]
+    swo = g("switchover_ours")
+    summary.append(["Force acquire: old command's stop → forcer's start, p50 / p95 (the old "
+                    "design waited the deposed lease's TTL: 3 s here, 15 s at the defaults)",
+                    p50p95(sw) if sw else failed("switchover_ours"),
+                    p50p95(swp) if swp else failed("switchover_etcdctl"), "–",
+                    "p50 < 50 ms, old command ends by its SIGTERM handler",
+                    verdict(sw and sw["p50"] < 50 and ok(swo)
+                            and swo["stopped_by_term"] == len(swo["gap_ms"]))])
 
     # --- failover
     fo, fp = st("failover_ours", "failover_minus_ttl_ms"), st("failover_etcdctl",
