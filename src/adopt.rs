@@ -11,7 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
 use log::info;
 
 use crate::config::Config;
@@ -30,7 +32,11 @@ pub enum Adoption {
 }
 
 enum Life {
-    Dead { granted: i64 },
+    /// Unrenewed for longer than a keep-alive period; it would expire by `expiry` at the latest.
+    Dead {
+        granted: i64,
+        expiry: Instant,
+    },
     Twin,
     Gone,
 }
@@ -47,10 +53,10 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         .filter(|kv| keys.is_candidate(kv) && kv.value() == cfg.identity.as_bytes());
     let mut adopted = None;
     for kv in ours {
-        let granted = match liveness(c, kv.lease(), t).await? {
+        let (granted, expiry) = match liveness(c, kv.lease(), t).await? {
             Life::Twin => return Ok(Adoption::Twin),
             Life::Gone => continue,
-            Life::Dead { granted } => granted,
+            Life::Dead { granted, expiry } => (granted, expiry),
         };
         // A TTL that no longer fits our renew deadline cannot be led with: it expires by itself.
         let usable = Duration::from_secs(granted as u64) > cfg.renew_deadline;
@@ -61,17 +67,48 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         // from a renewal.
         let sent = Instant::now();
         timed(t, c.lease_keep_alive(kv.lease())).await?;
+        // Put again, unchanged but for its mod revision: should the previous life be alive after
+        // all (a twin cut off from etcd), it sees that and lets go without revoking the lease.
+        let key = key_of(kv);
+        let again = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                kv.value(),
+                Some(PutOptions::new().with_lease(kv.lease())),
+            )]);
+        let resp = timed(t, c.txn(again)).await?;
+        if !resp.succeeded() {
+            continue;
+        }
+        // If it held the record it may have been running the command: a cut-off life stops it
+        // before its lease could expire, so we start no earlier than that.
+        let record = timed(t, c.get(keys.holder.as_str(), None)).await?;
+        let held = record
+            .kvs()
+            .first()
+            .is_some_and(|h| h.lease() == kv.lease());
         info!(
-            "adopting {} left by our previous life (lease {:x})",
-            key_of(kv),
-            kv.lease()
+            "adopting {key} left by our previous life (lease {:x}){}",
+            kv.lease(),
+            if held {
+                "; it held the lock: leading no earlier than its lease would have expired"
+            } else {
+                ""
+            }
         );
         adopted = Some(Adoption::Adopted {
             seat: Seat {
                 lease: kv.lease(),
                 ttl: Duration::from_secs(granted as u64),
-                key: key_of(kv),
+                key,
                 revision: kv.create_revision(),
+                mod_revision: resp.header().map_or(0, |h| h.revision()),
+                not_before: held.then_some(expiry),
             },
             sent,
         });
@@ -97,7 +134,9 @@ async fn liveness(c: &mut Client, lease: i64, t: Duration) -> Result<Life> {
         // second for the rounding and one for a retried keep-alive.
         let period = granted / 3 + 2;
         if granted - left >= period {
-            return Ok(Life::Dead { granted });
+            // `left` is rounded down: up to a second more.
+            let expiry = Instant::now() + Duration::from_secs(left as u64 + 1);
+            return Ok(Life::Dead { granted, expiry });
         }
         // A lease that never decays is renewed faster than we can see: a twin as well.
         if start.elapsed() > Duration::from_secs(period as u64 + 1) {

@@ -94,6 +94,14 @@ pub fn spawn(cfg: Config, tx: Sender<crate::Event>) -> std::io::Result<Handle> {
     })
 }
 
+enum Turn {
+    Lead,
+    /// Our key is gone, or a forcer asked for the lock: join again.
+    Rejoin,
+    /// Another process with our identity adopted our key.
+    Adopted,
+}
+
 enum Outcome {
     Lost(String),
     Fatal(String),
@@ -199,6 +207,7 @@ impl Election {
             keys: self.keys.clone(),
             lease: seat.lease,
             own: seat.key.clone(),
+            mod_revision: seat.mod_revision,
             ttl: seat.ttl,
             pace: self.pace.clone(),
             tx: self.tx.clone(),
@@ -210,14 +219,7 @@ impl Election {
             self.pace.set(false);
             let seat = match self.join().await {
                 Ok(Some(s)) => s,
-                Ok(None) => {
-                    return Outcome::Twin(format!(
-                        "{} {:?} is in use by another live candidate (it renews a key under \
-                         this identity); give every candidate its own identity",
-                        crate::config::IDENTITY,
-                        self.cfg.identity
-                    ))
-                }
+                Ok(None) => return Outcome::Twin(self.twin()),
                 Err(e) => match self.backoff(e).await {
                     Ok(()) => continue,
                     Err(fatal) => return fatal,
@@ -241,11 +243,13 @@ impl Election {
                 }) => r,
             };
             match turn {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Turn::Lead) => {}
+                Ok(Turn::Rejoin) => {
                     self.resign().await;
                     continue;
                 }
+                // Our lease is another process's now: never revoke it.
+                Ok(Turn::Adopted) => return Outcome::Twin(self.twin()),
                 Err(e) => match self.backoff(e).await {
                     Ok(()) => continue,
                     Err(fatal) => return fatal,
@@ -263,6 +267,16 @@ impl Election {
                 why = Box::pin(self.watch_own_key(&seat)) => Outcome::Lost(why),
             };
         }
+    }
+
+    fn twin(&mut self) -> String {
+        self.seat = None;
+        format!(
+            "{} {:?} is in use by another live candidate (it renews, or adopted, a key under this \
+             identity); give every candidate its own identity",
+            crate::config::IDENTITY,
+            self.cfg.identity
+        )
     }
 
     /// Takes a seat: adopts the key a dead previous life left under our identity (so a restarted
@@ -295,6 +309,8 @@ impl Election {
             ttl,
             key: key.clone(),
             revision: 0,
+            mod_revision: 0,
+            not_before: None,
         });
         let put = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
@@ -305,11 +321,15 @@ impl Election {
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
         let resp = timed(t, c.txn(put)).await?;
-        let revision = match resp.op_responses().first() {
-            Some(TxnOpResponse::Get(g)) if !resp.succeeded() => {
-                g.kvs().first().map_or(0, |kv| kv.create_revision())
+        let (revision, mod_revision) = match resp.op_responses().first() {
+            Some(TxnOpResponse::Get(g)) if !resp.succeeded() => g
+                .kvs()
+                .first()
+                .map_or((0, 0), |kv| (kv.create_revision(), kv.mod_revision())),
+            _ => {
+                let r = resp.header().map_or(0, |h| h.revision());
+                (r, r)
             }
-            _ => resp.header().map_or(0, |h| h.revision()),
         };
         // The grant counts as a renewal only once our key exists: see `Keeper::confirm`.
         report_renewal(&self.tx, sent, grant.ttl());
@@ -319,13 +339,14 @@ impl Election {
             ttl,
             key,
             revision,
+            mod_revision,
+            not_before: None,
         })
     }
 
     /// Waits until we may lead: no candidate key ahead of ours, the holder record ours, and every
-    /// lease seen ahead of us gone. `Ok(false)`: we must join again (our key is gone, or a forcer
-    /// asked for the lock).
-    async fn wait_turn(&mut self, seat: &Seat) -> Result<bool> {
+    /// lease seen ahead of us gone.
+    async fn wait_turn(&mut self, seat: &Seat) -> Result<Turn> {
         let t = op_timeout(&self.cfg);
         // Leases that may have run the command before us: their keys vanishing proves nothing.
         let mut seen = BTreeSet::new();
@@ -333,12 +354,16 @@ impl Election {
         loop {
             let mut c = self.client().await?;
             let snap = Snapshot::read(&mut c, &self.keys, seat, t).await?;
-            if snap.own.is_none() {
-                info!(
-                    "our key {} was deleted while we waited; joining again",
-                    seat.key
-                );
-                return Ok(false);
+            match seat.holds(snap.own.as_ref()) {
+                None => {
+                    info!(
+                        "our key {} was deleted while we waited; joining again",
+                        seat.key
+                    );
+                    return Ok(Turn::Rejoin);
+                }
+                Some(false) => return Ok(Turn::Adopted),
+                Some(true) => {}
             }
             let holder = snap.holder.as_ref().filter(|h| h.lease() != seat.lease);
             let head = holder.or(snap.ahead.first());
@@ -378,7 +403,7 @@ impl Election {
                     // line behind it, as the waiters it deleted did, rather than start only to
                     // be asked to yield at once.
                     info!("{:?} forces the lock; going back in line", identity_of(y));
-                    return Ok(false);
+                    return Ok(Turn::Rejoin);
                 }
             }
             if snap.holder.is_none() && !self.take_record(&mut c, seat, &snap).await? {
@@ -388,7 +413,10 @@ impl Election {
             for lease in seen {
                 self.await_lease_gone(&mut c, lease).await?;
             }
-            return Ok(true);
+            if let Some(t) = seat.not_before {
+                tokio::time::sleep_until(t.into()).await;
+            }
+            return Ok(Turn::Lead);
         }
     }
 
@@ -451,8 +479,18 @@ impl Election {
                     continue;
                 }
             };
-            if snap.own.is_none() {
-                return "our key was deleted (deposed)".to_string();
+            match seat.holds(snap.own.as_ref()) {
+                None => return "our key was deleted (deposed)".to_string(),
+                Some(false) => {
+                    // Our lease is another process's now: stop, and never revoke it.
+                    self.seat = None;
+                    return format!(
+                        "our key was adopted by another process under {} {:?} (a twin)",
+                        crate::config::IDENTITY,
+                        self.cfg.identity
+                    );
+                }
+                Some(true) => {}
             }
             if snap.holder_lease() != Some(seat.lease) {
                 return format!(
@@ -562,6 +600,7 @@ struct Keeper {
     keys: Rc<Keys>,
     lease: i64,
     own: String,
+    mod_revision: i64,
     ttl: Duration,
     pace: Rc<Pace>,
     tx: Sender<crate::Event>,
@@ -578,13 +617,14 @@ impl Keeper {
             TxnOp::get(self.keys.holder.as_str(), None),
         ]);
         let resp = c.txn(txn).await?;
-        let ours = |i: usize| match resp.op_responses().get(i) {
-            Some(TxnOpResponse::Get(g)) => {
-                g.kvs().first().is_some_and(|kv| kv.lease() == self.lease)
-            }
-            _ => false,
+        let kv = |i: usize| match resp.op_responses().get(i) {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+            _ => None,
         };
-        Ok(ours(0) && (!self.pace.leading.get() || ours(1)))
+        let own =
+            kv(0).is_some_and(|o| o.lease() == self.lease && o.mod_revision() == self.mod_revision);
+        let record = kv(1).is_some_and(|h| h.lease() == self.lease);
+        Ok(own && (!self.pace.leading.get() || record))
     }
 }
 

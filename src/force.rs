@@ -10,10 +10,10 @@
 //! A holder of ours acknowledges by deleting the request, stops its command as for any loss of
 //! leadership (SIGTERM, SIGKILL at its kill deadline) while renewing its lease, then revokes it:
 //! the forcer, now at the head of the queue, takes the record within milliseconds. A holder that
-//! does not acknowledge within `RETRY_PERIOD` (a Go replica, an older version, a wrapper cut off
-//! from etcd) is fenced out: its key is deleted and the holder record re-bound to a fresh lease
-//! of the holder's TTL plus a second that nobody renews, so every candidate (the forcer too,
-//! restarted or not) waits until the deposed holder can no longer be running.
+//! does not acknowledge within `RETRY_PERIOD` (an older version, `etcdctl lock`, a wrapper cut off
+//! from etcd) is deposed: its key deleted, and the record bound to the holder's own lease, so that
+//! every candidate (the forcer too, restarted or not) waits until that lease is gone. A Go replica,
+//! which holds the record without a key, is fenced out for its TTL and a second instead.
 //!
 //! Two forcers: the first request stands, and a forcer that finds another's pending request
 //! waits in line as a plain candidate.
@@ -58,6 +58,8 @@ pub async fn request_yield(etcd: &Etcd, keys: &Keys, cfg: &Config, seat: &Seat) 
         // Who runs the command, or may: the lease bound to the record, else the head of the queue.
         let runner = match &snap.holder {
             Some(h) if ours(h) => return Ok(()),
+            // Deposed already (by us, before a restart, or by another forcer): wait as anyone.
+            Some(h) if is_deposal(h) => return Ok(()),
             Some(h) => Runner {
                 lease: h.lease(),
                 identity: identity_of(h),
@@ -108,7 +110,7 @@ pub async fn request_yield(etcd: &Etcd, keys: &Keys, cfg: &Config, seat: &Seat) 
         let bound = since + cfg.retry_period;
         // Nobody to ask (a Go replica holds the record without a key of ours), or no answer.
         if runner.key.is_none() || Instant::now() >= bound {
-            fence(&mut c, keys, cfg, seat, &snap, &runner).await?;
+            depose(&mut c, keys, cfg, seat, &snap, &runner).await?;
             continue;
         }
         let from = snap.revision + 1;
@@ -132,9 +134,22 @@ struct Runner {
     key: Option<KeyValue>,
 }
 
-/// Deposes a holder that did not yield: its key deleted, the record re-bound to a lease that
-/// outlives whatever the holder may still run, and our request withdrawn, in one transaction.
-async fn fence(
+/// Marks the holder record of a deposed holder: its value is no identity, and a forcer that finds
+/// it knows a deposal is in progress.
+const DEPOSED: &str = " (deposed by ";
+
+fn is_deposal(kv: &KeyValue) -> bool {
+    identity_of(kv).contains(DEPOSED)
+}
+
+/// Deposes a holder that did not yield, in one transaction: its candidate key deleted (what an
+/// older wrapper notices), our request withdrawn, and the record bound to the holder's own lease,
+/// so that it vanishes exactly when that lease does: revoked by the holder once its command
+/// stopped, or expired.
+///
+/// A Go replica has no candidate key and learns of its deposal only from its lease: the record is
+/// re-bound to a fence lease nobody renews, of its TTL plus a second, and its lease revoked.
+async fn depose(
     c: &mut Client,
     keys: &Keys,
     cfg: &Config,
@@ -143,31 +158,50 @@ async fn fence(
     runner: &Runner,
 ) -> Result<()> {
     let t = op_timeout(cfg);
-    let ttl = timed(t, c.lease_time_to_live(runner.lease, None)).await?;
-    if ttl.ttl() < 0 {
-        // Gone meanwhile: its keys with it. Read again.
+    let record = format!("{}{DEPOSED}{})", runner.identity, cfg.identity);
+    let guard = [
+        Compare::create_revision(seat.key.as_str(), CompareOp::Equal, seat.revision),
+        unchanged(keys.holder.as_str(), snap.holder.as_ref()),
+        unchanged(keys.yield_request.clone(), snap.yield_request.as_ref()),
+    ];
+    let withdraw = TxnOp::delete(keys.yield_request.clone(), None);
+    if let Some(key) = &runner.key {
+        let txn = Txn::new().when(guard).and_then([
+            TxnOp::put(
+                keys.holder.as_str(),
+                record,
+                Some(PutOptions::new().with_lease(runner.lease)),
+            ),
+            TxnOp::delete(key.key(), None),
+            withdraw,
+        ]);
+        if timed(t, c.txn(txn)).await?.succeeded() {
+            warn!(
+                "force acquire: {:?} ({}) did not yield within {:?}: deposed; waiting for its lease to end",
+                runner.identity,
+                key_of(key),
+                cfg.retry_period,
+            );
+        }
         return Ok(());
     }
-    // A second above its full TTL: its holder renewed at most then, and etcd reports whole
-    // seconds. Never what is left of it, which can read 0 with most of a second to go.
+    let ttl = timed(t, c.lease_time_to_live(runner.lease, None)).await?;
+    if ttl.ttl() < 0 {
+        // Gone meanwhile, and the record with it. Read again.
+        return Ok(());
+    }
+    // A second above its full TTL: etcd reports whole seconds, and what is left of a lease can
+    // read 0 with most of a second to go.
     let granted = ttl.granted_ttl() + 1;
     let fence = timed(t, c.lease_grant(granted, None)).await?;
-    let mut ops = vec![
+    let txn = Txn::new().when(guard).and_then([
         TxnOp::put(
             keys.holder.as_str(),
-            format!("{} (deposed by {})", runner.identity, cfg.identity),
+            record,
             Some(PutOptions::new().with_lease(fence.id())),
         ),
-        TxnOp::delete(keys.yield_request.clone(), None),
-    ];
-    ops.extend(runner.key.iter().map(|kv| TxnOp::delete(kv.key(), None)));
-    let txn = Txn::new()
-        .when([
-            Compare::create_revision(seat.key.as_str(), CompareOp::Equal, seat.revision),
-            unchanged(keys.holder.as_str(), snap.holder.as_ref()),
-            unchanged(keys.yield_request.clone(), snap.yield_request.as_ref()),
-        ])
-        .and_then(ops);
+        withdraw,
+    ]);
     if !timed(t, c.txn(txn)).await?.succeeded() {
         // Changed under us: the fence lease is ours and unused.
         let _ = timed(t, c.lease_revoke(fence.id())).await;
@@ -175,16 +209,11 @@ async fn fence(
     }
     // Counted from now, not from the grant: the transaction may have taken a while to commit.
     let _ = timed(t, c.lease_keep_alive(fence.id())).await;
-    if runner.key.is_none() {
-        // A Go replica (or a holder whose key was deleted by hand) learns it lost the lock from
-        // its lease: the fence already holds everybody back until it can no longer be running.
-        let _ = timed(t, c.lease_revoke(runner.lease)).await;
-    }
+    let _ = timed(t, c.lease_revoke(runner.lease)).await;
     warn!(
-        "force acquire: {:?} ({}) did not yield within {:?}: deposed; the lock is fenced for {granted}s",
-        runner.identity,
-        runner.key.as_ref().map_or_else(|| keys.holder.clone(), key_of),
-        cfg.retry_period,
+        "force acquire: {:?} holds {} without a candidate key (a Go replica): its lease revoked, \
+         the lock fenced for {granted}s",
+        runner.identity, keys.holder,
     );
     Ok(())
 }

@@ -20,7 +20,7 @@
 //!   control character, so no lock's key has this name, and it lies outside `LOCK/`, where
 //!   `etcdctl elect` and `etcdctl lock` never look.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, KeyValue, SortOrder, SortTarget, Txn, TxnOp,
@@ -71,6 +71,17 @@ pub struct Seat {
     pub ttl: Duration,
     pub key: String,
     pub revision: i64,
+    /// Our key's mod revision: another process adopting it (a twin) puts it again.
+    pub mod_revision: i64,
+    /// Adopted from a previous life that may have been running the command: not before then.
+    pub not_before: Option<Instant>,
+}
+
+impl Seat {
+    /// Our key, still ours: present, with our create revision, and not adopted by anybody else.
+    pub fn holds(&self, own: Option<&KeyValue>) -> Option<bool> {
+        own.map(|kv| kv.mod_revision() == self.mod_revision && kv.lease() == self.lease)
+    }
 }
 
 /// One linearizable read of everything a candidate decides on, at one revision.
