@@ -17,7 +17,9 @@
 //! 1. A key vanishing is not its holder having stopped. Whoever runs the command holds the record
 //!    `LOCK`, bound to its lease, which it revokes only once its command's group is empty. The head
 //!    of the queue takes the record only if it is absent, and starts only then; a lease it saw
-//!    ahead of it must be gone as well (keys deleted by hand).
+//!    ahead of it must be gone as well (keys deleted by hand). A leader whose group is empty hands
+//!    the record to the next candidate in the transaction that deletes its key, so a handover
+//!    costs one write.
 //! 2. A renewal counts only if etcd can still commit and we still hold our place: each keep-alive
 //!    is confirmed by a linearizable read of our key (and, leading, of the record). A member that
 //!    answers keep-alives with a stalled raft loop (etcd-io/etcd#15247) cannot answer that read.
@@ -28,7 +30,10 @@ use std::rc::Rc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
+};
 use log::{debug, info, warn};
 use tokio::sync::{oneshot, Notify};
 
@@ -138,6 +143,8 @@ struct Election {
     etcd: Etcd,
     tx: Sender<crate::Event>,
     seat: Option<Seat>,
+    /// We took (or were handed) the record: resigning hands it on.
+    elected: bool,
     pace: Rc<Pace>,
     /// Causes already logged since etcd last answered: a flapping cause (TLS alerts race the
     /// connection close) is logged once, not on every retry.
@@ -152,6 +159,7 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
         cfg,
         tx,
         seat: None,
+        elected: false,
         pace: Rc::new(Pace {
             leading: Cell::new(false),
             changed: Notify::new(),
@@ -256,6 +264,7 @@ impl Election {
                 },
             }
             self.pace.set(true);
+            self.elected = true;
             self.send(Event::Leader(Some(self.cfg.identity.clone())));
             self.send(Event::Elected {
                 key: seat.key.clone(),
@@ -406,12 +415,28 @@ impl Election {
                     return Ok(Turn::Rejoin);
                 }
             }
-            if snap.holder.is_none() && !self.take_record(&mut c, seat, &snap).await? {
-                continue;
-            }
-            seen.remove(&seat.lease);
-            for lease in seen {
-                self.await_lease_gone(&mut c, lease).await?;
+            if snap.holder.is_none() {
+                if !self.take_record(&mut c, seat, &snap).await? {
+                    continue;
+                }
+                seen.remove(&seat.lease);
+                for lease in seen {
+                    self.await_lease_gone(&mut c, lease).await?;
+                }
+            } else {
+                // Handed to us by a holder whose group was empty (or our previous life's,
+                // adopted): nobody ahead of us may still be running. A request to yield we made
+                // is withdrawn.
+                if let Some(y) = snap
+                    .yield_request
+                    .as_ref()
+                    .filter(|y| y.lease() == seat.lease)
+                {
+                    let withdraw = Txn::new()
+                        .when([unchanged(self.keys.yield_request.clone(), Some(y))])
+                        .and_then([TxnOp::delete(self.keys.yield_request.clone(), None)]);
+                    timed(t, c.txn(withdraw)).await?;
+                }
             }
             if let Some(t) = seat.not_before {
                 tokio::time::sleep_until(t.into()).await;
@@ -531,13 +556,22 @@ impl Election {
         }
     }
 
-    /// Revokes our lease, retrying on failure: until it is revoked the next candidate waits a
-    /// whole TTL. Gives up once the lease would have expired anyway (or after 8 s, within
+    /// Gives up our place: a leader hands the record to the next candidate (see `hand_over`),
+    /// then the lease is revoked, retrying on failure: until it is revoked the next candidate
+    /// waits a whole TTL. Gives up once the lease would have expired anyway (or after 8 s, within
     /// `main`'s backstop).
+    ///
+    /// `main` asks for this only once the command's process group is empty.
     async fn resign(&mut self) {
-        let Some(lease) = self.seat.take().map(|s| s.lease) else {
+        let Some(seat) = self.seat.take() else {
             return;
         };
+        if std::mem::take(&mut self.elected) {
+            if let Err(e) = self.hand_over(&seat).await {
+                debug!("handing over: {e}");
+            }
+        }
+        let lease = seat.lease;
         let budget = Duration::from_secs(self.cfg.lease_ttl as u64).min(Duration::from_secs(8));
         let give_up = Instant::now() + budget;
         loop {
@@ -557,6 +591,42 @@ impl Election {
             self.etcd.after_failure(&e);
             tokio::time::sleep(self.cfg.retry_period).await;
         }
+    }
+
+    /// In one transaction, our key deleted and the record bound to the next candidate's lease:
+    /// its watch on our key fires, it reads the record already its own, and starts without a
+    /// write of its own. Only while our key and the record are still ours and it still waits.
+    async fn hand_over(&mut self, seat: &Seat) -> Result<()> {
+        let t = op_timeout(&self.cfg);
+        let keys = &self.keys;
+        let mut c = self.client().await?;
+        let after = GetOptions::new()
+            .with_prefix()
+            .with_min_create_revision(seat.revision + 1)
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(16);
+        let resp = timed(t, c.get(keys.prefix.as_str(), Some(after))).await?;
+        let Some(next) = resp.kvs().iter().find(|kv| keys.is_candidate(kv)) else {
+            return Ok(());
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(seat.key.as_str(), CompareOp::Equal, seat.mod_revision),
+                Compare::lease(keys.holder.as_str(), CompareOp::Equal, seat.lease),
+                Compare::mod_revision(next.key(), CompareOp::Equal, next.mod_revision()),
+            ])
+            .and_then([
+                TxnOp::delete(seat.key.as_str(), None),
+                TxnOp::put(
+                    keys.holder.as_str(),
+                    next.value(),
+                    Some(PutOptions::new().with_lease(next.lease())),
+                ),
+            ]);
+        if timed(t, c.txn(txn)).await?.succeeded() {
+            info!("handed {} to {:?}", keys.holder, identity_of(next));
+        }
+        Ok(())
     }
 
     fn reachable(&mut self) {
