@@ -1,12 +1,40 @@
-//! Log output: level, and text or JSON lines, on stderr.
+//! Log output: level, and text or JSON lines, on stderr — through a path that never blocks the
+//! caller.
 //!
+//! Every log call formats its line and hands it to a bounded queue; one writer thread drains the
+//! queue into stderr. When stderr stops taking lines (a full pipe nobody reads, a stalled
+//! journald, Ctrl-S on a terminal) only the writer thread blocks: the queue fills, further lines
+//! are dropped and counted ([`dropped`], exported in `/metrics`), and the main thread goes on
+//! enforcing its deadlines. The writer says how many lines were lost once stderr moves again.
 //! Under systemd (`JOURNAL_STREAM` set) text lines carry no timestamp, since journald adds its
 //! own. This module does not decide what is logged.
 
 use std::io::Write;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::format::{json_string, rfc3339};
+
+/// Lines waiting for the writer at most; beyond that they are dropped. A few hundred bytes each.
+const QUEUE: usize = 1024;
+
+/// Lines dropped because the queue was full (or the writer thread could not be started).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Lines queued and not yet written: [`flush`] waits for this to reach zero.
+static PENDING: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines lost so far because stderr did not take them in time.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+struct Queued {
+    filter: env_logger::Logger,
+    json: bool,
+    timestamps: bool,
+    tx: SyncSender<String>,
+}
 
 /// `level` is an `env_logger` filter (e.g. `debug` or `info,tonic=warn`); `None` falls back to
 /// `RUST_LOG`, then `info`.
@@ -20,29 +48,96 @@ pub fn init(level: Option<&str>, format: Option<&str>) -> Result<(), String> {
     if let Some(level) = level {
         b.parse_filters(level);
     }
-    let timestamps = std::env::var_os("JOURNAL_STREAM").is_none();
-    b.format(move |buf, r| {
-        let ours = r.target().starts_with(env!("CARGO_CRATE_NAME"));
+    let filter = b.build();
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    std::thread::Builder::new()
+        .name("log".into())
+        .spawn(move || write_lines(rx))
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
+    log::set_max_level(filter.filter());
+    let logger = Queued {
+        filter,
+        json,
+        timestamps: std::env::var_os("JOURNAL_STREAM").is_none(),
+        tx,
+    };
+    log::set_boxed_logger(Box::new(logger)).map_err(|e| e.to_string())
+}
+
+/// Waits up to `limit` for the queued lines to be written (before exiting), never longer: a
+/// stderr that does not take them must not keep the wrapper — and its lease — alive.
+pub fn flush(limit: Duration) {
+    let until = Instant::now() + limit;
+    while PENDING.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The writer thread: the only one that may block on stderr.
+fn write_lines(rx: Receiver<String>) {
+    let mut reported = 0;
+    for line in rx {
+        let mut err = std::io::stderr().lock();
+        let lost = DROPPED.load(Ordering::Relaxed);
+        if lost > reported {
+            let _ = writeln!(
+                err,
+                "WARN  {} log line(s) dropped: stderr did not take them in time",
+                lost - reported
+            );
+            reported = lost;
+        }
+        // A failing stderr (closed) loses the line; there is nowhere else to say so.
+        let _ = err.write_all(line.as_bytes());
+        PENDING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl log::Log for Queued {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.filter.matches(r) {
+            return;
+        }
+        PENDING.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(self.format(r)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                PENDING.fetch_sub(1, Ordering::SeqCst);
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+impl Queued {
+    fn format(&self, r: &log::Record) -> String {
         let msg = r.args().to_string();
-        if json {
-            return writeln!(
-                buf,
-                r#"{{"ts":"{}","level":"{}","target":{},"msg":{}}}"#,
+        if self.json {
+            return format!(
+                "{{\"ts\":\"{}\",\"level\":\"{}\",\"target\":{},\"msg\":{}}}\n",
                 rfc3339(SystemTime::now()),
                 r.level().as_str().to_ascii_lowercase(),
                 json_string(r.target()),
                 json_string(&msg)
             );
         }
-        if timestamps {
-            write!(buf, "{} ", rfc3339(SystemTime::now()))?;
+        let mut line = String::with_capacity(msg.len() + 64);
+        if self.timestamps {
+            line.push_str(&rfc3339(SystemTime::now()));
+            line.push(' ');
         }
+        let ours = r.target().starts_with(env!("CARGO_CRATE_NAME"));
         if ours {
-            writeln!(buf, "{:<5} {msg}", r.level())
+            line.push_str(&format!("{:<5} {msg}\n", r.level()));
         } else {
-            writeln!(buf, "{:<5} {}: {msg}", r.level(), r.target())
+            line.push_str(&format!("{:<5} {}: {msg}\n", r.level(), r.target()));
         }
-    });
-    b.init();
-    Ok(())
+        line
+    }
 }

@@ -12,6 +12,7 @@ mod election;
 mod etcd;
 mod force;
 mod format;
+mod http;
 mod logging;
 mod queue;
 mod signals;
@@ -27,7 +28,7 @@ use log::{error, info, warn};
 
 use config::Config;
 use status::Phase;
-use supervisor::Child;
+use supervisor::{Child, Wait};
 
 /// Exit codes of the wrapper itself; otherwise it exits with the child's code (128+N for a
 /// child killed by signal N).
@@ -36,8 +37,13 @@ mod code {
     pub const WITHDRAWN: i32 = 0;
     /// No command given.
     pub const USAGE: i32 = 64;
-    /// The wrapper's own failure: cannot start a thread, bind the status endpoint, ...
+    /// The wrapper's own failure: cannot start a thread, bind the status endpoint, start the
+    /// guardian ...
     pub const INTERNAL: i32 = 70;
+    /// The command's process group could not be emptied by the kill deadline (a process in
+    /// uninterruptible sleep, a zombie whose parent left the group): the wrapper exits without
+    /// revoking, so its lease expires by itself.
+    pub const STUCK: i32 = 71;
     /// Leadership was lost (renew deadline passed, lease expired, key deleted): the command was
     /// stopped.
     pub const LOST: i32 = 75;
@@ -58,7 +64,24 @@ pub enum Event {
 
 const USAGE: &str = "usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...] (see --help)";
 
+/// How long an exiting wrapper waits for its last log lines to be written. Bounded: a stderr
+/// nobody reads must not keep the process — and its lease — alive.
+const LOG_FLUSH: Duration = Duration::from_millis(250);
+
+/// How often a group being stopped is checked: its members need not be our children, so their
+/// deaths may not be reported to us.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Exits once the queued log lines are out, or [`LOG_FLUSH`] has passed.
+fn quit(code: i32) -> ! {
+    logging::flush(LOG_FLUSH);
+    exit(code)
+}
+
 fn main() {
+    // Before anything else, so that no signal is lost or acted on by default before the signal
+    // thread exists (see `signals`).
+    signals::block();
     let (options, command) = match cli::parse(std::env::args_os().skip(1)) {
         Ok(cli::Action::Help) => {
             print!("{}", cli::help());
@@ -93,13 +116,16 @@ fn main() {
         Ok(cfg) => cfg,
         Err(e) => {
             error!("{e}");
-            exit(code::CONFIG);
+            quit(code::CONFIG);
         }
     };
     let Some(cfg) = cfg else {
         let e = supervisor::exec(&command);
-        error!("cannot run {:?}: {}", command[0], e.error);
-        exit(e.code);
+        error!("cannot run {:?}: {e}", command[0]);
+        quit(match e {
+            supervisor::SpawnError::Exec { code, .. } => code,
+            supervisor::SpawnError::Guardian(_) => code::INTERNAL,
+        });
     };
     if let Err(e) = etcd::check_tls(&cfg) {
         error!(
@@ -108,9 +134,9 @@ fn main() {
             config::KEY,
             config::CACERT
         );
-        exit(code::CONFIG);
+        quit(code::CONFIG);
     }
-    exit(Wrapper::start(cfg, command).run());
+    quit(Wrapper::start(cfg, command).run());
 }
 
 enum State {
@@ -118,10 +144,12 @@ enum State {
     Leading(Child),
     /// Leadership is lost, or the child exited and left processes in its group: the group got
     /// SIGTERM and gets SIGKILL at `kill_at`. Once the child has exited, `exited` holds the code to
-    /// resign with when the whole group is gone.
+    /// resign with when the whole group is gone. A group still not empty at `give_up` cannot be
+    /// emptied: the wrapper exits without resigning.
     Stopping {
         child: Child,
         kill_at: Instant,
+        give_up: Instant,
         killed: bool,
         exited: Option<i32>,
     },
@@ -148,7 +176,7 @@ impl Wrapper {
     fn start(cfg: Config, cmd: Vec<OsString>) -> Wrapper {
         let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
             error!("{what}: {e}");
-            exit(code::INTERNAL)
+            quit(code::INTERNAL)
         };
         supervisor::become_subreaper();
         let (tx, events) = mpsc::channel();
@@ -186,17 +214,18 @@ impl Wrapper {
                 State::Awaiting => None,
                 State::Leading(_) => self.renew_deadline(),
                 // Leftovers of an exited child that are not our children die without a
-                // SIGCHLD to us: poll the group until the kill.
+                // SIGCHLD to us, and so does a killed group: poll it.
                 State::Stopping {
                     kill_at,
-                    killed: false,
+                    give_up,
+                    killed,
                     exited,
                     ..
-                } => Some(match exited {
-                    None => *kill_at,
-                    Some(_) => (*kill_at).min(Instant::now() + Duration::from_millis(10)),
+                } => Some(match (killed, exited) {
+                    (false, None) => *kill_at,
+                    (false, Some(_)) => (*kill_at).min(Instant::now() + POLL),
+                    (true, _) => (*give_up).min(Instant::now() + POLL),
                 }),
-                State::Stopping { killed: true, .. } => None,
                 State::Resigning { until, .. } => Some(*until),
                 State::Done(code) => return *code,
             };
@@ -213,8 +242,9 @@ impl Wrapper {
             };
             state = match (state, event) {
                 (state, Err(RecvTimeoutError::Disconnected)) => {
+                    let next = self.abandon(state, code::INTERNAL);
                     error!("internal channel closed");
-                    self.abandon(state, code::INTERNAL)
+                    next
                 }
                 (state, Err(RecvTimeoutError::Timeout)) => self.on_deadline(state),
                 (state, Ok(Event::Signal(sig))) => self.on_signal(state, sig),
@@ -227,60 +257,37 @@ impl Wrapper {
         self.renewal.map(|(sent, _)| sent + self.cfg.renew_deadline)
     }
 
-    /// When the child must be gone at the latest: the kill needs a moment before the lease can
-    /// expire on the server, at most a second and at most half the slack between renew deadline
-    /// and TTL.
+    /// The kill budget: the kill needs a moment before the lease can expire on the server, at
+    /// most a second and at most half the slack between renew deadline and TTL.
+    fn kill_budget(&self) -> Duration {
+        let ttl = self.renewal.map_or(Duration::ZERO, |(_, ttl)| ttl);
+        let slack = ttl.saturating_sub(self.cfg.renew_deadline);
+        (slack / 2).min(Duration::from_secs(1))
+    }
+
+    /// When the child must be gone at the latest (`s + T − k`).
     fn kill_at(&self) -> Instant {
         let Some((sent, ttl)) = self.renewal else {
             return Instant::now();
         };
-        let slack = ttl.saturating_sub(self.cfg.renew_deadline);
-        sent + ttl - (slack / 2).min(Duration::from_secs(1))
+        sent + ttl - self.kill_budget()
+    }
+
+    /// Stopping the group from now on: SIGKILL at `kill_at`, given up one kill budget later.
+    fn stopping(&self, child: Child, kill_at: Instant, killed: bool, exited: Option<i32>) -> State {
+        State::Stopping {
+            child,
+            kill_at,
+            give_up: kill_at.max(Instant::now()) + self.kill_budget(),
+            killed,
+            exited,
+        }
     }
 
     fn on_deadline(&mut self, state: State) -> State {
         match state {
             State::Leading(child) => self.stop(child, "no lease renewal within the renew deadline"),
-            State::Stopping {
-                child,
-                kill_at,
-                killed,
-                exited,
-            } => {
-                if let Some(code) = exited {
-                    if !child.group_alive() {
-                        child.release();
-                        return self.resign(code);
-                    }
-                }
-                if Instant::now() < kill_at {
-                    return State::Stopping {
-                        child,
-                        kill_at,
-                        killed,
-                        exited,
-                    };
-                }
-                warn!(
-                    "group {} still running as the lease nears expiry: SIGKILL",
-                    child.pid
-                );
-                match exited {
-                    Some(code) => {
-                        child.finish();
-                        self.resign(code)
-                    }
-                    None => {
-                        child.signal_group(libc::SIGKILL);
-                        State::Stopping {
-                            child,
-                            kill_at,
-                            killed: true,
-                            exited,
-                        }
-                    }
-                }
-            }
+            State::Stopping { .. } => self.supervise_stop(state),
             State::Resigning { code, .. } => {
                 warn!("the election thread did not confirm resigning; the lease expires by itself");
                 State::Done(code)
@@ -295,84 +302,160 @@ impl Wrapper {
         }
         match state {
             State::Leading(ref child) | State::Stopping { ref child, .. } => {
+                // Once the child is gone, what it left gets the signal.
+                let to = if let State::Stopping {
+                    exited: Some(_), ..
+                } = state
+                {
+                    child.signal_group(sig);
+                    "group"
+                } else {
+                    child.forward(sig);
+                    "child"
+                };
                 // A terminal being resized sends SIGWINCH in bursts: not worth a line each.
                 let level = if sig == libc::SIGWINCH {
                     log::Level::Debug
                 } else {
                     log::Level::Info
                 };
-                if matches!(
-                    state,
-                    State::Stopping {
-                        exited: Some(_),
-                        ..
-                    }
-                ) {
-                    log::log!(level, "forwarding signal {sig} to group {}", child.pid);
-                    child.signal_group(sig);
-                } else {
-                    log::log!(level, "forwarding signal {sig} to child {}", child.pid);
-                    child.forward(sig);
-                }
+                log::log!(level, "forwarded signal {sig} to {to} {}", child.pid);
                 state
             }
             State::Awaiting if sig == libc::SIGTERM || sig == libc::SIGINT => {
+                let next = self.resign(code::WITHDRAWN);
                 info!("signal {sig} while awaiting leadership: withdrawing");
-                self.resign(code::WITHDRAWN)
+                next
             }
             other => other,
         }
     }
 
     fn on_child_exit(&mut self, state: State) -> State {
-        let pid = match &state {
-            State::Leading(child)
-            | State::Stopping {
-                child,
-                exited: None,
-                ..
-            } => child.pid,
-            // The child is gone already; this may have been the last of what it left.
-            State::Stopping { .. } => return self.on_deadline(state),
-            _ => {
-                supervisor::reap(None);
-                return state;
+        let mut child = match state {
+            State::Leading(child) => child,
+            State::Stopping { .. } => return self.supervise_stop(state),
+            other => {
+                supervisor::reap_orphans();
+                return other;
             }
         };
-        // SIGCHLD also comes for the guardian and for reparented orphans.
-        let Some(status) = supervisor::reap(Some(pid)) else {
-            return state;
+        // SIGCHLD also comes for the guardian (replaced by `reap` if it died) and for
+        // reparented orphans.
+        let status = match child.reap() {
+            Some(Wait::Exited(status)) => status,
+            Some(Wait::Stopped(sig)) => {
+                // Ctrl-Z or SIGSTOP: a stopped leader would hold the lease doing nothing, and
+                // could be resumed by anyone after it lost it. Resume it at once; stopping the
+                // wrapper (SIGTERM, Ctrl-C) is how a leader is put aside.
+                child.signal_group(libc::SIGCONT);
+                warn!(
+                    "child {} was stopped by signal {sig}; resumed its group (a leader cannot be \
+                     suspended: stop the wrapper instead)",
+                    child.pid
+                );
+                return self.check_guardian(child);
+            }
+            None => return self.check_guardian(child),
         };
         self.status.update(|s| s.child_exit_code = Some(status));
-        let (child, code, kill_at, killed) = match state {
-            State::Leading(child) => (child, status, None, false),
-            State::Stopping {
-                child,
-                kill_at,
-                killed,
-                ..
-            } => (child, code::LOST, Some(kill_at), killed),
-            _ => unreachable!("matched above"),
-        };
-        let (lock, identity) = (&self.cfg.lock_name, &self.cfg.identity);
-        if killed || !child.group_alive() {
+        let (lock, identity) = (self.cfg.lock_name.clone(), self.cfg.identity.clone());
+        let pid = child.pid;
+        if !child.group_alive() {
+            child.release();
+            let next = self.resign(status);
             info!("lock={lock} identity={identity}: child {pid} exited with {status}; resigning");
-            child.finish();
-            return self.resign(code);
+            return next;
         }
         // What the child left is stopped like a lost leader's group: SIGTERM now, SIGKILL at the
         // kill deadline, so it can shut down cleanly and still never outlives the lease.
+        child.signal_group(libc::SIGTERM);
+        child.signal_group(libc::SIGCONT);
+        self.set_phase(Phase::Stopping);
+        let next = self.stopping(child, self.kill_at(), false, Some(status));
         info!(
             "lock={lock} identity={identity}: child {pid} exited with {status}; \
              stopping what it left in its group"
         );
-        self.set_phase(Phase::Stopping);
-        child.signal_group(libc::SIGTERM);
+        next
+    }
+
+    /// No guardian, no command: a leader whose dead guardian could not be replaced stops.
+    fn check_guardian(&mut self, child: Child) -> State {
+        if child.guarded() {
+            State::Leading(child)
+        } else {
+            self.stop(child, "no guardian")
+        }
+    }
+
+    /// The group is being stopped: learn whether the child exited, resign once the group is
+    /// empty, SIGKILL it at the kill deadline, give up on it one kill budget later.
+    fn supervise_stop(&mut self, state: State) -> State {
+        let State::Stopping {
+            mut child,
+            kill_at,
+            give_up,
+            mut killed,
+            mut exited,
+        } = state
+        else {
+            return state;
+        };
+        let reaped = child.reap();
+        if let Some(Wait::Stopped(_)) = reaped {
+            // So that the SIGTERM it got can take effect.
+            child.signal_group(libc::SIGCONT);
+        }
+        let mut exit_seen = None;
+        if let (None, Some(Wait::Exited(status))) = (exited, &reaped) {
+            exited = Some(code::LOST);
+            exit_seen = Some(*status);
+            self.status.update(|s| s.child_exit_code = Some(*status));
+        }
+        if let Some(code) = exited {
+            if !child.group_alive() {
+                let pid = child.pid;
+                child.release();
+                let next = self.resign(code);
+                if let Some(status) = exit_seen {
+                    info!("child {pid} exited with {status}; resigning");
+                } else {
+                    info!("group {pid} is empty; resigning");
+                }
+                return next;
+            }
+        }
+        let now = Instant::now();
+        if !killed && now >= kill_at {
+            child.signal_group(libc::SIGKILL);
+            killed = true;
+            warn!(
+                "group {} still running as the lease nears expiry: SIGKILL",
+                child.pid
+            );
+        }
+        if killed && now >= give_up {
+            // Nothing more can be done from here: a process in uninterruptible sleep dies when
+            // it wakes, a zombie whose parent left the group is only the parent's to reap.
+            // Exiting stops the renewals, so the lease expires by itself; the guardian, woken by
+            // our exit, sends the group one last SIGKILL.
+            error!(
+                "lock={} identity={}: group {} cannot be emptied; left: {}; exiting without \
+                 resigning, the lease expires within its TTL",
+                self.cfg.lock_name,
+                self.cfg.identity,
+                child.pid,
+                child.remaining().join(", ")
+            );
+            return State::Done(code::STUCK);
+        }
         State::Stopping {
             child,
-            kill_at: kill_at.unwrap_or_else(|| self.kill_at()),
-            killed: false,
-            exited: Some(code),
+            kill_at,
+            give_up,
+            killed,
+            exited,
         }
     }
 
@@ -428,8 +511,9 @@ impl Wrapper {
                 other => other,
             },
             E::Fatal(why) => {
+                let next = self.abandon(state, code::REFUSED);
                 error!("{why}");
-                self.abandon(state, code::REFUSED)
+                next
             }
             E::Twin(why) => {
                 error!("{why}");
@@ -467,34 +551,39 @@ impl Wrapper {
                 State::Leading(child)
             }
             Err(e) => {
-                error!("cannot run {:?}: {}", self.cmd[0], e.error);
-                self.resign(e.code)
+                let code = match e {
+                    supervisor::SpawnError::Exec { code, .. } => code,
+                    supervisor::SpawnError::Guardian(_) => code::INTERNAL,
+                };
+                let next = self.resign(code);
+                error!("cannot run {:?}: {e}", self.cmd[0]);
+                next
             }
         }
     }
 
     fn stop(&mut self, child: Child, why: &str) -> State {
-        warn!(
-            "lock={} identity={}: leadership lost ({why}); stopping child {}",
-            self.cfg.lock_name, self.cfg.identity, child.pid
-        );
-        self.set_phase(Phase::Stopping);
+        // SIGCONT too, so that a stopped group handles its SIGTERM.
         child.signal_group(libc::SIGTERM);
-        let kill_at = self.kill_at();
-        State::Stopping {
-            child,
-            kill_at,
-            killed: false,
-            exited: None,
-        }
+        child.signal_group(libc::SIGCONT);
+        self.set_phase(Phase::Stopping);
+        let pid = child.pid;
+        let next = self.stopping(child, self.kill_at(), false, None);
+        warn!(
+            "lock={} identity={}: leadership lost ({why}); stopped child {pid} (SIGTERM)",
+            self.cfg.lock_name, self.cfg.identity
+        );
+        next
     }
 
-    /// Ends in whatever state: the child (if any) is killed outright, then we resign.
+    /// Ends in whatever state: the child's group (if any) is killed outright, and we resign
+    /// once it is empty.
     fn abandon(&mut self, state: State, code: i32) -> State {
         match state {
             State::Leading(child) | State::Stopping { child, .. } => {
-                child.finish();
-                self.resign(code)
+                child.signal_group(libc::SIGKILL);
+                self.set_phase(Phase::Stopping);
+                self.stopping(child, Instant::now(), true, Some(code))
             }
             State::Resigning { .. } | State::Awaiting | State::Done(_) => State::Done(code),
         }

@@ -6,15 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use log::debug;
-
 use crate::format::{json_string, rfc3339};
+use crate::http;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -94,113 +90,12 @@ impl Shared {
     }
 }
 
-/// A connection may take this long to send its request head, and again to take the answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longer request heads are refused: nothing we serve needs more.
-const MAX_HEAD: usize = 8 * 1024;
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 32;
-
-/// Binds at once, so a bad or busy address is reported before the election starts.
-///
-/// One request per connection, answered and closed, each on a short-lived thread, with a bounded
-/// head, a time limit and a cap on connections: whatever a client sends or fails to read, memory
-/// and threads stay bounded and other clients are answered. (tiny_http, tried first, reads a
-/// header line without limit and answers from one thread that a non-reading client blocks.)
+/// Binds at once, so a bad or busy address is reported before the election starts; requests
+/// are answered by [`crate::http`] from a copy of the snapshot.
 pub fn serve(addr: &str, snapshot: Shared) -> Result<(), String> {
-    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let active = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("status".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                    continue;
-                }
-                let (snapshot, done) = (snapshot.clone(), active.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("status-conn".into())
-                    .stack_size(64 * 1024)
-                    .spawn(move || {
-                        if let Err(e) = handle(stream, &snapshot) {
-                            debug!("status: {e}");
-                        }
-                        done.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-fn handle(mut stream: TcpStream, snapshot: &Shared) -> std::io::Result<()> {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > MAX_HEAD {
-            return respond(
-                &mut stream,
-                false,
-                431,
-                JSON,
-                r#"{"error":"request too large"}"#,
-            );
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf)? {
-            0 => return Ok(()),
-            n => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut words = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
-    else {
-        return respond(&mut stream, false, 400, JSON, r#"{"error":"bad request"}"#);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return respond(&mut stream, false, 400, JSON, r#"{"error":"bad request"}"#);
-    }
-    let (code, kind, body) = answer(method, target, &snapshot.get());
-    respond(&mut stream, method == "HEAD", code, kind, &body)
-}
-
-fn respond(
-    stream: &mut TcpStream,
-    head_only: bool,
-    code: u16,
-    kind: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if !head_only {
-        out.push_str(body);
-    }
-    stream.write_all(out.as_bytes())?;
-    stream.flush()
+    http::serve(addr, move |method, target| {
+        answer(method, target, &snapshot.get())
+    })
 }
 
 const JSON: &str = "application/json";
@@ -335,6 +230,12 @@ fn metrics(s: &Snapshot) -> String {
         "counter",
         "Failed etcd requests, by kind.",
         &errors,
+    );
+    metric(
+        "log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr did not take them in time.",
+        &one(crate::logging::dropped().to_string()),
     );
     out
 }

@@ -1,0 +1,243 @@
+//! The status endpoint's HTTP server: one request per connection, answered and closed, by one
+//! thread running one `poll(2)` loop over nonblocking sockets.
+//!
+//! It owns the mechanics only (accepting, reading a request head, writing the answer, time and
+//! size limits); what to answer comes from a callback. The design is what keeps it from being
+//! starved: a connection costs a slot and no thread, never more than [`MAX_HEAD`] bytes of head,
+//! and at most [`IO_TIMEOUT`] for the whole exchange. When all [`MAX_CONNECTIONS`] slots are
+//! taken, a new connection evicts the oldest one that has not sent a byte (else the oldest one
+//! still reading its request): clients that connect and send nothing — or a flood of them — only
+//! push each other out, while a probe that sends its request at once is answered within a
+//! round of the loop. Requests that have arrived are answered before new connections are
+//! accepted, so a flood of connects cannot evict a request that is already there. Memory and
+//! threads stay bounded whatever clients do. (A thread per connection, tried before, let 32 idle
+//! clients hold every slot for the whole time limit while probes were turned away.)
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use log::debug;
+
+/// A connection may take this long from accept to having taken its answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longer request heads are refused: nothing we serve needs more.
+const MAX_HEAD: usize = 8 * 1024;
+/// Connections open at once; a new one beyond this evicts an idle one.
+const MAX_CONNECTIONS: usize = 32;
+/// After a failed accept (out of file descriptors), the listener rests this long instead of
+/// waking the loop again at once.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// An answer: status code, content type, body.
+pub type Answer = (u16, &'static str, String);
+
+struct Conn {
+    stream: TcpStream,
+    opened: Instant,
+    head: Vec<u8>,
+    /// The answer and how much of it is written, once the head is complete.
+    out: Option<(Vec<u8>, usize)>,
+}
+
+/// Binds at once, so a bad or busy address is reported before the election starts, then serves
+/// on a thread of its own. `answer(method, target)` must not block.
+pub fn serve(
+    addr: &str,
+    answer: impl Fn(&str, &str) -> Answer + Send + 'static,
+) -> Result<(), String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || run(&listener, &answer))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn run(listener: &TcpListener, answer: &dyn Fn(&str, &str) -> Answer) {
+    let mut conns: Vec<Conn> = Vec::with_capacity(MAX_CONNECTIONS);
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(MAX_CONNECTIONS + 1);
+    let mut resting_until = None;
+    loop {
+        let now = Instant::now();
+        let resting = resting_until.is_some_and(|t| now < t);
+        fds.clear();
+        fds.push(pollfd(
+            listener.as_raw_fd(),
+            if resting { 0 } else { libc::POLLIN },
+        ));
+        for c in &conns {
+            let events = if c.out.is_some() {
+                libc::POLLOUT
+            } else {
+                libc::POLLIN
+            };
+            fds.push(pollfd(c.stream.as_raw_fd(), events));
+        }
+        let next = conns
+            .iter()
+            .map(|c| c.opened + IO_TIMEOUT)
+            .chain(resting_until.filter(|_| resting))
+            .min();
+        let timeout = next.map_or(-1, |t| {
+            let ms = t.saturating_duration_since(now).as_millis() + 1;
+            ms.min(i32::MAX as u128) as i32
+        });
+        // SAFETY: fds is a valid array of fds.len() pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            // EINTR; anything else (ENOMEM) is retried after the backoff rather than spun on.
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                std::thread::sleep(ACCEPT_BACKOFF);
+            }
+            continue;
+        }
+        // Requests that have arrived first: nothing accepted below may evict them.
+        let now = Instant::now();
+        let mut i = 0;
+        conns.retain_mut(|c| {
+            i += 1;
+            let ready = fds[i].revents != 0;
+            (!ready || step(c, answer)) && now < c.opened + IO_TIMEOUT
+        });
+        if fds[0].revents & libc::POLLIN != 0 {
+            resting_until = accept_all(listener, &mut conns, answer);
+        }
+    }
+}
+
+fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Accepts every pending connection, evicting idle ones when the slots are full. Returns when
+/// the listener may be polled again if accepting failed.
+fn accept_all(
+    listener: &TcpListener,
+    conns: &mut Vec<Conn>,
+    answer: &dyn Fn(&str, &str) -> Answer,
+) -> Option<Instant> {
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                debug!("status: accept: {e}");
+                return Some(Instant::now() + ACCEPT_BACKOFF);
+            }
+        };
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
+        if conns.len() >= MAX_CONNECTIONS {
+            let victim = oldest(conns, |c| c.out.is_none() && c.head.is_empty())
+                .or_else(|| oldest(conns, |c| c.out.is_none()))
+                .unwrap_or(0);
+            conns.swap_remove(victim);
+        }
+        let mut c = Conn {
+            stream,
+            opened: Instant::now(),
+            head: Vec::new(),
+            out: None,
+        };
+        // A client usually sends its request right after connecting: it may be here already.
+        if step(&mut c, answer) {
+            conns.push(c);
+        }
+    }
+}
+
+fn oldest(conns: &[Conn], pick: impl Fn(&Conn) -> bool) -> Option<usize> {
+    (0..conns.len())
+        .filter(|&i| pick(&conns[i]))
+        .min_by_key(|&i| conns[i].opened)
+}
+
+/// Reads or writes what the socket takes now. False once the connection is done with.
+fn step(c: &mut Conn, answer: &dyn Fn(&str, &str) -> Answer) -> bool {
+    if c.out.is_none() {
+        let mut buf = [0u8; 1024];
+        loop {
+            match c.stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => c.head.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) => {
+                    debug!("status: {e}");
+                    return false;
+                }
+            }
+            if c.head.windows(4).any(|w| w == b"\r\n\r\n") {
+                c.out = Some((request(&c.head, answer), 0));
+                break;
+            }
+            if c.head.len() > MAX_HEAD {
+                let body = r#"{"error":"request too large"}"#;
+                c.out = Some((response(false, 431, JSON, body), 0));
+                break;
+            }
+        }
+    }
+    let Some((out, written)) = &mut c.out else {
+        return true;
+    };
+    while *written < out.len() {
+        match c.stream.write(&out[*written..]) {
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                debug!("status: {e}");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+const JSON: &str = "application/json";
+
+fn request(head: &[u8], answer: &dyn Fn(&str, &str) -> Answer) -> Vec<u8> {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
+    else {
+        return response(false, 400, JSON, r#"{"error":"bad request"}"#);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return response(false, 400, JSON, r#"{"error":"bad request"}"#);
+    }
+    let (code, kind, body) = answer(method, target);
+    response(method == "HEAD", code, kind, &body)
+}
+
+fn response(head_only: bool, code: u16, kind: &str, body: &str) -> Vec<u8> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_only {
+        out.push_str(body);
+    }
+    out.into_bytes()
+}
