@@ -7,8 +7,10 @@
 
 use super::child::{child_bin, read_records, Kind};
 use super::TempDir;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub fn wrapper_bin() -> &'static str {
@@ -29,6 +31,7 @@ pub struct CandidateBuilder {
     command: Option<String>,
     args: Vec<String>,
     log: Option<PathBuf>,
+    stderr: Option<Arc<OwnedFd>>,
 }
 
 impl CandidateBuilder {
@@ -98,9 +101,20 @@ impl CandidateBuilder {
         self
     }
 
+    /// The wrapper's stderr goes to `fd` (say, a pipe nobody reads) instead of a file.
+    pub fn stderr(mut self, fd: OwnedFd) -> Self {
+        self.stderr = Some(Arc::new(fd));
+        self
+    }
+
     pub fn spawn(self) -> Candidate {
         let dir = TempDir::new(&format!("cand-{}", self.identity));
-        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("create stderr file");
+        let stderr = match &self.stderr {
+            Some(fd) => Stdio::from(fd.try_clone().expect("dup the stderr fd")),
+            None => Stdio::from(
+                std::fs::File::create(dir.join("stderr.log")).expect("create stderr file"),
+            ),
+        };
         let stdout = std::fs::File::create(dir.join("stdout.log")).expect("create stdout file");
         let mut cmd = Command::new(wrapper_bin());
         cmd.arg(self.command.as_deref().unwrap_or(child_bin()))
@@ -181,6 +195,7 @@ impl Candidate {
             command: None,
             args: Vec::new(),
             log: None,
+            stderr: None,
         }
     }
 
