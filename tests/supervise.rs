@@ -1,14 +1,19 @@
 //! The wrapper as a parent: orphans reparented to it are reaped (it is a child subreaper, and
 //! PID 1 in a container), and nothing of a finished command survives into the next leader's turn.
+//! Its grip on the command holds whatever happens to it: a group kill of the wrapper, a setuid
+//! command, a guardian killed early, a group that cannot be emptied, Ctrl-Z, SIGTTOU, and a
+//! signal that arrives before it is ready.
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::candidate::{wrapper_bin, Candidate};
+use common::candidate::{wrapper_bin, Candidate, CandidateBuilder};
 use common::etcd::Etcd;
 use common::procfs::{self, children_of};
+use common::scene::Scene;
 use common::{wait_for, wait_until};
 
 /// The command orphans a short-lived grandchild (its parent subshell exits at once). The orphan
@@ -167,4 +172,345 @@ fn interactive_command_reads_the_terminal() {
         .expect("read output");
     assert!(status.is_some_and(|s| s.success()), "{status:?}: {out}");
     assert!(out.contains("got:hello"), "{out}");
+}
+
+/// The wrapper's guardian: its child that runs the wrapper's own binary.
+fn guardian_of(wrapper: u32, not: Option<u32>) -> Option<u32> {
+    children_of(wrapper).into_iter().find_map(|s| {
+        let pid = s.pid;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        (exe.ends_with("etcd-await-election") && Some(pid) != not).then_some(pid)
+    })
+}
+
+/// Process group and session of `pid`, from `/proc/PID/stat`.
+fn group_and_session(pid: u32) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace().skip(2);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+/// Effective uid of `pid`, from `/proc/PID/status`.
+fn euid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// A leader and a follower on one scene; returns the leader and the pids of its command's
+/// processes once all `procs` of them have started.
+fn leader_with_follower(s: &Scene, a: CandidateBuilder, procs: usize) -> (Candidate, Candidate) {
+    let a = a.spawn();
+    s.mon.wait_for_start(Some("a"), Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), "all of a's processes", || {
+        s.mon.starts().iter().filter(|r| r.identity == "a").count() == procs
+    });
+    let b = s.candidate("b", 3, "2s", "250ms").spawn();
+    wait_until(Duration::from_secs(10), "b queued", || {
+        s.etcd.get_prefix_keys(&format!("{}/", s.lock)).len() == 2
+    });
+    (a, b)
+}
+
+/// `kill -9 -- -PGID` of a leading wrapper (a shell's `kill -9 %1`) hits the wrapper but not its
+/// guardian, which lives in a session of its own: the command and its grandchildren are all dead
+/// before the follower starts.
+#[test]
+fn group_kill_of_a_leading_wrapper_leaves_nothing_of_its_command() {
+    let s = Scene::new("supervise", "group-kill");
+    let a = s.candidate("a", 3, "2s", "250ms").args(&["--fork", "2"]);
+    let (mut a, _b) = leader_with_follower(&s, a, 3);
+    let wrapper = a.pid();
+    let guardian = wait_for(Duration::from_secs(5), "the guardian", || {
+        guardian_of(wrapper, None)
+    });
+    let (group, session) = group_and_session(guardian).expect("the guardian's stat");
+    assert_eq!(
+        (group, session),
+        (guardian, guardian),
+        "the guardian leads a session of its own"
+    );
+    let tree: Vec<u32> = s.mon.starts().iter().map(|r| r.pid).collect();
+
+    // SAFETY: kill(2) on the wrapper's process group (the candidate leads its own).
+    assert_eq!(unsafe { libc::kill(-(wrapper as i32), libc::SIGKILL) }, 0);
+    a.kill9();
+    let rb = s.mon.wait_for_start(Some("b"), Duration::from_secs(15));
+    for pid in &tree {
+        let death = s.mon.wait_until_dead(*pid, Duration::from_secs(1));
+        assert!(death < rb.ns, "a's process {pid} outlived b's start");
+    }
+    s.mon.assert_no_overlap();
+}
+
+/// A setuid command clears `PR_SET_PDEATHSIG` at exec; it still dies with its SIGKILLed wrapper
+/// (here by a group kill), because the guardian learned its group before the exec.
+#[test]
+fn a_setuid_command_dies_with_its_sigkilled_wrapper() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let s = Scene::new("supervise", "setuid");
+    // A setuid copy of the test child, owned by nobody; its records go to a log it may write.
+    let bin = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("eae-test-child-setuid-{}", std::process::id()));
+    let _ = std::fs::remove_file(&bin);
+    std::fs::copy(common::child::child_bin(), &bin).expect("copy the test child");
+    let _cleanup = RemoveOnDrop(bin.clone());
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(&bin, Some(65534), Some(65534)).expect("chown to nobody");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o4755)).expect("chmod u+s");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&s.log)
+        .expect("create the record log");
+    log.set_permissions(std::fs::Permissions::from_mode(0o666))
+        .expect("chmod the record log");
+    let a = s
+        .candidate("a", 3, "2s", "250ms")
+        .command(bin.to_str().expect("utf-8 path"));
+    let (mut a, _b) = leader_with_follower(&s, a, 1);
+    let child = s.mon.starts()[0].pid;
+    assert_eq!(euid(child), Some(65534), "the command runs setuid");
+
+    let wrapper = a.pid();
+    // SAFETY: kill(2) on the wrapper's process group (the candidate leads its own).
+    assert_eq!(unsafe { libc::kill(-(wrapper as i32), libc::SIGKILL) }, 0);
+    let killed = common::child::monotonic_ns();
+    a.kill9();
+    let death = s.mon.wait_until_dead(child, Duration::from_secs(3));
+    assert!(
+        death - killed < 1_000_000_000,
+        "the setuid command outlived its wrapper by {} ms",
+        (death - killed) / 1_000_000
+    );
+    let rb = s.mon.wait_for_start(Some("b"), Duration::from_secs(15));
+    assert!(death < rb.ns);
+    s.mon.assert_no_overlap();
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A guardian killed early (the OOM killer, an administrator) is replaced at once by a new one
+/// in its own session; the command keeps running undisturbed, and a group kill of the wrapper
+/// afterwards still takes the command along.
+#[test]
+fn a_guardian_killed_early_is_replaced() {
+    let s = Scene::new("supervise", "guardian-lost");
+    let a = s.candidate("a", 3, "2s", "250ms");
+    let (mut a, _b) = leader_with_follower(&s, a, 1);
+    let wrapper = a.pid();
+    let first = wait_for(Duration::from_secs(5), "the guardian", || {
+        guardian_of(wrapper, None)
+    });
+    assert!(common::signal_pid(first, libc::SIGKILL));
+    let second = wait_for(Duration::from_secs(5), "a new guardian", || {
+        guardian_of(wrapper, Some(first))
+    });
+    assert_eq!(group_and_session(second), Some((second, second)));
+    s.mon.assert_undisturbed(
+        s.mon.starts()[0].pid,
+        Duration::from_millis(500),
+        "after the guardian was replaced",
+        || a.stderr_text(),
+    );
+    assert!(
+        a.stderr_text()
+            .contains(&format!("replaced by guardian {second}")),
+        "{}",
+        a.stderr_text()
+    );
+
+    let tree: Vec<u32> = s.mon.starts().iter().map(|r| r.pid).collect();
+    // SAFETY: kill(2) on the wrapper's process group (the candidate leads its own).
+    assert_eq!(unsafe { libc::kill(-(wrapper as i32), libc::SIGKILL) }, 0);
+    a.kill9();
+    let rb = s.mon.wait_for_start(Some("b"), Duration::from_secs(15));
+    for pid in &tree {
+        assert!(s.mon.wait_until_dead(*pid, Duration::from_secs(1)) < rb.ns);
+    }
+    s.mon.assert_no_overlap();
+}
+
+/// A process left in the command's group that nobody can reap — the zombie of a parent that
+/// escaped with setsid — keeps the group from ever emptying. The wrapper stops at the kill
+/// deadline: it exits 71 naming the zombie, without renewing further, so the lease expires
+/// within its TTL.
+#[test]
+fn a_group_with_an_unreapable_zombie_ends_in_an_expired_lease() {
+    let etcd = Etcd::start();
+    let dir = common::TempDir::new("zombie");
+    let escaped = dir.join("escaped");
+    // S forks Z in the command's group, then escapes into a session of its own, writes its pid
+    // and never reaps Z. The command waits for that, then exits by itself.
+    let script = format!(
+        r#"sh -c 'true & exec setsid sh -c "echo \$\$ > {f}; exec sleep 1000"' &
+           until [ -s {f} ]; do sleep 0.01; done; exit 3"#,
+        f = escaped.display()
+    );
+    let mut c = Candidate::new("zombie")
+        .lock("zombie")
+        .endpoints(&etcd.endpoint())
+        .lease(3)
+        .renew("2s")
+        .command("sh")
+        .args(&["-c", &script])
+        .spawn();
+    let st = c.wait_timeout(Duration::from_secs(20));
+    let parent: u32 = std::fs::read_to_string(&escaped)
+        .expect("the escaped parent's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let _parent = KillOnDrop(parent);
+    let exited = std::time::Instant::now();
+    let stderr = c.stderr_text();
+    assert_eq!(st.and_then(|s| s.code()), Some(71), "{stderr}");
+    assert!(stderr.contains("(zombie)"), "{stderr}");
+    // No renewal after the exit: the lease expires within its TTL (3 s) of it.
+    wait_until(Duration::from_secs(4), "the lease to expire", || {
+        etcd.get_prefix_keys("zombie/").is_empty()
+    });
+    assert!(exited.elapsed() <= Duration::from_secs(4));
+}
+
+/// SIGKILLs a process by pidfd on drop (it left every group the fixtures clean up).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain syscalls on a pidfd we own, opened while the process is ours to judge:
+        // it is the escaped `sleep`, checked by its command line.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, self.0 as libc::pid_t, 0);
+            if fd < 0 {
+                return;
+            }
+            let cmd = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+            if cmd.starts_with(b"sleep\0") {
+                let null = std::ptr::null::<libc::siginfo_t>();
+                libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, null, 0);
+            }
+            libc::close(fd as i32);
+        }
+    }
+}
+
+/// Ctrl-Z stops the command's (foreground) group; a stopped leader would hold the lease doing
+/// nothing. The wrapper resumes it at once and says so; the command keeps running and leading.
+#[test]
+fn a_stopped_command_is_resumed() {
+    let s = Scene::new("supervise", "ctrl-z");
+    let a = s.candidate("a", 3, "2s", "250ms");
+    let (a, _b) = leader_with_follower(&s, a, 1);
+    let child = s.mon.starts()[0].pid;
+    // SAFETY: kill(2) on the command's process group, which its unreaped leader holds.
+    assert_eq!(unsafe { libc::kill(-(child as i32), libc::SIGTSTP) }, 0);
+    wait_until(Duration::from_secs(5), "the wrapper to resume it", || {
+        a.stderr_text().contains("was stopped by signal 20")
+    });
+    wait_until(Duration::from_secs(1), "the command running", || {
+        procfs::stat(child).is_some_and(|st| st.state != 'T')
+    });
+    s.mon
+        .assert_undisturbed(child, Duration::from_millis(500), "after Ctrl-Z", || {
+            a.stderr_text()
+        });
+}
+
+/// With `stty tostop`, a background process writing to the terminal gets SIGTTOU, which would
+/// stop it. The wrapper is in the background while its command has the terminal, and logs
+/// there: it ignores SIGTTOU, so it neither stops nor loses its lines, and exits with its
+/// command's code. (`set -m` makes the wrapper a job of its own, whose group is not orphaned, so
+/// the terminal does send SIGTTOU.)
+#[test]
+fn sigttou_cannot_stop_the_wrapper() {
+    let etcd = Etcd::start();
+    let shell = format!(
+        "set -m; stty tostop; {} {} --exit-after 1000; echo rc=$?",
+        wrapper_bin(),
+        common::child::child_bin()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &format!("sh -c '{shell}'"), "/dev/null"])
+        .env("ETCD_AWAIT_ELECTION_LOCK_NAME", "tostop")
+        .env("ETCD_AWAIT_ELECTION_IDENTITY", "tty")
+        .env("ETCD_AWAIT_ELECTION_ENDPOINTS", etcd.endpoint())
+        .env("ETCD_AWAIT_ELECTION_LEASE_DURATION", "3")
+        .env("ETCD_AWAIT_ELECTION_RENEW_DEADLINE", "2s")
+        .stdin(std::process::Stdio::null());
+    let r = common::run(cmd, Duration::from_secs(20));
+    assert!(r.stdout.contains("leading as"), "{}", r.stdout);
+    assert!(r.stdout.contains("resigning"), "{}", r.stdout);
+    assert!(r.stdout.contains("rc=0"), "{}", r.stdout);
+}
+
+/// SIGTERM that arrives before the election starts — here while the wrapper, PID 1 of a PID
+/// namespace, is still reading its password file (a FIFO the test holds) — is honoured once
+/// the wrapper is ready: it withdraws and exits 0. As PID 1 an unblocked signal without a
+/// handler would have been discarded.
+#[test]
+fn an_early_sigterm_is_honoured_as_pid_1() {
+    let dir = common::TempDir::new("early-term");
+    let fifo = dir.join("password");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf-8 path")).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let out = std::fs::File::create(dir.join("stderr")).expect("stderr file");
+    let mut unshare = common::clean_command("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--kill-child",
+            wrapper_bin(),
+            "sleep",
+            "1000",
+        ])
+        .env("ETCD_AWAIT_ELECTION_LOCK_NAME", "early")
+        .env("ETCD_AWAIT_ELECTION_IDENTITY", "init")
+        // Nothing listens there: the wrapper would retry forever, never lead.
+        .env(
+            "ETCD_AWAIT_ELECTION_ENDPOINTS",
+            format!("127.0.0.1:{}", common::free_port()),
+        )
+        .env("ETCD_AWAIT_ELECTION_USERNAME", "u")
+        .env("ETCD_AWAIT_ELECTION_PASSWORD_FILE", &fifo)
+        .stderr(out)
+        .spawn()
+        .expect("run unshare");
+    // Opening the write end succeeds once the wrapper has the FIFO open for reading: from then
+    // on it is blocked reading it, before any thread of its own exists.
+    let writer = wait_for(
+        Duration::from_secs(10),
+        "the wrapper to open the FIFO",
+        || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .ok()
+        },
+    );
+    let wrapper = wait_for(Duration::from_secs(5), "the wrapper (PID 1)", || {
+        children_of(unshare.id()).first().map(|s| s.pid)
+    });
+    assert!(common::signal_pid(wrapper, libc::SIGTERM));
+    use std::io::Write;
+    (&writer)
+        .write_all(b"secret\n")
+        .expect("write the password");
+    drop(writer);
+    let st = common::wait_child(&mut unshare, Duration::from_secs(10));
+    if st.is_none() {
+        common::kill_and_wait(&mut unshare);
+    }
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "{stderr}");
+    assert!(stderr.contains("withdrawing"), "{stderr}");
 }
