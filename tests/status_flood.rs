@@ -74,9 +74,11 @@ fn idle_connections_cannot_starve_healthz() {
             })
         })
         .collect();
-    wait_until(Duration::from_secs(10), "the flood to fill the slots", || {
-        connects.load(Ordering::Relaxed) >= CLIENTS as u64
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the flood to fill the slots",
+        || connects.load(Ordering::Relaxed) >= CLIENTS as u64,
+    );
 
     let mut answered = 0;
     let mut slowest = Duration::ZERO;

@@ -514,3 +514,67 @@ fn an_early_sigterm_is_honoured_as_pid_1() {
     assert_eq!(st.and_then(|s| s.code()), Some(0), "{stderr}");
     assert!(stderr.contains("withdrawing"), "{stderr}");
 }
+
+/// A guardian that died early is never signalled again, even once its pid belongs to somebody
+/// else. In a PID namespace of its own (where the test can choose the next pid), the dead
+/// guardian's pid is handed to an unrelated `sleep`; the wrapper then ends normally (SIGTERM)
+/// and the `sleep` is still alive.
+#[test]
+fn a_dead_guardians_recycled_pid_is_never_signalled() {
+    let etcd = Etcd::start();
+    let script = r#"
+        "$WRAPPER" "$CHILD" & W=$!
+        guardian() { # the wrapper's child running the wrapper's binary, other than $1
+            for d in /proc/[0-9]*; do
+                p=${d#/proc/}
+                [ "$p" != "$1" ] || continue
+                [ "$(cut -d' ' -f4 "$d/stat" 2>/dev/null)" = "$W" ] || continue
+                [ "$(readlink "$d/exe" 2>/dev/null)" = "$WRAPPER" ] && echo "$p" && return 0
+            done
+            return 1
+        }
+        n=0; until G=$(guardian none); do n=$((n+1)); [ $n -lt 1000 ] || exit 9; sleep 0.01; done
+        kill -9 "$G"
+        n=0; until guardian "$G" >/dev/null; do n=$((n+1)); [ $n -lt 1000 ] || exit 9; sleep 0.01; done
+        while [ -e "/proc/$G" ]; do sleep 0.01; done
+        echo $((G - 1)) > /proc/sys/kernel/ns_last_pid
+        sleep 1000 & S=$!
+        echo "guardian=$G sleep=$S"
+        kill -TERM "$W"; wait "$W"; echo "rc=$?"
+        if kill -0 "$S" 2>/dev/null; then echo survived; else echo killed; fi
+        kill -9 "$S"
+    "#;
+    let mut cmd = common::clean_command("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "sh",
+        "-c",
+        script,
+    ])
+    .env("WRAPPER", wrapper_bin())
+    .env("CHILD", common::child::child_bin())
+    .env("ETCD_AWAIT_ELECTION_LOCK_NAME", "recycled")
+    .env("ETCD_AWAIT_ELECTION_IDENTITY", "ns")
+    .env("ETCD_AWAIT_ELECTION_ENDPOINTS", etcd.endpoint())
+    .env("ETCD_AWAIT_ELECTION_LEASE_DURATION", "3")
+    .env("ETCD_AWAIT_ELECTION_RENEW_DEADLINE", "2s");
+    let r = common::run(cmd, Duration::from_secs(30));
+    let pids = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("guardian="))
+        .unwrap_or_else(|| panic!("{}\n{}", r.stdout, r.stderr));
+    let (guardian, sleep) = pids.split_once(" sleep=").expect("two pids");
+    assert_eq!(guardian, sleep, "the pid was not recycled: {}", r.stdout);
+    assert!(r.stdout.contains("rc=143"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("survived"),
+        "the sleep on the dead guardian's pid was killed:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains("replaced by guardian"), "{}", r.stderr);
+}
