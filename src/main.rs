@@ -516,8 +516,9 @@ impl Wrapper {
                 next
             }
             E::Twin(why) => {
+                let next = self.abandon(state, code::TWIN);
                 error!("{why}");
-                self.abandon(state, code::TWIN)
+                next
             }
             E::Resigned => match state {
                 State::Resigning { code, .. } => State::Done(code),
@@ -528,8 +529,9 @@ impl Wrapper {
 
     fn lead(&mut self, key: String, revision: i64, lease: i64) -> State {
         if self.renew_deadline().is_none_or(|d| d <= Instant::now()) {
+            let next = self.resign(code::LOST);
             warn!("elected, but the lease was not renewed within the renew deadline");
-            return self.resign(code::LOST);
+            return next;
         }
         let env = [
             ("ETCD_AWAIT_ELECTION_LEADER_KEY", key.clone()),
