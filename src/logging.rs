@@ -36,13 +36,34 @@ struct Queued {
     tx: SyncSender<String>,
 }
 
+/// Why logging could not be set up.
+#[derive(Debug)]
+pub enum Error {
+    /// Not a log format we know (the value given).
+    Format(String),
+    /// The writer thread could not be started.
+    Writer(std::io::Error),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Error::Format(v) => write!(f, "{v:?} is not a log format (use text or json)"),
+            Error::Writer(e) => write!(
+                f,
+                "cannot start the log writer thread ({e}); check the thread limit (ulimit -u)"
+            ),
+        }
+    }
+}
+
 /// `level` is an `env_logger` filter (e.g. `debug` or `info,tonic=warn`); `None` falls back to
 /// `RUST_LOG`, then `info`.
-pub fn init(level: Option<&str>, format: Option<&str>) -> Result<(), String> {
+pub fn init(level: Option<&str>, format: Option<&str>) -> Result<(), Error> {
     let json = match format.map(str::trim) {
         None | Some("" | "text") => false,
         Some("json") => true,
-        Some(other) => return Err(format!("{other:?} is not a log format (use text or json)")),
+        Some(other) => return Err(Error::Format(other.to_string())),
     };
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if let Some(level) = level {
@@ -53,7 +74,7 @@ pub fn init(level: Option<&str>, format: Option<&str>) -> Result<(), String> {
     std::thread::Builder::new()
         .name("log".into())
         .spawn(move || write_lines(rx))
-        .map_err(|e| format!("cannot start the log writer: {e}"))?;
+        .map_err(Error::Writer)?;
     log::set_max_level(filter.filter());
     let logger = Queued {
         filter,
@@ -61,7 +82,9 @@ pub fn init(level: Option<&str>, format: Option<&str>) -> Result<(), String> {
         timestamps: std::env::var_os("JOURNAL_STREAM").is_none(),
         tx,
     };
-    log::set_boxed_logger(Box::new(logger)).map_err(|e| e.to_string())
+    // Only `main` sets a logger, once: a second call would leave the first in place, harmlessly.
+    let _ = log::set_boxed_logger(Box::new(logger));
+    Ok(())
 }
 
 /// Waits up to `limit` for the queued lines to be written (before exiting), never longer: a

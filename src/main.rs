@@ -108,9 +108,16 @@ fn main() {
             .or_else(|| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     };
     let level = get(config::LOG_LEVEL);
-    if let Err(e) = logging::init(level.as_deref(), get(config::LOG_FORMAT).as_deref()) {
-        eprintln!("etcd-await-election: {}: {e}", config::LOG_FORMAT);
-        exit(code::CONFIG);
+    match logging::init(level.as_deref(), get(config::LOG_FORMAT).as_deref()) {
+        Ok(()) => {}
+        Err(e @ logging::Error::Format(_)) => {
+            eprintln!("etcd-await-election: {}: {e}", config::LOG_FORMAT);
+            exit(code::CONFIG);
+        }
+        Err(e) => {
+            eprintln!("etcd-await-election: {e}");
+            exit(code::INTERNAL);
+        }
     }
     let cfg = match config::from_env(get) {
         Ok(cfg) => cfg,

@@ -297,7 +297,12 @@ impl Child {
 
     /// Signals the child's whole process group.
     pub fn signal_group(&self, sig: i32) {
-        // SAFETY: plain syscall; see the module doc for why the id is still ours.
+        // The id is ours while the child is unreaped. After that, `main` signals it only while
+        // `group_alive` finds members: leftovers reparented to us die only when we reap them, in
+        // this thread; only the last member being reaped by a parent outside the group, and its
+        // id being handed out again in between, could slip through (there is no pidfd for a
+        // group).
+        // SAFETY: plain syscall.
         unsafe { libc::kill(-self.pid, sig) };
     }
 
