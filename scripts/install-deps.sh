@@ -1,46 +1,59 @@
 #!/usr/bin/env bash
-# Install the build/test dependencies of etcd-await-election on Debian/Ubuntu.
+# Install what building and testing etcd-await-election needs, on Debian/Ubuntu.
 #
-# Idempotent: when everything is present it only runs a handful of
-# `command -v` / `rustup ... --installed` checks and exits (well under a
-# second), never touching apt.
+# Checks capabilities, not binary names: each one is proved by doing what the
+# build or a test really does (protoc compiles a .proto importing the
+# well-known types, the musl target links and runs a hello world, etcd runs,
+# ...). Whatever fails is installed (Debian packages, rustup targets and
+# components), then proved again; a capability that still fails stops the
+# script with the package or target that provides it and how to get it.
+# Idempotent: when everything works it only runs the probes (a few seconds).
 #
-#   scripts/install-deps.sh            # test/build deps
-#   scripts/install-deps.sh --bench    # also hyperfine (for `make bench`)
-#   scripts/install-deps.sh --release  # musl target is mandatory (`make release`)
-#   scripts/install-deps.sh --aarch64  # also the aarch64 cross toolchain
+#   scripts/install-deps.sh            # build, test and demo (`make test`, `make demo`)
+#   scripts/install-deps.sh --release  # + the x86_64 musl target (`make release`)
+#   scripts/install-deps.sh --image    # + an OCI image builder (`make image-check`)
+#   scripts/install-deps.sh --bench    # + hyperfine (`make bench`)
+#   scripts/install-deps.sh --aarch64  # + the aarch64 cross toolchain (`make release-aarch64`)
+#   scripts/install-deps.sh --dist     # --release --aarch64 --image (`make dist`)
 #
-# Tools checked -> Debian package installed when missing:
-#   etcd      -> etcd-server        (integration tests, demo)
-#   etcdctl   -> etcd-client        (demo, debugging)
-#   protoc    -> protobuf-compiler  (etcd-client build)
-#   musl-gcc  -> musl-tools         (static musl release build; ring's C code)
-#   readelf   -> binutils           (release check: static linking)
-#   file      -> file               (release check)
-#   systemd-analyze -> systemd      (examples check: verify the unit)
-#   python3 + PyYAML -> python3-yaml (examples check: Kubernetes YAML)
-#   hyperfine -> hyperfine          (--bench only)
-#   aarch64-linux-gnu-gcc -> gcc-aarch64-linux-gnu, libc6-dev-arm64-cross,
-#   qemu-aarch64-static   -> qemu-user-static   (--aarch64 only)
-# plus rustup components rustfmt + clippy and the rustup target
-# x86_64-unknown-linux-musl (and aarch64-unknown-linux-musl with --aarch64).
+# Capability (how it is proved)                  -> provided by
+#   etcd        etcd --version is 3.x              -> etcd-server
+#   etcdctl     etcdctl version (API v3)           -> etcd-client
+#   protoc      compiles a .proto importing google/protobuf/descriptor.proto
+#               and struct.proto ($PROTOC, $PROTOC_INCLUDE honoured, as by
+#               etcd-client's build)               -> protobuf-compiler, libprotobuf-dev
+#   rust-tools  cargo fmt / cargo clippy run       -> rustup components rustfmt, clippy
+#   python      python3 runs, PyYAML imports       -> python3, python3-yaml
+#   port-locks  flock(1) locks a file              -> util-linux
+#   release-tools readelf, file, timeout, chroot/unshare run -> binutils, file, coreutils, util-linux
+#   systemd-analyze verifies a unit                -> systemd
+#   musl        musl-gcc builds and runs a static C program; rustc links and
+#               runs a static hello world for x86_64-unknown-linux-musl
+#                                                  -> musl-tools, rustup target
+#   image       buildah builds a FROM scratch image (private storage) -> buildah
+#   hyperfine   hyperfine --version                -> hyperfine
+#   aarch64     aarch64-linux-gnu-gcc compiles C with <assert.h>; rustc links a
+#               static aarch64 hello world         -> gcc-aarch64-linux-gnu,
+#                                                     libc6-dev-arm64-cross, rustup target
+#   qemu-aarch64 runs that hello world (optional)  -> qemu-user-static
+#   dist-tools  sha256sum, tar, gzip               -> coreutils, tar, gzip
 set -euo pipefail
 
 MUSL_TARGET=x86_64-unknown-linux-musl
 AARCH64_TARGET=aarch64-unknown-linux-musl
-WANT_BENCH=0
-NEED_MUSL_TARGET=0
-WANT_AARCH64=0
 
 usage() {
-    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'
 }
 
+WANT_RELEASE=0 WANT_IMAGE=0 WANT_BENCH=0 WANT_AARCH64=0
 for arg in "$@"; do
     case "$arg" in
+        --release) WANT_RELEASE=1 ;;
+        --image) WANT_IMAGE=1 ;;
         --bench) WANT_BENCH=1 ;;
-        --release) NEED_MUSL_TARGET=1 ;;
         --aarch64) WANT_AARCH64=1 ;;
+        --dist) WANT_RELEASE=1 WANT_AARCH64=1 WANT_IMAGE=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "install-deps: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -63,49 +76,230 @@ as_root() {
     fi
 }
 
-# ---------------------------------------------------------------- apt packages
-missing_pkgs=()
-need_tool() { # need_tool TOOL PACKAGE
-    if ! command -v "$1" >/dev/null 2>&1; then
-        log "missing '$1' (package $2)"
-        missing_pkgs+=("$2")
-    fi
+PROBE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/eae-install-deps.XXXXXX")"
+trap 'rm -rf "$PROBE_DIR"' EXIT
+
+# ================================================================ capabilities
+# A capability is four functions, so that adding one touches nothing else:
+#   have_NAME    exit 0 when it works; on failure, print why on stdout
+#   pkgs_NAME    the Debian packages that provide it (may print nothing)
+#   fix_NAME     (optional) a non-apt step run after the apt install, e.g. rustup
+#   how_NAME     one line: how to get it by hand when the automatic way failed
+
+# --------------------------------------------------------------------- etcd
+have_etcd() {
+    local out
+    out="$(etcd --version 2>&1)" || { echo "'etcd --version' failed: ${out:-not found}"; return 1; }
+    grep -q '^etcd Version: 3\.' <<<"$out" || { echo "etcd is not 3.x: $out"; return 1; }
 }
-need_tool etcd etcd-server
-need_tool etcdctl etcd-client
-need_tool protoc protobuf-compiler
-need_tool musl-gcc musl-tools
-need_tool readelf binutils
-need_tool file file
-need_tool systemd-analyze systemd
-# PyYAML for whichever python3 scripts/check-examples.sh finds: the one on
-# PATH (may be a pyenv/venv one with PyYAML from pip) or Debian's.
-have_pyyaml() {
+pkgs_etcd() { echo etcd-server; }
+how_etcd() { echo "apt-get install etcd-server (or put an etcd 3.4+ binary on PATH)"; }
+
+have_etcdctl() {
+    local out
+    out="$(ETCDCTL_API=3 etcdctl version 2>&1)" || { echo "'etcdctl version' failed: ${out:-not found}"; return 1; }
+}
+pkgs_etcdctl() { echo etcd-client; }
+how_etcdctl() { echo "apt-get install etcd-client (or put etcdctl 3.4+ on PATH)"; }
+
+# ------------------------------------------------------------------- protoc
+# What etcd-client's build script does: prost-build runs $PROTOC (else protoc
+# from PATH) with -I $PROTOC_INCLUDE when set, on protos importing these.
+have_protoc() {
+    local dir="$PROBE_DIR/proto" protoc="${PROTOC:-protoc}" out
+    mkdir -p "$dir"
+    cat >"$dir/probe.proto" <<'EOF'
+syntax = "proto3";
+package probe;
+import "google/protobuf/descriptor.proto";
+import "google/protobuf/struct.proto";
+extend google.protobuf.FieldOptions { string probe_option = 50001; }
+message Probe { google.protobuf.Struct s = 1 [(probe_option) = "x"]; }
+EOF
+    out="$("$protoc" ${PROTOC_INCLUDE:+-I "$PROTOC_INCLUDE"} -I "$dir" \
+        --descriptor_set_out="$dir/probe.pb" "$dir/probe.proto" 2>&1)" ||
+        { echo "$protoc cannot compile a .proto importing google/protobuf/{descriptor,struct}.proto: $(head -n 2 <<<"${out:-not found}")"; return 1; }
+}
+pkgs_protoc() { echo protobuf-compiler libprotobuf-dev; }
+how_protoc() {
+    echo "apt-get install protobuf-compiler libprotobuf-dev (the well-known types" \
+        "are in libprotobuf-dev), or set PROTOC (and PROTOC_INCLUDE) to a protoc release"
+}
+
+# --------------------------------------------------------------- rust tools
+have_rust_tools() {
+    cargo --version >/dev/null 2>&1 || { echo "cargo not found"; return 1; }
+    local sub
+    for sub in fmt clippy; do
+        cargo "$sub" --version >/dev/null 2>&1 || { echo "'cargo $sub' is unavailable"; return 1; }
+    done
+}
+pkgs_rust_tools() { :; }
+fix_rust_tools() { with_rustup component add rustfmt clippy; }
+how_rust_tools() { echo "rustup component add rustfmt clippy (rustup: https://rustup.rs)"; }
+
+# Runs rustup as the invoking user (rustup is per-user: never through sudo).
+with_rustup() {
+    command -v rustup >/dev/null 2>&1 || { log "rustup not found: cannot run 'rustup $*'"; return 0; }
+    log "rustup $*"
+    rustup "$@" || log "'rustup $*' failed"
+}
+
+# ------------------------------------------------------------------- python
+have_python() {
     local py
+    command -v python3 >/dev/null 2>&1 || { echo "python3 not found"; return 1; }
+    # scripts/check-examples.sh uses the python3 on PATH (a venv's may have
+    # PyYAML from pip) or Debian's.
     for py in python3 /usr/bin/python3; do
         if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import yaml' 2>/dev/null; then
             return 0
         fi
     done
+    echo "python3 cannot import yaml (PyYAML)"
     return 1
 }
-if ! have_pyyaml; then
-    log "missing PyYAML for python3 (package python3-yaml)"
-    missing_pkgs+=(python3-yaml)
-fi
-if [ "$WANT_BENCH" -eq 1 ]; then
-    need_tool hyperfine hyperfine
-fi
-if [ "$WANT_AARCH64" -eq 1 ]; then
-    need_tool aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
-    # ring's C code includes <assert.h>/<stdint.h>: the cross C headers.
-    if [ ! -f /usr/aarch64-linux-gnu/include/assert.h ]; then
-        log "missing aarch64 C headers (package libc6-dev-arm64-cross)"
-        missing_pkgs+=(libc6-dev-arm64-cross)
-    fi
-    need_tool qemu-aarch64-static qemu-user-static
-fi
+pkgs_python() { echo python3 python3-yaml; }
+how_python() { echo "apt-get install python3 python3-yaml"; }
 
+# ------------------------------------------------------------- port locks
+# scripts/ports.sh and tests/common hand out listening ports under flock.
+have_port_locks() {
+    flock -n "$PROBE_DIR" true 2>/dev/null || { echo "flock(1) cannot lock a file"; return 1; }
+}
+pkgs_port_locks() { echo util-linux; }
+how_port_locks() { echo "apt-get install util-linux"; }
+
+# ------------------------------------------------------------ release check
+have_release_tools() {
+    local tool
+    readelf --version >/dev/null 2>&1 || { echo "readelf does not run"; return 1; }
+    file --version >/dev/null 2>&1 || { echo "file does not run"; return 1; }
+    timeout 5 true 2>/dev/null || { echo "timeout does not run"; return 1; }
+    for tool in chroot unshare; do
+        command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 ||
+            { echo "$tool not found"; return 1; }
+    done
+}
+pkgs_release_tools() { echo binutils file coreutils util-linux; }
+how_release_tools() { echo "apt-get install binutils file coreutils util-linux"; }
+
+have_systemd_analyze() {
+    local unit="$PROBE_DIR/eae-probe.service" out
+    printf '[Unit]\nDescription=probe\n[Service]\nExecStart=/bin/true\n' >"$unit"
+    out="$(systemd-analyze verify "$unit" 2>&1)" || { echo "systemd-analyze verify failed: ${out:-not found}"; return 1; }
+}
+pkgs_systemd_analyze() { echo systemd; }
+how_systemd_analyze() { echo "apt-get install systemd (only systemd-analyze is used; no systemd needs to run)"; }
+
+# --------------------------------------------------------------------- musl
+# A C program through musl-gcc (ring's C code) and a Rust one for the target,
+# both static, both run.
+have_musl() {
+    local dir="$PROBE_DIR/musl" out
+    mkdir -p "$dir"
+    printf '#include <assert.h>\n#include <stdint.h>\n#include <stdio.h>\nint main(void){uint8_t x=1;assert(x);puts("ok");return 0;}\n' >"$dir/c.c"
+    out="$(musl-gcc -static -o "$dir/c" "$dir/c.c" 2>&1)" || { echo "musl-gcc cannot build a static C program: ${out:-not found}"; return 1; }
+    [ "$("$dir/c")" = ok ] || { echo "a musl-gcc static C program does not run"; return 1; }
+    rust_hello "$MUSL_TARGET" "$dir/hello" || return 1
+    [ "$("$dir/hello")" = ok ] || { echo "a static $MUSL_TARGET hello world does not run"; return 1; }
+}
+pkgs_musl() { echo musl-tools; }
+fix_musl() { with_rustup target add "$MUSL_TARGET"; }
+how_musl() { echo "apt-get install musl-tools; rustup target add $MUSL_TARGET"; }
+
+# rust_hello TARGET OUT [RUSTC ARGS...]: link a static hello world for TARGET.
+rust_hello() {
+    local target="$1" out="$2" msg
+    shift 2
+    printf 'fn main() { println!("ok"); }\n' >"$PROBE_DIR/hello.rs"
+    msg="$(rustc --edition 2021 --target "$target" -C target-feature=+crt-static "$@" \
+        -o "$out" "$PROBE_DIR/hello.rs" 2>&1)" ||
+        { echo "rustc cannot link a static hello world for $target: $(tail -n 3 <<<"${msg:-rustc not found}")"; return 1; }
+}
+
+# -------------------------------------------------------------------- image
+# What scripts/build-image.sh does: buildah builds FROM scratch with a COPY, in
+# a private vfs storage (nothing is pulled, nothing is run).
+have_image() {
+    local dir="$PROBE_DIR/image" out
+    command -v buildah >/dev/null 2>&1 || { echo "buildah not found"; return 1; }
+    mkdir -p "$dir/ctx"
+    echo probe >"$dir/ctx/file"
+    printf 'FROM scratch\nCOPY file /file\n' >"$dir/Containerfile"
+    out="$(buildah --root "$dir/root" --runroot "$dir/run" --storage-driver vfs \
+        build -q -f "$dir/Containerfile" -t localhost/eae-probe "$dir/ctx" 2>&1)" ||
+        { echo "buildah cannot build a FROM scratch image here: $(tail -n 3 <<<"$out")"; return 1; }
+    buildah --root "$dir/root" --runroot "$dir/run" --storage-driver vfs rmi -a >/dev/null 2>&1 || true
+    rm -rf "$dir" 2>/dev/null || true
+}
+pkgs_image() { echo buildah; }
+how_image() { echo "apt-get install buildah (it needs no daemon; as non-root it needs /etc/subuid entries)"; }
+
+# ---------------------------------------------------------------- hyperfine
+have_hyperfine() {
+    hyperfine --version >/dev/null 2>&1 || { echo "hyperfine does not run"; return 1; }
+}
+pkgs_hyperfine() { echo hyperfine; }
+how_hyperfine() { echo "apt-get install hyperfine (or cargo install hyperfine)"; }
+
+# ------------------------------------------------------------------ aarch64
+# .cargo/config.toml: aarch64-linux-gnu-gcc compiles ring's C and drives the
+# link; rustc's self-contained musl makes the result static.
+have_aarch64() {
+    local dir="$PROBE_DIR/aarch64" out
+    mkdir -p "$dir"
+    printf '#include <assert.h>\n#include <stdint.h>\nint f(uint8_t x){assert(x);return x;}\n' >"$dir/c.c"
+    out="$(aarch64-linux-gnu-gcc -c -o "$dir/c.o" "$dir/c.c" 2>&1)" ||
+        { echo "aarch64-linux-gnu-gcc cannot compile C with <assert.h>/<stdint.h>: ${out:-not found}"; return 1; }
+    rust_hello "$AARCH64_TARGET" "$dir/hello" -C linker=aarch64-linux-gnu-gcc || return 1
+    case "$(file -b "$dir/hello")" in
+        *"ARM aarch64"*static*) ;;
+        *) echo "the $AARCH64_TARGET hello world is not a static aarch64 binary: $(file -b "$dir/hello")"; return 1 ;;
+    esac
+}
+pkgs_aarch64() { echo gcc-aarch64-linux-gnu libc6-dev-arm64-cross file; }
+fix_aarch64() { with_rustup target add "$AARCH64_TARGET"; }
+how_aarch64() { echo "apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross; rustup target add $AARCH64_TARGET"; }
+
+have_qemu_aarch64() {
+    local dir="$PROBE_DIR/qemu"
+    mkdir -p "$dir"
+    rust_hello "$AARCH64_TARGET" "$dir/hello" -C linker=aarch64-linux-gnu-gcc || return 1
+    [ "$(qemu-aarch64-static "$dir/hello" 2>/dev/null)" = ok ] ||
+        { echo "qemu-aarch64-static cannot run a static aarch64 hello world"; return 1; }
+}
+pkgs_qemu_aarch64() { echo qemu-user-static; }
+how_qemu_aarch64() { echo "apt-get install qemu-user-static (only used to run the aarch64 binary's --version)"; }
+
+# --------------------------------------------------------------------- dist
+have_dist_tools() {
+    local tool
+    for tool in sha256sum tar gzip; do
+        command -v "$tool" >/dev/null 2>&1 || { echo "$tool not found"; return 1; }
+    done
+    tar --sort=name -cf /dev/null -C "$PROBE_DIR" . 2>/dev/null || { echo "tar has no --sort (GNU tar 1.28+ needed)"; return 1; }
+}
+pkgs_dist_tools() { echo coreutils tar gzip; }
+how_dist_tools() { echo "apt-get install coreutils tar gzip"; }
+
+# ================================================================= selection
+# REQUIRED: a failure stops the script. OPTIONAL: a failure is a warning
+# (the build works without it; only a named extra is lost).
+REQUIRED=(etcd etcdctl protoc rust_tools python port_locks release_tools systemd_analyze)
+OPTIONAL=()
+if [ "$WANT_RELEASE" -eq 1 ]; then
+    REQUIRED+=(musl)
+else
+    # `make test` needs it (via --release) anyway: install it early.
+    OPTIONAL+=(musl)
+fi
+[ "$WANT_IMAGE" -eq 1 ] && REQUIRED+=(image)
+[ "$WANT_BENCH" -eq 1 ] && REQUIRED+=(hyperfine)
+[ "$WANT_AARCH64" -eq 1 ] && REQUIRED+=(aarch64) && OPTIONAL+=(qemu_aarch64)
+[ "$WANT_RELEASE" -eq 1 ] && [ "$WANT_AARCH64" -eq 1 ] && REQUIRED+=(dist_tools)
+
+# ============================================ packaged etcd (after install)
 # PIDs of etcd processes run by the package's `etcd` system user.
 # Scans /proc directly (procps/pgrep may not be installed on minimal images).
 packaged_etcd_pids() {
@@ -136,10 +330,10 @@ kill_as_root() { # kill_as_root SIG PID...
 
 # Debian's etcd-server postinst may start an etcd service on 127.0.0.1:2379
 # (systemd unit or /etc/init.d/etcd, both running as user `etcd`). The tests
-# and the demo start their own etcd on free ports, so stop the packaged one.
-# Only called right after we installed etcd-server ourselves, and only
-# touches etcd processes owned by user `etcd` that did not exist before the
-# install (test etcds run as the invoking user and are never affected).
+# and the demo start their own etcd, so stop the packaged one. Only called
+# right after we installed etcd-server ourselves, and only touches etcd
+# processes owned by user `etcd` that did not exist before the install (test
+# etcds run as the invoking user and are never affected).
 stop_packaged_etcd() {
     local before="$1" pid new=() stopped=0
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
@@ -192,70 +386,61 @@ stop_packaged_etcd() {
     fi
 }
 
+# ==================================================================== main
+# probe CAP: run have_CAP quietly; its reason goes to REASON[CAP].
+declare -A REASON
+probe() {
+    local why
+    if why="$("have_$1" 2>&1)"; then
+        unset 'REASON[$1]'
+        return 0
+    fi
+    REASON[$1]="${why:-failed}"
+    return 1
+}
+
+failing=()
+for cap in "${REQUIRED[@]}" "${OPTIONAL[@]}"; do
+    probe "$cap" || { log "missing $cap: ${REASON[$cap]}"; failing+=("$cap"); }
+done
+[ "${#failing[@]}" -eq 0 ] && exit 0
+
+missing_pkgs=()
+for cap in "${failing[@]}"; do
+    read -r -a p <<<"$("pkgs_$cap")"
+    missing_pkgs+=("${p[@]}")
+done
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
-    command -v apt-get >/dev/null 2>&1 ||
-        die "apt-get not found; please install manually: ${missing_pkgs[*]}"
-    etcd_before=" $(packaged_etcd_pids | tr '\n' ' ') "
-    log "installing: ${missing_pkgs[*]}"
-    as_root apt-get update -q
-    as_root apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}"
-    case " ${missing_pkgs[*]} " in
-        *" etcd-server "*) stop_packaged_etcd "$etcd_before" ;;
-    esac
-    for tool in etcd etcdctl protoc musl-gcc readelf file systemd-analyze; do
-        command -v "$tool" >/dev/null 2>&1 || die "'$tool' still missing after install"
-    done
-    have_pyyaml || die "python3 still cannot import yaml after installing python3-yaml"
-    if [ "$WANT_BENCH" -eq 1 ]; then
-        command -v hyperfine >/dev/null 2>&1 || die "'hyperfine' still missing after install"
-    fi
-    if [ "$WANT_AARCH64" -eq 1 ]; then
-        for tool in aarch64-linux-gnu-gcc qemu-aarch64-static; do
-            command -v "$tool" >/dev/null 2>&1 || die "'$tool' still missing after install"
-        done
+    mapfile -t missing_pkgs < <(printf '%s\n' "${missing_pkgs[@]}" | sort -u)
+    if command -v apt-get >/dev/null 2>&1; then
+        etcd_before=" $(packaged_etcd_pids | tr '\n' ' ') "
+        log "installing: ${missing_pkgs[*]}"
+        as_root apt-get update -q
+        as_root apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}" ||
+            log "apt-get install failed (the checks below say what is still missing)"
+        case " ${missing_pkgs[*]} " in
+            *" etcd-server "*) stop_packaged_etcd "$etcd_before" ;;
+        esac
+    else
+        log "apt-get not found: cannot install ${missing_pkgs[*]}"
     fi
 fi
+for cap in "${failing[@]}"; do
+    if declare -F "fix_$cap" >/dev/null; then
+        "fix_$cap"
+    fi
+done
 
-# ------------------------------------------------------------------ rustup bits
-# rustup is per-user: never run it through sudo.
-if command -v rustup >/dev/null 2>&1; then
-    installed_components="$(rustup component list --installed 2>/dev/null || true)"
-    missing_components=()
-    for comp in rustfmt clippy; do
-        if ! grep -q "^${comp}\(-\|$\)" <<<"$installed_components"; then
-            missing_components+=("$comp")
-        fi
-    done
-    if [ "${#missing_components[@]}" -gt 0 ]; then
-        log "rustup component add ${missing_components[*]}"
-        rustup component add "${missing_components[@]}"
+rc=0
+for cap in "${failing[@]}"; do
+    probe "$cap" && { log "$cap: ok now"; continue; }
+    if [[ " ${REQUIRED[*]} " == *" $cap "* ]]; then
+        log "ERROR: $cap still does not work: ${REASON[$cap]}"
+        log "       get it with: $("how_$cap")"
+        rc=1
+    else
+        log "WARNING: $cap does not work (optional here): ${REASON[$cap]}"
+        log "         get it with: $("how_$cap")"
     fi
-
-    if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
-        log "rustup target add $MUSL_TARGET"
-        if ! rustup target add "$MUSL_TARGET"; then
-            # Only `make release` needs the musl target; don't fail tests on it.
-            if [ "$NEED_MUSL_TARGET" -eq 1 ]; then
-                die "could not install rustup target $MUSL_TARGET"
-            fi
-            log "WARNING: could not install rustup target $MUSL_TARGET" \
-                "(only needed for 'make release'); continuing"
-        fi
-    fi
-    if [ "$WANT_AARCH64" -eq 1 ] &&
-        ! rustup target list --installed 2>/dev/null | grep -qx "$AARCH64_TARGET"; then
-        log "rustup target add $AARCH64_TARGET"
-        rustup target add "$AARCH64_TARGET" || die "could not install rustup target $AARCH64_TARGET"
-    fi
-else
-    for sub in fmt clippy; do
-        cargo "$sub" --version >/dev/null 2>&1 ||
-            die "rustup not found and 'cargo $sub' is unavailable; install it manually"
-    done
-    if [ "$NEED_MUSL_TARGET" -eq 1 ] || [ "$WANT_AARCH64" -eq 1 ]; then
-        die "rustup not found; cannot install the musl target(s)"
-    fi
-    log "WARNING: rustup not found; cannot check target $MUSL_TARGET (needed only for 'make release')"
-fi
-
-exit 0
+done
+exit "$rc"
