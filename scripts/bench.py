@@ -3,8 +3,9 @@
 
     scripts/bench.py [--out BENCHMARKS.md] [--quick] [--no-build] [--keep]
 
-Starts a throwaway single-node etcd on loopback (free ports, data dir on /dev/shm when
-available, --heartbeat-interval 100 --election-timeout 1000 so a 2 s lease TTL is allowed),
+Starts a throwaway single-node etcd on loopback (ports by the protocol of tests/common/ports.rs,
+data dir on /dev/shm when available, --heartbeat-interval 100 --election-timeout 1000 so a 2 s
+lease TTL is allowed),
 runs every scenario against it with the release build of etcd-await-election and with
 etcd's own `etcdctl lock NAME CMD...`, and writes the figures to BENCHMARKS.md (and the raw
 samples to target/bench/results.json).
@@ -20,6 +21,7 @@ commands, the TCP proxy) is stopped on exit, on an exception, on Ctrl-C and on S
 
 import argparse
 import base64
+import fcntl
 import json
 import os
 import platform
@@ -54,10 +56,47 @@ def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
+PORT_LOCK_DIR = "/tmp/etcd-await-election-ports"
+_port_locks = []  # open lock files: each port stays reserved until this process exits
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port by the machine-wide protocol of tests/common/ports.rs and scripts/ports.sh:
+    outside the kernel's ephemeral range (no client connection can take it as its source port),
+    locked with flock under PORT_LOCK_DIR while we live, and bindable right now."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    lo, hi = max(1024, low // 2), low
+    if hi - lo < 1024:
+        lo, hi = high + 1, 65536
+    if hi - lo < 1024:
+        raise RuntimeError(f"ip_local_port_range {low} {high} leaves no room for test ports")
+    os.makedirs(PORT_LOCK_DIR, exist_ok=True)
+    try:
+        os.chmod(PORT_LOCK_DIR, 0o1777)
+    except OSError:
+        pass
+    start = random.randrange(hi - lo)
+    for i in range(hi - lo):
+        port = lo + (start + i) % (hi - lo)
+        try:
+            f = open(os.path.join(PORT_LOCK_DIR, str(port)), "a")
+        except OSError:
+            continue
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            f.close()
+            continue
+        _port_locks.append(f)
+        return port
+    raise RuntimeError(f"no free port in {lo}..{hi} (all locked under {PORT_LOCK_DIR} or bound)")
 
 
 def b64(s):
@@ -210,8 +249,6 @@ class Etcd:
         self.data = tempfile.mkdtemp(prefix="eae-bench-etcd-", dir=base)
         self.on_tmpfs = base == "/dev/shm"
         self.cport, self.pport = free_port(), free_port()
-        while self.pport == self.cport:
-            self.pport = free_port()
         self.endpoint = f"127.0.0.1:{self.cport}"
         self.url = f"http://{self.endpoint}"
         self.logf = open(os.path.join(workdir, "etcd.log"), "wb")
@@ -236,7 +273,10 @@ class Etcd:
             except OSError:
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("etcd did not start; see etcd.log")
+                self.logf.flush()
+                with open(self.logf.name, errors="replace") as f:
+                    tail = "".join(f.readlines()[-20:])
+                raise RuntimeError(f"etcd did not start on {self.endpoint}; etcd.log ends:\n{tail}")
             time.sleep(0.05)
 
     def post(self, path, body):
@@ -357,9 +397,9 @@ class Proxy:
         self.up = upstream_port
         self.ls = socket.socket()
         self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind(("127.0.0.1", 0))
+        self.port = free_port()
+        self.ls.bind(("127.0.0.1", self.port))
         self.ls.listen(64)
-        self.port = self.ls.getsockname()[1]
         self.holed = False
         self.closed = False
         self.socks = []

@@ -21,7 +21,7 @@
 #            (default target/x86_64-unknown-linux-musl/release/etcd-await-election)
 #        SIZE_BUDGET=bytes (default 3145728)
 # Needs: readelf (binutils), file, chroot or unshare (util-linux), etcd,
-#        etcdctl, python3 (free port), timeout (coreutils).
+#        etcdctl, python3, flock (ports), timeout (coreutils).
 set -euo pipefail
 
 # A BIN given by the caller is relative to the caller's directory.
@@ -159,8 +159,8 @@ out="$(in_root 20 "/$NAME" "/$NAME" --version 2>&1)" || rc=$?
     "(exit $rc): $out"
 expect_version "/$NAME /$NAME --version (passthrough exec)" "$out"
 
-# A throwaway single-node etcd on free loopback ports.
-read -r CLIENT_PORT PEER_PORT < <(free_ports 2)
+# A throwaway single-node etcd on loopback ports reserved by scripts/ports.sh.
+take_ports CLIENT_PORT PEER_PORT
 ENDPOINT="127.0.0.1:$CLIENT_PORT"
 say "   starting a throwaway etcd on $ENDPOINT"
 start_etcd release-check "$WORKDIR" "$CLIENT_PORT" "$PEER_PORT"

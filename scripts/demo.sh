@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A ~10 second tour of etcd-await-election:
 #
-#   1. start a throwaway single-node etcd on free 127.0.0.1 ports (temp data dir)
+#   1. start a throwaway single-node etcd on 127.0.0.1 (ports from scripts/ports.sh, temp data dir)
 #   2. start two candidates, `alice` and `bob`, for the election `demo`; each
 #      wraps a shell loop that prints who is leading
 #   3. show both status endpoints and `etcdctl elect -l demo`
@@ -125,7 +125,7 @@ show_elect() {
 }
 
 # ---------------------------------------------------------------------- etcd
-read -r CLIENT_PORT PEER_PORT ALICE_PORT BOB_PORT < <(free_ports 4)
+take_ports CLIENT_PORT PEER_PORT ALICE_PORT BOB_PORT
 ENDPOINT="127.0.0.1:$CLIENT_PORT"
 declare -A STATUS=([alice]="127.0.0.1:$ALICE_PORT" [bob]="127.0.0.1:$BOB_PORT")
 

@@ -2,20 +2,10 @@
 # A throwaway single-member etcd on loopback, for scripts/demo.sh and
 # scripts/check-release.sh (sourced, not run). The caller defines die() and,
 # in its exit trap, stops "$ETCD_PID" with stop_pids and removes its data dir.
+# Ports: take_ports (scripts/ports.sh, sourced here).
 
-# free_ports N: print N free TCP ports on 127.0.0.1 (all held open at once,
-# so distinct).
-free_ports() {
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
+# shellcheck source=scripts/ports.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
 
 # start_etcd NAME DIR CLIENT_PORT PEER_PORT: start etcd with its data dir and
 # log (etcd.log) under DIR, set ETCD_PID, and wait until it is healthy.

@@ -1,7 +1,7 @@
 //! Tests of the test fixtures themselves: the invariant checker provably detects overlaps (and
 //! does not invent them), the test child behaves as documented, the fault proxy's modes do what
-//! they say against a real etcd, and the etcd single-member and cluster fixtures survive the
-//! faults they inject.
+//! they say against a real etcd, the etcd single-member and cluster fixtures survive the
+//! faults they inject, and leased ports are outside the ephemeral range and locked machine-wide.
 
 mod common;
 
@@ -373,4 +373,49 @@ fn fixtures_clean_up_after_a_panic() {
     for d in dirs {
         assert!(!d.exists(), "{} left behind", d.display());
     }
+}
+
+/// Whether another process can take the machine-wide lock of `port` right now.
+fn port_lock_is_free(port: u16) -> bool {
+    Command::new("flock")
+        .args(["-n", &format!("{}/{port}", common::ports::LOCK_DIR), "true"])
+        .status()
+        .expect("run flock")
+        .success()
+}
+
+#[test]
+fn ports_are_outside_the_ephemeral_range_and_locked_machine_wide() {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let bounds: Vec<u16> = text
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let lease = common::ports::lease();
+    let port = lease.port();
+    assert!(
+        port < bounds[0] || port > bounds[1],
+        "port {port} is inside the ephemeral range {text:?}"
+    );
+    assert!(!port_lock_is_free(port), "a leased port is not locked");
+    drop(lease);
+    assert!(port_lock_is_free(port), "a dropped lease kept its lock");
+
+    // An etcd holds its ports' locks for its whole life (a restart reuses them).
+    let etcd = Etcd::start();
+    assert!(!port_lock_is_free(etcd.client_port()));
+    let client_port = etcd.client_port();
+    drop(etcd);
+    assert!(port_lock_is_free(client_port));
+
+    // The scripts' implementation hands out the same range.
+    let out = Command::new("bash")
+        .args(["-c", "source scripts/ports.sh && port_range"])
+        .output()
+        .expect("run bash");
+    let (from, to) = common::ports::range();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{from} {to}")
+    );
 }

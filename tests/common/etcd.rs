@@ -1,11 +1,14 @@
-//! Real etcd servers for tests. This module owns starting `/usr/bin/etcd` on loopback with free
-//! client and peer ports and a temporary data dir (single member via [`Etcd::start`], or a
-//! [`Cluster`]), waiting until it is healthy, talking to it with `etcdctl` (API v3), and
-//! injecting server faults: pause/resume (SIGSTOP/SIGCONT), kill (SIGKILL), restart from the same
-//! data dir and ports. Dropping an [`Etcd`] or [`Cluster`] SIGKILLs and reaps every server and
-//! removes its directory.
+//! Real etcd servers for tests. This module owns starting `/usr/bin/etcd` on loopback with
+//! client and peer ports leased from [`super::ports`] (held while the member lives, so a restart
+//! finds them still free) and a temporary data dir (single member via [`Etcd::start`], or a
+//! [`Cluster`]), waiting until it is healthy (a start that loses a port race anyway is retried
+//! on new ports; one that fails otherwise panics with the tail of etcd's log), talking to it with
+//! `etcdctl` (API v3), and injecting server faults: pause/resume (SIGSTOP/SIGCONT), kill
+//! (SIGKILL), restart from the same data dir and ports. Dropping an [`Etcd`] or [`Cluster`]
+//! SIGKILLs and reaps every server and removes its directory.
 
-use super::{free_port, kill_and_wait, wait_for, TempDir};
+use super::ports::{lease, PortLease};
+use super::{kill_and_wait, wait_for, TempDir};
 use std::fs::File;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -13,6 +16,26 @@ use std::time::Duration;
 const ETCD: &str = "etcd";
 const ETCDCTL: &str = "etcdctl";
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Starts tried before a port conflict is a failure.
+const START_ATTEMPTS: usize = 3;
+/// Lines of etcd's log shown when it cannot start.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Why a member did not become healthy.
+#[derive(Debug)]
+enum StartError {
+    /// One of its ports was taken after all: worth a new start on other ports.
+    PortInUse(String),
+    Failed(String),
+}
+
+impl StartError {
+    fn message(self) -> String {
+        match self {
+            StartError::PortInUse(m) | StartError::Failed(m) => m,
+        }
+    }
+}
 
 /// Options for starting a single etcd member.
 #[derive(Clone, Debug)]
@@ -56,10 +79,16 @@ impl EtcdBuilder {
     }
 
     pub fn start(self) -> Etcd {
-        let mut e = Etcd::new_member(&self, "solo", free_port(), free_port(), None);
-        e.spawn();
-        e.wait_healthy();
-        e
+        let mut attempt = 1;
+        loop {
+            let mut e = Etcd::new_member(&self, "solo", lease(), lease(), None);
+            e.spawn();
+            match e.wait_healthy() {
+                Ok(()) => return e,
+                Err(StartError::PortInUse(_)) if attempt < START_ATTEMPTS => attempt += 1,
+                Err(err) => panic!("{}", err.message()),
+            }
+        }
     }
 }
 
@@ -68,6 +97,7 @@ pub struct Etcd {
     name: String,
     client_port: u16,
     peer_port: u16,
+    _ports: [PortLease; 2],
     initial_cluster: String,
     token: String,
     opts: EtcdBuilder,
@@ -88,10 +118,11 @@ impl Etcd {
     fn new_member(
         opts: &EtcdBuilder,
         name: &str,
-        client_port: u16,
-        peer_port: u16,
+        client: PortLease,
+        peer: PortLease,
         cluster: Option<(&str, &str)>,
     ) -> Etcd {
+        let (client_port, peer_port) = (client.port(), peer.port());
         let dir = TempDir::new(&format!("etcd-{name}"));
         let (initial_cluster, token) = match cluster {
             Some((ic, tok)) => (ic.to_string(), tok.to_string()),
@@ -104,6 +135,7 @@ impl Etcd {
             name: name.to_string(),
             client_port,
             peer_port,
+            _ports: [client, peer],
             initial_cluster,
             token,
             opts: opts.clone(),
@@ -154,7 +186,7 @@ impl Etcd {
     }
 
     /// Poll `etcdctl endpoint health` against this member until it succeeds.
-    fn wait_healthy(&mut self) {
+    fn wait_healthy(&mut self) -> Result<(), StartError> {
         let what = format!(
             "etcd {} at {} to become healthy",
             self.name,
@@ -165,11 +197,17 @@ impl Etcd {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     self.child = None;
-                    panic!(
-                        "etcd {} exited with {st} while waiting for health; log:\n{}",
-                        self.name,
-                        self.log_text()
+                    let log = self.log_tail();
+                    let msg = format!(
+                        "etcd {} (client port {}, peer port {}) exited with {st} while waiting \
+                         for health; its log ends:\n{log}",
+                        self.name, self.client_port, self.peer_port
                     );
+                    return Err(if log.contains("address already in use") {
+                        StartError::PortInUse(msg)
+                    } else {
+                        StartError::Failed(msg)
+                    });
                 }
             }
             let out = self.etcdctl(&[
@@ -181,14 +219,14 @@ impl Etcd {
                 "health",
             ]);
             if out.status.success() {
-                return;
+                return Ok(());
             }
             if std::time::Instant::now() >= deadline {
                 let last = String::from_utf8_lossy(&out.stderr);
-                panic!(
-                    "timed out waiting for {what}; last etcdctl error: {last}\netcd log:\n{}",
-                    self.log_text()
-                );
+                return Err(StartError::Failed(format!(
+                    "timed out waiting for {what}; last etcdctl error: {last}\nits log ends:\n{}",
+                    self.log_tail()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -220,6 +258,13 @@ impl Etcd {
     /// Everything the server logged (errors only, by default).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+
+    /// The last lines of the server's log, for a failure message.
+    fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
     /// Run `etcdctl` (ETCDCTL_API=3) against this member.
@@ -283,7 +328,9 @@ impl Etcd {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
-        self.wait_healthy();
+        if let Err(err) = self.wait_healthy() {
+            panic!("restart: {}", err.message());
+        }
     }
 }
 
@@ -306,23 +353,35 @@ impl Cluster {
 
     pub fn start_with(n: usize, opts: EtcdBuilder) -> Cluster {
         assert!(n >= 1);
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(n, &opts) {
+                Ok(cluster) => return cluster,
+                Err(StartError::PortInUse(_)) if attempt < START_ATTEMPTS => attempt += 1,
+                Err(err) => panic!("{}", err.message()),
+            }
+        }
+    }
+
+    /// One start on newly leased ports; a failed start's members are killed when dropped here.
+    fn try_start(n: usize, opts: &EtcdBuilder) -> Result<Cluster, StartError> {
+        let ports: Vec<(PortLease, PortLease)> = (0..n).map(|_| (lease(), lease())).collect();
         let initial_cluster = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{}", p.port()))
             .collect::<Vec<_>>()
             .join(",");
-        let token = format!("eae-cluster-{}", ports[0].0);
+        let token = format!("eae-cluster-{}", ports[0].0.port());
         let mut members: Vec<Etcd> = ports
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(i, (c, p))| {
                 Etcd::new_member(
-                    &opts,
+                    opts,
                     &format!("m{i}"),
-                    *c,
-                    *p,
+                    c,
+                    p,
                     Some((&initial_cluster, &token)),
                 )
             })
@@ -331,9 +390,9 @@ impl Cluster {
             m.spawn();
         }
         for m in &mut members {
-            m.wait_healthy();
+            m.wait_healthy()?;
         }
-        Cluster { members }
+        Ok(Cluster { members })
     }
 
     /// Client endpoints (`127.0.0.1:PORT`) of all members, running or not.

@@ -1,6 +1,6 @@
 //! Shared integration-test fixtures. This module owns the small helpers every fixture uses
-//! (free loopback ports, self-removing temp dirs, deadline polling); each fixture lives in its
-//! own submodule and cleans up every process and directory it creates when dropped, even when
+//! (self-removing temp dirs, deadline polling, running a command); each fixture, and the
+//! machine-wide port protocol ([`ports`]), lives in its own submodule and cleans up every process and directory it creates when dropped, even when
 //! the test panics.
 #![allow(dead_code)]
 
@@ -9,33 +9,19 @@ pub mod child;
 pub mod etcd;
 pub mod invariant;
 pub mod old_replica;
+pub mod ports;
 pub mod procfs;
 pub mod proxy;
 pub mod scene;
 
-use std::collections::HashSet;
-use std::net::TcpListener;
+// Not every test binary asks for a port.
+#[allow(unused_imports)]
+pub use ports::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// A free TCP port on 127.0.0.1 (bind port 0, read it, drop the listener). Never hands out the
-/// same port twice within one test process, so concurrently running tests don't collide.
-pub fn free_port() -> u16 {
-    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let set = guard.get_or_insert_with(HashSet::new);
-    for _ in 0..100 {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().unwrap().port();
-        if set.insert(port) {
-            return port;
-        }
-    }
-    panic!("free_port: could not find an unused port in 100 tries");
-}
 
 /// A uniquely named directory under `std::env::temp_dir()`, removed recursively on drop.
 pub struct TempDir {

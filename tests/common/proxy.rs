@@ -8,6 +8,7 @@
 //! the bytes they held (like a healed partition). Dropping the [`Proxy`] closes all sockets and
 //! joins all threads. Threads block in `accept`/`read`/a condition variable; nothing spins.
 
+use super::ports::{lease, PortLease};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -113,19 +114,22 @@ impl Drop for ThreadGuard {
 
 pub struct Proxy {
     addr: SocketAddr,
+    _port: PortLease,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
-    /// Listen on 127.0.0.1:<free port> and forward to `upstream` (`host:port`) in `Pass` mode.
+    /// Listen on 127.0.0.1:<a leased port> and forward to `upstream` (`host:port`) in `Pass` mode.
     pub fn start(upstream: &str) -> Proxy {
         let upstream: SocketAddr = upstream
             .to_socket_addrs()
             .unwrap_or_else(|e| panic!("proxy upstream {upstream:?}: {e}"))
             .next()
             .expect("proxy upstream resolves to no address");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let port = lease();
+        let listener = TcpListener::bind(("127.0.0.1", port.port()))
+            .unwrap_or_else(|e| panic!("proxy bind 127.0.0.1:{}: {e}", port.port()));
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             mode: Mutex::new(Mode::Pass),
@@ -142,6 +146,7 @@ impl Proxy {
             .unwrap();
         Proxy {
             addr,
+            _port: port,
             shared,
             acceptor: Some(acceptor),
         }
