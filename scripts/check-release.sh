@@ -8,7 +8,7 @@
 #   3. runs in an empty root (a temp dir holding nothing but the binary, no
 #      /etc, /proc, /dev, no libc), entered with chroot (root) or
 #      `unshare --map-root-user --root` (unprivileged):
-#        - `/etcd-await-election --version` prints the version
+#        - `/etcd-await-election --version` prints the version and commit
 #        - `/etcd-await-election /etcd-await-election --version` (no election
 #          variables: plain exec of the command) prints it too
 #        - a real election against a throwaway etcd on 127.0.0.1 (the empty
@@ -20,6 +20,10 @@
 # Env:   BIN=path/to/etcd-await-election
 #            (default target/x86_64-unknown-linux-musl/release/etcd-await-election)
 #        SIZE_BUDGET=bytes (default 3145728)
+#        ROOT_DIR=dir: run step 3 in this root (an unpacked image holding
+#            /etcd-await-election) instead of a fresh one holding a copy of BIN
+#        ROOT_USER=uid:gid: run as this user inside the root (chroot only)
+#        EXPECTED_COMMIT: the commit --version must name (default: git HEAD)
 # Needs: readelf (binutils), file, chroot or unshare (util-linux), etcd,
 #        etcdctl, python3, flock (ports), timeout (coreutils).
 set -euo pipefail
@@ -52,7 +56,9 @@ for tool in readelf file etcd etcdctl python3 timeout; do
 done
 VERSION="$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)"
 [ -n "$VERSION" ] || die "cannot read the package version from Cargo.toml"
-EXPECTED_VERSION_LINE="$NAME $VERSION"
+# The commit build.rs recorded: this checkout's HEAD (EXPECTED_COMMIT overrides).
+COMMIT="${EXPECTED_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}"
+EXPECTED_VERSION_LINE="$NAME $VERSION (commit $COMMIT)"
 
 # ------------------------------------------------- cleanup: always, on any exit
 WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/eae-release-check.XXXXXX")"
@@ -105,10 +111,15 @@ ok "within budget ($((SIZE_BUDGET - SIZE)) bytes to spare)"
 
 # ------------------------------------------------------------ 3. empty root
 say "3. running in an empty root"
-ROOT="$WORKDIR/root"
-mkdir "$ROOT"
-cp "$BIN" "$ROOT/$NAME"
-chmod 0755 "$ROOT/$NAME"
+if [ -n "${ROOT_DIR:-}" ]; then
+    ROOT="$ROOT_DIR"
+    [ -x "$ROOT/$NAME" ] || die "ROOT_DIR $ROOT has no executable /$NAME"
+else
+    ROOT="$WORKDIR/root"
+    mkdir "$ROOT"
+    cp "$BIN" "$ROOT/$NAME"
+    chmod 0755 "$ROOT/$NAME"
+fi
 
 # chroot when root (exit 125 = chroot itself failed, e.g. no CAP_SYS_CHROOT in
 # a container); otherwise an unprivileged user namespace entered at the root.
@@ -119,6 +130,8 @@ if [ "$(id -u)" -eq 0 ]; then
     if [ "$probe" -eq 125 ]; then
         say "   chroot failed (exit 125); trying unshare --map-root-user --root"
         ROOT_CMD=(unshare --map-root-user --root="$ROOT")
+    elif [ -n "${ROOT_USER:-}" ]; then
+        ROOT_CMD=(chroot --userspec="$ROOT_USER" "$ROOT")
     fi
 else
     ROOT_CMD=(unshare --map-root-user --root="$ROOT")

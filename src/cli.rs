@@ -11,6 +11,16 @@ use lexopt::Arg::{Long, Short, Value};
 
 use crate::config::{self, Var, VARIABLES};
 
+/// What `--version` prints: the version and the git commit the binary was built from (see
+/// build.rs).
+pub const VERSION: &str = concat!(
+    "etcd-await-election ",
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EAE_GIT_COMMIT"),
+    ")"
+);
+
 pub enum Action {
     Help,
     Version,
@@ -101,7 +111,7 @@ Options (each is also an environment variable; options win):
     }
     out.push_str(
         "  -h, --help       this help
-  -V, --version    the version
+  -V, --version    the version and the git commit it was built from
 
 Durations: a plain number is seconds; RENEW_DEADLINE and RETRY_PERIOD also take 500ms, 1.5s, 2m.
 

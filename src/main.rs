@@ -88,7 +88,7 @@ fn main() {
             exit(0);
         }
         Ok(cli::Action::Version) => {
-            println!("etcd-await-election {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", cli::VERSION);
             exit(0);
         }
         Ok(cli::Action::Run { options, command }) if !command.is_empty() => (options, command),

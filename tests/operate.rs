@@ -191,7 +191,11 @@ fn help_and_version() {
         .expect("run");
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
-        format!("etcd-await-election {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "etcd-await-election {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("EAE_GIT_COMMIT")
+        )
     );
     let bad = Command::new(wrapper_bin())
         .args(["--no-such-option", "true"])
