@@ -4,8 +4,12 @@
 #   make build     debug build (host target)
 #   make release   static musl release binary
 #   make release-check   release, then static/size/empty-root checks of it
+#   make image-check     OCI image of the release binary (buildah), inspected and
+#                        run from its unpacked root
 #   make examples-check  verify examples/ (systemd unit, k8s YAML, Dockerfile)
 #   make release-aarch64 static musl release binary for aarch64 (cross build)
+#   make dist      dist/: versioned x86_64 + aarch64 tarballs, OCI images (where
+#                  buildah works), SHA256SUMS
 #   make demo      two-candidate leader election demo against a throwaway etcd
 #   make bench     benchmarks (needs hyperfine)
 #   make soak      long-running soak test (EAE_SOAK_SECONDS, default 300)
@@ -27,12 +31,13 @@ BIN_NAME := etcd-await-election
 RELEASE_BIN := target/$(MUSL_TARGET)/release/$(BIN_NAME)
 AARCH64_TARGET := aarch64-unknown-linux-musl
 AARCH64_BIN := $(or $(CARGO_TARGET_DIR),target)/$(AARCH64_TARGET)/release/$(BIN_NAME)
+IMAGE_ARCHIVE := target/image/$(BIN_NAME)-oci.tar
 
 banner = @printf '\n==================== %s ====================\n' "$(1)"
 
-.PHONY: all deps deps-bench deps-release deps-aarch64 build test fmt-check \
-	clippy unit-test release release-check examples-check release-aarch64 \
-	demo bench soak clean
+.PHONY: all deps deps-bench deps-release deps-aarch64 deps-image deps-dist build \
+	test fmt-check clippy unit-test release release-check image-check \
+	examples-check release-aarch64 dist demo bench soak clean
 
 all: test
 
@@ -51,6 +56,14 @@ deps-release:
 deps-aarch64:
 	$(call banner,Checking/installing dependencies (incl. aarch64 cross toolchain))
 	scripts/install-deps.sh --aarch64
+
+deps-image:
+	$(call banner,Checking/installing dependencies (incl. OCI image builder))
+	scripts/install-deps.sh --image
+
+deps-dist:
+	$(call banner,Checking/installing dependencies (incl. both targets, image builder))
+	scripts/install-deps.sh --dist
 
 build:
 	$(call banner,cargo build)
@@ -75,6 +88,7 @@ test:
 	@$(MAKE) --no-print-directory clippy
 	@$(MAKE) --no-print-directory unit-test
 	@$(MAKE) --no-print-directory release-check
+	@$(MAKE) --no-print-directory image-check
 	@$(MAKE) --no-print-directory examples-check
 	$(call banner,All checks passed)
 
@@ -87,6 +101,20 @@ release: deps-release
 release-check: release
 	$(call banner,Release binary checks)
 	BIN=$(RELEASE_BIN) scripts/check-release.sh
+
+# packaging/Containerfile around the release binary: one layer, entrypoint,
+# size, and an election run from the unpacked root (no container runtime).
+image-check: release deps-image
+	$(call banner,OCI image checks)
+	scripts/build-image.sh $(RELEASE_BIN) x86_64 $(IMAGE_ARCHIVE)
+	scripts/check-image.sh $(IMAGE_ARCHIVE) x86_64
+
+# What a user downloads, in dist/ (scripts/dist.sh says what and how it is checked).
+dist: deps-dist
+	@$(MAKE) --no-print-directory release-check
+	@$(MAKE) --no-print-directory release-aarch64
+	$(call banner,dist/)
+	scripts/dist.sh $(RELEASE_BIN) $(AARCH64_BIN)
 
 # systemd-analyze verify, Kubernetes YAML and Dockerfile structure.
 examples-check:

@@ -14,7 +14,9 @@
 #   scripts/install-deps.sh --image    # + an OCI image builder (`make image-check`)
 #   scripts/install-deps.sh --bench    # + hyperfine (`make bench`)
 #   scripts/install-deps.sh --aarch64  # + the aarch64 cross toolchain (`make release-aarch64`)
-#   scripts/install-deps.sh --dist     # --release --aarch64 --image (`make dist`)
+#   scripts/install-deps.sh --dist     # --release --aarch64, and the image builder
+#                                      # when it can work here (`make dist`)
+#   scripts/install-deps.sh --probe CAP  # only prove CAP (below); install nothing
 #
 # Capability (how it is proved)                  -> provided by
 #   etcd        etcd --version is 3.x              -> etcd-server
@@ -43,20 +45,22 @@ MUSL_TARGET=x86_64-unknown-linux-musl
 AARCH64_TARGET=aarch64-unknown-linux-musl
 
 usage() {
-    sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
 }
 
-WANT_RELEASE=0 WANT_IMAGE=0 WANT_BENCH=0 WANT_AARCH64=0
-for arg in "$@"; do
-    case "$arg" in
+WANT_RELEASE=0 WANT_IMAGE=0 WANT_BENCH=0 WANT_AARCH64=0 WANT_DIST=0 PROBE_ONLY=""
+while [ "$#" -gt 0 ]; do
+    case "$1" in
         --release) WANT_RELEASE=1 ;;
         --image) WANT_IMAGE=1 ;;
         --bench) WANT_BENCH=1 ;;
         --aarch64) WANT_AARCH64=1 ;;
-        --dist) WANT_RELEASE=1 WANT_AARCH64=1 WANT_IMAGE=1 ;;
+        --dist) WANT_RELEASE=1 WANT_AARCH64=1 WANT_DIST=1 ;;
+        --probe) PROBE_ONLY="${2:?--probe needs a capability name}"; shift ;;
         -h | --help) usage; exit 0 ;;
-        *) echo "install-deps: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+        *) echo "install-deps: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
+    shift
 done
 
 export DEBIAN_FRONTEND=noninteractive
@@ -215,7 +219,7 @@ rust_hello() {
     printf 'fn main() { println!("ok"); }\n' >"$PROBE_DIR/hello.rs"
     msg="$(rustc --edition 2021 --target "$target" -C target-feature=+crt-static "$@" \
         -o "$out" "$PROBE_DIR/hello.rs" 2>&1)" ||
-        { echo "rustc cannot link a static hello world for $target: $(tail -n 3 <<<"${msg:-rustc not found}")"; return 1; }
+        { echo "rustc cannot link a static hello world for $target: $(grep -m 1 '^error' <<<"${msg:-error: rustc not found}")"; return 1; }
 }
 
 # -------------------------------------------------------------------- image
@@ -294,10 +298,15 @@ else
     # `make test` needs it (via --release) anyway: install it early.
     OPTIONAL+=(musl)
 fi
-[ "$WANT_IMAGE" -eq 1 ] && REQUIRED+=(image)
+if [ "$WANT_IMAGE" -eq 1 ]; then
+    REQUIRED+=(image)
+elif [ "$WANT_DIST" -eq 1 ]; then
+    # `make dist` builds the image only where an image builder works.
+    OPTIONAL+=(image)
+fi
 [ "$WANT_BENCH" -eq 1 ] && REQUIRED+=(hyperfine)
 [ "$WANT_AARCH64" -eq 1 ] && REQUIRED+=(aarch64) && OPTIONAL+=(qemu_aarch64)
-[ "$WANT_RELEASE" -eq 1 ] && [ "$WANT_AARCH64" -eq 1 ] && REQUIRED+=(dist_tools)
+[ "$WANT_DIST" -eq 1 ] && REQUIRED+=(dist_tools)
 
 # ============================================ packaged etcd (after install)
 # PIDs of etcd processes run by the package's `etcd` system user.
@@ -398,6 +407,15 @@ probe() {
     REASON[$1]="${why:-failed}"
     return 1
 }
+
+if [ -n "$PROBE_ONLY" ]; then
+    cap="${PROBE_ONLY//-/_}"
+    declare -F "have_$cap" >/dev/null || die "no capability '$PROBE_ONLY'"
+    probe "$cap" && exit 0
+    log "$PROBE_ONLY does not work: ${REASON[$cap]}"
+    log "get it with: $("how_$cap")"
+    exit 1
+fi
 
 failing=()
 for cap in "${REQUIRED[@]}" "${OPTIONAL[@]}"; do
