@@ -82,8 +82,9 @@ sed '$d' <<<"$INSPECT"
 read -r LAYER USER_SPEC <<<"$(tail -n 1 <<<"$INSPECT")"
 
 mapfile -t FILES < <(tar -tzf "$LAYER")
-[ "${#FILES[@]}" -eq 1 ] && [ "${FILES[0]#./}" = etcd-await-election ] ||
+if [ "${#FILES[@]}" -ne 1 ] || [ "${FILES[0]#./}" != etcd-await-election ]; then
     die "the layer should hold exactly etcd-await-election, holds: ${FILES[*]}"
+fi
 ok "the layer holds one file: /etcd-await-election"
 tar -C "$WORKDIR/root" -xzf "$LAYER" || die "cannot unpack the layer"
 

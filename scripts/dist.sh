@@ -89,7 +89,7 @@ if why="$(scripts/install-deps.sh --probe image 2>&1)"; then
     done
 else
     say "no OCI images: buildah cannot build images on this machine:"
-    sed 's/^/    /' <<<"$why"
+    printf '    %s\n' "$why"
 fi
 
 say "SHA256SUMS"

@@ -39,6 +39,9 @@
 #                                                     libc6-dev-arm64-cross, rustup target
 #   qemu-aarch64 runs that hello world (optional)  -> qemu-user-static
 #   dist-tools  sha256sum, tar, gzip               -> coreutils, tar, gzip
+
+# The capability functions are called by name (have_$cap, pkgs_$cap, ...).
+# shellcheck disable=SC2317
 set -euo pipefail
 
 MUSL_TARGET=x86_64-unknown-linux-musl
