@@ -82,10 +82,14 @@ def free_port():
     start = random.randrange(hi - lo)
     for i in range(hi - lo):
         port = lo + (start + i) % (hi - lo)
+        path = os.path.join(PORT_LOCK_DIR, str(port))
         try:
-            f = open(os.path.join(PORT_LOCK_DIR, str(port)), "a")
+            f = open(path, "a")
         except OSError:
-            continue
+            try:
+                f = open(path)  # read-only locks too: another user's lock file
+            except OSError:
+                continue
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             with socket.socket() as s:

@@ -43,8 +43,10 @@ take_ports() {
     for var in "$@"; do
         for ((i = 0; i < span; i++)); do
             port=$((from + (start + i) % span))
-            # (the group keeps 2>/dev/null from becoming permanent, as exec would make it)
-            { exec {fd}<>"$PORT_LOCK_DIR/$port"; } 2>/dev/null || continue
+            # Read-only is enough to lock, and all we get on another user's lock file.
+            # (The groups keep 2>/dev/null from becoming permanent, as exec would make it.)
+            { exec {fd}<>"$PORT_LOCK_DIR/$port"; } 2>/dev/null ||
+                { exec {fd}<"$PORT_LOCK_DIR/$port"; } 2>/dev/null || continue
             if flock -n "$fd" && port_bindable "$port"; then
                 printf -v "$var" '%s' "$port"
                 start=$(((start + i + 1) % span))

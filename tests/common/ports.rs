@@ -70,6 +70,7 @@ pub fn lease() -> PortLease {
 
 fn try_lease(port: u16) -> Option<PortLease> {
     let path = Path::new(LOCK_DIR).join(port.to_string());
+    // Read-only is enough to lock, and all we get on a lock file another user created.
     let lock = File::options()
         .read(true)
         .write(true)
@@ -77,6 +78,7 @@ fn try_lease(port: u16) -> Option<PortLease> {
         .truncate(false)
         .mode(0o666)
         .open(&path)
+        .or_else(|_| File::open(&path))
         .ok()?;
     // SAFETY: flock(2) on an fd we own; it is released when the fd is closed.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
