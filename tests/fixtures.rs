@@ -1,7 +1,8 @@
 //! Tests of the test fixtures themselves: the invariant checker provably detects overlaps (and
 //! does not invent them), the test child behaves as documented, the fault proxy's modes do what
 //! they say against a real etcd, the etcd single-member and cluster fixtures survive the
-//! faults they inject, and leased ports are outside the ephemeral range and locked machine-wide.
+//! faults they inject, leased ports are outside the ephemeral range and locked machine-wide, and
+//! an exited child is seen without being reaped.
 
 mod common;
 
@@ -46,8 +47,10 @@ impl Direct {
         unsafe { libc::kill(-(self.pid() as i32), sig) };
     }
 
+    /// Its exit status; it is reaped only on drop, so that [`Direct::signal_group`] can never
+    /// hit a stranger's group of the same id.
     fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        common::wait_child(&mut self.0, timeout)
+        common::wait_child_unreaped(&self.0, timeout)
             .unwrap_or_else(|| panic!("test child did not exit"))
     }
 }
@@ -418,4 +421,22 @@ fn ports_are_outside_the_ephemeral_range_and_locked_machine_wide() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("{from} {to}")
     );
+}
+
+#[test]
+fn an_exited_child_is_seen_without_being_reaped() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut c = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+    let st = common::wait_child_unreaped(&c, T).expect("sh exits");
+    assert_eq!(st.code(), Some(7));
+    // Still a zombie: its pid (and group id) cannot be anyone else's yet.
+    assert_eq!(common::procfs::stat(c.id()).map(|s| s.state), Some('Z'));
+    assert_eq!(c.wait().unwrap(), st);
+
+    let mut c = Command::new("sleep").arg("30").spawn().unwrap();
+    assert_eq!(common::exit_status_unreaped(&c, false), None);
+    c.kill().unwrap();
+    let st = common::exit_status_unreaped(&c, true).expect("sleep is killed");
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    assert_eq!(c.wait().unwrap(), st);
 }

@@ -3,7 +3,8 @@
 //! default around `eae-test-child`) in its own process group with stdout/stderr captured to files
 //! in a temp dir, signalling and waiting for it, and cleaning up: dropping a [`Candidate`]
 //! SIGKILLs its process group, reaps it, and SIGKILLs any of its logged test children that are
-//! still alive (even ones that escaped into another process group).
+//! still alive (even ones that escaped into another process group). An exited wrapper is left
+//! unreaped until then, so that its process group id cannot meanwhile become a stranger's.
 
 use super::child::{child_bin, read_records, Kind};
 use super::TempDir;
@@ -11,7 +12,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub fn wrapper_bin() -> &'static str {
     env!("CARGO_BIN_EXE_etcd-await-election")
@@ -208,46 +209,40 @@ impl Candidate {
         self.child.id()
     }
 
-    /// Send `sig` to the wrapper. Returns false if it has already been reaped or kill(2) failed.
+    /// Send `sig` to the wrapper. Returns false if it has already exited or kill(2) failed.
     pub fn signal(&mut self, sig: i32) -> bool {
-        if self.try_reap().is_some() {
+        if self.exited().is_some() {
             return false;
         }
         super::signal_pid(self.pid(), sig)
     }
 
-    /// SIGKILL the wrapper alone (its children are left to fend for themselves) and reap it.
+    /// SIGKILL the wrapper alone (its children are left to fend for themselves) and wait for it
+    /// to die.
     pub fn kill9(&mut self) -> ExitStatus {
         if let Some(st) = self.exit {
             return st;
         }
         let _ = self.child.kill();
-        let st = self.child.wait().expect("wait for wrapper");
+        let st = super::exit_status_unreaped(&self.child, true).expect("the wrapper's exit");
         self.exit = Some(st);
         st
     }
 
-    fn try_reap(&mut self) -> Option<ExitStatus> {
+    /// Its exit status once it has exited (it is reaped only on drop).
+    fn exited(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                self.exit = Some(st);
-            }
+            self.exit = super::exit_status_unreaped(&self.child, false);
         }
         self.exit
     }
 
     /// Wait up to `timeout` for the wrapper to exit.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.try_reap() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if self.exit.is_none() {
+            self.exit = super::wait_child_unreaped(&self.child, timeout);
         }
+        self.exit
     }
 
     /// Like [`Candidate::wait_timeout`] but panics (with the wrapper's stderr) on timeout.
@@ -263,10 +258,10 @@ impl Candidate {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.try_reap().is_none()
+        self.exited().is_none()
     }
 
-    /// Exit status, if it has been reaped.
+    /// Exit status, if it has been seen.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.exit
     }
@@ -341,18 +336,12 @@ pub fn kill_if_test_child(pid: u32) {
 
 impl Drop for Candidate {
     fn drop(&mut self) {
-        if self.exit.is_none() {
-            // The wrapper leads its own process group; take the whole group down.
-            // SAFETY: kill(2) on our own, not yet reaped, process group.
-            unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        } else {
-            // Reaped already: the group may still hold children; the pgid cannot be reused while
-            // members remain, so this cannot hit strangers.
-            // SAFETY: as above.
-            unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
-        }
+        // The wrapper leads its own process group; take the whole group down, then reap.
+        // SAFETY: kill(2) on our own process group: its leader is not reaped yet (alive or a
+        // zombie), so the id is still ours.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         self.kill_logged_children();
     }
 }

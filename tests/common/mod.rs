@@ -155,6 +155,52 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Run {
     }
 }
 
+/// The exit status of `child` once it has exited, without reaping it (`waitid` with `WNOWAIT`):
+/// it stays a zombie, so its pid, and the id of a process group it leads, cannot be given to
+/// another process until its owner reaps it (`Child::wait`). A group signalled after its leader
+/// was reaped can be a stranger's: the kernel reuses a free pid (pid_max may be only 32768).
+/// `block`: wait for the exit instead of returning `None` while it runs.
+pub fn exit_status_unreaped(child: &Child, block: bool) -> Option<ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: waitid(2) on our own child, writing into a zeroed siginfo_t we own.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::waitid(libc::P_PID, child.id(), &mut info, flags) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            panic!("waitid({}): {err}", child.id());
+        }
+        // SAFETY: waitid filled in a SIGCHLD siginfo (si_pid 0: WNOHANG and still running).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return None;
+        }
+        return Some(ExitStatus::from_raw(match info.si_code {
+            libc::CLD_EXITED => (status & 0xff) << 8,
+            libc::CLD_DUMPED => status | 0x80,
+            _ => status,
+        }));
+    }
+}
+
+/// Like [`wait_child`], but leaves the exited child unreaped (see [`exit_status_unreaped`]).
+pub fn wait_child_unreaped(child: &Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = exit_status_unreaped(child, false) {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// SIGKILL a child and reap it; errors (already dead, already reaped) are ignored.
 pub fn kill_and_wait(child: &mut Child) {
     let _ = child.kill();
