@@ -189,7 +189,7 @@ fn status_endpoint_in_use_is_an_internal_error() {
         (IDENTITY, "cfg-me"),
         (ENDPOINTS, ep.as_str()),
         (LEASE, "2"),
-        (RENEW, "1500ms"),
+        (RENEW, "1s"),
         (STATUS, addr.as_str()),
     ];
     let o = run_with(&vars);
