@@ -1,6 +1,7 @@
 # etcd-await-election developer entry points (GNU make).
 #
-#   make test      install deps, then fmt check, clippy, all tests (what CI runs)
+#   make test      install deps, then fmt check, clippy, all tests, release, image
+#                  and example checks, and the demo (what CI runs)
 #   make build     debug build (host target)
 #   make release   static musl release binary
 #   make release-check   release, then static/size/empty-root checks of it
@@ -90,6 +91,7 @@ test:
 	@$(MAKE) --no-print-directory release-check
 	@$(MAKE) --no-print-directory image-check
 	@$(MAKE) --no-print-directory examples-check
+	@$(MAKE) --no-print-directory demo
 	$(call banner,All checks passed)
 
 release: deps-release
