@@ -635,7 +635,7 @@ class Bench:
             time.sleep(random.uniform(0, 0.5))
             lock = self.lockname(f"failover-{tool}")
             cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
-            renew = "1.5s" if tool == "ours" else None
+            renew = "1s" if tool == "ours" else None
             a = self.launch(tool, "a", lock, cl, ttl=ttl, renew=renew)
             ra = cl.wait("start", "a", 20)
             if not ra:
@@ -688,7 +688,7 @@ class Bench:
             cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
             proxy = Proxy(self.etcd.cport)
             try:
-                renew = "1.5s" if tool == "ours" else None
+                renew = "1s" if tool == "ours" else None
                 a = self.launch(tool, "a", lock, cl, ttl=ttl, renew=renew, retry="500ms",
                                 endpoint=f"127.0.0.1:{proxy.port}")
                 ra = cl.wait("start", "a", 20)
