@@ -983,7 +983,7 @@ def write_report(path, R, meta):
   Ours with defaults (TTL 15 s, legacy lock on); `etcdctl lock` with its default `--ttl=10`.
 - **Handover on SIGTERM**: same, but SIGTERM goes to the leader's *wrapper* (our wrapper
   forwards it to the command); figure = next `start` − old `stop`; also SIGTERM → old `stop`.
-- **Failover after SIGKILL**: TTL 2 s for both (ours: renew deadline 1.5 s); SIGKILL to the
+- **Failover after SIGKILL**: TTL 2 s for both (ours: renew deadline 1 s); SIGKILL to the
   leader's wrapper at a random phase of the keep-alive cycle; figure = next `start` − kill −
   granted TTL. The lease expires `TTL` after its *last renewal*, which preceded the kill by up
   to one keep-alive period (ours: min(TTL, renew deadline)/3 = 0.5 s; etcdctl: TTL/3), and etcd's
@@ -995,7 +995,7 @@ def write_report(path, R, meta):
   We also time the old command's death (polling `/proc/PID/stat` every ms).
 - **Partition**: the leader talks to etcd through a TCP proxy in the script; at the cut the
   proxy keeps the connections open but drops every byte both ways. TTL 2 s, renew deadline
-  1.5 s, retry period 500 ms; the waiter talks to etcd directly. Figures: cut → old command's
+  1 s, retry period 500 ms; the waiter talks to etcd directly. Figures: cut → old command's
   `stop`, cut → new command's `start`, and the gap between them (positive = no overlap).
 - **Overhead without election**: `hyperfine -N --warmup 50` of `etcd-await-election true` vs
   `true` (no `ETCD_AWAIT_ELECTION_*` variable set: the wrapper just `exec`s).
@@ -1322,7 +1322,7 @@ afterwards: {', '.join(R.get('notes', {}).get('handover-sigterm-etcdctl-exit-cod
              ("partition: cut → new command started", "etcdctl lock", pnp)]
     pp = g("partition_etcdctl")
     po = g("partition_ours")
-    summary.append(["Partition (TTL 2 s, renew deadline 1.5 s): cut → old command stopped; "
+    summary.append(["Partition (TTL 2 s, renew deadline 1 s): cut → old command stopped; "
                     "cut → new started, p50",
                     (f"{pco['p50']:.0f} ms; {pno['p50']:.0f} ms (gap ≥ {pgo['min']:.0f} ms, "
                      f"never overlapping)" if pco and pno and pgo else failed("partition_ours")),
@@ -1475,7 +1475,7 @@ A window that is not a multiple of the period catches one renewal more or less: 
     if ok(pp) and ok(po):
         sections.append(("Partition", f"""
 Ours: the leader behind the blackholed proxy stops its command when no renewal succeeded for the
-renew deadline (1.5 s after the last successful renewal, i.e. {pco['min'] if pco else 0:.0f}–{pco['max'] if pco else 0:.0f} ms
+renew deadline (1 s after the last successful renewal, i.e. {pco['min'] if pco else 0:.0f}–{pco['max'] if pco else 0:.0f} ms
 after the cut depending on the keep-alive phase); its lease expires on the server 2 s after the
 last renewal, and etcd's lessor notices within its 500 ms check interval, so the waiter starts
 {pno['min'] if pno else 0:.0f}–{pno['max'] if pno else 0:.0f} ms after the cut. Exit codes of the cut-off wrapper:
@@ -1519,12 +1519,12 @@ The static binary is the one `make release` left in `target/`; `make bench` does
 - **Failover after SIGKILL** is set by etcd, not by the wrapper: the lease lives until TTL
   after its last renewal, and etcd 3.4's lessor looks for expired leases only every 500 ms, so
   the key goes between −(keep-alive period) and +500 ms around kill + TTL (ours renews every
-  0.5 s with TTL 2 s / renew deadline 1.5 s; `etcdctl lock`'s client every 1 s: its
+  0.5 s with TTL 2 s / renew deadline 1 s; `etcdctl lock`'s client every 1 s: its
   TTL/3 = 0.67 s rounded up to its 500 ms send tick). Successor start − key deletion, the
   tool's own part, is {eo['p50'] if eo else 0:.1f} ms p50 for ours. So the ≤ 250 ms target holds for the median
   but cannot hold for every sample: up to 500 ms is etcd's lessor granularity.
 - **Partition**: the cut-off leader stops its command exactly at the renew deadline after its
-  last successful renewal (1.5 s here); the successor cannot start before the lease expires
+  last successful renewal (1 s here); the successor cannot start before the lease expires
   (TTL 2 s after the same renewal, + up to 500 ms lessor granularity), so the gap between them
   is TTL − renew deadline ± lessor granularity, by design.
 - **Launch → start** ({lo['p50'] if lo else 0:.1f} ms p50 vs a {ld['p50'] if ld else 0:.1f} ms spawn floor): process start, the
