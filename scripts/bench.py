@@ -1519,7 +1519,7 @@ The static binary is the one `make release` left in `target/`; `make bench` does
 - **Failover after SIGKILL** is set by etcd, not by the wrapper: the lease lives until TTL
   after its last renewal, and etcd 3.4's lessor looks for expired leases only every 500 ms, so
   the key goes between −(keep-alive period) and +500 ms around kill + TTL (ours renews every
-  0.5 s with TTL 2 s / renew deadline 1 s; `etcdctl lock`'s client every 1 s: its
+  0.33 s with TTL 2 s / renew deadline 1 s; `etcdctl lock`'s client every 1 s: its
   TTL/3 = 0.67 s rounded up to its 500 ms send tick). Successor start − key deletion, the
   tool's own part, is {eo['p50'] if eo else 0:.1f} ms p50 for ours. So the ≤ 250 ms target holds for the median
   but cannot hold for every sample: up to 500 ms is etcd's lessor granularity.
