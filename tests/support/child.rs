@@ -9,6 +9,8 @@
 //! Flags:
 //! * `--id X`            identity (default: env `ETCD_AWAIT_ELECTION_IDENTITY`, else `unknown`)
 //! * `--ignore-term`     on SIGTERM write `term` and keep running (grandchildren too)
+//! * `--term-delay MS`   on SIGTERM write `term`, keep running MS milliseconds (a service shutting
+//!   down slowly), then write `stop` and exit 143
 //! * `--fork N`          fork N grandchildren in the same process group; each writes its own
 //!   `start`, and handles SIGTERM like the parent. Grandchildren ignore `--exit-after`: they run
 //!   until signalled, so they outlive a parent that exits on its own.
@@ -26,6 +28,7 @@ use std::time::Duration;
 struct Opts {
     id: String,
     ignore_term: bool,
+    term_delay_ms: u64,
     fork: u32,
     exit_after_ms: Option<u64>,
     exit_code: i32,
@@ -51,6 +54,7 @@ fn parse_opts() -> Opts {
     let mut o = Opts {
         id: std::env::var("ETCD_AWAIT_ELECTION_IDENTITY").unwrap_or_else(|_| "unknown".into()),
         ignore_term: false,
+        term_delay_ms: 0,
         fork: 0,
         exit_after_ms: None,
         exit_code: 0,
@@ -66,6 +70,11 @@ fn parse_opts() -> Opts {
             "--id" => o.id = val("--id"),
             "--ignore-term" => o.ignore_term = true,
             "--print-env" => o.print_env = true,
+            "--term-delay" => {
+                o.term_delay_ms = val("--term-delay")
+                    .parse()
+                    .unwrap_or_else(|_| usage("bad --term-delay"))
+            }
             "--fork" => {
                 o.fork = val("--fork")
                     .parse()
@@ -205,6 +214,8 @@ fn main() {
         if wait_term(&set, slice) {
             log.record("term");
             if !opts.ignore_term {
+                // Still running, as a service finishing its work would: the group stays alive.
+                std::thread::sleep(Duration::from_millis(opts.term_delay_ms));
                 log.record("stop");
                 std::process::exit(143);
             }
