@@ -29,6 +29,7 @@
 #   port-locks  flock(1) locks a file              -> util-linux
 #   release-tools readelf, file, timeout, chroot/unshare run -> binutils, file, coreutils, util-linux
 #   systemd-analyze verifies a unit                -> systemd
+#   strace      delays a traced fdatasync (tests/actors.rs stalls an etcd member's disk) -> strace
 #   musl        musl-gcc builds and runs a static C program; rustc links and
 #               runs a static hello world for x86_64-unknown-linux-musl
 #                                                  -> musl-tools, rustup target
@@ -199,6 +200,15 @@ have_systemd_analyze() {
 pkgs_systemd_analyze() { echo systemd; }
 how_systemd_analyze() { echo "apt-get install systemd (only systemd-analyze is used; no systemd needs to run)"; }
 
+# ------------------------------------------------------------------- strace
+have_strace() {
+    local out
+    out="$(strace -qq -f -e trace=fdatasync -e inject=fdatasync:delay_enter=1 -o /dev/null true 2>&1)" ||
+        { echo "strace cannot delay a syscall: ${out:-not found}"; return 1; }
+}
+pkgs_strace() { echo strace; }
+how_strace() { echo "apt-get install strace (syscall fault injection: 4.22 or newer)"; }
+
 # --------------------------------------------------------------------- musl
 # A C program through musl-gcc (ring's C code) and a Rust one for the target,
 # both static, both run.
@@ -293,7 +303,7 @@ how_dist_tools() { echo "apt-get install coreutils tar gzip"; }
 # ================================================================= selection
 # REQUIRED: a failure stops the script. OPTIONAL: a failure is a warning
 # (the build works without it; only a named extra is lost).
-REQUIRED=(etcd etcdctl protoc rust_tools python port_locks release_tools systemd_analyze)
+REQUIRED=(etcd etcdctl protoc rust_tools python port_locks release_tools systemd_analyze strace)
 OPTIONAL=()
 if [ "$WANT_RELEASE" -eq 1 ]; then
     REQUIRED+=(musl)
