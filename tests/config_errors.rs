@@ -130,6 +130,16 @@ fn bad_renew_deadline() {
     check(&[(RENEW, Some("20"))], RENEW);
 }
 
+/// The kill budget (what is left between the renew deadline and the lease's expiry) must be at
+/// least a second, more than an etcd heartbeat: less is refused, not silently shrunk.
+#[test]
+fn kill_budget_below_one_second_is_refused() {
+    check(&[(LEASE, Some("3")), (RENEW, Some("2500ms"))], RENEW);
+    check(&[(LEASE, Some("2")), (RENEW, Some("1500ms"))], RENEW);
+    check(&[(LEASE, Some("5")), (RENEW, Some("4.1s"))], RENEW);
+    check(&[(RENEW, Some("14500ms"))], RENEW);
+}
+
 #[test]
 fn bad_retry_period() {
     check(&[(RETRY, Some("0"))], RETRY);
