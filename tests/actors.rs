@@ -1,0 +1,874 @@
+//! Other actors on the lock against the one promise: at no instant do two candidates' commands
+//! run at once. Forcers (with waiters queued, restarting mid-wait, cooperating holders for a
+//! graceful switchover), an operator deleting the leader's key by hand, twins (two live
+//! candidates with one identity), a neighbouring election whose name extends ours, and an etcd
+//! raft leader whose disk stalls. Every test runs a real etcd on loopback and real wrappers
+//! around `eae-test-child`, and proves exclusion from the children's CLOCK_MONOTONIC records
+//! with the invariant [`Monitor`]. The holders' commands stop slowly or ignore SIGTERM (as real
+//! services do), so a successor that starts too early is caught overlapping them.
+
+mod common;
+
+use common::candidate::{Candidate, CandidateBuilder};
+use common::child::{monotonic_ns, Kind, Record};
+use common::etcd::{json_uint, Cluster, Etcd};
+use common::invariant::{Monitor, Proc};
+use common::proxy::{Mode, Proxy};
+use common::scene::Scene;
+use common::{wait_for, wait_until, TempDir};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Lease TTL (seconds), renew deadline and retry period of every candidate unless a test says
+/// otherwise. RETRY_PERIOD is also how long a forcer waits for the holder's answer.
+const TTL: u64 = 3;
+const RENEW: &str = "2s";
+const RETRY: &str = "250ms";
+/// Deadline for anything that should happen within a few TTLs.
+const T: Duration = Duration::from_secs(20);
+/// A handover that needs no lease to expire: a watch, a revoke.
+const FAST: Duration = Duration::from_secs(2);
+/// The wrapper's exit code for "this identity is in use by another live candidate".
+const EXIT_TWIN: i32 = 76;
+/// The wrapper's "leadership lost" exit code.
+const EXIT_LOST: i32 = 75;
+/// How long a slow holder's command takes to stop after SIGTERM.
+const SLOW_STOP_MS: &str = "700";
+
+/// The wrappers of one test: on a panic, their stderr is printed (dropped before the scene, so
+/// their process trees go first).
+#[derive(Default)]
+struct Cast(Vec<Candidate>);
+
+impl Cast {
+    fn add(&mut self, b: CandidateBuilder) -> usize {
+        self.0.push(b.spawn());
+        self.0.len() - 1
+    }
+}
+
+impl std::ops::Index<usize> for Cast {
+    type Output = Candidate;
+    fn index(&self, i: usize) -> &Candidate {
+        &self.0[i]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Cast {
+    fn index_mut(&mut self, i: usize) -> &mut Candidate {
+        &mut self.0[i]
+    }
+}
+
+impl Drop for Cast {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for c in &self.0 {
+            eprintln!(
+                "---- stderr of {} (wrapper pid {}, exit {:?}) ----\n{}",
+                c.identity(),
+                c.pid(),
+                c.exit_status(),
+                c.stderr_text()
+            );
+        }
+    }
+}
+
+/// One key as etcd holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Kv {
+    key: String,
+    value: String,
+    create_revision: i64,
+    mod_revision: i64,
+    lease: i64,
+}
+
+fn base64(s: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().take_while(|&c| c != b'=') {
+        let v = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .unwrap_or_else(|| panic!("not base64: {s:?}")) as u32;
+        bits = bits << 6 | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The keys of an `etcdctl get -w json` answer (keys and values are base64 there).
+fn parse_kvs(out: &Output, what: &str) -> Vec<Kv> {
+    common::etcd::assert_success(out, what);
+    let s = String::from_utf8_lossy(&out.stdout);
+    let Some(at) = s.find("\"kvs\":[") else {
+        return Vec::new();
+    };
+    let quoted = |seg: &str, field: &str| -> String {
+        seg.find(field).map_or(String::new(), |i| {
+            let rest = &seg[i + field.len()..];
+            base64(&rest[..rest.find('"').unwrap_or(rest.len())])
+        })
+    };
+    s[at..]
+        .split("{\"key\":\"")
+        .skip(1)
+        .map(|seg| Kv {
+            key: base64(&seg[..seg.find('"').unwrap_or(seg.len())]),
+            value: quoted(seg, "\"value\":\""),
+            create_revision: json_uint(seg, "\"create_revision\":").unwrap_or(0),
+            mod_revision: json_uint(seg, "\"mod_revision\":").unwrap_or(0),
+            lease: json_uint(seg, "\"lease\":").unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Something `etcdctl` can be run against: one server or a cluster.
+trait Etcdctl {
+    fn ctl(&self, args: &[&str]) -> Output;
+
+    /// Every key starting with `prefix`.
+    fn under(&self, prefix: &str) -> Vec<Kv> {
+        let out = self.ctl(&["get", "--prefix", prefix, "-w", "json"]);
+        parse_kvs(&out, &format!("etcdctl get --prefix {prefix}"))
+    }
+
+    /// The candidates of `lock`, oldest first: only keys of the layout `<lock>/<hex of their
+    /// own lease>` (a neighbouring lock's keys are not candidates).
+    fn queue(&self, lock: &str) -> Vec<Kv> {
+        let mut q: Vec<Kv> = self
+            .under(&format!("{lock}/"))
+            .into_iter()
+            .filter(|kv| kv.lease != 0 && kv.key == format!("{lock}/{:x}", kv.lease))
+            .collect();
+        q.sort_by_key(|kv| kv.create_revision);
+        q
+    }
+
+    /// Wait until a candidate key of `lock` holds `identity`; returns it.
+    fn wait_queued(&self, lock: &str, identity: &str) -> Kv {
+        wait_for(T, &format!("{identity} queued on {lock}"), || {
+            let kv = self.queue(lock).into_iter().find(|kv| kv.value == identity);
+            if kv.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            kv
+        })
+    }
+
+    /// `etcdctl del KEY`, as an operator would.
+    fn del(&self, key: &str) {
+        let out = self.ctl(&["del", key]);
+        common::etcd::assert_success(&out, &format!("etcdctl del {key}"));
+    }
+}
+
+impl Etcdctl for Etcd {
+    fn ctl(&self, args: &[&str]) -> Output {
+        self.etcdctl(args)
+    }
+}
+
+impl Etcdctl for Cluster {
+    fn ctl(&self, args: &[&str]) -> Output {
+        self.etcdctl(args)
+    }
+}
+
+/// A candidate with this file's timings on the scene's etcd and record log, for `lock`.
+fn cand(s: &Scene, id: &str, lock: &str) -> CandidateBuilder {
+    s.candidate(id, TTL, RENEW, RETRY).lock(lock)
+}
+
+/// The newest logged process with this pid.
+fn proc_of(mon: &Monitor, pid: u32) -> Proc {
+    mon.procs()
+        .into_iter()
+        .rev()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("no logged process {pid}"))
+}
+
+fn starts_of(mon: &Monitor, identity: &str) -> Vec<Record> {
+    mon.starts()
+        .into_iter()
+        .filter(|r| r.identity == identity)
+        .collect()
+}
+
+/// The moment `pid` stopped running: its `stop` record, else its observed death (waits for it).
+fn end_of(mon: &Monitor, pid: u32) -> u64 {
+    let death = mon.wait_until_dead(pid, T);
+    proc_of(mon, pid).stop_ns.unwrap_or(death)
+}
+
+fn ms(ns: i128) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// `(p50, p95)` of `v`, in milliseconds.
+fn percentiles(v: &[f64]) -> (f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (at(0.5), at(0.95))
+}
+
+/// Stop a candidate that leads or waits with SIGTERM and wait for it to exit.
+fn term_and_wait(c: &mut Candidate) -> Option<i32> {
+    c.signal(libc::SIGTERM);
+    c.expect_exit(T).code()
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Force acquire with a waiter queued.
+
+/// A holder whose command stops slowly (or ignores SIGTERM: killed at its deadline), a waiter,
+/// then a forcer: the forcer leads only once the holder's command is gone, the waiter never runs
+/// beside either of them (it goes back in line behind the forcer), 20 times over in one etcd.
+#[test]
+fn force_acquire_with_a_waiter_queued_never_overlaps_20_times() {
+    let s = Scene::new("actors", "act-force");
+    let mut gaps = Vec::new();
+    for i in 0..20 {
+        let lock = format!("act-force-{i}");
+        let (h, w, f) = (format!("h{i}"), format!("w{i}"), format!("f{i}"));
+        let slow: &[&str] = if i % 2 == 0 {
+            &["--ignore-term"]
+        } else {
+            &["--term-delay", SLOW_STOP_MS]
+        };
+        let mut cast = Cast::default();
+        let ch = cast.add(cand(&s, &h, &lock).args(slow));
+        let rh = s.mon.wait_for_start(Some(&h), T);
+        let cw = cast.add(cand(&s, &w, &lock));
+        s.etcd.wait_queued(&lock, &w);
+        let cf = cast.add(cand(&s, &f, &lock).force(true));
+        let rf = s.mon.wait_for_start(Some(&f), T);
+        s.mon.assert_no_overlap();
+        let h_end = end_of(&s.mon, rh.pid);
+        assert!(
+            h_end < rf.ns,
+            "round {i}: the forcer started {:.1} ms before the holder's command ended:\n{}",
+            ms(h_end as i128 - rf.ns as i128),
+            s.mon.timeline()
+        );
+        assert!(
+            starts_of(&s.mon, &w).is_empty(),
+            "round {i}: the waiter ran:\n{}",
+            s.mon.timeline()
+        );
+        gaps.push(ms(rf.ns as i128 - h_end as i128));
+        let h_code = cast[ch].expect_exit(T).code();
+        assert!(cast[cw].is_running(), "round {i}: the waiter exited");
+
+        // The waiter is back in line behind the forcer: it leads once the forcer is gone.
+        assert_eq!(term_and_wait(&mut cast[cf]), Some(143), "round {i}: forcer");
+        let rw = s.mon.wait_for_start(Some(&w), T);
+        let f_end = end_of(&s.mon, rf.pid);
+        assert!(f_end < rw.ns, "round {i}: waiter before forcer ended");
+        assert_eq!(term_and_wait(&mut cast[cw]), Some(143), "round {i}: waiter");
+        s.mon.assert_no_overlap();
+        eprintln!(
+            "round {i} ({slow:?}): holder end -> forcer start {:.1} ms, holder exit {h_code:?}",
+            gaps[i]
+        );
+    }
+    s.mon.assert_no_overlap();
+    let (p50, p95) = percentiles(&gaps);
+    eprintln!("force with a waiter, 20 rounds: 0 overlaps; holder end -> forcer start p50 {p50:.1} ms p95 {p95:.1} ms");
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. A forcer that restarts during its wait.
+
+/// How the holder resists a force acquire.
+#[derive(Clone, Copy, Debug)]
+enum Holder {
+    /// One of ours, answering, but its command ignores SIGTERM: it runs until its kill deadline.
+    Stubborn,
+    /// One of ours cut off from etcd (blackholed): it cannot answer, and is fenced.
+    CutOff,
+}
+
+/// A forcer is SIGKILLed (or SIGTERMed) while it waits for the holder to stop, and comes back
+/// with the same identity: neither life starts its command while the holder's still runs.
+fn forcer_restarts(holder: Holder, sig: i32) {
+    let lock = "act-restart";
+    let s = Scene::new("actors", lock);
+    let proxy = Proxy::start(&s.etcd.endpoint());
+    let mut cast = Cast::default();
+    let ch = cast.add(
+        cand(&s, "h", lock)
+            .endpoints(&proxy.endpoint())
+            .args(&["--ignore-term"]),
+    );
+    let rh = s.mon.wait_for_start(Some("h"), T);
+    let h_key = s.etcd.wait_queued(lock, "h");
+
+    if let Holder::CutOff = holder {
+        proxy.set_mode(Mode::Blackhole);
+    }
+    let cf = cast.add(cand(&s, "f", lock).force(true).args(&["--id", "f.1"]));
+    // The forcer is waiting: the holder was asked (its command got SIGTERM), or, cut off, it
+    // was deposed (its key is gone).
+    match holder {
+        Holder::Stubborn => {
+            s.mon
+                .wait_for_record("SIGTERM to the holder's command", T, |r| {
+                    r.kind == Kind::Term && r.pid == rh.pid
+                });
+        }
+        Holder::CutOff => wait_until(T, "the cut-off holder's key to go", || {
+            let gone = !s.etcd.queue(lock).contains(&h_key);
+            if !gone {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            gone
+        }),
+    }
+    let restart = monotonic_ns();
+    assert!(
+        proc_of(&s.mon, rh.pid).end_ns().is_none(),
+        "the holder's command already ended: the restart must come during the wait:\n{}",
+        s.mon.timeline()
+    );
+    cast[cf].signal(sig);
+    cast[cf].expect_exit(T);
+    eprintln!("[{}] forcer stopped by signal {sig}", s.mon.rel(restart));
+    cast.add(cand(&s, "f", lock).force(true).args(&["--id", "f.2"]));
+
+    let next = s.mon.wait_for_start_after(None, restart, T);
+    s.mon.assert_no_overlap();
+    let h_end = end_of(&s.mon, rh.pid);
+    assert!(
+        h_end < next.ns,
+        "{} started {:.1} ms before the holder's command ended:\n{}",
+        next.identity,
+        ms(h_end as i128 - next.ns as i128),
+        s.mon.timeline()
+    );
+    assert!(starts_of(&s.mon, "f.1").is_empty(), "the first life ran");
+    assert_eq!(
+        cast[ch].expect_exit(T).code(),
+        Some(EXIT_LOST),
+        "the deposed holder"
+    );
+    proxy.set_mode(Mode::Pass);
+    // Settle: whoever leads keeps leading, nobody beside it.
+    let pid = next.pid;
+    s.mon
+        .assert_undisturbed(pid, FAST, "after the restart", String::new);
+    eprintln!(
+        "{holder:?} holder, forcer restarted by signal {sig}: {} started {:.1} ms after the holder's command ended",
+        next.identity,
+        ms(next.ns as i128 - h_end as i128)
+    );
+}
+
+#[test]
+fn forcer_sigkilled_while_a_stubborn_holder_stops_restarts_without_overlap() {
+    forcer_restarts(Holder::Stubborn, libc::SIGKILL);
+}
+
+#[test]
+fn forcer_sigtermed_while_a_stubborn_holder_stops_restarts_without_overlap() {
+    forcer_restarts(Holder::Stubborn, libc::SIGTERM);
+}
+
+#[test]
+fn forcer_sigkilled_while_a_cut_off_holder_is_fenced_restarts_without_overlap() {
+    forcer_restarts(Holder::CutOff, libc::SIGKILL);
+}
+
+#[test]
+fn forcer_sigtermed_while_a_cut_off_holder_is_fenced_restarts_without_overlap() {
+    forcer_restarts(Holder::CutOff, libc::SIGTERM);
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. An out-of-band delete of the leader's key.
+
+/// An operator deletes the leader's key with `etcdctl del` while a waiter queues (or none does);
+/// a newcomer joins after the delete. Nobody starts until the old command has stopped.
+fn out_of_band_delete(legacy: bool, waiter: bool) {
+    let lock = format!("act-del-{legacy}-{waiter}");
+    let s = Scene::new("actors", &lock);
+    let legacy = legacy.to_string();
+    let c = |id: &str| cand(&s, id, &lock).env("ETCD_AWAIT_ELECTION_LEGACY_LOCK", &legacy);
+    let mut cast = Cast::default();
+    let ca = cast.add(c("a").args(&["--ignore-term"]));
+    let ra = s.mon.wait_for_start(Some("a"), T);
+    if waiter {
+        cast.add(c("b"));
+        s.etcd.wait_queued(&lock, "b");
+    }
+    let head = s.etcd.queue(&lock).remove(0);
+    assert_eq!(head.value, "a");
+
+    let del = monotonic_ns();
+    s.etcd.del(&head.key);
+    eprintln!("[{}] etcdctl del {}", s.mon.rel(del), head.key);
+    cast.add(c("c"));
+    s.etcd.wait_queued(&lock, "c");
+
+    let first = if waiter { "b" } else { "c" };
+    let next = s.mon.wait_for_start(Some(first), T);
+    s.mon.assert_no_overlap();
+    let a_end = end_of(&s.mon, ra.pid);
+    assert!(
+        a_end < next.ns,
+        "{first} started {:.1} ms before a's command ended (the delete was {:.1} ms before):\n{}",
+        ms(a_end as i128 - next.ns as i128),
+        ms(next.ns as i128 - del as i128),
+        s.mon.timeline()
+    );
+    assert_eq!(cast[ca].expect_exit(T).code(), Some(EXIT_LOST));
+    if waiter {
+        assert!(starts_of(&s.mon, "c").is_empty(), "c ran beside b");
+        let b = cast.0.iter().position(|x| x.identity() == "b").unwrap();
+        assert_eq!(term_and_wait(&mut cast[b]), Some(143));
+        let rc = s.mon.wait_for_start(Some("c"), T);
+        assert!(end_of(&s.mon, next.pid) < rc.ns);
+    }
+    s.mon.assert_no_overlap();
+    eprintln!(
+        "legacy {legacy}, waiter {waiter}: delete -> a's command ended {:.1} ms -> {first} started {:.1} ms later",
+        ms(a_end as i128 - del as i128),
+        ms(next.ns as i128 - a_end as i128)
+    );
+}
+
+#[test]
+fn out_of_band_delete_of_the_leader_key_without_legacy_lock() {
+    out_of_band_delete(false, true);
+}
+
+#[test]
+fn out_of_band_delete_of_the_leader_key_with_legacy_lock() {
+    out_of_band_delete(true, true);
+}
+
+#[test]
+fn out_of_band_delete_then_a_newcomer_without_legacy_lock() {
+    out_of_band_delete(false, false);
+}
+
+#[test]
+fn out_of_band_delete_then_a_newcomer_with_legacy_lock() {
+    out_of_band_delete(true, false);
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. Twins.
+
+/// A second live candidate with the identity of a leader (or of a waiter) refuses with
+/// [`EXIT_TWIN`] and never starts its command; the first one is undisturbed.
+fn twin(of_leader: bool) {
+    let lock = format!("act-twin-{of_leader}");
+    let s = Scene::new("actors", &lock);
+    let mut cast = Cast::default();
+    let leader = if of_leader {
+        None
+    } else {
+        Some(cast.add(cand(&s, "l", &lock)))
+    };
+    if leader.is_some() {
+        s.mon.wait_for_start(Some("l"), T);
+    }
+    cast.add(cand(&s, "twin", &lock).args(&["--id", "twin.1"]));
+    let first = s.etcd.wait_queued(&lock, "twin");
+    let r1 = of_leader.then(|| s.mon.wait_for_start(Some("twin.1"), T));
+
+    let c2 = cast.add(cand(&s, "twin", &lock).args(&["--id", "twin.2"]));
+    let started = Instant::now();
+    // Until it gives its verdict, the twin never runs beside the first one.
+    let code = loop {
+        s.mon.assert_no_overlap();
+        if let Some(st) = cast[c2].wait_timeout(Duration::from_millis(20)) {
+            break st.code();
+        }
+        assert!(
+            started.elapsed() < T,
+            "the twin is still undecided after {T:?}"
+        );
+    };
+    assert_eq!(
+        code,
+        Some(EXIT_TWIN),
+        "the twin's exit; stderr:\n{}",
+        cast[c2].stderr_text()
+    );
+    eprintln!("twin refused after {:?}", started.elapsed());
+    assert!(starts_of(&s.mon, "twin.2").is_empty(), "the twin ran");
+    let q = s.etcd.queue(&lock);
+    assert!(q.contains(&first), "the first one's key changed: {q:?}");
+    assert_eq!(
+        q.iter().filter(|kv| kv.value == "twin").count(),
+        1,
+        "one key for the identity: {q:?}"
+    );
+    if let Some(r1) = r1 {
+        s.mon
+            .assert_undisturbed(r1.pid, FAST, "the first twin", String::new);
+    }
+    if let Some(l) = leader {
+        assert_eq!(term_and_wait(&mut cast[l]), Some(143));
+        s.mon.wait_for_start(Some("twin.1"), T);
+    }
+    s.mon.assert_no_overlap();
+}
+
+#[test]
+fn twin_of_a_live_leader_refuses_and_never_runs() {
+    twin(true);
+}
+
+#[test]
+fn twin_of_a_live_waiter_refuses_and_never_runs() {
+    twin(false);
+}
+
+/// A SIGKILLed leader restarted with its identity is its own dead previous life: it adopts its
+/// key and leads again before the candidates queued behind it.
+#[test]
+fn dead_previous_life_is_adopted_and_leads_before_the_waiters() {
+    // A TTL long enough that a dead life is told from a live one well before its lease expires.
+    let (ttl, renew) = (6, "4s");
+    let lock = "act-adopt";
+    let s = Scene::new("actors", lock);
+    let mut cast = Cast::default();
+    let c = |id: &str| s.candidate(id, ttl, renew, RETRY);
+    let ca = cast.add(c("a").args(&["--id", "a.1"]));
+    let r1 = s.mon.wait_for_start(Some("a.1"), T);
+    let key = s.etcd.wait_queued(lock, "a");
+    cast.add(c("b"));
+    s.etcd.wait_queued(lock, "b");
+    cast.add(c("c"));
+    s.etcd.wait_queued(lock, "c");
+
+    cast[ca].kill9();
+    s.mon.wait_until_dead(r1.pid, T);
+    let restart = monotonic_ns();
+    cast.add(c("a").args(&["--id", "a.2"]));
+    let next = s.mon.wait_for_start_after(None, restart, T);
+    assert_eq!(
+        next.identity,
+        "a.2",
+        "the restarted leader must lead before the waiters:\n{}",
+        s.mon.timeline()
+    );
+    let q = s.etcd.queue(lock);
+    assert_eq!(q.first(), Some(&key), "adopted: the same key leads: {q:?}");
+    s.mon
+        .assert_undisturbed(next.pid, FAST, "the adopter", String::new);
+    eprintln!(
+        "dead previous life adopted: a.2 started {:.1} ms after the restart",
+        ms(next.ns as i128 - restart as i128)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. Neighbouring elections.
+
+/// Locks `app` and `app/cron`, one identity in both: the `app` wrapper neither adopts nor revokes
+/// the `app/cron` key, `app` candidates do not queue behind `app/cron` keys, and each lock keeps
+/// its own exclusion.
+#[test]
+fn neighbouring_elections_app_and_app_cron_do_not_interfere() {
+    let s = Scene::new("actors", "app");
+    let cron_dir = TempDir::new("actors-cron");
+    let cron_log = cron_dir.join("records");
+    let cron_mon = Monitor::start(&cron_log);
+    let cron = |id: &str| cand(&s, id, "app/cron").log(&cron_log);
+    let mut cast = Cast::default();
+    cast.add(cron("hostA").args(&["--id", "cronA", "--ignore-term"]));
+    let rca = cron_mon.wait_for_start(Some("cronA"), T);
+    let cron_key = s.etcd.wait_queued("app/cron", "hostA");
+    let ccb = cast.add(cron("hostB").args(&["--id", "cronB"]));
+    s.etcd.wait_queued("app/cron", "hostB");
+    let cron_keys = s.etcd.under("app/cron");
+
+    let t0 = Instant::now();
+    let caa = cast.add(cand(&s, "hostA", "app").args(&["--id", "appA"]));
+    let raa = s.mon.wait_for_start(Some("appA"), T);
+    assert!(t0.elapsed() < FAST, "appA took {:?}", t0.elapsed());
+    cast.add(cand(&s, "hostB", "app").args(&["--id", "appB"]));
+    s.etcd.wait_queued("app", "hostB");
+    // appA is not queued behind the app/cron keys, nor holding one of them.
+    let app_q = s.etcd.queue("app");
+    assert_eq!(
+        app_q.iter().map(|kv| kv.value.as_str()).collect::<Vec<_>>(),
+        ["hostA", "hostB"],
+        "app's queue: {app_q:?}"
+    );
+    assert!(app_q.iter().all(|kv| kv.lease != cron_key.lease));
+
+    // appA hands over to appB through the app queue alone, not held back by app/cron keys.
+    let t1 = monotonic_ns();
+    assert_eq!(term_and_wait(&mut cast[caa]), Some(143));
+    let rab = s.mon.wait_for_start(Some("appB"), T);
+    assert!(
+        Duration::from_nanos(rab.ns - t1) < FAST,
+        "appB took {:?}",
+        Duration::from_nanos(rab.ns - t1)
+    );
+    assert!(end_of(&s.mon, raa.pid) < rab.ns);
+
+    // The cron lock never noticed: cronA runs undisturbed, cronB waits, the keys are the same.
+    cron_mon.assert_undisturbed(rca.pid, FAST, "cronA", String::new);
+    assert_eq!(
+        s.etcd.under("app/cron"),
+        cron_keys,
+        "app/cron's keys changed"
+    );
+    s.mon.assert_no_overlap();
+
+    // And the cron lock still hands over on its own, with its own exclusion.
+    let ca = cast.0.iter().position(|c| c.identity() == "hostA").unwrap();
+    cast[ca].signal(libc::SIGTERM);
+    let rcb = cron_mon.wait_for_start(Some("cronB"), T);
+    assert!(end_of(&cron_mon, rca.pid) < rcb.ns);
+    assert!(cast[ccb].is_running());
+    cron_mon.assert_no_overlap();
+    s.mon.assert_no_overlap();
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. A stuck etcd raft leader.
+
+/// Remote ports of the established TCP connections of process `pid`.
+fn connected_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local, remote, state (01 = established), ..., inode (the tenth field).
+            if f.len() > 9 && f[3] == "01" && inodes.iter().any(|i| i == f[9]) {
+                if let Some(port) = f[2].rsplit(':').next() {
+                    ports.extend(u16::from_str_radix(port, 16).ok());
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// `strace` holding every `fdatasync` of a process for 25 s: its raft loop stalls on the WAL.
+/// Dropping it detaches (SIGTERM: strace lets its tracees go on).
+struct StallDisk {
+    child: Child,
+    dir: TempDir,
+}
+
+impl StallDisk {
+    fn attach(pid: u32) -> StallDisk {
+        let dir = TempDir::new("strace");
+        let err = std::fs::File::create(dir.join("stderr")).expect("strace stderr");
+        let child = Command::new("strace")
+            .args(["-f", "-e", "trace=fdatasync"])
+            .args(["-e", "inject=fdatasync:delay_enter=25000000"])
+            .arg("-o")
+            .arg(dir.join("trace"))
+            .args(["-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn strace (Debian package strace)");
+        let s = StallDisk { child, dir };
+        wait_until(T, "strace to attach", || {
+            let text = std::fs::read_to_string(s.dir.join("stderr")).unwrap_or_default();
+            text.contains("attached")
+        });
+        s
+    }
+}
+
+impl Drop for StallDisk {
+    fn drop(&mut self) {
+        common::signal_pid(self.child.id(), libc::SIGTERM);
+        if common::wait_child(&mut self.child, Duration::from_secs(5)).is_none() {
+            common::kill_and_wait(&mut self.child);
+        }
+    }
+}
+
+/// The raft leader's disk stalls (etcd-io/etcd#15247: it keeps answering keep-alives while the
+/// others elect a new leader and expire the lease). The wrapper talking to it must not keep its
+/// command running beside the follower's.
+#[test]
+fn stuck_raft_leader_does_not_keep_a_command_running_beside_the_next() {
+    let lock = "act-stuck";
+    let cluster = Cluster::start(3);
+    let dir = TempDir::new("actors-stuck");
+    let log = dir.join("records");
+    let mon = Monitor::start(&log);
+    let l = cluster.raft_leader_index();
+    let eps = cluster.endpoints();
+    let others: Vec<String> = (0..3).filter(|&i| i != l).map(|i| eps[i].clone()).collect();
+    let a_eps = format!("{},{}", eps[l], others.join(","));
+    let b_eps = format!("{},{}", others.join(","), eps[l]);
+    let c = |id: &str, eps: &str| {
+        Candidate::new(id)
+            .lock(lock)
+            .endpoints(eps)
+            .lease(TTL)
+            .renew(RENEW)
+            .retry(RETRY)
+            .log(&log)
+    };
+    let mut cast = Cast::default();
+    let ca = cast.add(c("a", &a_eps));
+    let ra = mon.wait_for_start(Some("a"), T);
+    cast.add(c("b", &b_eps));
+    cluster.wait_queued(lock, "b");
+    let leader_port = cluster.member(l).client_port();
+    wait_until(T, "a to talk to the raft leader only", || {
+        connected_ports(cast[ca].pid()) == [leader_port]
+    });
+    assert_eq!(cluster.raft_leader_index(), l, "the raft leader moved");
+    let stuck_id = member_status(&cluster, l)
+        .0
+        .expect("the leader's member id");
+
+    let _stall = StallDisk::attach(cluster.member(l).pid().expect("leader runs"));
+    let stalled = monotonic_ns();
+    eprintln!("[{}] member m{l} (raft leader) stalled", mon.rel(stalled));
+    // One write: the leader's raft loop blocks in fdatasync on it.
+    let _ = cluster
+        .member(l)
+        .etcdctl(&["--command-timeout", "2s", "put", "act-stall", "x"]);
+    // The others elect a new leader.
+    let f = (0..3).find(|&i| i != l).unwrap();
+    wait_until(T, "a new raft leader among the others", || {
+        let (me, leader) = member_status(&cluster, f);
+        me.is_some() && leader.is_some_and(|id| id != 0 && id != stuck_id)
+    });
+    eprintln!(
+        "[{}] a new raft leader was elected",
+        mon.rel(monotonic_ns())
+    );
+    // Several TTLs of the stall: the lease can expire under the new raft leader meanwhile.
+    let until = Instant::now() + Duration::from_secs(3 * TTL);
+    while Instant::now() < until {
+        mon.assert_no_overlap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    mon.assert_no_overlap();
+    let b_starts = starts_of(&mon, "b");
+    let a = proc_of(&mon, ra.pid);
+    match b_starts.first() {
+        Some(rb) => {
+            let a_end = a.end_ns().expect("a ended before b started");
+            assert!(a_end < rb.ns, "a's command ran on after b started");
+            eprintln!(
+                "stuck raft leader: a's command ended {:.1} ms after the stall, b started {:.1} ms after that",
+                ms(a_end as i128 - stalled as i128),
+                ms(rb.ns as i128 - a_end as i128)
+            );
+        }
+        None => {
+            // a kept a lease renewed through a working member: the safe outcome too.
+            eprintln!(
+                "stuck raft leader: a kept leading ({}), b waits",
+                if a.end_ns().is_none() {
+                    "still running"
+                } else {
+                    "stopped"
+                }
+            );
+        }
+    }
+    drop(_stall);
+    mon.assert_no_overlap();
+}
+
+/// `(own member id, raft leader id)` as member `i` reports them (`None` when it does not answer).
+fn member_status(cluster: &Cluster, i: usize) -> (Option<u64>, Option<u64>) {
+    let out = cluster.member(i).etcdctl(&[
+        "--command-timeout",
+        "500ms",
+        "endpoint",
+        "status",
+        "-w",
+        "json",
+    ]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return (None, None);
+    }
+    (
+        json_uint(&s, "\"member_id\":"),
+        json_uint(&s, "\"leader\":"),
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. Graceful switchover.
+
+/// With a cooperating holder (ours) a forcer asks it to yield: the old command ends through its
+/// SIGTERM handler and the forcer's starts within milliseconds. Ten forcers in a row, each
+/// deposing the previous one.
+#[test]
+fn graceful_switchover_is_fast_and_ends_the_old_command_through_sigterm() {
+    let lock = "act-switch";
+    let s = Scene::new("actors", lock);
+    let mut cast = Cast::default();
+    let mut prev = cast.add(cand(&s, "s0", lock));
+    let mut prev_start = s.mon.wait_for_start(Some("s0"), T);
+    s.etcd.wait_queued(lock, "s0");
+    let mut gaps = Vec::new();
+    for i in 1..=10 {
+        let id = format!("s{i}");
+        let next = cast.add(cand(&s, &id, lock).force(true));
+        let r = s.mon.wait_for_start(Some(&id), T);
+        let old = proc_of(&s.mon, prev_start.pid);
+        let stop = old
+            .stop_ns
+            .unwrap_or_else(|| panic!("round {i}: no stop record: {old:?}"));
+        assert!(
+            old.term_ns.first().is_some_and(|&t| t <= stop),
+            "round {i}: the old command did not end through its SIGTERM handler: {old:?}"
+        );
+        assert!(stop < r.ns, "round {i}: overlap:\n{}", s.mon.timeline());
+        gaps.push(ms(r.ns as i128 - stop as i128));
+        let code = cast[prev].expect_exit(T).code();
+        eprintln!(
+            "switchover {i}: old stop -> new start {:.1} ms, old wrapper exit {code:?}",
+            gaps[i - 1]
+        );
+        s.mon.assert_no_overlap();
+        (prev, prev_start) = (next, r);
+    }
+    let (p50, p95) = percentiles(&gaps);
+    eprintln!(
+        "graceful switchover over {} rounds: p50 {p50:.1} ms, p95 {p95:.1} ms",
+        gaps.len()
+    );
+    assert!(p50 < 50.0, "switchover gap p50 {p50:.1} ms (gaps {gaps:?})");
+    s.mon.assert_no_overlap();
+}
