@@ -11,6 +11,12 @@
 //! Each restart of a slot runs the same wrapper identity (so the wrapper adopts the key its
 //! previous life left), but the test child logs a per-incarnation identity `sN.G`, so an old
 //! incarnation's command still running when the next one starts counts as an overlap too.
+//!
+//! The long soak also brings the other actors on the lock: slots restarted as forcers
+//! (`FORCE_ACQUIRE`, with the others queued), forcers SIGKILLed or SIGTERMed and restarted at
+//! once with their identity, an operator's `etcdctl del` of the leader's key or of any
+//! candidate's, and twins: a second wrapper with a live slot's identity, which must refuse (exit
+//! 76) without running its command (its child logs `sN.tK`, so running would be an overlap).
 
 mod common;
 
@@ -34,7 +40,7 @@ const LOCK: &str = "eae-soak";
 #[test]
 fn soak_short() {
     // Fixed on purpose: the Makefile exports EAE_SOAK_SECONDS=300 to every target.
-    soak(Duration::from_secs(20), 3);
+    soak(Duration::from_secs(20), 3, false);
 }
 
 #[test]
@@ -44,7 +50,7 @@ fn soak_long() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(300);
-    soak(Duration::from_secs(secs), 4);
+    soak(Duration::from_secs(secs), 4, true);
 }
 
 /// xorshift64*: small, seedable, good enough to pick faults.
@@ -91,7 +97,12 @@ struct Slot {
     proxy: Proxy,
     cand: Option<Candidate>,
     generation: u32,
+    /// Whether the running incarnation has `FORCE_ACQUIRE` on.
+    forcer: bool,
 }
+
+/// The wrapper's exit code for an identity in use by another live candidate.
+const EXIT_TWIN: i32 = 76;
 
 /// The soak's world. Drop order: the reaper's safety net last-but-one, etcd and the temp dir
 /// last. On a panic it dumps the action log, the timeline and every wrapper's stderr.
@@ -124,8 +135,13 @@ impl World {
     }
 
     fn spawn(&mut self, i: usize, rng: &mut Rng) {
+        self.spawn_as(i, rng, false);
+    }
+
+    fn spawn_as(&mut self, i: usize, rng: &mut Rng, forcer: bool) {
         let slot = &mut self.slots[i];
         slot.generation += 1;
+        slot.forcer = forcer;
         let child_id = format!("{}.{}", slot.id, slot.generation);
         let variants: [&[&str]; 4] = [
             &[],
@@ -143,9 +159,70 @@ impl World {
             .log(&self.log)
             .args(&["--id", &child_id])
             .args(extra)
+            .force(forcer)
             .spawn();
         slot.cand = Some(cand);
-        self.act(format!("start {child_id} {extra:?}"));
+        let role = if forcer { " as a forcer" } else { "" };
+        self.act(format!("start {child_id} {extra:?}{role}"));
+    }
+
+    /// `etcdctl del` of the leader's key (the oldest under the prefix) or of any candidate's.
+    fn delete_a_key(&mut self, rng: &mut Rng) -> bool {
+        let prefix = format!("{LOCK}/");
+        let mut args = vec!["get", "--prefix", "--keys-only", prefix.as_str()];
+        let head = rng.below(2) == 0;
+        if head {
+            args.extend(["--sort-by=CREATE", "--order=ASCEND", "--limit=1"]);
+        }
+        let out = self.etcd.etcdctl(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let keys: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        let Some(key) = rng.pick(&keys) else {
+            return false;
+        };
+        let ok = self.etcd.etcdctl(&["del", key]).status.success();
+        let which = if head { "the leader's" } else { "a" };
+        self.act(format!("etcdctl del {key} ({which} key): ok={ok}"));
+        ok
+    }
+
+    /// A second wrapper with the identity of live slot `i` (reaching etcd directly): it must
+    /// refuse with [`EXIT_TWIN`] and never run its command. Waits for its verdict while checking
+    /// the invariant; nothing else happens meanwhile. Returns whether it refused.
+    fn twin(&mut self, i: usize, twins: u64) -> bool {
+        let child_id = format!("{}.t{twins}", self.slots[i].id);
+        let mut twin = Candidate::new(&self.slots[i].id)
+            .lock(LOCK)
+            .endpoints(&self.etcd.endpoint())
+            .lease(LEASE_S)
+            .renew(RENEW)
+            .retry(RETRY)
+            .log(&self.log)
+            .args(&["--id", &child_id])
+            .spawn();
+        self.act(format!("twin {child_id} of a live {}", self.slots[i].id));
+        let until = Instant::now() + Duration::from_secs(15);
+        while twin.is_running() && Instant::now() < until {
+            self.watch(Duration::from_millis(50));
+        }
+        let exit = twin.exit_status().and_then(|st| st.code());
+        self.act(format!("twin {child_id} exit {exit:?}"));
+        self.collect_exited();
+        let refused = exit == Some(EXIT_TWIN);
+        // Refusing is owed only while the original lives on: if it died meanwhile, the twin may
+        // join as a plain candidate. Either way it never ran beside anyone (checked above).
+        if !refused && self.slots[i].cand.is_none() && twin.is_running() {
+            self.slots[i].cand = Some(twin);
+            self.slots[i].forcer = false;
+            return false;
+        }
+        assert!(
+            refused,
+            "the twin {child_id} of a live {} did not refuse: exit {exit:?}",
+            self.slots[i].id
+        );
+        self.graveyard.push(twin);
+        true
     }
 
     /// Move wrappers that exited to the graveyard.
@@ -219,8 +296,8 @@ impl World {
         }
     }
 
-    fn step(&mut self, rng: &mut Rng, stats: &mut Stats) {
-        match rng.below(16) {
+    fn step(&mut self, rng: &mut Rng, stats: &mut Stats, actors: bool) {
+        match rng.below(if actors { 22 } else { 16 }) {
             0..=2 => {
                 if let Some(i) = self.pick_target(rng) {
                     let c = self.slots[i].cand.as_mut().unwrap();
@@ -286,6 +363,53 @@ impl World {
                 self.act("resume etcd".into());
                 stats.pauses += 1;
             }
+            16 | 17 => {
+                let dead = self.dead();
+                if let Some(i) = rng.pick(&dead) {
+                    self.spawn_as(i, rng, true);
+                    stats.forces += 1;
+                }
+            }
+            18 => {
+                let live = self.live();
+                let forcers: Vec<usize> =
+                    live.into_iter().filter(|&i| self.slots[i].forcer).collect();
+                if let Some(i) = rng.pick(&forcers) {
+                    let c = self.slots[i].cand.as_mut().unwrap();
+                    let how = if rng.below(2) == 0 {
+                        c.kill9();
+                        "kill -9".to_string()
+                    } else {
+                        // Let it withdraw (or stop its command) before the next life starts.
+                        c.signal(libc::SIGTERM);
+                        let st = c.wait_timeout(2 * LEASE);
+                        format!("SIGTERM ({st:?})")
+                    };
+                    let line = format!("{how} forcer {}; restarting it", self.slots[i].id);
+                    self.act(line);
+                    if self.slots[i].cand.as_mut().unwrap().is_running() {
+                        // Still stopping a stubborn command: it comes back another time.
+                        return;
+                    }
+                    self.graveyard.push(self.slots[i].cand.take().unwrap());
+                    self.spawn_as(i, rng, true);
+                    stats.forcer_restarts += 1;
+                }
+            }
+            19 | 20 if self.delete_a_key(rng) => stats.deletes += 1,
+            21 => {
+                let live = self.live();
+                let passing: Vec<usize> = live
+                    .into_iter()
+                    .filter(|&i| self.slots[i].proxy.mode() == Mode::Pass)
+                    .collect();
+                if let Some(i) = rng.pick(&passing) {
+                    if self.twin(i, stats.twins) {
+                        stats.twins_refused += 1;
+                    }
+                    stats.twins += 1;
+                }
+            }
             _ => {}
         }
     }
@@ -325,6 +449,11 @@ struct Stats {
     starts: u64,
     cuts: u64,
     pauses: u64,
+    forces: u64,
+    forcer_restarts: u64,
+    deletes: u64,
+    twins: u64,
+    twins_refused: u64,
 }
 
 /// Longest span between `from` and `to` with no logged process alive.
@@ -344,7 +473,8 @@ fn longest_gap(intervals: &mut [(u64, u64)], from: u64, to: u64) -> Duration {
     Duration::from_nanos(longest)
 }
 
-fn soak(duration: Duration, n: usize) {
+/// `actors`: also force acquires, forcer restarts, out-of-band deletes and twins.
+fn soak(duration: Duration, n: usize, actors: bool) {
     let seed = seed();
     println!("soak: seed {seed} (replay with EAE_SOAK_SEED={seed}), {duration:?}, {n} candidates");
     let mut rng = Rng(seed);
@@ -358,6 +488,7 @@ fn soak(duration: Duration, n: usize) {
             proxy: Proxy::start(&etcd.endpoint()),
             cand: None,
             generation: 0,
+            forcer: false,
         })
         .collect();
     let mut w = World {
@@ -377,7 +508,7 @@ fn soak(duration: Duration, n: usize) {
 
     let end = Instant::now() + duration;
     while Instant::now() < end {
-        w.step(&mut rng, &mut stats);
+        w.step(&mut rng, &mut stats, actors);
         stats.steps += 1;
         let pause = rng.range_ms(150, 700);
         w.watch(pause);
@@ -444,7 +575,8 @@ fn soak(duration: Duration, n: usize) {
         report,
         "soak report: seed={seed} duration={duration:?} steps={} overlaps={overlaps} \
          handovers={} (distinct leaderships) longest_leaderless_gap={:.3}s \
-         settled_after_heal={:.3}s kill9={} signals={} restarts={} cuts={} etcd_pauses={}",
+         settled_after_heal={:.3}s kill9={} signals={} restarts={} cuts={} etcd_pauses={} \
+         forces={} forcer_restarts={} deletes={} twins={} (refused {})",
         stats.steps,
         terms.len(),
         gap.as_secs_f64(),
@@ -454,6 +586,11 @@ fn soak(duration: Duration, n: usize) {
         stats.starts,
         stats.cuts,
         stats.pauses,
+        stats.forces,
+        stats.forcer_restarts,
+        stats.deletes,
+        stats.twins,
+        stats.twins_refused,
     );
     println!("{report}");
     assert_eq!(overlaps, 0);
