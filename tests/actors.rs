@@ -592,7 +592,7 @@ fn neighbouring_elections_app_and_app_cron_do_not_interfere() {
     let cron_mon = Monitor::start(&cron_log);
     let cron = |id: &str| cand(&s, id, "app/cron").log(&cron_log);
     let mut cast = Cast::default();
-    cast.add(cron("hostA").args(&["--id", "cronA", "--ignore-term"]));
+    cast.add(cron("hostA").args(&["--id", "cronA", "--term-delay", SLOW_STOP_MS]));
     let rca = cron_mon.wait_for_start(Some("cronA"), T);
     let cron_key = s.etcd.wait_queued("app/cron", "hostA");
     let ccb = cast.add(cron("hostB").args(&["--id", "cronB"]));
