@@ -726,9 +726,10 @@ impl Drop for StallDisk {
 
 /// The raft leader's disk stalls (etcd-io/etcd#15247: it keeps answering keep-alives while the
 /// others elect a new leader and expire the lease). The wrapper talking to it must not keep its
-/// command running beside the follower's.
-#[test]
-fn stuck_raft_leader_does_not_keep_a_command_running_beside_the_next() {
+/// command running beside the follower's: it moves to a member that can commit and keeps its
+/// lease there, or stops its command before the follower starts. `only_that_member`: the
+/// leader's wrapper knows no other endpoint, so only the second way is open to it.
+fn stuck_raft_leader(only_that_member: bool) {
     let lock = "act-stuck";
     let cluster = Cluster::start(3);
     let dir = TempDir::new("actors-stuck");
@@ -737,7 +738,11 @@ fn stuck_raft_leader_does_not_keep_a_command_running_beside_the_next() {
     let l = cluster.raft_leader_index();
     let eps = cluster.endpoints();
     let others: Vec<String> = (0..3).filter(|&i| i != l).map(|i| eps[i].clone()).collect();
-    let a_eps = format!("{},{}", eps[l], others.join(","));
+    let a_eps = if only_that_member {
+        eps[l].clone()
+    } else {
+        format!("{},{}", eps[l], others.join(","))
+    };
     let b_eps = format!("{},{}", others.join(","), eps[l]);
     let c = |id: &str, eps: &str| {
         Candidate::new(id)
@@ -800,6 +805,14 @@ fn stuck_raft_leader_does_not_keep_a_command_running_beside_the_next() {
         }
         None => {
             // a kept a lease renewed through a working member: the safe outcome too.
+            assert!(
+                !only_that_member,
+                "b never started, yet a has no other member"
+            );
+            assert!(
+                connected_ports(cast[ca].pid()) != [leader_port],
+                "a still leads through the stuck member alone"
+            );
             eprintln!(
                 "stuck raft leader: a kept leading ({}), b waits",
                 if a.end_ns().is_none() {
@@ -810,13 +823,23 @@ fn stuck_raft_leader_does_not_keep_a_command_running_beside_the_next() {
             );
         }
     }
-    // The stall ends: whatever the stuck member still had queued plays out, and one leader
-    // remains, alone.
+    if only_that_member {
+        assert!(!b_starts.is_empty(), "b never took over from a cut-off a");
+    }
+    // The stall ends: what the stuck member still had queued plays out (its stale lessor may
+    // revoke the new leader's lease: the command stops, the wrapper exits "lost"). Restarted as
+    // a supervisor would, the candidates settle on one leader, alone.
     drop(_stall);
     let until = Instant::now() + Duration::from_secs(2 * TTL);
     while Instant::now() < until {
         mon.assert_no_overlap();
         std::thread::sleep(Duration::from_millis(20));
+    }
+    for (i, (id, eps)) in [("a", &a_eps), ("b", &b_eps)].into_iter().enumerate() {
+        if let Some(st) = cast[i].wait_timeout(Duration::ZERO) {
+            eprintln!("after the stall: {id} exited {st:?}; restarting it");
+            cast.add(c(id, eps));
+        }
     }
     wait_until(T, "exactly one of a and b running after the stall", || {
         mon.assert_no_overlap();
@@ -843,6 +866,16 @@ fn member_status(cluster: &Cluster, i: usize) -> (Option<u64>, Option<u64>) {
         json_uint(&s, "\"member_id\":"),
         json_uint(&s, "\"leader\":"),
     )
+}
+
+#[test]
+fn stuck_raft_leader_does_not_keep_a_command_running_beside_the_next() {
+    stuck_raft_leader(false);
+}
+
+#[test]
+fn stuck_raft_leader_as_the_only_endpoint_stops_the_command_before_the_next_starts() {
+    stuck_raft_leader(true);
 }
 
 // ------------------------------------------------------------------------------------------
