@@ -13,6 +13,7 @@ use common::candidate::{Candidate, CandidateBuilder};
 use common::child::{monotonic_ns, Kind, Record};
 use common::etcd::{json_uint, Cluster, Etcd};
 use common::invariant::{Monitor, Proc};
+use common::old_replica::OldReplica;
 use common::proxy::{Mode, Proxy};
 use common::scene::Scene;
 use common::{wait_for, wait_until, TempDir};
@@ -288,6 +289,92 @@ fn force_acquire_with_a_waiter_queued_never_overlaps_20_times() {
     s.mon.assert_no_overlap();
     let (p50, p95) = percentiles(&gaps);
     eprintln!("force with a waiter, 20 rounds: 0 overlaps; holder end -> forcer start p50 {p50:.1} ms p95 {p95:.1} ms");
+}
+
+/// Two forcers at once against a slow holder, with a waiter queued: the first request stands,
+/// the second forcer waits in line as a plain candidate; one command at a time throughout, and
+/// everyone gets a turn.
+#[test]
+fn two_forcers_at_once_take_turns_without_overlap() {
+    let lock = "act-two-forcers";
+    let s = Scene::new("actors", lock);
+    let mut cast = Cast::default();
+    cast.add(cand(&s, "h", lock).args(&["--term-delay", SLOW_STOP_MS]));
+    let rh = s.mon.wait_for_start(Some("h"), T);
+    cast.add(cand(&s, "w", lock));
+    s.etcd.wait_queued(lock, "w");
+    cast.add(cand(&s, "f1", lock).force(true));
+    cast.add(cand(&s, "f2", lock).force(true));
+    let first = s.mon.wait_for_start_after(None, rh.ns, T);
+    s.mon.assert_no_overlap();
+    assert!(
+        first.identity.starts_with('f'),
+        "a forcer leads after the holder, not {}:\n{}",
+        first.identity,
+        s.mon.timeline()
+    );
+    assert!(end_of(&s.mon, rh.pid) < first.ns);
+    // Everyone else gets a turn, one at a time.
+    let mut last = first;
+    for _ in 0..2 {
+        let i = cast
+            .0
+            .iter()
+            .position(|c| c.identity() == last.identity)
+            .unwrap();
+        assert_eq!(term_and_wait(&mut cast[i]), Some(143), "{}", last.identity);
+        let next = s.mon.wait_for_start_after(None, last.ns, T);
+        assert!(end_of(&s.mon, last.pid) < next.ns);
+        s.mon.assert_no_overlap();
+        last = next;
+    }
+    let mut order: Vec<String> = s.mon.starts().into_iter().map(|r| r.identity).collect();
+    eprintln!("two forcers: order {order:?}");
+    order.sort();
+    assert_eq!(order, ["f1", "f2", "h", "w"], "each ran once");
+    s.mon.assert_no_overlap();
+}
+
+/// A Go replica holds the lock (the record without a candidate key), one of ours waits, one of
+/// ours forces: the replica is fenced out, and nobody starts until its command is gone.
+#[test]
+fn force_acquire_against_a_go_replica_with_a_waiter_queued() {
+    let lock = "act-force-go";
+    let s = Scene::new("actors", lock);
+    let old = OldReplica::start(
+        &s.etcd.endpoint(),
+        lock,
+        "old",
+        TTL as i64,
+        Duration::from_millis(500),
+        false,
+        &s.log,
+    );
+    old.wait_acquired(T);
+    let ro = s.mon.wait_for_start(Some("old"), T);
+    let mut cast = Cast::default();
+    let cw = cast.add(cand(&s, "w", lock));
+    s.etcd.wait_queued(lock, "w");
+    cast.add(cand(&s, "f", lock).force(true));
+    let first = s.mon.wait_for_start_after(None, ro.ns, T);
+    s.mon.assert_no_overlap();
+    let o_end = end_of(&s.mon, ro.pid);
+    assert!(
+        o_end < first.ns,
+        "{} started {:.1} ms before the Go replica's command ended:\n{}",
+        first.identity,
+        ms(o_end as i128 - first.ns as i128),
+        s.mon.timeline()
+    );
+    assert_eq!(first.identity, "f", "the forcer leads first");
+    assert!(cast[cw].is_running());
+    eprintln!(
+        "Go replica fenced out: its command ended, f started {:.1} ms later",
+        ms(first.ns as i128 - o_end as i128)
+    );
+    let st = old.wait_done(T);
+    assert!(st.error.is_none(), "{st:#?}");
+    s.mon.assert_no_overlap();
 }
 
 // ------------------------------------------------------------------------------------------
