@@ -385,7 +385,7 @@ fn force_acquire_against_a_go_replica_with_a_waiter_queued() {
 enum Holder {
     /// One of ours, answering, but its command ignores SIGTERM: it runs until its kill deadline.
     Stubborn,
-    /// One of ours cut off from etcd (blackholed): it cannot answer, and is fenced.
+    /// One of ours cut off from etcd (blackholed): it cannot answer, and is deposed without it.
     CutOff,
 }
 
@@ -474,12 +474,12 @@ fn forcer_sigtermed_while_a_stubborn_holder_stops_restarts_without_overlap() {
 }
 
 #[test]
-fn forcer_sigkilled_while_a_cut_off_holder_is_fenced_restarts_without_overlap() {
+fn forcer_sigkilled_while_a_cut_off_holder_is_deposed_restarts_without_overlap() {
     forcer_restarts(Holder::CutOff, libc::SIGKILL);
 }
 
 #[test]
-fn forcer_sigtermed_while_a_cut_off_holder_is_fenced_restarts_without_overlap() {
+fn forcer_sigtermed_while_a_cut_off_holder_is_deposed_restarts_without_overlap() {
     forcer_restarts(Holder::CutOff, libc::SIGTERM);
 }
 
