@@ -293,6 +293,16 @@ impl Election {
     /// twin renews a key under our identity.
     async fn join(&mut self) -> Result<Option<Seat>> {
         let mut c = self.client().await?;
+        if let Some(seat) = self.seat.clone() {
+            // After a failure: the seat of this life, if it still holds, is ours without the
+            // look a previous life gets (which would stop renewing it meanwhile).
+            let own = timed(op_timeout(&self.cfg), c.get(seat.key.as_str(), None)).await?;
+            if seat.holds(own.kvs().first()) == Some(true) {
+                self.reachable();
+                return Ok(Some(seat));
+            }
+            self.resign().await;
+        }
         let seat = match adopt::previous_life(&mut c, &self.keys, &self.cfg).await? {
             Adoption::Twin => return Ok(None),
             Adoption::Adopted { seat, sent } => {

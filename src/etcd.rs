@@ -8,7 +8,9 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions, WatchOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions, WatchOptions,
+};
 use log::debug;
 use tokio::sync::Notify;
 
@@ -88,7 +90,8 @@ pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
     let replaced = etcd.replaced.notified();
     let watch = async {
         let opts = WatchOptions::new().with_start_revision(from);
-        let mut stream = etcd.client().await?.watch(key, Some(opts)).await?;
+        let mut c = etcd.client().await?;
+        let mut stream = c.watch(key, Some(opts)).await?;
         while let Some(resp) = stream.message().await? {
             if resp.canceled() {
                 return Err(etcd_client::Error::WatchError(format!(
@@ -99,6 +102,12 @@ pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
             if !resp.events().is_empty() {
                 return Ok(());
             }
+            // A watch that starts in the past is caught up by etcd's sync loop, every 100 ms:
+            // when the store moved on before the watch was created, look at the key at once.
+            let moved = resp.header().is_some_and(|h| h.revision() >= from);
+            if resp.created() && moved && changed_since(etcd, &mut c, key, from).await? {
+                return Ok(());
+            }
         }
         Err(etcd_client::Error::WatchError("watch stream ended".into()))
     };
@@ -106,6 +115,20 @@ pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
         r = watch => r,
         _ = replaced => Err(etcd_client::Error::WatchError(REPLACED.into())),
     }
+}
+
+/// Whether `key` was put or deleted at revision `from` or later.
+async fn changed_since(etcd: &Etcd, c: &mut Client, key: &[u8], from: i64) -> Result<bool> {
+    let t = op_timeout(&etcd.cfg);
+    if let Some(kv) = timed(t, c.get(key, None)).await?.kvs().first() {
+        return Ok(kv.mod_revision() >= from);
+    }
+    // Gone now: was it there before `from`? (Compacted: assume it changed, and read again.)
+    let before = GetOptions::new().with_revision(from - 1);
+    Ok(match timed(t, c.get(key, Some(before))).await {
+        Ok(r) => !r.kvs().is_empty(),
+        Err(_) => true,
+    })
 }
 
 /// The client, shared by the campaign and the keep-alive loop, built on first use (with etcd
