@@ -143,6 +143,11 @@ struct Election {
     etcd: Etcd,
     tx: Sender<crate::Event>,
     seat: Option<Seat>,
+    /// Leases that may have run the command before us, seen in this seat's campaign (by the
+    /// forcer too): their keys vanishing proves nothing, so they must be gone before we lead.
+    seen: BTreeSet<i64>,
+    /// This seat tried to take the record itself (else, finding it ours, it was handed to us).
+    took_record: bool,
     /// We took (or were handed) the record: resigning hands it on.
     elected: bool,
     pace: Rc<Pace>,
@@ -159,6 +164,8 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
         cfg,
         tx,
         seat: None,
+        seen: BTreeSet::new(),
+        took_record: false,
         elected: false,
         pace: Rc::new(Pace {
             leading: Cell::new(false),
@@ -244,8 +251,9 @@ impl Election {
                 }
                 r = Box::pin(async {
                     if self.cfg.force_acquire {
-                        Box::pin(force::request_yield(&self.etcd, &self.keys, &self.cfg, &seat))
-                            .await?;
+                        let (etcd, keys, cfg) = (&self.etcd, &self.keys, &self.cfg);
+                        let runner = Box::pin(force::request_yield(etcd, keys, cfg, &seat)).await?;
+                        self.seen.extend(runner);
                     }
                     Box::pin(self.wait_turn(&seat)).await
                 }) => r,
@@ -303,6 +311,8 @@ impl Election {
             }
             self.resign().await;
         }
+        self.seen.clear();
+        self.took_record = false;
         let seat = match adopt::previous_life(&mut c, &self.keys, &self.cfg).await? {
             Adoption::Twin => return Ok(None),
             Adoption::Adopted { seat, sent } => {
@@ -367,8 +377,6 @@ impl Election {
     /// lease seen ahead of us gone.
     async fn wait_turn(&mut self, seat: &Seat) -> Result<Turn> {
         let t = op_timeout(&self.cfg);
-        // Leases that may have run the command before us: their keys vanishing proves nothing.
-        let mut seen = BTreeSet::new();
         let mut reported_holder = None;
         loop {
             let mut c = self.client().await?;
@@ -388,13 +396,13 @@ impl Election {
             let head = holder.or(snap.ahead.first());
             self.send(Event::Leader(head.map(identity_of)));
             if let Some(pred) = snap.ahead.last() {
-                seen.insert(pred.lease());
+                self.seen.insert(pred.lease());
                 debug!("waiting for {} ({}) to go", key_of(pred), identity_of(pred));
                 wait_changed(&self.etcd, pred.key(), snap.revision + 1).await?;
                 continue;
             }
             if let Some(h) = holder {
-                seen.insert(h.lease());
+                self.seen.insert(h.lease());
                 if reported_holder.replace(h.lease()) != Some(h.lease()) {
                     // Without a candidate key: the Go tool, or a holder whose key was deleted.
                     let what = if snap.ahead.iter().any(|kv| kv.lease() == h.lease()) {
@@ -426,11 +434,15 @@ impl Election {
                 }
             }
             if snap.holder.is_none() {
+                self.took_record = true;
                 if !self.take_record(&mut c, seat, &snap).await? {
                     continue;
                 }
-                seen.remove(&seat.lease);
-                for lease in seen {
+            }
+            if self.took_record {
+                // Taken by us, maybe before a failed request: whoever we saw ahead must be gone.
+                self.seen.remove(&seat.lease);
+                for lease in self.seen.clone() {
                     self.await_lease_gone(&mut c, lease).await?;
                 }
             } else {
@@ -469,7 +481,9 @@ impl Election {
         }
         let txn = Txn::new()
             .when([
-                Compare::create_revision(seat.key.as_str(), CompareOp::Equal, seat.revision),
+                // Not create revision: a twin that adopted our key put it again, and this
+                // must then fail.
+                Compare::mod_revision(seat.key.as_str(), CompareOp::Equal, seat.mod_revision),
                 unchanged(keys.holder.as_str(), None),
                 unchanged(keys.yield_request.clone(), snap.yield_request.as_ref()),
             ])
@@ -586,11 +600,20 @@ impl Election {
         let give_up = Instant::now() + budget;
         loop {
             let revoke = async {
+                let t = op_timeout(&self.cfg);
                 let mut c = self.client().await?;
-                timed(op_timeout(&self.cfg), c.lease_revoke(lease)).await
+                // Put again by a twin that adopted it: the lease is shared now, never revoke it.
+                let own = timed(t, c.get(seat.key.as_str(), None)).await?;
+                if seat.holds(own.kvs().first()) == Some(false) {
+                    return Ok(false);
+                }
+                timed(t, c.lease_revoke(lease)).await.map(|_| true)
             };
             let e = match revoke.await {
-                Ok(_) => return info!("resigned: revoked lease {lease:x}"),
+                Ok(true) => return info!("resigned: revoked lease {lease:x}"),
+                Ok(false) => {
+                    return warn!("our key was adopted by a twin: lease {lease:x} left to it")
+                }
                 Err(e) if is_lease_not_found(&e) => return,
                 Err(e) => e,
             };

@@ -27,16 +27,23 @@ use crate::config::Config;
 use crate::etcd::{op_timeout, timed, wait_changed, Etcd, Result};
 use crate::queue::{identity_of, key_of, unchanged, Keys, Seat, Snapshot};
 
-/// Returns once the holder acknowledged, was fenced out, or there was nobody to depose; the
-/// campaign then waits for the holder record as any candidate does.
-pub async fn request_yield(etcd: &Etcd, keys: &Keys, cfg: &Config, seat: &Seat) -> Result<()> {
+/// Returns once the holder acknowledged, was deposed, or there was nobody to depose, with the
+/// lease of whoever it asked: the campaign then waits for the holder record as any candidate
+/// does, and for that lease to be gone.
+pub async fn request_yield(
+    etcd: &Etcd,
+    keys: &Keys,
+    cfg: &Config,
+    seat: &Seat,
+) -> Result<Option<i64>> {
     let t = op_timeout(cfg);
     let mut asked: Option<Instant> = None;
+    let mut runner_lease = None;
     loop {
         let mut c = etcd.client().await?;
         let snap = Snapshot::read(&mut c, keys, seat, t).await?;
         if snap.own.is_none() {
-            return Ok(());
+            return Ok(runner_lease);
         }
         let ours = |kv: &KeyValue| kv.lease() == seat.lease;
         match &snap.yield_request {
@@ -45,21 +52,21 @@ pub async fn request_yield(etcd: &Etcd, keys: &Keys, cfg: &Config, seat: &Seat) 
                     "force acquire: {:?} asked first; waiting in line",
                     identity_of(y)
                 );
-                return Ok(());
+                return Ok(runner_lease);
             }
             // Our request (or our previous life's) is pending.
             Some(_) => {
                 asked.get_or_insert_with(Instant::now);
             }
             // Asked, and the request is gone: the holder acknowledged.
-            None if asked.is_some() => return Ok(()),
+            None if asked.is_some() => return Ok(runner_lease),
             None => {}
         }
         // Who runs the command, or may: the lease bound to the record, else the head of the queue.
         let runner = match &snap.holder {
-            Some(h) if ours(h) => return Ok(()),
+            Some(h) if ours(h) => return Ok(runner_lease),
             // Deposed already (by us, before a restart, or by another forcer): wait as anyone.
-            Some(h) if is_deposal(h) => return Ok(()),
+            Some(h) if is_deposal(h) => return Ok(runner_lease),
             Some(h) => Runner {
                 lease: h.lease(),
                 identity: identity_of(h),
@@ -75,9 +82,10 @@ pub async fn request_yield(etcd: &Etcd, keys: &Keys, cfg: &Config, seat: &Seat) 
                     identity: identity_of(head),
                     key: Some(head.clone()),
                 },
-                None => return Ok(()),
+                None => return Ok(runner_lease),
             },
         };
+        runner_lease = Some(runner.lease);
         let Some(since) = asked else {
             let waiting: Vec<&KeyValue> = snap
                 .ahead
