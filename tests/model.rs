@@ -49,7 +49,6 @@ fn model(variant: Variant, procs: Vec<Spec>) -> Protocol {
         cuts: 0,
         stucks: 0,
         revoke_in_flight: false,
-        fence_assumption: true,
         adoption: Adoption::Remaining,
         remember: false,
     }

@@ -39,8 +39,9 @@
 //!   run: a Go replica stops within a third of its TTL + 2 s of the revoke, a wrapper of ours
 //!   before its lease could expire and never starts again (its renewals stopped counting at the
 //!   deposal). Until the revoke of a Go replica lands, nothing the fence does stops it: its
-//!   fence may expire at any time. A fence not renewed after its txn counts from its grant:
-//!   `fence_assumption` says the txn committed within a second of it.
+//!   fence may expire at any time. A fence not renewed after its txn (the forcer dead or cut
+//!   off in between) counts from its grant: the model assumes the txn committed within a
+//!   second of it.
 //! - **Force's wait in memory** (OLD `depose_ahead_of`'s `sleep_until`): the deposed leases'
 //!   TTL after their revoke; the deposed commands are dead by then (their last renewal was
 //!   before the revoke). `SleepDone` is enabled once no wrapper holding a lease it revoked runs
@@ -111,9 +112,6 @@ pub struct Protocol {
     pub stucks: u8,
     /// A wrapper killed while resigning may leave its revoke in flight, landing later.
     pub revoke_in_flight: bool,
-    /// A fence not renewed after its txn was granted at most a second before the txn committed
-    /// (see the module doc).
-    pub fence_assumption: bool,
     /// What a restarted wrapper does with a dead previous life's key.
     pub adoption: Adoption,
     /// Proposed change: what the forcer read counts for the rule too (the runner's lease joins
@@ -146,8 +144,6 @@ pub struct Lease {
     pub alive: bool,
     /// A fence lease: the lease it deposed.
     pub fence_of: Option<L>,
-    /// A fence renewed once after its txn committed: its TTL counts from after the deposal.
-    pub anchored: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -183,12 +179,9 @@ pub enum Pc {
     Force {
         asked: bool,
     },
-    /// NEW, a Go replica deposed: the fence txn committed; next its keep-alive, then the revoke
-    /// of the Go replica's lease.
-    FenceAnchor {
-        fence: L,
-        runner: L,
-    },
+    /// NEW, a holder without a key deposed: the fence txn committed; next the fence's
+    /// keep-alive, then the revoke of the holder's lease.
+    FenceAnchor(L),
     FenceRevoke(L),
     /// OLD: revoking the keys ahead one at a time.
     Depose {
@@ -346,7 +339,7 @@ fn may_apply(op: Op, p: &Proc) -> bool {
             Pc::Observe(_) => op == Op::Observe,
             Pc::Adopting { .. } => op == Op::Adopt,
             Pc::Force { .. } => matches!(op, Op::Force | Op::Fence | Op::LeaseLost),
-            Pc::FenceAnchor { .. } => op == Op::Anchor,
+            Pc::FenceAnchor(_) => op == Op::Anchor,
             Pc::FenceRevoke(_) => op == Op::RevokeRunner,
             Pc::Depose { .. } => matches!(op, Op::Depose | Op::LeaseLost),
             Pc::Sleep { .. } => matches!(op, Op::SleepDone | Op::LeaseLost),
@@ -439,7 +432,6 @@ impl State {
         self.leases.push(Lease {
             alive: true,
             fence_of,
-            anchored: false,
         });
         (self.leases.len() - 1) as L
     }
@@ -531,11 +523,10 @@ impl State {
                 f(l);
             }
             match &mut p.pc {
-                Pc::Observe(l) | Pc::Adopting { lease: l, .. } | Pc::FenceRevoke(l) => f(l),
-                Pc::FenceAnchor { fence, runner } => {
-                    f(fence);
-                    f(runner);
-                }
+                Pc::Observe(l)
+                | Pc::Adopting { lease: l, .. }
+                | Pc::FenceAnchor(l)
+                | Pc::FenceRevoke(l) => f(l),
                 Pc::Depose { todo, revoked } => {
                     for it in todo {
                         if let Item::Revoke(l) = it {
@@ -651,9 +642,6 @@ impl Protocol {
         if s.leases[d as usize].fence_of.is_some() {
             return self.fence_may_expire(s, d);
         }
-        if !f.anchored && !self.fence_assumption {
-            return true;
-        }
         // Not running, and a wrapper of ours never again: its renew deadline passed since its
         // last counted renewal, which came before the deposal.
         (self.is_go(s, d) && s.alive(d))
@@ -760,11 +748,8 @@ impl Protocol {
             (Op::Fence, Pc::Force { asked: true }) if new && net_ok => {
                 self.request_yield(s, i, true, true)?
             }
-            // The fence's keep-alive; its error is ignored (cut off: the fence stays unrenewed).
-            (Op::Anchor, Pc::FenceAnchor { fence, runner }) => {
-                if net_ok && s.alive(fence) {
-                    s.leases[fence as usize].anchored = true;
-                }
+            // The fence's keep-alive (its error ignored): a step a crash or a cut can precede.
+            (Op::Anchor, Pc::FenceAnchor(runner)) => {
                 s.procs[i].pc = Pc::FenceRevoke(runner);
             }
             (Op::RevokeRunner, Pc::FenceRevoke(l)) => {
@@ -1199,16 +1184,14 @@ impl Protocol {
             s.set_h(Some(deposal));
             return wait(s);
         }
-        // A Go replica: a fence lease of its TTL + 1 s, then its keep-alive and the revoke.
+        // No candidate key (a Go replica, or ours whose key was deleted by hand): a fence lease
+        // of its TTL + 1 s, then its keep-alive and the revoke of the holder's lease.
         let f = s.grant(Some(runner.lease));
         s.set_h(Some(Rec {
             lease: f,
             ..deposal
         }));
-        s.procs[i].pc = Pc::FenceAnchor {
-            fence: f,
-            runner: runner.lease,
-        };
+        s.procs[i].pc = Pc::FenceAnchor(runner.lease);
         Some(())
     }
 
@@ -1414,7 +1397,6 @@ impl fmt::Display for State {
                 .find(|k| k.lease == l)
                 .map_or("?".to_string(), |k| k.identity.to_string());
             match lease.fence_of {
-                Some(_) if lease.anchored => format!("fence({owner}, renewed)"),
                 Some(_) => format!("fence({owner})"),
                 None if !lease.alive => "gone".to_string(),
                 None => owner,
@@ -1436,7 +1418,7 @@ impl fmt::Display for State {
             let pc = match &p.pc {
                 Pc::Depose { todo, .. } => format!("Depose({} left)", todo.len()),
                 Pc::Sleep { revoked } => format!("Sleep({} revoked)", revoked.len()),
-                Pc::FenceAnchor { .. } => "FenceAnchor".to_string(),
+                Pc::FenceAnchor(_) => "FenceAnchor".to_string(),
                 Pc::FenceRevoke(_) => "FenceRevoke".to_string(),
                 Pc::Observe(_) => "Observe".to_string(),
                 Pc::Adopting { .. } => "Adopting".to_string(),
