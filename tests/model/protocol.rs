@@ -572,7 +572,7 @@ impl Protocol {
 
     /// Its renewals count (`Keeper::confirm`): they reach the majority (OLD: a stuck member's
     /// answer counts too) and, NEW, its key is still its own (not deleted, not adopted) and,
-    /// once elected, the record is bound to its lease.
+    /// once it leads (or is about to: `Pace::leading`), the record is bound to its lease.
     fn counts(&self, s: &State, i: usize) -> bool {
         let p = &s.procs[i];
         let Some(l) = p.lease.filter(|&l| s.alive(l)) else {
@@ -584,7 +584,7 @@ impl Protocol {
         p.renews()
             && !p.disowned
             && Self::seat(s, i, l).is_some_and(|(_, ours)| ours)
-            && (!p.elected || s.h.is_some_and(|h| h.lease == l))
+            && (!p.runs() || s.h.is_some_and(|h| h.lease == l))
     }
 
     /// The lease a resigning wrapper revokes: none once it knows its key was adopted.
