@@ -48,6 +48,7 @@ fn model(variant: Variant, procs: Vec<Spec>) -> Protocol {
         deletes: 0,
         cuts: 0,
         stucks: 0,
+        errors: 0,
         revoke_in_flight: false,
         adoption: Adoption::Remaining,
         remember: false,
@@ -137,12 +138,13 @@ fn new_protocol_holds_through_a_crash_and_a_cut_off() {
 }
 
 #[test]
-fn new_protocol_holds_through_a_revoke_left_in_flight() {
+fn new_protocol_holds_through_a_revoke_left_in_flight_and_an_error() {
     let mut m = model(Variant::New, vec![wrapper(0), wrapper(1), forcer(2)]);
     m.crashes = 1;
     m.revoke_in_flight = true;
+    m.errors = 1;
     assert_holds(
-        "new: 2 wrappers + forcer, 1 crash with its revoke in flight",
+        "new: 2 wrappers + forcer, 1 crash with its revoke in flight, 1 failed request",
         m,
     );
 }
@@ -208,16 +210,22 @@ fn new_finding_2_fence_expires_before_the_go_replica_is_revoked() {
     assert_hole("new finding 2 (a Go replica outlives the fence)", m);
 }
 
-/// Finding 3: the forcer's reads do not count for the rule (the runner's lease it saw is not
-/// awaited), so one out-of-band delete of the deposal in `LOCK` lets the forcer start while
-/// the holder it deposed still stops. Closed when the forcer remembers the runner's lease.
+/// Finding 3: the seen set lives in one call of `wait_turn`: the forcer's reads do not count
+/// (the runner's lease it saw is not awaited), a failed request forgets it, and a record found
+/// already ours (taken before the failure) is led with at once. So one out-of-band delete of
+/// the deposal in `LOCK` lets the forcer start while the holder it deposed still stops. Closed
+/// when the seen set lives with the seat and is awaited in both cases.
 #[test]
 fn new_finding_3_delete_of_the_deposal() {
     let mut m = model(Variant::New, vec![wrapper(0), wrapper(1), forcer(2)]);
     m.deletes = 1;
     assert_hole("new finding 3 (an operator deletes the deposal)", m.clone());
     m.remember = true;
-    assert_holds("new finding 3, remembering the runner", m);
+    m.errors = 1;
+    assert_holds(
+        "new finding 3, the seen set kept with the seat (+ 1 error)",
+        m,
+    );
 }
 
 /// The proposed changes together, against twins and a forcer at once.
@@ -227,8 +235,13 @@ fn new_protocol_with_the_changes_holds_for_twins_and_a_forcer() {
     m.adoption = Adoption::Off;
     m.remember = true;
     m.cuts = 1;
-    assert_holds("new with the changes: twins + forcer, 1 cut", m.clone());
+    m.errors = 1;
+    assert_holds(
+        "new with the changes: twins + forcer, 1 cut, 1 error",
+        m.clone(),
+    );
     m.cuts = 0;
+    m.errors = 0;
     m.crashes = 1;
     m.revoke_in_flight = true;
     assert_holds("new with the changes: twins + forcer, 1 crash in flight", m);

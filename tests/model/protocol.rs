@@ -110,12 +110,15 @@ pub struct Protocol {
     pub deletes: u8,
     pub cuts: u8,
     pub stucks: u8,
+    /// Failed requests in a campaign (a timeout, a reset connection): `Retry`.
+    pub errors: u8,
     /// A wrapper killed while resigning may leave its revoke in flight, landing later.
     pub revoke_in_flight: bool,
     /// What a restarted wrapper does with a dead previous life's key.
     pub adoption: Adoption,
-    /// Proposed change: what the forcer read counts for the rule too (the runner's lease joins
-    /// the seen set `wait_turn` starts with), and a fence names the lease it deposed.
+    /// Proposed change: the seen set lives with the seat, not in one call of `wait_turn`: what
+    /// the forcer read counts too (the runner's lease), an error does not forget it, and it is
+    /// awaited before leading also when the record is found already ours.
     pub remember: bool,
 }
 
@@ -256,6 +259,7 @@ pub struct State {
     pub deletes: u8,
     pub cuts: u8,
     pub stucks: u8,
+    pub errors: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -274,6 +278,7 @@ pub enum Op {
     Depose,
     SleepDone,
     LeaseLost,
+    Retry,
     StartCmd,
     Notice,
     Yield,
@@ -292,7 +297,7 @@ pub enum Op {
     GNotice,
 }
 
-const OPS: [Op; 30] = [
+const OPS: [Op; 31] = [
     Op::Start,
     Op::Join,
     Op::Observe,
@@ -307,6 +312,7 @@ const OPS: [Op; 30] = [
     Op::Depose,
     Op::SleepDone,
     Op::LeaseLost,
+    Op::Retry,
     Op::StartCmd,
     Op::Notice,
     Op::Yield,
@@ -338,14 +344,14 @@ fn may_apply(op: Op, p: &Proc) -> bool {
             Pc::Join => op == Op::Join,
             Pc::Observe(_) => op == Op::Observe,
             Pc::Adopting { .. } => op == Op::Adopt,
-            Pc::Force { .. } => matches!(op, Op::Force | Op::Fence | Op::LeaseLost),
+            Pc::Force { .. } => matches!(op, Op::Force | Op::Fence | Op::LeaseLost | Op::Retry),
             Pc::FenceAnchor(_) => op == Op::Anchor,
             Pc::FenceRevoke(_) => op == Op::RevokeRunner,
             Pc::Depose { .. } => matches!(op, Op::Depose | Op::LeaseLost),
             Pc::Sleep { .. } => matches!(op, Op::SleepDone | Op::LeaseLost),
-            Pc::Wait => matches!(op, Op::Check | Op::LeaseLost),
-            Pc::Take => matches!(op, Op::Take | Op::LeaseLost),
-            Pc::AwaitGone => matches!(op, Op::AwaitGone | Op::LeaseLost),
+            Pc::Wait => matches!(op, Op::Check | Op::LeaseLost | Op::Retry),
+            Pc::Take => matches!(op, Op::Take | Op::LeaseLost | Op::Retry),
+            Pc::AwaitGone => matches!(op, Op::AwaitGone | Op::LeaseLost | Op::Retry),
             Pc::Ready => op == Op::StartCmd,
             Pc::Leading => matches!(op, Op::Notice | Op::Yield | Op::Deadline | Op::GNotice),
             Pc::Stopping => op == Op::CmdExit,
@@ -721,6 +727,26 @@ impl Protocol {
             {
                 Self::rejoin(s, i)
             }
+            // A failed request in the campaign (`backoff`, then `join`): this life's seat is
+            // kept if it still holds, else resigned; `wait_turn` starts over with an empty seen
+            // set (with `remember`, the set lives with the seat).
+            (Op::Retry, Pc::Wait | Pc::Force { .. } | Pc::Take | Pc::AwaitGone)
+                if new && net_ok && s.errors > 0 =>
+            {
+                let l = own?;
+                s.errors -= 1;
+                if !self.remember {
+                    s.procs[i].seen.clear();
+                }
+                s.procs[i].pc = if s.alive(l) && Self::seat(s, i, l).is_some_and(|(_, o)| o) {
+                    self.campaign_pc(i)
+                } else {
+                    Pc::Resigning {
+                        rejoin: true,
+                        hand_over: false,
+                    }
+                };
+            }
             (Op::Check, Pc::Wait) if net_ok => {
                 if new {
                     self.wait_turn(s, i)?
@@ -1049,13 +1075,19 @@ impl Protocol {
                 self.see_holder(s, i, r.lease);
                 return Some(());
             }
-            // Handed to us (or our previous life's, adopted): withdraw a request of ours.
+            // Handed to us (or our previous life's, adopted, or taken by us before an error):
+            // withdraw a request of ours. As implemented, lead at once; with `remember`, once
+            // the leases seen are gone, as after taking it.
             Some(_) => {
                 if s.y.is_some_and(|y| y.lease == l) {
                     s.y = None;
                 }
                 s.procs[i].elected = true;
-                s.procs[i].pc = Pc::Ready;
+                s.procs[i].pc = if self.remember {
+                    Pc::AwaitGone
+                } else {
+                    Pc::Ready
+                };
                 return Some(());
             }
             None => {}
@@ -1273,6 +1305,7 @@ impl Model for Protocol {
             deletes: self.deletes,
             cuts: self.cuts,
             stucks: self.stucks,
+            errors: self.errors,
         }]
     }
 
