@@ -7,7 +7,8 @@
 //! once its predecessor key is gone; H only as the legacy lock), [`Variant::New`] is the issue-9
 //! protocol as `src/` implements it (H always, yield request, deposal, hand-over, adoption put
 //! again, renewals confirmed). Two switches model proposed changes: [`Adoption::Off`], and
-//! `remember` (the lease the forcer saw running joins the seen set `wait_turn` starts with).
+//! `remember` (the seen set lives with the seat: the lease the forcer saw running is in it, a
+//! failed request does not forget it, and it is awaited also when the record is already ours).
 //!
 //! # Granularity
 //! Every action is one etcd request (read, txn, grant, revoke, ...) or one local step of a
