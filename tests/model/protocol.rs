@@ -1,0 +1,1476 @@
+//! The exclusion protocol as a state machine for the `stateright` model checker: candidates
+//! (wrappers of ours, replicas of the Go tool), etcd (leases, candidate keys in create-revision
+//! order, the holder record `LOCK` (H here), the yield request `LOCK\0yield` (Y)) and the
+//! environment (crashes, cut-offs, a member that renews but cannot commit, an operator deleting
+//! keys). Two variants: [`Variant::Old`] is `src/election.rs` before issue 9 (commit d8293d8:
+//! force revokes and deletes the keys ahead one at a time and waits in memory; a waiter starts
+//! once its predecessor key is gone; H only as the legacy lock), [`Variant::New`] is the issue-9
+//! protocol as `src/` implements it (H always, yield request, deposal, hand-over, adoption put
+//! again, renewals confirmed). Two switches model proposed changes: [`Adoption::Off`], and
+//! `remember` (the seen set lives with the seat: the lease the forcer saw running is in it, a
+//! failed request does not forget it, and it is awaited also when the record is already ours).
+//!
+//! # Granularity
+//! Every action is one etcd request (read, txn, grant, revoke, ...) or one local step of a
+//! wrapper (start or stop of its command). Consecutive requests are merged into one action only
+//! where what they read cannot change in between in a way that matters: a read and the txn
+//! after it are merged when the txn's compares guard what was read (`take_record`'s are not
+//! enough, so it is its own step), and "no key with a lower create revision" and "a lease is
+//! gone" never become false again once true. Watches are not modelled as such: a candidate may
+//! re-read at any time (a spurious wake-up), and a leader may notice a change as late as it
+//! likes; a watch from the read's revision + 1 gives no more than that for safety.
+//!
+//! # Time
+//! Time is not counted; it enters only as enabling conditions, each the model of one deadline:
+//! - **Renew deadline** (main.rs `Wrapper::kill_at`, `on_deadline`, `lead`): a wrapper kills its
+//!   command before the lease it renewed can expire on the server, and starts it only with a
+//!   counted renewal within the renew deadline (`fresh`). So a lease's `Expire` is enabled only
+//!   when nobody renews it AND every wrapper holding it has its command stopped (and is not
+//!   about to start one). A renewal counts (election.rs `Keeper::confirm`) only if a
+//!   linearizable read after it finds our key unchanged and, leading, H bound to our lease;
+//!   without one, `Deadline` (leading) or `Stale` (not yet) may happen at any time. A member that
+//!   answers keep-alives but cannot commit (`Net::Stuck`, etcd-io/etcd#15247) breaks the
+//!   premise in OLD: the keep-alive answer counts, so the lease expires on the majority while
+//!   the command runs on; in NEW the read cannot be answered, so a stuck member is a cut-off
+//!   and is not modelled separately.
+//! - **Deposal** (force.rs `depose`): a holder with a candidate key gets H bound to its own
+//!   lease: nothing timed. One without (a Go replica, or ours whose key was deleted by hand)
+//!   gets a fence: a lease of its TTL + 1 s, renewed once after the txn (`Anchor`), then its own
+//!   lease revoked (`RevokeRunner`). The fence may expire once the deposed command can no longer
+//!   run: a Go replica stops within a third of its TTL + 2 s of the revoke, a wrapper of ours
+//!   before its lease could expire and never starts again (its renewals stopped counting at the
+//!   deposal). Until the revoke of a Go replica lands, nothing the fence does stops it: its
+//!   fence may expire at any time. A fence not renewed after its txn (the forcer dead or cut
+//!   off in between) counts from its grant: the model assumes the txn committed within a
+//!   second of it.
+//! - **Force's wait in memory** (OLD `depose_ahead_of`'s `sleep_until`): the deposed leases'
+//!   TTL after their revoke; the deposed commands are dead by then (their last renewal was
+//!   before the revoke). `SleepDone` is enabled once no wrapper holding a lease it revoked runs
+//!   its command.
+//! - **Yield bound** (NEW `RETRY_PERIOD`): the forcer may depose at any time once it asked (a
+//!   slow holder's ack may come after the deposal).
+//! - **Adoption** (NEW adopt.rs): a lease is adopted once seen unrenewed for a third of its
+//!   TTL plus 2 s; a revoke its previous life left in flight has landed by then (and one sent later
+//!   lands within milliseconds: before the adopter's next step on that lease). If the previous
+//!   life held H, the adopter leads no earlier than that lease would have expired as seen:
+//!   after the previous life's kill deadline and renew deadline, unless it renewed after it
+//!   was seen (`stale`). A live twin that is cut off is not renewing either: nothing in etcd
+//!   tells it from a dead life.
+//!
+//! # Map: model action → code
+//! | action | OLD (d8293d8) | NEW (src/) |
+//! |---|---|---|
+//! | `Join`: adopt a key of our identity, else grant + put-if-absent key | election.rs `Election::join`, `adopt`, `create` | election.rs `Election::join`, `create` |
+//! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again, read H | — (adopts at once, revokes other keys of ours) | adopt.rs `previous_life`, `liveness` |
+//! | `Check`: one read and the decision; `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds` |
+//! | `Force`: read; request txn (Y + waiters ahead back in line) | election.rs `depose_ahead_of` (its read) | force.rs `request_yield` |
+//! | `Fence` (no ack within the bound) / `Anchor` / `RevokeRunner` | — | force.rs `depose` |
+//! | `Depose` (revoke one key ahead) / `SleepDone` | election.rs `depose_ahead_of` (loop, `sleep_until`) | — |
+//! | `LeaseLost`: lease gone → join again | election.rs `keep_alive`, `elect_and_lead` | same |
+//! | `StartCmd` (or resign: not renewed within the renew deadline) | main.rs `Wrapper::lead`, supervisor.rs `spawn` | same |
+//! | `Notice`: own key deleted or adopted, H gone or re-bound | election.rs `watch_own_key` | election.rs `watch_own_key` |
+//! | `Yield`: delete Y (the ack), stop | — | election.rs `watch_own_key` |
+//! | `Deadline` / `Stale`: no counted renewal within the renew deadline | main.rs `Wrapper::on_deadline` → `stop` | same, with election.rs `Keeper::confirm` |
+//! | `CmdExit`: SIGTERM handled, or SIGKILL at the kill deadline | main.rs `on_child_exit`, `on_deadline`, `kill_at` | same |
+//! | `HandOver`: own key deleted, H bound to the next candidate | — | election.rs `hand_over` |
+//! | `Revoke` (resign) / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | same |
+//! | `Crash`: SIGKILL, the guardian kills the command at once | supervisor.rs (guardian) | same |
+//! | `GPoll` / `GNotice`: Go replica | tests/common/old_replica.rs | same |
+//! | `Expire`, `DeliverRevoke`, `DeleteKey` / `DeleteH` / `DeleteY` | etcd; an operator's `etcdctl del` | same |
+
+use stateright::{Model, Property};
+use std::fmt;
+
+/// The property that the deposal path is explored: `LOCK` holds a deposal (or a fence) while
+/// the command of the holder it deposed still runs.
+pub const DEPOSED: &str = "LOCK holds a deposal while the deposed command runs";
+
+/// A lease, by its index in [`State::leases`].
+pub type L = u8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    Old { legacy_lock: bool },
+    New,
+}
+
+/// One process slot: a wrapper of ours (restartable) or a Go replica (used once).
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    pub identity: u8,
+    pub force: bool,
+    pub go: bool,
+}
+
+/// The model: which protocol, who takes part, and how many faults of each kind.
+#[derive(Clone, Debug)]
+pub struct Protocol {
+    pub variant: Variant,
+    pub procs: Vec<Spec>,
+    pub crashes: u8,
+    pub deletes: u8,
+    pub cuts: u8,
+    pub stucks: u8,
+    /// Failed requests in a campaign (a timeout, a reset connection): `Retry`.
+    pub errors: u8,
+    /// A wrapper killed while resigning may leave its revoke in flight, landing later.
+    pub revoke_in_flight: bool,
+    /// What a restarted wrapper does with a dead previous life's key.
+    pub adoption: Adoption,
+    /// Proposed change: the seen set lives with the seat, not in one call of `wait_turn`: what
+    /// the forcer read counts too (the runner's lease), an error does not forget it, and it is
+    /// awaited before leading also when the record is found already ours.
+    pub remember: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adoption {
+    /// Joins with a new key behind it, and waits it out (proposed change).
+    Off,
+    /// adopt.rs as implemented: the key put again; if the previous life held the record, lead
+    /// no earlier than its lease would have expired as last seen.
+    Remaining,
+}
+
+/// A key's value and binding. `life`: for a candidate key, the process slot that last put it
+/// (create or adoption: the mod revision a seat remembers); `deposed`: `LOCK` marked as a
+/// deposal by a forcer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rec {
+    pub lease: L,
+    pub identity: u8,
+    pub life: u8,
+    pub deposed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub alive: bool,
+    /// A fence lease: the lease it deposed.
+    pub fence_of: Option<L>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Net {
+    Ok,
+    /// Cut off from etcd: no request gets through, renewals fail.
+    Cut,
+    /// Connected to a member that answers keep-alives but cannot commit.
+    Stuck,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Item {
+    Revoke(L),
+    DeleteLock,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Pc {
+    /// Not running (crashed or exited); may be started again.
+    Down,
+    Join,
+    /// NEW: a key of our identity bound to this lease: a twin or a dead previous life?
+    Observe(L),
+    /// NEW: seen dead; next the keep-alive and the put again, guarded by the key's mod
+    /// revision as read (`current`: nobody put it since).
+    Adopting {
+        lease: L,
+        current: bool,
+    },
+    /// Forcing (NEW `request_yield`'s loop, `asked` once Y is put; OLD: about to read the keys
+    /// ahead).
+    Force {
+        asked: bool,
+    },
+    /// NEW, a holder without a key deposed: the fence txn committed; next the fence's
+    /// keep-alive, then the revoke of the holder's lease.
+    FenceAnchor(L),
+    FenceRevoke(L),
+    /// OLD: revoking the keys ahead one at a time.
+    Depose {
+        todo: Vec<Item>,
+        revoked: Vec<L>,
+    },
+    /// OLD: the in-memory wait of a TTL after the revokes.
+    Sleep {
+        revoked: Vec<L>,
+    },
+    Wait,
+    /// NEW: `take_record`'s txn, after the read that found the record absent.
+    Take,
+    /// NEW: took the record; waiting for the leases it saw ahead to be gone.
+    AwaitGone,
+    /// Decided to lead; the command starts next.
+    Ready,
+    Leading,
+    /// The command got SIGTERM and still runs (until it exits or the kill deadline).
+    Stopping,
+    /// The command is gone (or never ran); NEW: hand the record on (`hand_over`), then revoke
+    /// our lease, then exit (or join again: a waiter going back in line).
+    Resigning {
+        rejoin: bool,
+        hand_over: bool,
+    },
+    /// Refused (twin, exit 76) or a Go replica that finished: never starts again.
+    Exited,
+    /// Go replica: polling `LOCK` (H).
+    GPoll,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Proc {
+    pub pc: Pc,
+    pub net: Net,
+    pub lease: Option<L>,
+    /// NEW `wait_turn`'s seen set: leases seen bound to a predecessor key or to H, still alive
+    /// (gone ones are dropped: gone is forever).
+    pub seen: Vec<L>,
+    /// NEW: led (took or was handed the record): resigning hands it on.
+    pub elected: bool,
+    /// NEW: our key was adopted by another process: our lease is not ours to revoke.
+    pub disowned: bool,
+    /// NEW: adopted a previous life that held the record: lead no earlier than its lease would
+    /// have expired. `Some(true)`: that instant is after the previous life's kill deadline;
+    /// `Some(false)`: it is not (the previous life renewed after we looked).
+    pub not_before: Option<bool>,
+    /// NEW, adopting: the previous life renewed (healed) after we saw it unrenewed.
+    pub stale: bool,
+    /// Its last counted renewal is within the renew deadline (`main` starts the command only
+    /// then, and stops it once not). True while renewals count; false once `Stale` (the renew
+    /// deadline passes without one) happened.
+    pub fresh: bool,
+    /// Go replica: its watch saw H deleted.
+    pub h_deleted: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct State {
+    pub leases: Vec<Lease>,
+    /// Candidate keys `LOCK/<hex lease>` in create-revision order.
+    pub keys: Vec<Rec>,
+    /// The holder record `LOCK` (OLD: the legacy lock).
+    pub h: Option<Rec>,
+    /// The yield request `LOCK\0yield`.
+    pub y: Option<Rec>,
+    /// A revoke sent by a wrapper killed before the answer.
+    pub in_flight: Option<L>,
+    pub procs: Vec<Proc>,
+    pub crashes: u8,
+    pub deletes: u8,
+    pub cuts: u8,
+    pub stucks: u8,
+    pub errors: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Start,
+    Join,
+    Observe,
+    Adopt,
+    Check,
+    Take,
+    AwaitGone,
+    Force,
+    Fence,
+    Anchor,
+    RevokeRunner,
+    Depose,
+    SleepDone,
+    LeaseLost,
+    Retry,
+    StartCmd,
+    Notice,
+    Yield,
+    Deadline,
+    Stale,
+    CmdExit,
+    HandOver,
+    Revoke,
+    Abandon,
+    Crash,
+    CrashMidRevoke,
+    Cut,
+    Stuck,
+    Heal,
+    GPoll,
+    GNotice,
+}
+
+const OPS: [Op; 31] = [
+    Op::Start,
+    Op::Join,
+    Op::Observe,
+    Op::Adopt,
+    Op::Check,
+    Op::Take,
+    Op::AwaitGone,
+    Op::Force,
+    Op::Fence,
+    Op::Anchor,
+    Op::RevokeRunner,
+    Op::Depose,
+    Op::SleepDone,
+    Op::LeaseLost,
+    Op::Retry,
+    Op::StartCmd,
+    Op::Notice,
+    Op::Yield,
+    Op::Deadline,
+    Op::Stale,
+    Op::CmdExit,
+    Op::HandOver,
+    Op::Revoke,
+    Op::Abandon,
+    Op::Crash,
+    Op::CrashMidRevoke,
+    Op::Cut,
+    Op::Stuck,
+    Op::Heal,
+    Op::GPoll,
+    Op::GNotice,
+];
+
+/// A cheap filter on the local state before `step` (which works on a copy of the state):
+/// the ops that can apply to a process at this point of its program.
+fn may_apply(op: Op, p: &Proc) -> bool {
+    let faults = matches!(
+        op,
+        Op::Crash | Op::CrashMidRevoke | Op::Cut | Op::Stuck | Op::Heal | Op::Stale
+    );
+    faults
+        || match &p.pc {
+            Pc::Down => op == Op::Start,
+            Pc::Join => op == Op::Join,
+            Pc::Observe(_) => op == Op::Observe,
+            Pc::Adopting { .. } => op == Op::Adopt,
+            Pc::Force { .. } => matches!(op, Op::Force | Op::Fence | Op::LeaseLost | Op::Retry),
+            Pc::FenceAnchor(_) => op == Op::Anchor,
+            Pc::FenceRevoke(_) => op == Op::RevokeRunner,
+            Pc::Depose { .. } => matches!(op, Op::Depose | Op::LeaseLost),
+            Pc::Sleep { .. } => matches!(op, Op::SleepDone | Op::LeaseLost),
+            Pc::Wait => matches!(op, Op::Check | Op::LeaseLost | Op::Retry),
+            Pc::Take => matches!(op, Op::Take | Op::LeaseLost | Op::Retry),
+            Pc::AwaitGone => matches!(op, Op::AwaitGone | Op::LeaseLost | Op::Retry),
+            Pc::Ready => op == Op::StartCmd,
+            Pc::Leading => matches!(op, Op::Notice | Op::Yield | Op::Deadline | Op::GNotice),
+            Pc::Stopping => op == Op::CmdExit,
+            Pc::Resigning { .. } => matches!(op, Op::HandOver | Op::Revoke | Op::Abandon),
+            Pc::Exited => false,
+            Pc::GPoll => op == Op::GPoll,
+        }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Proc(usize, Op),
+    /// etcd expires a lease (enabled per the timing assumptions of the module doc).
+    Expire(L),
+    DeliverRevoke,
+    /// An operator deletes the candidate key bound to this lease.
+    DeleteKey(L),
+    DeleteH,
+    DeleteY,
+}
+
+impl Proc {
+    fn fresh(pc: Pc) -> Proc {
+        Proc {
+            pc,
+            net: Net::Ok,
+            lease: None,
+            seen: Vec::new(),
+            elected: false,
+            disowned: false,
+            not_before: None,
+            stale: false,
+            fresh: true,
+            h_deleted: false,
+        }
+    }
+
+    fn live(&self) -> bool {
+        !matches!(self.pc, Pc::Down | Pc::Exited)
+    }
+
+    /// Runs its command, or is about to start it.
+    fn runs(&self) -> bool {
+        matches!(self.pc, Pc::Ready | Pc::Leading | Pc::Stopping)
+    }
+
+    fn command(&self) -> bool {
+        matches!(self.pc, Pc::Leading | Pc::Stopping)
+    }
+
+    /// Sends keep-alives that reach the majority (a twin whose key was adopted still does).
+    fn renews(&self) -> bool {
+        self.live() && self.net == Net::Ok
+    }
+
+    fn see(&mut self, l: L) {
+        if Some(l) != self.lease && !self.seen.contains(&l) {
+            self.seen.push(l);
+        }
+    }
+}
+
+impl Rec {
+    fn key(lease: L, identity: u8, life: usize) -> Rec {
+        Rec {
+            lease,
+            identity,
+            life: life as u8,
+            deposed: false,
+        }
+    }
+}
+
+impl State {
+    fn alive(&self, l: L) -> bool {
+        self.leases[l as usize].alive
+    }
+
+    fn key_pos(&self, l: L) -> Option<usize> {
+        self.keys.iter().position(|k| k.lease == l)
+    }
+
+    fn grant(&mut self, fence_of: Option<L>) -> L {
+        self.leases.push(Lease {
+            alive: true,
+            fence_of,
+        });
+        (self.leases.len() - 1) as L
+    }
+
+    /// Every write to H; a deletion is what a Go replica's watch sees.
+    fn set_h(&mut self, h: Option<Rec>) {
+        let deleted = self.h.is_some() && h.is_none();
+        self.h = h;
+        for p in &mut self.procs {
+            p.h_deleted |= deleted;
+        }
+    }
+
+    /// Revoke or expiry: the lease and every key bound to it.
+    fn end_lease(&mut self, l: L) {
+        if !self.alive(l) {
+            return;
+        }
+        self.leases[l as usize].alive = false;
+        self.keys.retain(|k| k.lease != l);
+        if self.h.is_some_and(|r| r.lease == l) {
+            self.set_h(None);
+        }
+        if self.y.is_some_and(|r| r.lease == l) {
+            self.y = None;
+        }
+    }
+
+    fn holds(&self, l: L) -> impl Iterator<Item = &Proc> {
+        self.procs.iter().filter(move |p| p.lease == Some(l))
+    }
+
+    pub fn commands(&self) -> usize {
+        self.procs.iter().filter(|p| p.command()).count()
+    }
+
+    /// Canonical form: leases renumbered in order of first reference, unreferenced ones
+    /// dropped, gone ones dropped from the seen sets. Two states that differ only in lease
+    /// numbering are one state.
+    fn normalize(&mut self) {
+        let leases = self.leases.clone();
+        for p in &mut self.procs {
+            p.seen.retain(|&l| leases[l as usize].alive);
+        }
+        let mut map: Vec<Option<L>> = vec![None; leases.len()];
+        let mut order: Vec<L> = Vec::new();
+        self.visit(&mut |l: &mut L| {
+            if map[*l as usize].is_none() {
+                map[*l as usize] = Some(order.len() as L);
+                order.push(*l);
+            }
+        });
+        let mut i = 0;
+        while i < order.len() {
+            if let Some(d) = leases[order[i] as usize].fence_of {
+                if map[d as usize].is_none() {
+                    map[d as usize] = Some(order.len() as L);
+                    order.push(d);
+                }
+            }
+            i += 1;
+        }
+        self.visit(&mut |l: &mut L| *l = map[*l as usize].expect("mapped"));
+        self.leases = order
+            .iter()
+            .map(|&o| {
+                let mut lease = leases[o as usize];
+                lease.fence_of = lease.fence_of.map(|d| map[d as usize].expect("mapped"));
+                lease
+            })
+            .collect();
+        for p in &mut self.procs {
+            p.seen.sort_unstable();
+        }
+    }
+
+    fn visit(&mut self, f: &mut impl FnMut(&mut L)) {
+        for k in &mut self.keys {
+            f(&mut k.lease);
+        }
+        for r in self.h.iter_mut().chain(self.y.iter_mut()) {
+            f(&mut r.lease);
+        }
+        if let Some(l) = &mut self.in_flight {
+            f(l);
+        }
+        for p in &mut self.procs {
+            if let Some(l) = &mut p.lease {
+                f(l);
+            }
+            match &mut p.pc {
+                Pc::Observe(l)
+                | Pc::Adopting { lease: l, .. }
+                | Pc::FenceAnchor(l)
+                | Pc::FenceRevoke(l) => f(l),
+                Pc::Depose { todo, revoked } => {
+                    for it in todo {
+                        if let Item::Revoke(l) = it {
+                            f(l);
+                        }
+                    }
+                    revoked.iter_mut().for_each(&mut *f);
+                }
+                Pc::Sleep { revoked } => revoked.iter_mut().for_each(&mut *f),
+                _ => {}
+            }
+            p.seen.iter_mut().for_each(&mut *f);
+        }
+    }
+}
+
+impl Protocol {
+    fn new_variant(&self) -> bool {
+        self.variant == Variant::New
+    }
+
+    fn legacy(&self) -> bool {
+        matches!(self.variant, Variant::Old { legacy_lock: true })
+    }
+
+    fn campaign_pc(&self, i: usize) -> Pc {
+        if self.procs[i].force {
+            Pc::Force { asked: false }
+        } else {
+            Pc::Wait
+        }
+    }
+
+    /// Leaves the campaign and joins again with fresh memory (no lease).
+    fn rejoin(s: &mut State, i: usize) {
+        let p = &mut s.procs[i];
+        p.pc = Pc::Join;
+        p.lease = None;
+        p.seen.clear();
+        p.elected = false;
+        p.not_before = None;
+    }
+
+    /// Its renewals count (`Keeper::confirm`): they reach the majority (OLD: a stuck member's
+    /// answer counts too) and, NEW, its key is still its own (not deleted, not adopted) and,
+    /// once it leads (or is about to: `Pace::leading`), the record is bound to its lease.
+    fn counts(&self, s: &State, i: usize) -> bool {
+        let p = &s.procs[i];
+        let Some(l) = p.lease.filter(|&l| s.alive(l)) else {
+            return false;
+        };
+        if !self.new_variant() {
+            return p.live() && p.net != Net::Cut;
+        }
+        p.renews()
+            && !p.disowned
+            && Self::seat(s, i, l).is_some_and(|(_, ours)| ours)
+            && (!p.runs() || s.h.is_some_and(|h| h.lease == l))
+    }
+
+    /// The lease a resigning wrapper revokes: none once it knows its key was adopted.
+    fn revokes(&self, s: &State, i: usize) -> Option<L> {
+        let p = &s.procs[i];
+        p.lease.filter(|&l| s.alive(l) && !p.disowned)
+    }
+
+    /// Adopted from a previous life that held the record, and before `not_before`: that life
+    /// may still run its command (or start it, its renew deadline not yet passed).
+    fn may_still_run(&self, s: &State, i: usize) -> bool {
+        let Some(l) = s.procs[i].lease else {
+            return false;
+        };
+        s.procs[i].not_before == Some(true)
+            && s.procs
+                .iter()
+                .enumerate()
+                .any(|(j, q)| j != i && q.lease == Some(l) && (q.runs() || q.fresh))
+    }
+
+    fn is_go(&self, s: &State, l: L) -> bool {
+        s.procs
+            .iter()
+            .zip(&self.procs)
+            .any(|(p, spec)| spec.go && p.lease == Some(l))
+    }
+
+    fn expire_enabled(&self, s: &State, l: L) -> bool {
+        let lease = s.leases[l as usize];
+        if !lease.alive {
+            return false;
+        }
+        match lease.fence_of {
+            None => {
+                let old = !self.new_variant();
+                s.holds(l)
+                    .all(|p| !p.renews() && (!p.runs() || (old && p.net == Net::Stuck)))
+            }
+            Some(_) => self.fence_may_expire(s, l),
+        }
+    }
+
+    /// A fence (a holder without a candidate key gets one: a Go replica, or one of ours whose
+    /// key was deleted by hand) may expire once the deposed command can no longer run: a Go
+    /// replica's lease was revoked after the fence's keep-alive, and it stops within a third of
+    /// its TTL + 2 s, before the fence's TTL + 1 s (until that revoke lands nothing the fence
+    /// does stops it); a wrapper of ours stops before its lease could expire. A fence of a
+    /// fence lasts at least as long as the first.
+    fn fence_may_expire(&self, s: &State, fence: L) -> bool {
+        let f = s.leases[fence as usize];
+        let Some(d) = f.fence_of else {
+            return true;
+        };
+        if s.leases[d as usize].fence_of.is_some() {
+            return self.fence_may_expire(s, d);
+        }
+        // Not running, and a wrapper of ours never again: its renew deadline passed since its
+        // last counted renewal, which came before the deposal.
+        (self.is_go(s, d) && s.alive(d))
+            || s.procs
+                .iter()
+                .zip(&self.procs)
+                .filter(|(p, _)| p.lease == Some(d))
+                .all(|(p, spec)| !p.runs() && (spec.go || !p.fresh))
+    }
+
+    fn step(&self, s: &mut State, i: usize, op: Op) -> Option<()> {
+        let spec = self.procs[i];
+        let new = self.new_variant();
+        let net_ok = s.procs[i].net == Net::Ok;
+        let pc = s.procs[i].pc.clone();
+        let own = s.procs[i].lease;
+        match (op, pc) {
+            (Op::Start, Pc::Down) if !spec.go => s.procs[i] = Proc::fresh(Pc::Join),
+            (Op::Join, Pc::Join) if net_ok => self.join(s, i),
+            (Op::Observe, Pc::Observe(l)) if net_ok => {
+                let renewed = s
+                    .procs
+                    .iter()
+                    .enumerate()
+                    .any(|(j, q)| j != i && q.lease == Some(l) && q.renews());
+                let key = s.key_pos(l).map(|k| s.keys[k]);
+                match key {
+                    None => s.procs[i].pc = Pc::Join,
+                    // Renewed by someone else: a twin. Exit 76, nothing started.
+                    Some(_) if renewed => s.procs[i].pc = Pc::Exited,
+                    // The observation window outlasts any revoke left in flight.
+                    Some(_) if s.in_flight == Some(l) => return None,
+                    Some(_) if self.adoption == Adoption::Off => {
+                        self.create(s, i);
+                        s.procs[i].pc = self.campaign_pc(i);
+                    }
+                    Some(_) => {
+                        s.procs[i].stale = false;
+                        s.procs[i].pc = Pc::Adopting {
+                            lease: l,
+                            current: true,
+                        };
+                    }
+                }
+            }
+            // A revoke in flight lands within milliseconds: before the keep-alive and the put
+            // again, or before the adopter could start.
+            (Op::Adopt, Pc::Adopting { lease, current })
+                if net_ok && s.in_flight != Some(lease) =>
+            {
+                // The keep-alive, the put again (guarded by the mod revision read), the record.
+                match s.key_pos(lease).filter(|_| current) {
+                    Some(k) if s.alive(lease) => {
+                        s.keys[k].life = i as u8;
+                        for q in &mut s.procs {
+                            if let Pc::Adopting { lease: o, current } = &mut q.pc {
+                                if *o == lease {
+                                    *current = false;
+                                }
+                            }
+                        }
+                        let held = s.h.is_some_and(|h| h.lease == lease);
+                        let p = &mut s.procs[i];
+                        p.lease = Some(lease);
+                        p.not_before = held.then_some(!p.stale);
+                        p.pc = self.campaign_pc(i);
+                    }
+                    _ => {
+                        self.create(s, i);
+                        s.procs[i].pc = self.campaign_pc(i);
+                    }
+                }
+            }
+            (Op::LeaseLost, Pc::Wait | Pc::Force { .. } | Pc::Take | Pc::AwaitGone)
+            | (Op::LeaseLost, Pc::Depose { .. } | Pc::Sleep { .. })
+                if net_ok && own.is_some_and(|l| !s.alive(l)) =>
+            {
+                Self::rejoin(s, i)
+            }
+            // A failed request in the campaign (`backoff`, then `join`): this life's seat is
+            // kept if it still holds, else resigned; `wait_turn` starts over with an empty seen
+            // set (with `remember`, the set lives with the seat).
+            (Op::Retry, Pc::Wait | Pc::Force { .. } | Pc::Take | Pc::AwaitGone)
+                if new && net_ok && s.errors > 0 =>
+            {
+                let l = own?;
+                s.errors -= 1;
+                if !self.remember {
+                    s.procs[i].seen.clear();
+                }
+                s.procs[i].pc = if s.alive(l) && Self::seat(s, i, l).is_some_and(|(_, o)| o) {
+                    self.campaign_pc(i)
+                } else {
+                    Pc::Resigning {
+                        rejoin: true,
+                        hand_over: false,
+                    }
+                };
+            }
+            (Op::Check, Pc::Wait) if net_ok => {
+                if new {
+                    self.wait_turn(s, i)?
+                } else {
+                    self.wait_turn_old(s, i)?
+                }
+            }
+            // `main` starts the command only with a renewal within the renew deadline: a lease
+            // that expired meanwhile is `LeaseLost`.
+            (Op::Take, Pc::Take) if net_ok => self.take_record(s, i)?,
+            (Op::AwaitGone, Pc::AwaitGone) if net_ok && own.is_some_and(|l| s.alive(l)) => {
+                if s.procs[i].seen.iter().any(|&l| s.alive(l)) {
+                    return None;
+                }
+                s.procs[i].pc = Pc::Ready;
+            }
+            (Op::Force, Pc::Force { asked }) if net_ok => {
+                if new {
+                    self.request_yield(s, i, asked, false)?
+                } else {
+                    self.force_old(s, i)?
+                }
+            }
+            // No ack within RETRY_PERIOD: allowed at any time once asked.
+            (Op::Fence, Pc::Force { asked: true }) if new && net_ok => {
+                self.request_yield(s, i, true, true)?
+            }
+            // The fence's keep-alive (its error ignored): a step a crash or a cut can precede.
+            (Op::Anchor, Pc::FenceAnchor(runner)) => {
+                s.procs[i].pc = Pc::FenceRevoke(runner);
+            }
+            (Op::RevokeRunner, Pc::FenceRevoke(l)) => {
+                if net_ok {
+                    s.end_lease(l);
+                }
+                s.procs[i].pc = Pc::Wait;
+            }
+            (
+                Op::Depose,
+                Pc::Depose {
+                    mut todo,
+                    mut revoked,
+                },
+            ) if net_ok => {
+                match todo.remove(0) {
+                    Item::Revoke(l) => {
+                        if s.alive(l) {
+                            s.end_lease(l);
+                            revoked.push(l);
+                        }
+                    }
+                    Item::DeleteLock => s.set_h(None),
+                }
+                s.procs[i].pc = if todo.is_empty() {
+                    Pc::Sleep { revoked }
+                } else {
+                    Pc::Depose { todo, revoked }
+                };
+            }
+            (Op::SleepDone, Pc::Sleep { revoked }) => {
+                if s.procs
+                    .iter()
+                    .any(|q| q.runs() && q.lease.is_some_and(|l| revoked.contains(&l)))
+                {
+                    return None;
+                }
+                s.procs[i].pc = Pc::Wait;
+            }
+            (Op::StartCmd, Pc::Ready) => {
+                // An adopted previous life that held the record: not before its lease would
+                // have expired, which is after its kill deadline unless it renewed meanwhile.
+                if self.may_still_run(s, i) || s.in_flight == own {
+                    return None;
+                }
+                s.procs[i].pc = if s.procs[i].fresh {
+                    Pc::Leading
+                } else {
+                    // "elected, but the lease was not renewed within the renew deadline"
+                    Pc::Resigning {
+                        rejoin: false,
+                        hand_over: new && s.procs[i].elected && !s.procs[i].disowned,
+                    }
+                };
+            }
+            (Op::Notice, Pc::Leading) if net_ok && !spec.go => {
+                let l = own?;
+                let key = s.key_pos(l).map(|k| s.keys[k]);
+                let adopted = new && key.is_some_and(|k| k.life != i as u8);
+                let lost = !s.alive(l)
+                    || key.is_none()
+                    || adopted
+                    || ((new || self.legacy()) && s.h.map(|r| r.lease) != Some(l));
+                if !lost {
+                    return None;
+                }
+                s.procs[i].disowned = adopted;
+                s.procs[i].pc = Pc::Stopping;
+            }
+            (Op::Yield, Pc::Leading) if new && net_ok && !spec.go => {
+                let y = s.y?;
+                if Some(y.lease) == own {
+                    return None;
+                }
+                s.y = None;
+                s.procs[i].pc = Pc::Stopping;
+            }
+            // No counted renewal within the renew deadline.
+            (Op::Deadline, Pc::Leading) if !spec.go && !self.counts(s, i) => {
+                s.procs[i].fresh = false;
+                s.procs[i].pc = Pc::Stopping;
+            }
+            (Op::Stale, pc)
+                if !spec.go
+                    && own.is_some()
+                    && matches!(
+                        pc,
+                        Pc::Wait | Pc::Take | Pc::AwaitGone | Pc::Ready | Pc::Force { .. }
+                    )
+                    && s.procs[i].fresh
+                    && !self.counts(s, i) =>
+            {
+                s.procs[i].fresh = false;
+            }
+            (Op::CmdExit, Pc::Stopping) => {
+                let p = &mut s.procs[i];
+                p.pc = Pc::Resigning {
+                    rejoin: false,
+                    hand_over: new && p.elected && !p.disowned,
+                };
+            }
+            // Errors are only logged: on to the revoke either way.
+            (
+                Op::HandOver,
+                Pc::Resigning {
+                    rejoin,
+                    hand_over: true,
+                },
+            ) => {
+                if net_ok {
+                    self.hand_over(s, i);
+                }
+                s.procs[i].pc = Pc::Resigning {
+                    rejoin,
+                    hand_over: false,
+                };
+            }
+            (
+                Op::Revoke,
+                Pc::Resigning {
+                    rejoin,
+                    hand_over: false,
+                },
+            ) if net_ok => {
+                if let Some(l) = self.revokes(s, i) {
+                    s.end_lease(l);
+                }
+                if rejoin {
+                    Self::rejoin(s, i);
+                } else if spec.go {
+                    s.procs[i].pc = Pc::Exited;
+                } else {
+                    s.procs[i] = Proc::fresh(Pc::Down);
+                }
+            }
+            (Op::Abandon, Pc::Resigning { rejoin, .. }) if !net_ok => {
+                if rejoin {
+                    Self::rejoin(s, i);
+                } else {
+                    s.procs[i] = Proc::fresh(Pc::Down);
+                }
+            }
+            (Op::Crash, pc) if s.crashes > 0 && !spec.go && pc != Pc::Down && pc != Pc::Exited => {
+                s.crashes -= 1;
+                s.procs[i] = Proc::fresh(Pc::Down);
+            }
+            (
+                Op::CrashMidRevoke,
+                Pc::Resigning {
+                    hand_over: false, ..
+                },
+            ) if self.revoke_in_flight
+                && s.crashes > 0
+                && net_ok
+                && self.revokes(s, i).is_some() =>
+            {
+                s.crashes -= 1;
+                s.in_flight = own;
+                s.procs[i] = Proc::fresh(Pc::Down);
+            }
+            (Op::Cut, pc)
+                if s.cuts > 0 && net_ok && !spec.go && pc != Pc::Down && pc != Pc::Exited =>
+            {
+                s.cuts -= 1;
+                s.procs[i].net = Net::Cut;
+            }
+            (Op::Stuck, pc)
+                if s.stucks > 0 && net_ok && !spec.go && pc != Pc::Down && pc != Pc::Exited =>
+            {
+                s.stucks -= 1;
+                s.procs[i].net = Net::Stuck;
+            }
+            (Op::Heal, _) if !net_ok => {
+                s.procs[i].net = Net::Ok;
+                // Its renewals reach etcd again: an adopter that saw the lease unrenewed has a
+                // stale view of when the previous life's command must have stopped.
+                if let Some(l) = own {
+                    for q in &mut s.procs {
+                        if matches!(q.pc, Pc::Adopting { lease, .. } if lease == l) {
+                            q.stale = true;
+                        }
+                    }
+                }
+            }
+            (Op::GPoll, Pc::GPoll) => {
+                let l = match own {
+                    Some(l) => l,
+                    None => {
+                        let l = s.grant(None);
+                        s.procs[i].lease = Some(l);
+                        l
+                    }
+                };
+                if s.h.is_none() {
+                    s.set_h(Some(Rec::key(l, spec.identity, i)));
+                    s.procs[i].h_deleted = false;
+                    s.procs[i].pc = Pc::Leading;
+                } else if own.is_some() {
+                    return None;
+                }
+            }
+            (Op::GNotice, Pc::Leading) if spec.go => {
+                let l = own?;
+                if !s.procs[i].h_deleted && s.alive(l) {
+                    return None;
+                }
+                s.procs[i].pc = Pc::Stopping;
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    fn join(&self, s: &mut State, i: usize) {
+        let me = self.procs[i].identity;
+        let mine: Vec<L> = s
+            .keys
+            .iter()
+            .filter(|k| k.identity == me)
+            .map(|k| k.lease)
+            .collect();
+        if self.new_variant() {
+            if let Some(&l) = mine.first() {
+                s.procs[i].pc = Pc::Observe(l);
+                return;
+            }
+        } else if let Some((&l, rest)) = mine.split_first() {
+            // OLD: adopt the first at once, revoke the others (even a live twin's).
+            for &o in rest {
+                s.end_lease(o);
+            }
+            s.procs[i].lease = Some(l);
+        }
+        let l = match s.procs[i].lease {
+            Some(l) => l,
+            None => self.create(s, i),
+        };
+        if self.legacy() && s.h.is_some_and(|r| r.identity == me && r.lease != l) {
+            s.set_h(None);
+        }
+        s.procs[i].pc = self.campaign_pc(i);
+    }
+
+    /// A lease granted and our key put on it (`Election::create`).
+    fn create(&self, s: &mut State, i: usize) -> L {
+        let l = s.grant(None);
+        s.keys.push(Rec::key(l, self.procs[i].identity, i));
+        s.procs[i].lease = Some(l);
+        l
+    }
+
+    /// Rule (d)'s record of a holder's lease; with `remember`, a fence's deposed lease as well.
+    fn see_holder(&self, s: &mut State, i: usize, l: L) {
+        s.procs[i].see(l);
+        if let Some(d) = s.leases[l as usize].fence_of {
+            if self.remember && s.alive(d) {
+                s.procs[i].see(d);
+            }
+        }
+    }
+
+    /// Our key as a seat sees it: `None` gone, `Some(false)` adopted by another process.
+    fn seat(s: &State, i: usize, l: L) -> Option<(usize, bool)> {
+        s.key_pos(l).map(|k| (k, s.keys[k].life == i as u8))
+    }
+
+    /// NEW `Election::wait_turn`, one read and what follows it.
+    fn wait_turn(&self, s: &mut State, i: usize) -> Option<()> {
+        let l = s.procs[i].lease?;
+        if !s.alive(l) {
+            Self::rejoin(s, i);
+            return Some(());
+        }
+        let pos = match Self::seat(s, i, l) {
+            None => {
+                s.procs[i].pc = Pc::Resigning {
+                    rejoin: true,
+                    hand_over: false,
+                };
+                return Some(());
+            }
+            // Our lease is another process's now: exit as a twin, never revoke it.
+            Some((_, false)) => {
+                s.procs[i].disowned = true;
+                s.procs[i].pc = Pc::Exited;
+                return Some(());
+            }
+            Some((pos, true)) => pos,
+        };
+        if pos > 0 {
+            let pred = s.keys[pos - 1].lease;
+            s.procs[i].see(pred);
+            return Some(());
+        }
+        match s.h {
+            Some(r) if r.lease != l => {
+                self.see_holder(s, i, r.lease);
+                return Some(());
+            }
+            // Handed to us (or our previous life's, adopted, or taken by us before an error):
+            // withdraw a request of ours. As implemented, lead at once; with `remember`, once
+            // the leases seen are gone, as after taking it.
+            Some(_) => {
+                if s.y.is_some_and(|y| y.lease == l) {
+                    s.y = None;
+                }
+                s.procs[i].elected = true;
+                s.procs[i].pc = if self.remember {
+                    Pc::AwaitGone
+                } else {
+                    Pc::Ready
+                };
+                return Some(());
+            }
+            None => {}
+        }
+        if s.y.is_some_and(|y| y.lease != l) {
+            // A forcer behind us asked first: back in line behind it.
+            s.procs[i].pc = Pc::Resigning {
+                rejoin: true,
+                hand_over: false,
+            };
+            return Some(());
+        }
+        s.procs[i].pc = Pc::Take;
+        Some(())
+    }
+
+    /// NEW `take_record`: H for our lease if still absent, our key still there (by its create
+    /// revision) and no other forcer's request; a request of ours withdrawn with it. Failed:
+    /// read again.
+    fn take_record(&self, s: &mut State, i: usize) -> Option<()> {
+        let me = self.procs[i].identity;
+        let l = s.procs[i].lease?;
+        if s.key_pos(l).is_some() && s.h.is_none() && s.y.is_none_or(|y| y.lease == l) {
+            s.set_h(Some(Rec::key(l, me, i)));
+            s.y = None;
+            s.procs[i].elected = true;
+            s.procs[i].pc = Pc::AwaitGone;
+        } else {
+            s.procs[i].pc = Pc::Wait;
+        }
+        Some(())
+    }
+
+    /// OLD `wait_turn` (with `take_legacy_lock`).
+    fn wait_turn_old(&self, s: &mut State, i: usize) -> Option<()> {
+        let me = self.procs[i].identity;
+        let l = s.procs[i].lease?;
+        if !s.alive(l) {
+            Self::rejoin(s, i);
+            return Some(());
+        }
+        let Some(pos) = s.key_pos(l) else {
+            s.procs[i].pc = Pc::Resigning {
+                rejoin: true,
+                hand_over: false,
+            };
+            return Some(());
+        };
+        if pos > 0 {
+            return None;
+        }
+        if self.legacy() {
+            match s.h {
+                None => s.set_h(Some(Rec::key(l, me, i))),
+                Some(r) if r.lease == l => {}
+                Some(_) => return None,
+            }
+        }
+        s.procs[i].pc = Pc::Ready;
+        Some(())
+    }
+
+    /// One pass of `force::request_yield`'s loop: a read, then the request txn, or (`timeout`,
+    /// or a runner without a candidate key) `depose`.
+    fn request_yield(&self, s: &mut State, i: usize, asked: bool, timeout: bool) -> Option<()> {
+        let me = self.procs[i].identity;
+        let l = s.procs[i].lease?;
+        if !s.alive(l) {
+            Self::rejoin(s, i);
+            return Some(());
+        }
+        let wait = |s: &mut State| {
+            s.procs[i].pc = Pc::Wait;
+            Some(())
+        };
+        let Some(pos) = s.key_pos(l) else {
+            return wait(s);
+        };
+        let asked = match s.y {
+            // Another forcer asked first: a plain candidate.
+            Some(y) if y.lease != l => return wait(s),
+            // Ours (or our previous life's): pending.
+            Some(_) => true,
+            // Asked, and the request is gone: acknowledged (or deposed).
+            None if asked => return wait(s),
+            None => false,
+        };
+        let runner = match s.h {
+            Some(h) if h.lease == l || h.deposed => return wait(s),
+            Some(h) => h,
+            None if pos > 0 => s.keys[0],
+            None => return wait(s),
+        };
+        let keyed = s.keys[..pos].iter().any(|k| k.lease == runner.lease);
+        if self.remember {
+            self.see_holder(s, i, runner.lease);
+        }
+        if !asked {
+            if timeout {
+                return None;
+            }
+            // The request, and the waiters between the runner and us back in line, in one txn.
+            s.y = Some(Rec::key(l, me, i));
+            let behind: Vec<L> = s.keys[..pos]
+                .iter()
+                .map(|k| k.lease)
+                .filter(|&k| k != runner.lease)
+                .collect();
+            s.keys.retain(|k| !behind.contains(&k.lease));
+            s.procs[i].pc = Pc::Force { asked: true };
+            return Some(());
+        }
+        if keyed && !timeout {
+            // Waiting for the ack (or for the bound to pass).
+            s.procs[i].pc = Pc::Force { asked: true };
+            return Some(());
+        }
+        let deposal = Rec {
+            deposed: true,
+            ..runner
+        };
+        s.y = None;
+        if keyed {
+            // `depose`: H bound to the runner's own lease, its key deleted, in one txn.
+            s.keys.retain(|k| k.lease != runner.lease);
+            s.set_h(Some(deposal));
+            return wait(s);
+        }
+        // No candidate key (a Go replica, or ours whose key was deleted by hand): a fence lease
+        // of its TTL + 1 s, then its keep-alive and the revoke of the holder's lease.
+        let f = s.grant(Some(runner.lease));
+        s.set_h(Some(Rec {
+            lease: f,
+            ..deposal
+        }));
+        s.procs[i].pc = Pc::FenceAnchor(runner.lease);
+        Some(())
+    }
+
+    /// NEW `Election::hand_over`: our key deleted and the record bound to the next candidate's
+    /// lease, in one txn guarded by our key and the record still ours.
+    fn hand_over(&self, s: &mut State, i: usize) {
+        let Some(l) = s.procs[i].lease else {
+            return;
+        };
+        let Some((pos, true)) = Self::seat(s, i, l) else {
+            return;
+        };
+        if s.h.is_none_or(|h| h.lease != l) {
+            return;
+        }
+        let Some(next) = s.keys.get(pos + 1).copied() else {
+            return;
+        };
+        s.keys.remove(pos);
+        s.set_h(Some(Rec::key(next.lease, next.identity, 0)));
+    }
+
+    /// OLD `depose_ahead_of`: read the keys ahead (and the legacy lock), then one at a time.
+    fn force_old(&self, s: &mut State, i: usize) -> Option<()> {
+        let l = s.procs[i].lease?;
+        if !s.alive(l) {
+            Self::rejoin(s, i);
+            return Some(());
+        }
+        let Some(pos) = s.key_pos(l) else {
+            s.procs[i].pc = Pc::Resigning {
+                rejoin: true,
+                hand_over: false,
+            };
+            return Some(());
+        };
+        let mut todo: Vec<Item> = s.keys[..pos]
+            .iter()
+            .map(|k| Item::Revoke(k.lease))
+            .collect();
+        if self.legacy() {
+            if let Some(r) = s.h.filter(|r| r.lease != l) {
+                todo.push(Item::Revoke(r.lease));
+                todo.push(Item::DeleteLock);
+            }
+        }
+        s.procs[i].pc = if todo.is_empty() {
+            Pc::Sleep {
+                revoked: Vec::new(),
+            }
+        } else {
+            Pc::Depose {
+                todo,
+                revoked: Vec::new(),
+            }
+        };
+        Some(())
+    }
+}
+
+impl Model for Protocol {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        let procs = self
+            .procs
+            .iter()
+            .map(|spec| Proc::fresh(if spec.go { Pc::GPoll } else { Pc::Join }))
+            .collect();
+        vec![State {
+            leases: Vec::new(),
+            keys: Vec::new(),
+            h: None,
+            y: None,
+            in_flight: None,
+            procs,
+            crashes: self.crashes,
+            deletes: self.deletes,
+            cuts: self.cuts,
+            stucks: self.stucks,
+            errors: self.errors,
+        }]
+    }
+
+    fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        // An overlap ends the path: counterexamples stop where the property fails.
+        if s.commands() > 1 {
+            return;
+        }
+        for (i, p) in s.procs.iter().enumerate() {
+            for op in OPS.into_iter().filter(|&op| may_apply(op, p)) {
+                actions.push(Action::Proc(i, op));
+            }
+        }
+        for l in 0..s.leases.len() as L {
+            if self.expire_enabled(s, l) {
+                actions.push(Action::Expire(l));
+            }
+            if s.deletes > 0 && s.key_pos(l).is_some() {
+                actions.push(Action::DeleteKey(l));
+            }
+        }
+        if s.in_flight.is_some() {
+            actions.push(Action::DeliverRevoke);
+        }
+        if s.deletes > 0 {
+            actions.push(Action::DeleteH);
+            actions.push(Action::DeleteY);
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut s = last.clone();
+        match action {
+            Action::Proc(i, op) => {
+                self.step(&mut s, i, op)?;
+                // Renewals flow whenever they count.
+                for j in 0..s.procs.len() {
+                    if self.counts(&s, j) {
+                        s.procs[j].fresh = true;
+                    }
+                }
+            }
+            Action::Expire(l) => {
+                if !self.expire_enabled(&s, l) {
+                    return None;
+                }
+                s.end_lease(l);
+            }
+            Action::DeliverRevoke => {
+                let l = s.in_flight.take()?;
+                s.end_lease(l);
+            }
+            Action::DeleteKey(l) => {
+                let pos = s.key_pos(l)?;
+                s.deletes = s.deletes.checked_sub(1)?;
+                s.keys.remove(pos);
+            }
+            Action::DeleteH => {
+                s.h?;
+                s.deletes = s.deletes.checked_sub(1)?;
+                s.set_h(None);
+            }
+            Action::DeleteY => {
+                s.y?;
+                s.deletes = s.deletes.checked_sub(1)?;
+                s.y = None;
+            }
+        }
+        s.normalize();
+        (s != *last).then_some(s)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always("one command at a time", |_, s: &State| s.commands() <= 1),
+            Property::sometimes("someone leads", |_, s: &State| s.commands() == 1),
+            Property::sometimes("a forcer leads", |m: &Protocol, s: &State| {
+                s.procs
+                    .iter()
+                    .zip(&m.procs)
+                    .any(|(p, spec)| spec.force && p.pc == Pc::Leading)
+            }),
+            Property::sometimes(DEPOSED, |_, s: &State| {
+                s.h.filter(|h| h.deposed).is_some_and(|h| {
+                    let d = s.leases[h.lease as usize].fence_of.unwrap_or(h.lease);
+                    s.holds(d).any(Proc::command)
+                })
+            }),
+        ]
+    }
+
+    fn format_action(&self, action: &Action) -> String {
+        match action {
+            Action::Proc(i, op) => format!("{} {op:?}", self.name(*i)),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+impl Protocol {
+    pub fn name(&self, i: usize) -> String {
+        let spec = self.procs[i];
+        let kind = match (spec.go, spec.force) {
+            (true, _) => "go",
+            (false, true) => "forcer",
+            (false, false) => "wrapper",
+        };
+        format!("{kind}#{i}(id {})", spec.identity)
+    }
+}
+
+impl fmt::Display for State {
+    /// Leases are shown by their holder's identity (`L` of id 1 is `1`), fences as `fence(1)`:
+    /// lease numbers change from state to state (see `normalize`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = |l: L| -> String {
+            let lease = self.leases[l as usize];
+            let owner = self
+                .keys
+                .iter()
+                .chain(self.h.iter())
+                .find(|k| k.lease == l)
+                .map_or("?".to_string(), |k| k.identity.to_string());
+            match lease.fence_of {
+                Some(_) => format!("fence({owner})"),
+                None if !lease.alive => "gone".to_string(),
+                None => owner,
+            }
+        };
+        write!(f, "keys[")?;
+        for k in &self.keys {
+            write!(f, " {}", k.identity)?;
+        }
+        write!(f, " ]")?;
+        if let Some(h) = self.h {
+            let deposed = if h.deposed { "(deposed)" } else { "" };
+            write!(f, " H={}{deposed}", name(h.lease))?;
+        }
+        if let Some(y) = self.y {
+            write!(f, " Y={}", y.identity)?;
+        }
+        for (i, p) in self.procs.iter().enumerate() {
+            let pc = match &p.pc {
+                Pc::Depose { todo, .. } => format!("Depose({} left)", todo.len()),
+                Pc::Sleep { revoked } => format!("Sleep({} revoked)", revoked.len()),
+                Pc::FenceAnchor(_) => "FenceAnchor".to_string(),
+                Pc::FenceRevoke(_) => "FenceRevoke".to_string(),
+                Pc::Observe(_) => "Observe".to_string(),
+                Pc::Adopting { .. } => "Adopting".to_string(),
+                other => format!("{other:?}"),
+            };
+            write!(f, " | #{i} {pc}")?;
+            if let Some(l) = p.lease {
+                if !self.leases[l as usize].alive {
+                    write!(f, " (lease gone)")?;
+                }
+            }
+            if p.disowned {
+                write!(f, " (key adopted)")?;
+            }
+            if p.net != Net::Ok {
+                write!(f, " {:?}", p.net)?;
+            }
+        }
+        Ok(())
+    }
+}
