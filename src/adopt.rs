@@ -32,10 +32,9 @@ pub enum Adoption {
 }
 
 enum Life {
-    /// Unrenewed for longer than a keep-alive period; it would expire by `expiry` at the latest.
+    /// Unrenewed for longer than a keep-alive period.
     Dead {
         granted: i64,
-        expiry: Instant,
     },
     Twin,
     Gone,
@@ -53,10 +52,10 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         .filter(|kv| keys.is_candidate(kv) && kv.value() == cfg.identity.as_bytes());
     let mut adopted = None;
     for kv in ours {
-        let (granted, expiry) = match liveness(c, kv.lease(), t).await? {
+        let granted = match liveness(c, kv.lease(), t).await? {
             Life::Twin => return Ok(Adoption::Twin),
             Life::Gone => continue,
-            Life::Dead { granted, expiry } => (granted, expiry),
+            Life::Dead { granted } => granted,
         };
         // A TTL that no longer fits our renew deadline cannot be led with: it expires by itself.
         let usable = Duration::from_secs(granted as u64) > cfg.renew_deadline;
@@ -85,18 +84,20 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         if !resp.succeeded() {
             continue;
         }
-        // If it held the record it may have been running the command: a cut-off life stops it
-        // before its lease could expire, so we start no earlier than that.
+        // If it held the record it may have been running the command. Alive after all and cut
+        // off, it stops it before its lease could expire as its last counted renewal left it;
+        // its renewals stop counting at our put again: a full TTL from now is past that.
         let record = timed(t, c.get(keys.holder.as_str(), None)).await?;
         let held = record
             .kvs()
             .first()
             .is_some_and(|h| h.lease() == kv.lease());
+        let expiry = Instant::now() + Duration::from_secs(granted as u64 + 1);
         info!(
             "adopting {key} left by our previous life (lease {:x}){}",
             kv.lease(),
             if held {
-                "; it held the lock: leading no earlier than its lease would have expired"
+                "; it held the lock: leading no earlier than a TTL from now"
             } else {
                 ""
             }
@@ -134,9 +135,7 @@ async fn liveness(c: &mut Client, lease: i64, t: Duration) -> Result<Life> {
         // second for the rounding and one for a retried keep-alive.
         let period = granted / 3 + 2;
         if granted - left >= period {
-            // `left` is rounded down: up to a second more.
-            let expiry = Instant::now() + Duration::from_secs(left as u64 + 1);
-            return Ok(Life::Dead { granted, expiry });
+            return Ok(Life::Dead { granted });
         }
         // A lease that never decays is renewed faster than we can see: a twin as well.
         if start.elapsed() > Duration::from_secs(period as u64 + 1) {

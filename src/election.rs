@@ -146,8 +146,6 @@ struct Election {
     /// Leases that may have run the command before us, seen in this seat's campaign (by the
     /// forcer too): their keys vanishing proves nothing, so they must be gone before we lead.
     seen: BTreeSet<i64>,
-    /// This seat tried to take the record itself (else, finding it ours, it was handed to us).
-    took_record: bool,
     /// We took (or were handed) the record: resigning hands it on.
     elected: bool,
     pace: Rc<Pace>,
@@ -165,7 +163,6 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
         tx,
         seat: None,
         seen: BTreeSet::new(),
-        took_record: false,
         elected: false,
         pace: Rc::new(Pace {
             leading: Cell::new(false),
@@ -312,7 +309,6 @@ impl Election {
             self.resign().await;
         }
         self.seen.clear();
-        self.took_record = false;
         let seat = match adopt::previous_life(&mut c, &self.keys, &self.cfg).await? {
             Adoption::Twin => return Ok(None),
             Adoption::Adopted { seat, sent } => {
@@ -433,22 +429,18 @@ impl Election {
                     return Ok(Turn::Rejoin);
                 }
             }
-            if snap.holder.is_none() {
-                self.took_record = true;
-                if !self.take_record(&mut c, seat, &snap).await? {
-                    continue;
-                }
+            if snap.holder.is_none() && !self.take_record(&mut c, seat, &snap).await? {
+                continue;
             }
-            if self.took_record {
-                // Taken by us, maybe before a failed request: whoever we saw ahead must be gone.
-                self.seen.remove(&seat.lease);
-                for lease in self.seen.clone() {
-                    self.await_lease_gone(&mut c, lease).await?;
-                }
-            } else {
-                // Handed to us by a holder whose group was empty (or our previous life's,
-                // adopted): nobody ahead of us may still be running. A request to yield we made
-                // is withdrawn.
+            // Taken by us, or handed to us (maybe before a failed request, which we cannot
+            // tell apart): whoever we saw ahead must be gone. After a hand-over that is the
+            // giver's lease, revoked right after it.
+            self.seen.remove(&seat.lease);
+            for lease in self.seen.clone() {
+                self.await_lease_gone(&mut c, lease).await?;
+            }
+            if snap.holder.is_some() {
+                // A request to yield we made is withdrawn.
                 if let Some(y) = snap
                     .yield_request
                     .as_ref()
@@ -494,18 +486,20 @@ impl Election {
     /// Waits until `lease` is gone (its holder revoked it, or it expired): a key of it deleted
     /// by hand leaves its holder running until it notices.
     async fn await_lease_gone(&mut self, c: &mut Client, lease: i64) -> Result<()> {
-        let mut said = false;
+        // A hand-over's giver revokes its lease a moment after: look again soon, then less often.
+        let mut pause = Duration::from_millis(2);
+        let most = self.cfg.retry_period.min(Duration::from_millis(100));
         loop {
             match timed(op_timeout(&self.cfg), c.lease_time_to_live(lease, None)).await {
                 Ok(r) if r.ttl() >= 0 => {}
                 Err(e) if !is_lease_not_found(&e) => return Err(e),
                 _ => return Ok(()),
             }
-            if !said {
-                info!("lease {lease:x} ahead of us still lives though its keys are gone; waiting for it to end");
-                said = true;
+            if pause == most {
+                debug!("lease {lease:x} seen ahead of us still lives; waiting for it to end");
             }
-            tokio::time::sleep(self.cfg.retry_period.min(Duration::from_millis(100))).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(most);
         }
     }
 

@@ -24,7 +24,7 @@ use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
 use log::{info, warn};
 
 use crate::config::Config;
-use crate::etcd::{op_timeout, timed, wait_changed, Etcd, Result};
+use crate::etcd::{is_lease_not_found, op_timeout, timed, wait_changed, Etcd, Result};
 use crate::queue::{identity_of, key_of, unchanged, Keys, Seat, Snapshot};
 
 /// Returns once the holder acknowledged, was deposed, or there was nobody to depose, with the
@@ -215,9 +215,16 @@ async fn depose(
         let _ = timed(t, c.lease_revoke(fence.id())).await;
         return Ok(());
     }
-    // Counted from now, not from the grant: the transaction may have taken a while to commit.
+    // The Go replica stops only once its lease is revoked: retried until it is, then the fence
+    // renewed, so that it counts from the revoke, not from the grant.
+    let until = Instant::now() + std::time::Duration::from_secs(granted as u64);
+    while let Err(e) = timed(t, c.lease_revoke(runner.lease)).await {
+        if is_lease_not_found(&e) || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(cfg.retry_period.min(t)).await;
+    }
     let _ = timed(t, c.lease_keep_alive(fence.id())).await;
-    let _ = timed(t, c.lease_revoke(runner.lease)).await;
     warn!(
         "force acquire: {:?} holds {} without a candidate key (a Go replica): its lease revoked, \
          the lock fenced for {granted}s",

@@ -521,13 +521,13 @@ fn restarted_leader_takes_its_place_back() {
         s.mon.timeline()
     );
     // It held the lock, so it may have been running: a previous life cut off from etcd (or a
-    // twin) would stop its command only before its lease could expire. The restarted leader keeps
-    // the lease alive (nobody else starts) and leads once it would have expired: after the last
-    // renewal, at most TTL/3 before the kill, plus the TTL, plus a second for etcd's rounding.
+    // twin) stops its command only before its lease could expire as its last counted renewal
+    // left it, and its renewals stop counting when the key is put again. The restarted leader
+    // keeps the lease alive (nobody else starts) and leads a TTL and a second after adopting it.
     let back = ra2.ns - t_kill;
     let (min, max) = (
-        Duration::from_millis(TTL * 1000 * 2 / 3 - 200),
-        Duration::from_secs(TTL + 2),
+        Duration::from_secs(TTL + 1),
+        Duration::from_secs(3 * TTL + 3),
     );
     assert!(
         back >= min.as_nanos() as u64 && back < max.as_nanos() as u64,

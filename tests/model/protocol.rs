@@ -597,7 +597,10 @@ impl Protocol {
     /// The lease a resigning wrapper revokes: none once it knows its key was adopted.
     fn revokes(&self, s: &State, i: usize) -> Option<L> {
         let p = &s.procs[i];
-        p.lease.filter(|&l| s.alive(l) && !p.disowned)
+        // `resign` reads its key first: put again by another process, the lease is not ours.
+        p.lease.filter(|&l| {
+            s.alive(l) && !p.disowned && s.key_pos(l).is_none_or(|k| s.keys[k].life == i as u8)
+        })
     }
 
     /// Adopted from a previous life that held the record, and before `not_before`: that life
@@ -713,7 +716,9 @@ impl Protocol {
                         let held = s.h.is_some_and(|h| h.lease == lease);
                         let p = &mut s.procs[i];
                         p.lease = Some(lease);
-                        p.not_before = held.then_some(!p.stale);
+                        // A full TTL from the put again: renewals of the other life stop
+                        // counting there, so its kill deadline is before that.
+                        p.not_before = held.then_some(true);
                         p.pc = self.campaign_pc(i);
                     }
                     _ => {
@@ -1105,13 +1110,14 @@ impl Protocol {
         Some(())
     }
 
-    /// NEW `take_record`: H for our lease if still absent, our key still there (by its create
-    /// revision) and no other forcer's request; a request of ours withdrawn with it. Failed:
-    /// read again.
+    /// NEW `take_record`: H for our lease if still absent, our key still ours (by its mod
+    /// revision: not put again by a twin) and no other forcer's request; a request of ours
+    /// withdrawn with it. Failed: read again.
     fn take_record(&self, s: &mut State, i: usize) -> Option<()> {
         let me = self.procs[i].identity;
         let l = s.procs[i].lease?;
-        if s.key_pos(l).is_some() && s.h.is_none() && s.y.is_none_or(|y| y.lease == l) {
+        let ours = matches!(Self::seat(s, i, l), Some((_, true)));
+        if ours && s.h.is_none() && s.y.is_none_or(|y| y.lease == l) {
             s.set_h(Some(Rec::key(l, me, i)));
             s.y = None;
             s.procs[i].elected = true;
