@@ -778,8 +778,12 @@ class Bench:
     def idle_requests(self, tool, ttl, window):
         lock = self.lockname(f"idle-{tool}")
         cl = ChildLog(os.path.join(self.work, f"{lock}.records"))
-        # A holder key without a lease: a leader that costs etcd nothing.
-        self.etcd.put(lock + "/0", "placeholder-leader")
+        # A leader that costs etcd nothing: a candidate key of the layout the wrappers count
+        # (`LOCK/<hex of its own lease>`) on a long lease nobody renews during the window.
+        lease = int(self.etcd.post("/v3/lease/grant", {"TTL": 3600})["ID"])
+        holder = f"{lock}/{lease:x}"
+        self.etcd.post("/v3/kv/put", {"key": b64(holder), "value": b64("placeholder-leader"),
+                                      "lease": str(lease)})
         base = self.settle_watchers(0.1)
         w = self.launch(tool, "w", lock, cl, ttl=ttl)
         if not self.wait_queued(lock, 2, base):
@@ -791,7 +795,7 @@ class Bench:
         m1 = self.etcd.metrics()
         el = time.monotonic() - t0
         stop_proc(w)
-        self.etcd.delete(lock + "/0")
+        self.etcd.post("/v3/lease/revoke", {"ID": str(lease)})
         got = delta(m1, m0)
         return {"window_s": el, "ttl": ttl,
                 "per_min": {k: v * 60 / el for k, v in got.items()},
