@@ -184,13 +184,22 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         )),
     };
     let lock_name = required(LOCK_NAME)?;
+    no_control_characters(LOCK_NAME, &lock_name)?;
+    check_lock_name(&lock_name)?;
     let identity = required(IDENTITY)?;
+    no_control_characters(IDENTITY, &identity)?;
     let endpoints_raw = required(ENDPOINTS)?;
 
     let lease_ttl = match get(LEASE_DURATION) {
         None => 15,
         Some(v) => parse_whole_seconds(&v).map_err(|p| err(LEASE_DURATION, p))?,
     };
+    if lease_ttl > MAX_LEASE_TTL {
+        return Err(err(
+            LEASE_DURATION,
+            format!("{lease_ttl} is above etcd's maximum lease TTL ({MAX_LEASE_TTL} seconds)"),
+        ));
+    }
     let renew_deadline = match get(RENEW_DEADLINE) {
         None => Duration::from_secs(10),
         Some(v) => parse_duration(&v).map_err(|p| err(RENEW_DEADLINE, p))?,
@@ -243,6 +252,39 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         tls,
         force_acquire,
     }))
+}
+
+/// etcd's `MaxLeaseTTL` (`server/lease/lessor.go`, the same in 3.4, 3.5 and 3.6): a longer TTL
+/// is refused with `OutOfRange: etcdserver: too large lease TTL`.
+const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// A control character would reach the logs raw (a newline forges a log line) and the keys.
+fn no_control_characters(var: &'static str, v: &str) -> Result<(), ConfigError> {
+    match v.chars().find(|c| c.is_control()) {
+        // `{:?}` escapes it, so the message itself cannot forge anything.
+        Some(c) => Err(err(
+            var,
+            format!("{v:?} contains the control character {c:?}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The election keys are `LOCK_NAME/<lease>`: a trailing `/` or an empty segment (`a//b`)
+/// makes keys that no one reading the name would expect (`a//<lease>`). One leading `/`, the
+/// usual "absolute" etcd key (`/app`), is kept as it is: existing locks use it.
+fn check_lock_name(v: &str) -> Result<(), ConfigError> {
+    let relative = v.strip_prefix('/').unwrap_or(v);
+    if relative.is_empty() || relative.split('/').any(str::is_empty) {
+        return Err(err(
+            LOCK_NAME,
+            format!(
+                "{v:?} ends in '/' or has an empty segment ('//'); \
+                 use e.g. \"app\", \"/app\" or \"team/app\""
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The password comes from the environment or, to keep it out of `/proc/*/environ`, a file
@@ -587,6 +629,54 @@ mod tests {
         assert_eq!(with(&[(PASSWORD, "p")]).unwrap_err().var, USERNAME);
         let e = with(&[(USERNAME, "u"), (PASSWORD_FILE, "/nonexistent")]).unwrap_err();
         assert_eq!(e.var, PASSWORD_FILE);
+    }
+
+    #[test]
+    fn lease_duration_up_to_etcds_maximum() {
+        assert_eq!(
+            with(&[(LEASE_DURATION, "9000000000")])
+                .unwrap()
+                .unwrap()
+                .lease_ttl,
+            9_000_000_000
+        );
+        let e = with(&[(LEASE_DURATION, "9000000001")]).unwrap_err();
+        assert_eq!(e.var, LEASE_DURATION);
+        let e = with(&[(LEASE_DURATION, "99999999999")]).unwrap_err();
+        assert!(e.problem.contains("maximum lease TTL"), "{e}");
+    }
+
+    #[test]
+    fn no_control_characters_in_names() {
+        for bad in [
+            "a\nINFO forged",
+            "a\rb",
+            "a\u{1b}[31mred",
+            "a\tb",
+            "a\u{7f}b",
+            "a\u{85}b",
+        ] {
+            let e = with(&[(IDENTITY, bad)]).unwrap_err();
+            assert_eq!(e.var, IDENTITY, "{bad:?}");
+            assert!(!e.to_string().chars().any(char::is_control), "{e}");
+            assert_eq!(with(&[(LOCK_NAME, bad)]).unwrap_err().var, LOCK_NAME);
+        }
+        assert!(with(&[(IDENTITY, "pod-7 (zone ä)")]).is_ok());
+    }
+
+    #[test]
+    fn lock_names() {
+        for good in ["app", "/app", "team/app", "/team/app", "a.b-c_d"] {
+            let c = with(&[(LOCK_NAME, good)]).unwrap().unwrap();
+            assert_eq!(c.lock_name, good);
+        }
+        for bad in ["a/", "/", "//", "a//b", "//app", "/app/", "a/b/"] {
+            assert_eq!(
+                with(&[(LOCK_NAME, bad)]).unwrap_err().var,
+                LOCK_NAME,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

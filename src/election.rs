@@ -39,10 +39,8 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::adopt::{self, Adoption};
 use crate::config::Config;
-use crate::etcd::{
-    describe, fatal, is_lease_not_found, is_replaced, kind, op_timeout, timed, wait_changed, Etcd,
-    Result,
-};
+use crate::etcd::{op_timeout, timed, wait_changed, Etcd, Result};
+use crate::failure::{classify, is_lease_not_found, is_replaced, Cause, Failure, Startup};
 use crate::force;
 use crate::queue::{identity_of, key_of, unchanged, Keys, Seat, Snapshot};
 
@@ -55,7 +53,7 @@ pub enum Event {
     /// The identity at the head of the queue, when known.
     Leader(Option<String>),
     /// An etcd request failed (`renewal`: a keep-alive).
-    Failed { renewal: bool, kind: &'static str },
+    Failed { renewal: bool, failure: Failure },
     /// etcd answers again after failures.
     Reachable,
     Elected {
@@ -65,7 +63,7 @@ pub enum Event {
     },
     /// Leadership is gone; the child must stop now.
     Lost(String),
-    /// etcd refused us for good (e.g. credentials): retrying cannot help.
+    /// A permanent failure at start-up (see `failure::Startup`): retrying cannot help.
     Fatal(String),
     /// Another live candidate renews a key under our identity: nothing was started.
     Twin(String),
@@ -151,10 +149,12 @@ struct Election {
     pace: Rc<Pace>,
     /// Causes already logged since etcd last answered: a flapping cause (TLS alerts race the
     /// connection close) is logged once, not on every retry.
-    failing: Vec<String>,
+    failing: Vec<Cause>,
+    startup: Startup,
 }
 
 async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receiver<()>) {
+    let retry_period = cfg.retry_period;
     let cfg = Rc::new(cfg);
     let mut el = Election {
         keys: Rc::new(Keys::new(&cfg.lock_name)),
@@ -169,6 +169,7 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
             changed: Notify::new(),
         }),
         failing: Vec::new(),
+        startup: Startup::new(retry_period),
     };
     let outcome = tokio::select! {
         biased;
@@ -318,6 +319,7 @@ impl Election {
             Adoption::Nothing => self.create(&mut c).await?,
         };
         self.seat = Some(seat.clone());
+        self.startup.joined();
         self.reachable();
         Ok(Some(seat))
     }
@@ -665,24 +667,27 @@ impl Election {
     }
 
     fn note_failure(&mut self, e: &etcd_client::Error) {
+        let failure = classify(e);
+        if !self.failing.contains(&failure.cause) {
+            warn!(
+                "etcd: {failure}; retrying every {:?}",
+                self.cfg.retry_period
+            );
+            self.failing.push(failure.cause);
+        }
         self.send(Event::Failed {
             renewal: false,
-            kind: kind(e),
+            failure,
         });
-        let cause = describe(e);
-        if !self.failing.contains(&cause) && self.failing.len() < 8 {
-            warn!("etcd: {cause}; retrying every {:?}", self.cfg.retry_period);
-            self.failing.push(cause);
-        }
         self.etcd.after_failure(e);
     }
 
     async fn backoff(&mut self, e: etcd_client::Error) -> std::result::Result<(), Outcome> {
-        if let Some(why) = fatal(&e) {
-            return Err(Outcome::Fatal(why));
-        }
         if is_replaced(&e) {
             return Ok(());
+        }
+        if let Some(why) = self.startup.give_up(&classify(&e)) {
+            return Err(Outcome::Fatal(why));
         }
         self.note_failure(&e);
         tokio::time::sleep(self.cfg.retry_period).await;
@@ -736,7 +741,7 @@ async fn keep_alive(k: Keeper) -> String {
         debug!("keep-alive: {e}");
         let _ = k.tx.send(crate::Event::Election(Event::Failed {
             renewal: true,
-            kind: kind(e),
+            failure: classify(e),
         }));
         k.etcd.after_failure(e);
     };

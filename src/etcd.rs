@@ -1,6 +1,6 @@
 //! The connection to etcd: building the client (endpoints, TLS, credentials), bounding every
-//! request in time, replacing connections that failed, watching for a deletion, and telling
-//! errors apart (retry, reconnect, or give up).
+//! request in time, replacing connections that failed, and watching for a change. What an
+//! error means (retry or give up) is `failure`'s concern.
 //!
 //! It knows nothing of elections; `election` builds the recipe on top of it.
 
@@ -15,6 +15,7 @@ use log::debug;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::failure::{describe, is_no_answer, no_answer, replaced};
 
 pub type Result<T> = std::result::Result<T, etcd_client::Error>;
 
@@ -76,9 +77,7 @@ pub async fn timed<T>(
 ) -> Result<T> {
     match tokio::time::timeout(limit, f).await {
         Ok(r) => r,
-        Err(_) => Err(etcd_client::Error::Internal(format!(
-            "{NO_ANSWER} within {limit:?}"
-        ))),
+        Err(_) => Err(no_answer(limit)),
     }
 }
 
@@ -87,7 +86,7 @@ pub async fn timed<T>(
 /// means the stream broke, or its connection was replaced (a watch on a dead connection would
 /// otherwise wait for tonic's HTTP/2 ping to notice): the caller reads again.
 pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
-    let replaced = etcd.replaced.notified();
+    let new_connection = etcd.replaced.notified();
     let watch = async {
         let opts = WatchOptions::new().with_start_revision(from);
         let mut c = etcd.client().await?;
@@ -113,7 +112,7 @@ pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
     };
     tokio::select! {
         r = watch => r,
-        _ = replaced => Err(etcd_client::Error::WatchError(REPLACED.into())),
+        _ = new_connection => Err(replaced()),
     }
 }
 
@@ -184,7 +183,7 @@ impl Etcd {
         let connection = match e {
             etcd_client::Error::TransportError(_) => true,
             etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
-            e => is_silent(e),
+            e => is_no_answer(e),
         };
         if connection {
             debug!("dropping etcd connections after: {e}");
@@ -194,83 +193,4 @@ impl Etcd {
             }
         }
     }
-}
-
-const REPLACED: &str = "connection replaced";
-const NO_ANSWER: &str = "no answer";
-
-/// A watch given up because its connection was replaced: nothing to log or wait for.
-pub fn is_replaced(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::WatchError(m) if m == REPLACED)
-}
-
-/// A request that timed out: the connection may be blackholed, so it should be rebuilt.
-fn is_silent(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::Internal(m) if m.starts_with(NO_ANSWER))
-}
-
-pub fn is_lease_not_found(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
-        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
-        _ => false,
-    }
-}
-
-/// A short label for metrics.
-pub fn kind(e: &etcd_client::Error) -> &'static str {
-    use etcd_client::Error as E;
-    match e {
-        E::GRpcStatus(s) => match s.code() {
-            tonic::Code::Unavailable => "unavailable",
-            tonic::Code::DeadlineExceeded => "deadline_exceeded",
-            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "auth",
-            _ => "grpc",
-        },
-        e if is_silent(e) => "timeout",
-        E::TransportError(_) => "transport",
-        E::WatchError(_) => "watch",
-        E::LeaseKeepAliveError(_) => "lease",
-        _ => "other",
-    }
-}
-
-/// Errors that retrying cannot cure: wrong credentials, or a user without rights on the lock.
-/// An expired auth token is not among them: the client refreshes it.
-pub fn fatal(e: &etcd_client::Error) -> Option<String> {
-    let etcd_client::Error::GRpcStatus(s) = e else {
-        return None;
-    };
-    let refused = s.code() == tonic::Code::PermissionDenied
-        || [
-            "authentication failed",
-            "user name is empty",
-            "user name not found",
-        ]
-        .iter()
-        .any(|m| s.message().contains(m));
-    refused.then(|| format!("etcd refused our credentials: {}", s.message()))
-}
-
-/// The whole chain of causes: tonic's own message is only "transport error", and the useful
-/// part (connection refused, unknown certificate issuer, ...) is in the sources.
-pub fn describe(e: &etcd_client::Error) -> String {
-    let mut out = match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
-        other => other.to_string(),
-    };
-    // etcd_client::Error keeps its cause inside the variant, without `source()`.
-    let mut source = match e {
-        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
-        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
-        _ => None,
-    };
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out = format!("{out}: {text}");
-        }
-        source = cause.source();
-    }
-    out
 }

@@ -24,7 +24,8 @@ use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
 use log::{info, warn};
 
 use crate::config::Config;
-use crate::etcd::{is_lease_not_found, op_timeout, timed, wait_changed, Etcd, Result};
+use crate::etcd::{op_timeout, timed, wait_changed, Etcd, Result};
+use crate::failure::is_lease_not_found;
 use crate::queue::{identity_of, key_of, unchanged, Keys, Seat, Snapshot};
 
 /// Returns once the holder acknowledged, was deposed, or there was nobody to depose, with the

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod election;
 mod etcd;
+mod failure;
 mod force;
 mod format;
 mod http;
@@ -49,7 +50,7 @@ mod code {
     pub const LOST: i32 = 75;
     /// Another live candidate renews a key under our identity: identities must be unique.
     pub const TWIN: i32 = 76;
-    /// etcd refused our credentials.
+    /// A permanent etcd failure at start-up (certificates, credentials, rights, ...).
     pub const REFUSED: i32 = 77;
     /// A configuration variable is missing or invalid.
     pub const CONFIG: i32 = 78;
@@ -481,16 +482,12 @@ impl Wrapper {
                 });
                 state
             }
-            E::Failed { renewal, kind } => {
-                self.status.update(|s| {
-                    *s.etcd_errors.entry(kind).or_default() += 1;
-                    s.renewal_failures += u64::from(renewal);
-                    s.failing_since.get_or_insert_with(Instant::now);
-                });
+            E::Failed { renewal, failure } => {
+                self.status.etcd_failed(failure, renewal);
                 state
             }
             E::Reachable => {
-                self.status.update(|s| s.failing_since = None);
+                self.status.etcd_answered();
                 state
             }
             E::Leader(leader) => {

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::failure::{Cause, Failure};
 use crate::format::{json_string, rfc3339};
 use crate::http;
 
@@ -44,12 +45,16 @@ pub struct Snapshot {
     pub last_renewal: Option<(SystemTime, Instant)>,
     /// Since when etcd has been failing us, if it is.
     pub failing_since: Option<Instant>,
+    /// The last permanent failure, until etcd answers again: neither a transient failure (a
+    /// rejected client certificate often shows as a closed connection) nor a successful
+    /// keep-alive (renewing needs no rights on the lock) clears it.
+    pub permanent: Option<Failure>,
     pub transitions: u64,
     pub renewals: u64,
     pub renewal_failures: u64,
     pub child_starts: u64,
     pub child_exit_code: Option<i32>,
-    pub etcd_errors: BTreeMap<&'static str, u64>,
+    pub etcd_errors: BTreeMap<Cause, u64>,
 }
 
 #[derive(Clone)]
@@ -69,6 +74,7 @@ impl Shared {
             revision: None,
             last_renewal: None,
             failing_since: None,
+            permanent: None,
             transitions: 0,
             renewals: 0,
             renewal_failures: 0,
@@ -80,6 +86,26 @@ impl Shared {
 
     pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// An etcd request failed (`renewal`: a keep-alive).
+    pub fn etcd_failed(&self, failure: Failure, renewal: bool) {
+        self.update(|s| {
+            *s.etcd_errors.entry(failure.cause).or_default() += 1;
+            s.renewal_failures += u64::from(renewal);
+            s.failing_since.get_or_insert_with(Instant::now);
+            if failure.cause.permanent() {
+                s.permanent = Some(failure);
+            }
+        });
+    }
+
+    /// etcd answers again after failures.
+    pub fn etcd_answered(&self) {
+        self.update(|s| {
+            s.failing_since = None;
+            s.permanent = None;
+        });
     }
 
     fn get(&self) -> Snapshot {
@@ -125,10 +151,14 @@ fn answer(method: &str, url: &str, s: &Snapshot) -> (u16, &'static str, String) 
     }
 }
 
-/// Failing: etcd unreachable for longer than the retry period, half the renew deadline gone
-/// without a renewal while leading, or the command's group being stopped (leadership lost, or
-/// the command exited and its leftovers are being stopped: either way the wrapper is ending).
+/// Failing: a permanent etcd failure (at once: retrying will not cure it), etcd unreachable for
+/// longer than the retry period, half the renew deadline gone without a renewal while leading,
+/// or the command's group being stopped (leadership lost, or the command exited and its
+/// leftovers are being stopped: either way the wrapper is ending).
 fn health_problem(s: &Snapshot) -> Option<String> {
+    if let Some(f) = &s.permanent {
+        return Some(format!("etcd refuses us: {f}"));
+    }
     if let Some(t) = s.failing_since.filter(|t| t.elapsed() > s.retry_period) {
         return Some(format!(
             "etcd failing for {:.1}s",
@@ -223,12 +253,12 @@ fn metrics(s: &Snapshot) -> String {
     let errors: Vec<_> = s
         .etcd_errors
         .iter()
-        .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string()))
+        .map(|(cause, n)| (cause_labels(*cause), n.to_string()))
         .collect();
     metric(
         "etcd_errors_total",
         "counter",
-        "Failed etcd requests, by kind.",
+        "Failed etcd requests, by cause; permanent ones need a configuration change.",
         &errors,
     );
     metric(
@@ -237,7 +267,26 @@ fn metrics(s: &Snapshot) -> String {
         "Log lines dropped because stderr did not take them in time.",
         &one(crate::logging::dropped().to_string()),
     );
+    let refused: Vec<_> = s
+        .permanent
+        .iter()
+        .map(|f| (cause_labels(f.cause), "1".to_string()))
+        .collect();
+    metric(
+        "etcd_permanent_failure",
+        "gauge",
+        "1 from a permanent etcd failure until etcd answers again (/healthz names what to fix).",
+        &refused,
+    );
     out
+}
+
+fn cause_labels(cause: Cause) -> String {
+    format!(
+        "{{cause=\"{}\",permanent=\"{}\"}}",
+        cause.label(),
+        cause.permanent()
+    )
 }
 
 #[cfg(test)]
@@ -285,5 +334,52 @@ mod tests {
         let mut s = snapshot();
         s.failing_since = Some(Instant::now() - Duration::from_secs(3));
         assert_eq!(answer("GET", "/healthz", &s).0, 503);
+    }
+
+    #[test]
+    fn a_permanent_failure_is_unhealthy_at_once_and_counted_by_cause() {
+        let shared = Shared::new(
+            "me",
+            "lock",
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        );
+        let refused = Failure {
+            cause: Cause::ServerCertificate,
+            detail: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        shared.etcd_failed(refused.clone(), false);
+        shared.etcd_failed(refused, false);
+        let s = shared.get();
+        let (code, _, body) = answer("GET", "/healthz", &s);
+        assert_eq!(code, 503);
+        assert!(body.contains("ETCD_AWAIT_ELECTION_CACERT"), "{body}");
+        let (_, _, m) = answer("GET", "/metrics", &s);
+        let labels = r#"{cause="server_certificate",permanent="true"}"#;
+        assert!(
+            m.contains(&format!(
+                "\netcd_await_election_etcd_errors_total{labels} 2\n"
+            )),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!(
+                "\netcd_await_election_etcd_permanent_failure{labels} 1\n"
+            )),
+            "{m}"
+        );
+        // A transient failure next does not hide it; only an answer from etcd does.
+        shared.etcd_failed(
+            Failure {
+                cause: Cause::Unreachable,
+                detail: "connection closed".into(),
+            },
+            false,
+        );
+        assert_eq!(answer("GET", "/healthz", &shared.get()).0, 503);
+        shared.etcd_answered();
+        assert_eq!(answer("GET", "/healthz", &shared.get()).0, 200);
+        let (_, _, m) = answer("GET", "/metrics", &shared.get());
+        assert!(!m.contains("etcd_permanent_failure{"), "{m}");
     }
 }

@@ -113,8 +113,28 @@ fn missing_required_variables() {
 
 #[test]
 fn bad_lease_duration() {
-    for bad in ["abc", "0", "1.5", "-3"] {
+    // The last two are above etcd's maximum TTL (9000000000 s), which etcd would refuse.
+    for bad in ["abc", "0", "1.5", "-3", "9000000001", "99999999999"] {
         check(&[(LEASE, Some(bad))], LEASE);
+    }
+}
+
+/// A control character would be written raw into the text log (a newline forges a line) and
+/// into etcd's keys; the one error line shows it escaped.
+#[test]
+fn control_characters_in_names() {
+    for bad in ["a\nINFO forged line", "a\rb", "red\u{1b}[31m", "a\u{7f}b"] {
+        check(&[(IDENTITY, Some(bad))], IDENTITY);
+        check(&[(LOCK, Some(bad))], LOCK);
+    }
+}
+
+/// Keys are `LOCK_NAME/<lease>`: a trailing `/` or an empty segment is refused; one leading
+/// `/` (`/app`) is a usual etcd key and accepted (`a_lock_name_with_a_leading_slash_leads`).
+#[test]
+fn malformed_lock_names() {
+    for bad in ["a/", "/", "a//b", "//a", "/a/"] {
+        check(&[(LOCK, Some(bad))], LOCK);
     }
 }
 
@@ -214,4 +234,22 @@ fn status_endpoint_in_use_is_an_internal_error() {
     assert!(etcd.get_prefix_keys("cfg-busy").is_empty());
     assert_eq!(etcd.lease_count(), 0);
     drop(busy);
+}
+
+/// Existing locks named like `/app` keep working: the command runs under the key `/app/<lease>`.
+#[test]
+fn a_lock_name_with_a_leading_slash_leads() {
+    let etcd = Etcd::start();
+    let ep = etcd.endpoint();
+    let vars = [
+        (LOCK, "/cfg-app"),
+        (IDENTITY, "cfg-me"),
+        (ENDPOINTS, ep.as_str()),
+        (LEASE, "3"),
+        (RENEW, "2s"),
+    ];
+    let o = run_with(&vars);
+    assert_eq!(o.status.code(), Some(0), "stderr:\n{}", o.stderr);
+    assert!(o.ran, "stderr:\n{}", o.stderr);
+    assert!(o.stderr.contains("leading as /cfg-app/"), "{}", o.stderr);
 }

@@ -1,0 +1,566 @@
+//! What went wrong with etcd, and whether retrying can help. Every error from etcd, TLS and the
+//! connection is classified here into a [`Cause`]: transient (the server is unreachable, slow,
+//! without a raft leader, busy: retrying cures it) or permanent (a certificate that cannot be
+//! verified or is rejected, credentials or rights etcd refuses, a request etcd will always
+//! refuse: only a changed configuration cures it), with the variable a user has to fix. It also
+//! owns the errors the wrapper makes up itself (no answer in time, a watch given up for a new
+//! connection) and their description in logs, and when a permanent failure ends the wrapper at
+//! start-up ([`Startup`]). It decides nothing else: `election` retries or gives up, `status`
+//! reports.
+//!
+//! tonic reports TLS failures under whatever gRPC code the connection was in (`Unavailable`,
+//! `Unknown`, `Cancelled`), with rustls's words only in the message or the error's sources, so
+//! TLS failures are recognised by those words in the whole chain of causes.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use etcd_client::Error;
+use tonic::Code;
+
+use crate::config;
+
+/// Why an etcd request failed. The first six are transient, the rest permanent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cause {
+    /// No connection: refused, reset, closed, name not resolved.
+    Unreachable,
+    /// No answer in time.
+    Timeout,
+    /// The member has no raft leader.
+    NoLeader,
+    /// The server is there but cannot serve now (leader changed, too many requests, ...).
+    Unavailable,
+    /// A watch or keep-alive stream ended, or was given up for a new connection.
+    Interrupted,
+    /// Anything not recognised: retried, as giving up on an unknown error could take a healthy
+    /// fleet down.
+    Other,
+    /// The server's certificate does not verify against `CACERT`.
+    ServerCertificate,
+    /// The server's certificate is valid but not for the host named in `ENDPOINTS`.
+    ServerName,
+    /// The endpoint does not speak TLS although `CACERT` is set.
+    NotTls,
+    /// The server rejected our client certificate (or its absence).
+    ClientCertificate,
+    /// Another TLS handshake refusal (no common protocol version or cipher).
+    Tls,
+    /// etcd refuses the lease TTL.
+    LeaseTtl,
+    /// etcd refuses a request as invalid (e.g. too large).
+    InvalidRequest,
+    /// The etcd user has no rights on the lock's keys.
+    PermissionDenied,
+    /// Credentials are given but the server does not have authentication enabled.
+    AuthNotEnabled,
+    /// Wrong user name or password.
+    Credentials,
+}
+
+impl Cause {
+    /// Retrying cannot cure it: the configuration (ours or the server's) must change.
+    pub fn permanent(self) -> bool {
+        self >= Cause::ServerCertificate
+    }
+
+    /// The label of the `cause` dimension in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::Unreachable => "unreachable",
+            Cause::Timeout => "timeout",
+            Cause::NoLeader => "no_leader",
+            Cause::Unavailable => "unavailable",
+            Cause::Interrupted => "interrupted",
+            Cause::Other => "other",
+            Cause::ServerCertificate => "server_certificate",
+            Cause::ServerName => "server_name",
+            Cause::NotTls => "not_tls",
+            Cause::ClientCertificate => "client_certificate",
+            Cause::Tls => "tls",
+            Cause::LeaseTtl => "lease_ttl",
+            Cause::InvalidRequest => "invalid_request",
+            Cause::PermissionDenied => "permission_denied",
+            Cause::AuthNotEnabled => "auth_not_enabled",
+            Cause::Credentials => "credentials",
+        }
+    }
+
+    /// For a permanent cause: the variables to fix, and what is wrong.
+    fn remedy(self) -> Option<(String, &'static str)> {
+        use config::{
+            CACERT, CERT, ENDPOINTS, IDENTITY, KEY, LEASE_DURATION, LOCK_NAME, PASSWORD, USERNAME,
+        };
+        let (vars, what): (&[&str], _) = match self {
+            Cause::ServerCertificate => (
+                &[CACERT],
+                "the etcd server's certificate cannot be verified with this CA",
+            ),
+            Cause::ServerName => (
+                &[ENDPOINTS],
+                "the etcd server's certificate is not valid for this host name",
+            ),
+            Cause::NotTls => (&[ENDPOINTS, CACERT], "the endpoint does not speak TLS"),
+            Cause::ClientCertificate => (
+                &[CERT, KEY],
+                "the etcd server rejected our client certificate (missing, expired or not \
+                 signed by a CA it trusts)",
+            ),
+            Cause::Tls => (
+                &[CACERT, CERT, KEY],
+                "the etcd server refused the TLS handshake",
+            ),
+            Cause::LeaseTtl => (&[LEASE_DURATION], "etcd refuses this lease TTL"),
+            Cause::InvalidRequest => (&[LOCK_NAME, IDENTITY], "etcd refuses our request"),
+            Cause::PermissionDenied => (
+                &[USERNAME, LOCK_NAME],
+                "the etcd user has no read/write permission on the lock's key range",
+            ),
+            Cause::AuthNotEnabled => (
+                &[USERNAME, PASSWORD],
+                "credentials are given but authentication is not enabled on the etcd server",
+            ),
+            Cause::Credentials => (&[USERNAME, PASSWORD], "etcd refused our credentials"),
+            _ => return None,
+        };
+        Some((vars.join("/"), what))
+    }
+}
+
+/// One failed request: its cause and etcd's (or the TLS stack's) own words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub cause: Cause,
+    pub detail: String,
+}
+
+/// A permanent failure names the variables to fix first, like a configuration error.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.cause.remedy() {
+            Some((vars, what)) => write!(f, "{vars}: {what} ({})", self.detail),
+            None => f.write_str(&self.detail),
+        }
+    }
+}
+
+pub fn classify(e: &Error) -> Failure {
+    let detail = describe(e);
+    Failure {
+        cause: cause_of(e, &detail),
+        detail,
+    }
+}
+
+fn cause_of(e: &Error, text: &str) -> Cause {
+    if let Some(tls) = tls_cause(text) {
+        return tls;
+    }
+    let message = |m: &str| text.contains(m);
+    let connection = || {
+        [
+            "onnection refused",
+            "onnection reset",
+            "connection closed",
+            "broken pipe",
+            "error trying to connect",
+            "dns error",
+            "failed to lookup",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
+    };
+    match e {
+        Error::GRpcStatus(s) => match s.code() {
+            Code::OutOfRange if message("lease TTL") => Cause::LeaseTtl,
+            Code::InvalidArgument | Code::FailedPrecondition
+                if message("authentication failed")
+                    || message("user name is empty")
+                    || message("user name not found") =>
+            {
+                Cause::Credentials
+            }
+            Code::FailedPrecondition if message("authentication is not enabled") => {
+                Cause::AuthNotEnabled
+            }
+            Code::InvalidArgument => Cause::InvalidRequest,
+            Code::PermissionDenied => Cause::PermissionDenied,
+            Code::Unavailable if message("no leader") => Cause::NoLeader,
+            Code::DeadlineExceeded => Cause::Timeout,
+            _ if connection() => Cause::Unreachable,
+            Code::Unavailable | Code::ResourceExhausted => Cause::Unavailable,
+            _ => Cause::Other,
+        },
+        e if is_no_answer(e) => Cause::Timeout,
+        e if is_replaced(e) => Cause::Interrupted,
+        Error::WatchError(_) | Error::LeaseKeepAliveError(_) => Cause::Interrupted,
+        Error::TransportError(_) | Error::IoError(_) => Cause::Unreachable,
+        _ => Cause::Other,
+    }
+}
+
+/// rustls's words for a TLS failure, wherever tonic put them.
+fn tls_cause(text: &str) -> Option<Cause> {
+    if let Some(rest) = text.split("invalid peer certificate: ").nth(1) {
+        return Some(if rest.starts_with("NotValidForName") {
+            Cause::ServerName
+        } else {
+            Cause::ServerCertificate
+        });
+    }
+    if let Some(alert) = text.split("received fatal alert: ").nth(1) {
+        let certificate = [
+            "BadCertificate",
+            "CertificateRequired",
+            "UnknownCA",
+            "CertificateExpired",
+            "CertificateRevoked",
+            "CertificateUnknown",
+            "UnsupportedCertificate",
+            "AccessDenied",
+        ];
+        return Some(if certificate.iter().any(|c| alert.starts_with(c)) {
+            Cause::ClientCertificate
+        } else {
+            Cause::Tls
+        });
+    }
+    if text.contains("received corrupt message") {
+        return Some(Cause::NotTls);
+    }
+    text.contains("peer is incompatible").then_some(Cause::Tls)
+}
+
+/// The whole chain of causes: tonic's own message is only "transport error", and the useful
+/// part (connection refused, unknown certificate issuer, ...) is in the sources.
+pub fn describe(e: &Error) -> String {
+    let mut out = match e {
+        Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    };
+    // etcd_client::Error keeps its cause inside the variant, without `source()`.
+    let mut source = match e {
+        Error::TransportError(t) => std::error::Error::source(t),
+        Error::GRpcStatus(s) => std::error::Error::source(s),
+        _ => None,
+    };
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = cause.source();
+    }
+    out
+}
+
+const REPLACED: &str = "connection replaced";
+const NO_ANSWER: &str = "no answer";
+
+/// The error of a watch given up because its connection was replaced.
+pub fn replaced() -> Error {
+    Error::WatchError(REPLACED.into())
+}
+
+/// The error of a request not answered within `limit`.
+pub fn no_answer(limit: Duration) -> Error {
+    Error::Internal(format!("{NO_ANSWER} within {limit:?}"))
+}
+
+/// A watch given up because its connection was replaced: nothing to log or wait for.
+pub fn is_replaced(e: &Error) -> bool {
+    matches!(e, Error::WatchError(m) if m == REPLACED)
+}
+
+/// A request that timed out: the connection may be blackholed.
+pub fn is_no_answer(e: &Error) -> bool {
+    matches!(e, Error::Internal(m) if m.starts_with(NO_ANSWER))
+}
+
+/// The lease is gone (expired or revoked): not a failure to retry, an answer.
+pub fn is_lease_not_found(e: &Error) -> bool {
+    match e {
+        Error::LeaseKeepAliveError(m) => m.contains("not found"),
+        Error::GRpcStatus(s) => s.message().contains("lease not found"),
+        _ => false,
+    }
+}
+
+/// A permanent failure ends the wrapper only at start-up: before it ever joined the election,
+/// and once a grace has passed that rides out a server still starting (or a certificate still
+/// being issued). Once joined, the same failures are retried: a certificate rotated on the
+/// servers must not take a fleet down.
+pub struct Startup {
+    since: Instant,
+    grace: Duration,
+    joined: bool,
+    /// The last permanent failure seen while not joined.
+    permanent: Option<Failure>,
+}
+
+impl Startup {
+    pub fn new(retry_period: Duration) -> Startup {
+        Startup {
+            since: Instant::now(),
+            grace: grace(retry_period),
+            joined: false,
+            permanent: None,
+        }
+    }
+
+    /// etcd granted our lease and queued our key: the configuration works.
+    pub fn joined(&mut self) {
+        self.joined = true;
+        self.permanent = None;
+    }
+
+    /// Notes a failure; returns why to give up, if it is time to. A permanent cause seen once
+    /// counts even if later attempts fail otherwise: a rejected client certificate often shows
+    /// only as a closed connection (with TLS 1.3 the server's alert races the close).
+    pub fn give_up(&mut self, f: &Failure) -> Option<String> {
+        if self.joined {
+            return None;
+        }
+        if f.cause.permanent() {
+            self.permanent = Some(f.clone());
+        }
+        let waited = self.since.elapsed();
+        if waited < self.grace {
+            return None;
+        }
+        self.permanent.as_ref().map(|p| {
+            format!(
+                "{p}; giving up at start-up after {:.1}s without joining the election",
+                waited.as_secs_f64()
+            )
+        })
+    }
+}
+
+/// The start-up grace: 5 s, or three retry periods if that is longer.
+pub fn grace(retry_period: Duration) -> Duration {
+    (retry_period * 3).max(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, message: &str) -> Error {
+        Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    fn cause(e: Error) -> Cause {
+        classify(&e).cause
+    }
+
+    // Texts as tonic and etcd 3.4/3.5 report them (see tests/security.rs).
+
+    #[test]
+    fn unreachable() {
+        for e in [
+            status(
+                Code::Unavailable,
+                "error trying to connect: tcp connect error: Connection refused (os error 111)",
+            ),
+            status(
+                Code::Cancelled,
+                "operation was canceled: transport error: connection closed",
+            ),
+            status(
+                Code::Unknown,
+                "transport error: connection error: stream closed because of a broken pipe",
+            ),
+            status(
+                Code::Unavailable,
+                "error trying to connect: dns error: failed to lookup",
+            ),
+        ] {
+            assert_eq!(cause(e), Cause::Unreachable);
+        }
+    }
+
+    #[test]
+    fn timeout() {
+        assert_eq!(cause(no_answer(Duration::from_secs(2))), Cause::Timeout);
+        assert_eq!(
+            cause(status(
+                Code::DeadlineExceeded,
+                "etcdserver: request timed out"
+            )),
+            Cause::Timeout
+        );
+    }
+
+    #[test]
+    fn no_leader() {
+        let e = status(Code::Unavailable, "etcdserver: no leader");
+        assert_eq!(cause(e), Cause::NoLeader);
+    }
+
+    #[test]
+    fn unavailable() {
+        for e in [
+            status(Code::Unavailable, "etcdserver: leader changed"),
+            status(Code::ResourceExhausted, "etcdserver: too many requests"),
+        ] {
+            assert_eq!(cause(e), Cause::Unavailable);
+        }
+    }
+
+    #[test]
+    fn interrupted() {
+        assert_eq!(cause(replaced()), Cause::Interrupted);
+        assert_eq!(
+            cause(Error::WatchError("watch stream ended".into())),
+            Cause::Interrupted
+        );
+    }
+
+    #[test]
+    fn unknown_errors_are_retried() {
+        let e = status(Code::Internal, "something new");
+        assert_eq!(cause(e), Cause::Other);
+        // A compacted watch revision is OutOfRange too, and only needs a new read.
+        let e = status(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        );
+        assert!(!cause(e).permanent());
+        let e = status(Code::Unauthenticated, "etcdserver: invalid auth token");
+        assert!(!cause(e).permanent(), "the client refreshes its token");
+    }
+
+    #[test]
+    fn server_certificate() {
+        let e = status(
+            Code::Unavailable,
+            "invalid peer certificate: UnknownIssuer: transport error",
+        );
+        let f = classify(&e);
+        assert_eq!(f.cause, Cause::ServerCertificate);
+        let line = f.to_string();
+        assert!(
+            line.starts_with("ETCD_AWAIT_ELECTION_CACERT: ") && line.contains("UnknownIssuer"),
+            "{line}"
+        );
+        let e = status(Code::Unavailable, "invalid peer certificate: Expired");
+        assert_eq!(cause(e), Cause::ServerCertificate);
+    }
+
+    #[test]
+    fn server_name() {
+        let e = status(
+            Code::Unavailable,
+            "invalid peer certificate: NotValidForNameContext { expected: .. }",
+        );
+        assert_eq!(cause(e), Cause::ServerName);
+    }
+
+    #[test]
+    fn not_tls() {
+        let e = status(
+            Code::Unavailable,
+            "received corrupt message of type InvalidContentType",
+        );
+        assert_eq!(cause(e), Cause::NotTls);
+    }
+
+    #[test]
+    fn client_certificate() {
+        for alert in ["BadCertificate", "CertificateRequired", "UnknownCA"] {
+            let e = status(
+                Code::Unknown,
+                &format!("transport error: connection error: received fatal alert: {alert}"),
+            );
+            let f = classify(&e);
+            assert_eq!(f.cause, Cause::ClientCertificate, "{alert}");
+            assert!(
+                f.to_string()
+                    .starts_with("ETCD_AWAIT_ELECTION_CERT/ETCD_AWAIT_ELECTION_KEY: "),
+                "{f}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls() {
+        let e = status(Code::Unknown, "received fatal alert: HandshakeFailure");
+        assert_eq!(cause(e), Cause::Tls);
+    }
+
+    #[test]
+    fn lease_ttl() {
+        let e = status(Code::OutOfRange, "etcdserver: too large lease TTL");
+        let f = classify(&e);
+        assert_eq!(f.cause, Cause::LeaseTtl);
+        assert!(f.to_string().contains("ETCD_AWAIT_ELECTION_LEASE_DURATION"));
+    }
+
+    #[test]
+    fn invalid_request() {
+        let e = status(Code::InvalidArgument, "etcdserver: request is too large");
+        assert_eq!(cause(e), Cause::InvalidRequest);
+    }
+
+    #[test]
+    fn permission_denied() {
+        let e = status(Code::PermissionDenied, "etcdserver: permission denied");
+        assert_eq!(cause(e), Cause::PermissionDenied);
+    }
+
+    #[test]
+    fn auth_not_enabled() {
+        let e = status(
+            Code::FailedPrecondition,
+            "etcdserver: authentication is not enabled",
+        );
+        assert_eq!(cause(e), Cause::AuthNotEnabled);
+    }
+
+    #[test]
+    fn credentials() {
+        for e in [
+            status(
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            status(Code::FailedPrecondition, "etcdserver: user name not found"),
+        ] {
+            let f = classify(&e);
+            assert_eq!(f.cause, Cause::Credentials);
+            assert!(f.to_string().starts_with(
+                "ETCD_AWAIT_ELECTION_USERNAME/ETCD_AWAIT_ELECTION_PASSWORD: etcd refused"
+            ));
+        }
+    }
+
+    #[test]
+    fn lease_not_found_is_an_answer() {
+        let e = status(Code::NotFound, "etcdserver: requested lease not found");
+        assert!(is_lease_not_found(&e));
+    }
+
+    #[test]
+    fn startup_gives_up_only_after_the_grace_and_before_joining() {
+        let permanent = classify(&status(Code::PermissionDenied, "permission denied"));
+        let transient = classify(&status(Code::Unavailable, "etcdserver: no leader"));
+        let mut s = Startup::new(Duration::from_millis(100));
+        assert_eq!(s.give_up(&permanent), None, "within the grace");
+        s.since -= s.grace;
+        // Seen once, it still counts when the next attempt fails otherwise.
+        let why = s.give_up(&transient).expect("gives up after the grace");
+        assert!(why.starts_with("ETCD_AWAIT_ELECTION_USERNAME"), "{why}");
+        s.joined();
+        assert_eq!(s.give_up(&permanent), None, "once joined, retried");
+        let mut only_transient = Startup::new(Duration::from_millis(100));
+        only_transient.since -= only_transient.grace;
+        assert_eq!(only_transient.give_up(&transient), None);
+    }
+
+    #[test]
+    fn grace_is_five_seconds_or_three_retry_periods() {
+        assert_eq!(grace(Duration::from_millis(300)), Duration::from_secs(5));
+        assert_eq!(grace(Duration::from_secs(2)), Duration::from_secs(6));
+    }
+}
