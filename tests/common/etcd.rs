@@ -1,11 +1,12 @@
-//! Real etcd servers for tests. This module owns starting `/usr/bin/etcd` on loopback with
-//! client and peer ports leased from [`super::ports`] (held while the member lives, so a restart
-//! finds them still free) and a temporary data dir (single member via [`Etcd::start`], or a
-//! [`Cluster`]), waiting until it is healthy (a start that loses a port race anyway is retried
-//! on new ports; one that fails otherwise panics with the tail of etcd's log), talking to it with
-//! `etcdctl` (API v3), and injecting server faults: pause/resume (SIGSTOP/SIGCONT), kill
-//! (SIGKILL), restart from the same data dir and ports. Dropping an [`Etcd`] or [`Cluster`]
-//! SIGKILLs and reaps every server and removes its directory.
+//! Real etcd servers for tests. This module owns starting etcd (Debian's, or the binaries named by
+//! `EAE_ETCD_BIN` and `EAE_ETCDCTL_BIN`) on loopback with client and peer ports leased from
+//! [`super::ports`] (held while the member lives, so a restart finds them still free) and a
+//! temporary data dir (single member via [`Etcd::start`], or a [`Cluster`]), waiting until it is
+//! healthy (a start that loses a port race anyway is retried on new ports; one that fails
+//! otherwise panics with the tail of etcd's log), talking to it with `etcdctl` (API v3), and
+//! injecting server faults: pause/resume (SIGSTOP/SIGCONT), kill (SIGKILL), restart from the same
+//! data dir and ports. Dropping an [`Etcd`] or [`Cluster`] SIGKILLs and reaps every server and
+//! removes its directory.
 
 use super::ports::{lease, PortLease};
 use super::{kill_and_wait, wait_for, TempDir};
@@ -13,8 +14,16 @@ use std::fs::File;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-const ETCD: &str = "etcd";
-const ETCDCTL: &str = "etcdctl";
+/// The etcd server binary: `EAE_ETCD_BIN` (`make test` runs the suites again against other etcd
+/// versions this way), else Debian's `etcd` on `PATH`.
+fn etcd_bin() -> String {
+    std::env::var("EAE_ETCD_BIN").unwrap_or_else(|_| "etcd".into())
+}
+
+/// The `etcdctl` to go with it: `EAE_ETCDCTL_BIN`, else Debian's `etcdctl` on `PATH`.
+fn etcdctl_bin() -> String {
+    std::env::var("EAE_ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".into())
+}
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Starts tried before a port conflict is a failure.
 const START_ATTEMPTS: usize = 3;
@@ -161,7 +170,7 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let client = self.client_url();
         let data = self.dir.join("data");
-        let child = Command::new(ETCD)
+        let child = Command::new(etcd_bin())
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -181,7 +190,7 @@ impl Etcd {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {ETCD}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", etcd_bin()));
         self.child = Some(child);
     }
 
@@ -455,14 +464,14 @@ impl Cluster {
 }
 
 fn run_etcdctl(endpoints: &[String], extra: &[String], args: &[&str]) -> Output {
-    Command::new(ETCDCTL)
+    Command::new(etcdctl_bin())
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", endpoints.join(",")))
         .args(extra)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("run {ETCDCTL}: {e}"))
+        .unwrap_or_else(|e| panic!("run {}: {e}", etcdctl_bin()))
 }
 
 pub fn assert_success(out: &Output, what: &str) {
