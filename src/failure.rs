@@ -468,14 +468,14 @@ mod tests {
 
     #[test]
     fn client_certificate() {
-        // etcd 3.5.1 refuses during the handshake, every time; 3.4.23 and 3.6.15 after it, when
-        // the alert wins the race with the close.
+        // Refused within the handshake (etcd 3.5.1's older Go), or after it when the alert wins
+        // the race with the close (3.4.23, 3.5.34, 3.6.15).
         let e = status(
             Code::Unavailable,
             "received fatal alert: BadCertificate: transport error",
         );
         assert_eq!(cause(e), Cause::ClientCertificate);
-        // etcd 3.6 names an expired certificate; 3.4 and 3.5 say BadCertificate for any.
+        // Current 3.5 and 3.6 name the problem; Debian's 3.4 says BadCertificate for any.
         for alert in [
             "BadCertificate",
             "CertificateExpired",

@@ -38,10 +38,9 @@ const REFUSED: i32 = 77;
 /// The start-up grace before a permanent failure ends the wrapper (`failure::grace`), for
 /// retry periods up to 1.6 s.
 const GRACE: Duration = Duration::from_secs(5);
-/// How long after the grace the wrapper may take to see the cause and exit: with etcd 3.4 and
-/// 3.6 a rejected client certificate shows as a closed connection on some attempts (etcd's
-/// alert races the close after the TLS 1.3 handshake), so a few retries may pass before one
-/// names it. (etcd 3.5.1 refuses it within the handshake, every time.)
+/// How long after the grace the wrapper may take to see the cause and exit: a rejected client
+/// certificate shows as a closed connection on some attempts (etcd's alert races the close after
+/// the TLS 1.3 handshake), so a few retries may pass before one names it.
 const EXIT_SLACK: Duration = Duration::from_secs(10);
 
 /// etcd serving clients over TLS with `server.pem`; with `client_auth`, it also demands a client
@@ -222,8 +221,9 @@ fn unknown_server_ca_ends_the_wrapper_at_start_up() {
 }
 
 /// An expired client certificate is refused by etcd: the wrapper ends at start-up naming
-/// CERT/KEY. etcd 3.4 and 3.5 (older Go) answer every client-certificate failure with a
-/// bad_certificate alert, so the client cannot learn that it is expired; 3.6 says so.
+/// CERT/KEY. Debian's etcd 3.4 (older Go) answers every client-certificate failure with a
+/// bad_certificate alert, so the client cannot learn that it is expired; current 3.5 and 3.6
+/// builds say so.
 #[test]
 fn expired_client_certificate_ends_the_wrapper_at_start_up() {
     let pki = Pki::generate();
