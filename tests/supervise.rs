@@ -274,9 +274,10 @@ fn a_setuid_command_dies_with_its_sigkilled_wrapper() {
     assert_eq!(euid(child), Some(65534), "the command runs setuid");
 
     let wrapper = a.pid();
+    // Taken before the kill: the command may die before a timestamp taken after it.
+    let killed = common::child::monotonic_ns();
     // SAFETY: kill(2) on the wrapper's process group (the candidate leads its own).
     assert_eq!(unsafe { libc::kill(-(wrapper as i32), libc::SIGKILL) }, 0);
-    let killed = common::child::monotonic_ns();
     a.kill9();
     let death = s.mon.wait_until_dead(child, Duration::from_secs(3));
     assert!(
