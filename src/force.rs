@@ -100,11 +100,8 @@ pub async fn request_yield(
             )];
             ops.extend(waiting.iter().map(|kv| TxnOp::delete(kv.key(), None)));
             let txn = Txn::new()
-                .when([
-                    Compare::create_revision(seat.key.as_str(), CompareOp::Equal, seat.revision),
-                    unchanged(keys.holder.as_str(), snap.holder.as_ref()),
-                    unchanged(keys.yield_request.clone(), None),
-                ])
+                // No request was pending in this snapshot (`None` above).
+                .when(unchanged_since(keys, seat, &snap))
                 .and_then(ops);
             if timed(t, c.txn(txn)).await?.succeeded() {
                 warn!(
@@ -143,6 +140,16 @@ struct Runner {
     key: Option<KeyValue>,
 }
 
+/// Guards a forcer's transaction: our key, the holder record and the yield request as `snap`
+/// read them.
+fn unchanged_since(keys: &Keys, seat: &Seat, snap: &Snapshot) -> [Compare; 3] {
+    [
+        Compare::create_revision(seat.key.as_str(), CompareOp::Equal, seat.revision),
+        unchanged(keys.holder.as_str(), snap.holder.as_ref()),
+        unchanged(keys.yield_request.clone(), snap.yield_request.as_ref()),
+    ]
+}
+
 /// Marks the holder record of a deposed holder: its value is no identity, and a forcer that finds
 /// it knows a deposal is in progress.
 const DEPOSED: &str = " (deposed by ";
@@ -168,11 +175,7 @@ async fn depose(
 ) -> Result<()> {
     let t = op_timeout(cfg);
     let record = format!("{}{DEPOSED}{})", runner.identity, cfg.identity);
-    let guard = [
-        Compare::create_revision(seat.key.as_str(), CompareOp::Equal, seat.revision),
-        unchanged(keys.holder.as_str(), snap.holder.as_ref()),
-        unchanged(keys.yield_request.clone(), snap.yield_request.as_ref()),
-    ];
+    let guard = unchanged_since(keys, seat, snap);
     let withdraw = TxnOp::delete(keys.yield_request.clone(), None);
     if let Some(key) = &runner.key {
         let txn = Txn::new().when(guard).and_then([
