@@ -18,8 +18,8 @@
 //!    `LOCK`, bound to its lease, which it revokes only once its command's group is empty. The head
 //!    of the queue takes the record only if it is absent, and starts only then; a lease it saw
 //!    ahead of it must be gone as well (keys deleted by hand). A leader whose group is empty hands
-//!    the record to the next candidate in the transaction that deletes its key, so a handover
-//!    costs one write.
+//!    the record to the next candidate in the transaction that deletes its key, and the next
+//!    starts on seeing it, without waiting for any lease: a handover costs one write.
 //! 2. A renewal counts only if etcd can still commit and we still hold our place: each keep-alive
 //!    is confirmed by a linearizable read of our key (and, leading, of the record). A member that
 //!    answers keep-alives with a stalled raft loop (etcd-io/etcd#15247) cannot answer that read.
@@ -30,19 +30,16 @@ use std::rc::Rc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 use log::{debug, info, warn};
 use tokio::sync::{oneshot, Notify};
 
 use crate::adopt::{self, Adoption};
 use crate::config::Config;
-use crate::etcd::{op_timeout, timed, wait_changed, Etcd, Result};
+use crate::etcd::{op_timeout, timed, wait_changed, wait_range_changed, Etcd, Result};
 use crate::failure::{classify, is_lease_not_found, is_replaced, Cause, Failure, Startup};
 use crate::force;
-use crate::queue::{identity_of, key_of, unchanged, Keys, Seat, Snapshot};
+use crate::queue::{behind, identity_of, is_handed_over, key_of, unchanged, Keys, Seat, Snapshot};
 
 /// What the election thread tells `main`.
 #[derive(Debug)]
@@ -146,6 +143,9 @@ struct Election {
     seen: BTreeSet<i64>,
     /// We took (or were handed) the record: resigning hands it on.
     elected: bool,
+    /// Leading: the first candidate behind us, as last read; the hand-over needs no read of its
+    /// own unless it has changed since.
+    successor: Option<KeyValue>,
     pace: Rc<Pace>,
     /// Causes already logged since etcd last answered: a flapping cause (TLS alerts race the
     /// connection close) is logged once, not on every retry.
@@ -164,6 +164,7 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
         seat: None,
         seen: BTreeSet::new(),
         elected: false,
+        successor: None,
         pace: Rc::new(Pace {
             leading: Cell::new(false),
             changed: Notify::new(),
@@ -434,12 +435,18 @@ impl Election {
             if snap.holder.is_none() && !self.take_record(&mut c, seat, &snap).await? {
                 continue;
             }
-            // Taken by us, or handed to us (maybe before a failed request, which we cannot
-            // tell apart): whoever we saw ahead must be gone. After a hand-over that is the
-            // giver's lease, revoked right after it.
-            self.seen.remove(&seat.lease);
-            for lease in self.seen.clone() {
-                self.await_lease_gone(&mut c, lease).await?;
+            if snap.holder.as_ref().is_some_and(is_handed_over) {
+                // Handed to us: only its holder puts the record over to another lease, and
+                // only once its command's group is empty. Nobody we saw ahead can run now (the
+                // giver waited for them before it started), so the hand-over costs no wait.
+                self.seen.clear();
+            } else {
+                // Taken by us (maybe before a failed request): a key vanishing proves nothing,
+                // so whoever we saw ahead must be gone.
+                self.seen.remove(&seat.lease);
+                for lease in self.seen.clone() {
+                    self.await_lease_gone(&mut c, lease).await?;
+                }
             }
             if snap.holder.is_some() {
                 // A request to yield we made is withdrawn.
@@ -488,7 +495,8 @@ impl Election {
     /// Waits until `lease` is gone (its holder revoked it, or it expired): a key of it deleted
     /// by hand leaves its holder running until it notices.
     async fn await_lease_gone(&mut self, c: &mut Client, lease: i64) -> Result<()> {
-        // A hand-over's giver revokes its lease a moment after: look again soon, then less often.
+        // A holder whose key was deleted revokes its lease once its command has stopped: look
+        // again soon, then less often.
         let mut pause = Duration::from_millis(2);
         let most = self.cfg.retry_period.min(Duration::from_millis(100));
         loop {
@@ -559,12 +567,15 @@ impl Election {
                 return format!("{:?} asked us to yield (force acquire)", identity_of(y));
             }
             self.reachable();
-            let from = snap.revision + 1;
-            let r = tokio::select! {
-                r = wait_changed(&self.etcd, seat.key.as_bytes(), from) => r,
-                r = wait_changed(&self.etcd, keys.holder.as_bytes(), from) => r,
-                r = wait_changed(&self.etcd, &keys.yield_request, from) => r,
-            };
+            self.successor = snap.behind;
+            // One watch for our key, the record, a yield request and who queues behind us.
+            let r = wait_range_changed(
+                &self.etcd,
+                keys.holder.as_bytes(),
+                &keys.end,
+                snap.revision + 1,
+            )
+            .await;
             match r {
                 Err(e) if !is_replaced(&e) => {
                     self.note_failure(&e);
@@ -624,20 +635,30 @@ impl Election {
 
     /// In one transaction, our key deleted and the record bound to the next candidate's lease:
     /// its watch on our key fires, it reads the record already its own, and starts without a
-    /// write of its own. Only while our key and the record are still ours and it still waits.
+    /// write of its own and without waiting for our lease (see `queue::is_handed_over`).
+    /// Only while our key and the record are still ours and it still waits: to the successor
+    /// last seen while leading, else (gone, or none then) to the one read now.
     async fn hand_over(&mut self, seat: &Seat) -> Result<()> {
-        let t = op_timeout(&self.cfg);
-        let keys = &self.keys;
         let mut c = self.client().await?;
-        let after = GetOptions::new()
-            .with_prefix()
-            .with_min_create_revision(seat.revision + 1)
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(16);
-        let resp = timed(t, c.get(keys.prefix.as_str(), Some(after))).await?;
-        let Some(next) = resp.kvs().iter().find(|kv| keys.is_candidate(kv)) else {
-            return Ok(());
-        };
+        if let Some(next) = self.successor.take() {
+            if self.hand_to(&mut c, seat, &next).await? {
+                return Ok(());
+            }
+        }
+        let keys = &self.keys;
+        let resp = timed(
+            op_timeout(&self.cfg),
+            c.get(keys.prefix.as_str(), Some(behind(seat))),
+        )
+        .await?;
+        if let Some(next) = resp.kvs().iter().find(|kv| keys.is_candidate(kv)) {
+            self.hand_to(&mut c, seat, next).await?;
+        }
+        Ok(())
+    }
+
+    async fn hand_to(&self, c: &mut Client, seat: &Seat, next: &KeyValue) -> Result<bool> {
+        let keys = &self.keys;
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(seat.key.as_str(), CompareOp::Equal, seat.mod_revision),
@@ -652,10 +673,11 @@ impl Election {
                     Some(PutOptions::new().with_lease(next.lease())),
                 ),
             ]);
-        if timed(t, c.txn(txn)).await?.succeeded() {
+        let handed = timed(op_timeout(&self.cfg), c.txn(txn)).await?.succeeded();
+        if handed {
             info!("handed {} to {:?}", keys.holder, identity_of(next));
         }
-        Ok(())
+        Ok(handed)
     }
 
     fn reachable(&mut self) {

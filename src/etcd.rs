@@ -86,9 +86,23 @@ pub async fn timed<T>(
 /// means the stream broke, or its connection was replaced (a watch on a dead connection would
 /// otherwise wait for tonic's HTTP/2 ping to notice): the caller reads again.
 pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
+    wait_event(etcd, key, None, from).await
+}
+
+/// Waits for any change of a key in `[key, end)`, as [`wait_changed`] does for one key, except
+/// that when the store moved on before the watch was created it returns at once: the caller
+/// reads again.
+pub async fn wait_range_changed(etcd: &Etcd, key: &[u8], end: &[u8], from: i64) -> Result<()> {
+    wait_event(etcd, key, Some(end), from).await
+}
+
+async fn wait_event(etcd: &Etcd, key: &[u8], end: Option<&[u8]>, from: i64) -> Result<()> {
     let new_connection = etcd.replaced.notified();
     let watch = async {
-        let opts = WatchOptions::new().with_start_revision(from);
+        let mut opts = WatchOptions::new().with_start_revision(from);
+        if let Some(end) = end {
+            opts = opts.with_range(end);
+        }
         let mut c = etcd.client().await?;
         let mut stream = c.watch(key, Some(opts)).await?;
         while let Some(resp) = stream.message().await? {
@@ -104,8 +118,14 @@ pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
             // A watch that starts in the past is caught up by etcd's sync loop, every 100 ms:
             // when the store moved on before the watch was created, look at the key at once.
             let moved = resp.header().is_some_and(|h| h.revision() >= from);
-            if resp.created() && moved && changed_since(etcd, &mut c, key, from).await? {
-                return Ok(());
+            if resp.created() && moved {
+                let changed = match end {
+                    Some(_) => true,
+                    None => changed_since(etcd, &mut c, key, from).await?,
+                };
+                if changed {
+                    return Ok(());
+                }
             }
         }
         Err(etcd_client::Error::WatchError("watch stream ended".into()))

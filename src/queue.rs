@@ -37,6 +37,9 @@ pub struct Keys {
     pub holder: String,
     /// `LOCK\0yield`: a forcer's request to the holder.
     pub yield_request: Vec<u8>,
+    /// The end of the range `[LOCK, end)` that holds all of the above (and neighbours' keys such
+    /// as `LOCK-x` or `LOCK/cron/...`, which a reader filters out).
+    pub end: Vec<u8>,
 }
 
 impl Keys {
@@ -45,6 +48,8 @@ impl Keys {
             prefix: format!("{lock}/"),
             holder: lock.to_string(),
             yield_request: format!("{lock}\0yield").into_bytes(),
+            // `/` + 1: past every key under the prefix.
+            end: format!("{lock}0").into_bytes(),
         }
     }
 
@@ -93,6 +98,8 @@ pub struct Snapshot {
     pub own: Option<KeyValue>,
     pub holder: Option<KeyValue>,
     pub yield_request: Option<KeyValue>,
+    /// The first candidate key created after ours: whom a leader hands the record to.
+    pub behind: Option<KeyValue>,
 }
 
 impl Snapshot {
@@ -106,6 +113,7 @@ impl Snapshot {
             TxnOp::get(seat.key.as_str(), None),
             TxnOp::get(keys.holder.as_str(), None),
             TxnOp::get(keys.yield_request.clone(), None),
+            TxnOp::get(keys.prefix.as_str(), Some(behind(seat))),
         ]);
         let resp = timed(t, c.txn(txn)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -126,12 +134,14 @@ impl Snapshot {
             .find(|kv| kv.create_revision() == seat.revision);
         let holder = next()?.into_iter().next();
         let yield_request = next()?.into_iter().next();
+        let behind = next()?.into_iter().find(|kv| keys.is_candidate(kv));
         Ok(Snapshot {
             revision,
             ahead,
             own,
             holder,
             yield_request,
+            behind,
         })
     }
 
@@ -141,12 +151,30 @@ impl Snapshot {
     }
 }
 
+/// The candidate keys created after `seat`'s, oldest first; a few, since neighbours' keys under
+/// the prefix (`LOCK/cron/...`) may come first.
+pub fn behind(seat: &Seat) -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_min_create_revision(seat.revision + 1)
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(16)
+}
+
 /// Compares that `kv` (as read) is unchanged, or that the key is absent when `kv` is `None`.
 pub fn unchanged(key: impl Into<Vec<u8>>, kv: Option<&KeyValue>) -> Compare {
     match kv {
         Some(kv) => Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision()),
         None => Compare::create_revision(key, CompareOp::Equal, 0),
     }
+}
+
+/// The holder record, found bound to our lease, was handed to us: put over an existing record
+/// (its version above 1) rather than created where it was absent, as `take_record` does. Nothing
+/// else puts it over to a lease with a candidate key still standing: a deposal deletes the
+/// deposed key in the same transaction, and a fence binds it to the fence's own lease.
+pub fn is_handed_over(holder: &KeyValue) -> bool {
+    holder.version() > 1
 }
 
 pub fn identity_of(kv: &KeyValue) -> String {
@@ -167,5 +195,15 @@ mod tests {
         assert!(!k.yield_request.starts_with(k.prefix.as_bytes()));
         assert_ne!(k.yield_request, k.holder.as_bytes());
         assert_eq!(k.candidate_key(0xabc), "app/abc");
+    }
+
+    #[test]
+    fn the_lock_range_holds_every_key_of_the_lock() {
+        let k = Keys::new("app");
+        let range = k.holder.as_bytes().to_vec()..k.end.clone();
+        assert!(range.contains(&k.holder.as_bytes().to_vec()));
+        assert!(range.contains(&k.yield_request));
+        assert!(range.contains(&k.candidate_key(i64::MAX).into_bytes()));
+        assert!(!range.contains(&b"app0".to_vec()) && !range.contains(&b"ap".to_vec()));
     }
 }

@@ -10,7 +10,7 @@ mod model {
     pub mod protocol;
 }
 
-use model::protocol::{Action, Adoption, Protocol, Spec, State, Variant, DEPOSED};
+use model::protocol::{Action, Adoption, Protocol, Spec, State, Variant, DEPOSED, HANDED};
 use stateright::{Checker, HasDiscoveries, Model};
 use std::time::Instant;
 
@@ -45,6 +45,7 @@ fn model(variant: Variant, procs: Vec<Spec>) -> Protocol {
         variant,
         procs,
         crashes: 0,
+        quits: 0,
         deletes: 0,
         cuts: 0,
         stucks: 0,
@@ -52,6 +53,7 @@ fn model(variant: Variant, procs: Vec<Spec>) -> Protocol {
         revoke_in_flight: false,
         adoption: Adoption::Remaining,
         remember: true,
+        trust_hand_over: true,
     }
 }
 
@@ -81,23 +83,25 @@ fn explore(name: &str, m: Protocol, stop_at_failure: bool) -> Option<String> {
             ""
         }
     );
+    if let Some(path) = &found {
+        eprintln!("{path}");
+    }
     if !stop_at_failure {
         // Not vacuous: the paths that matter are explored.
         let force = m.procs.iter().any(|p| p.force);
         let fence = force && m.variant == Variant::New;
+        let handed = m.variant == Variant::New && m.trust_hand_over;
         for (property, expected) in [
             ("someone leads", true),
             ("a forcer leads", force),
             (DEPOSED, fence),
+            (HANDED, handed),
         ] {
             assert!(
                 !expected || checker.discovery(property).is_some(),
                 "{name}: never reached: {property}"
             );
         }
-    }
-    if let Some(path) = &found {
-        eprintln!("{path}");
     }
     found
 }
@@ -249,4 +253,37 @@ fn new_protocol_with_the_changes_holds_for_twins_and_a_forcer() {
     m.crashes = 1;
     m.revoke_in_flight = true;
     assert_holds("new with the changes: twins + forcer, 1 crash in flight", m);
+}
+
+/// Issue 12: a record handed over (put over the giver's, bound to our lease) is led at once,
+/// without waiting for the giver's lease or any other lease seen ahead: only the holder puts the
+/// record over to another lease, and only once its command's group is empty. Checked with
+/// leaders quitting (the hand-over path), beside an operator deleting a key or the record, a
+/// forcer, and a crash with its revoke in flight. (A delete together with a forcer's crash is the
+/// documented third-party hole, hand-over or not.)
+#[test]
+fn new_hand_over_is_led_at_once() {
+    let mut m = model(Variant::New, vec![wrapper(0), wrapper(1), wrapper(2)]);
+    m.quits = 2;
+    m.deletes = 1;
+    assert_holds(
+        "hand-over led at once: 3 wrappers, 2 quits, 1 delete",
+        m.clone(),
+    );
+    let mut m = model(Variant::New, vec![wrapper(0), wrapper(1), forcer(2)]);
+    m.quits = 1;
+    m.deletes = 1;
+    m.errors = 1;
+    assert_holds(
+        "hand-over led at once: 2 wrappers + forcer, 1 quit, 1 delete, 1 error",
+        m.clone(),
+    );
+    m.deletes = 0;
+    m.errors = 0;
+    m.crashes = 1;
+    m.revoke_in_flight = true;
+    assert_holds(
+        "hand-over led at once: 2 wrappers + forcer, 1 quit, 1 crash in flight",
+        m,
+    );
 }

@@ -70,6 +70,7 @@
 //! | `StartCmd` (or resign: not renewed within the renew deadline) | main.rs `Wrapper::lead`, supervisor.rs `spawn` | same |
 //! | `Notice`: own key deleted or adopted, H gone or re-bound | election.rs `watch_own_key` | election.rs `watch_own_key` |
 //! | `Yield`: delete Y (the ack), stop | — | election.rs `watch_own_key` |
+//! | `Quit`: the command exits by itself, or the wrapper gets SIGTERM | main.rs `on_child_exit`, `stop` | same |
 //! | `Deadline` / `Stale`: no counted renewal within the renew deadline | main.rs `Wrapper::on_deadline` → `stop` | same, with election.rs `Keeper::confirm` |
 //! | `CmdExit`: SIGTERM handled, or SIGKILL at the kill deadline | main.rs `on_child_exit`, `on_deadline`, `kill_at` | same |
 //! | `HandOver`: own key deleted, H bound to the next candidate | — | election.rs `hand_over` |
@@ -84,6 +85,10 @@ use std::fmt;
 /// The property that the deposal path is explored: `LOCK` holds a deposal (or a fence) while
 /// the command of the holder it deposed still runs.
 pub const DEPOSED: &str = "LOCK holds a deposal while the deposed command runs";
+
+/// The property that the hand-over fast path is explored: a command runs, started on a record
+/// handed over, while the giver's lease still lives (it revokes it after the hand-over).
+pub const HANDED: &str = "a handed record is led before the giver's lease is gone";
 
 /// A lease, by its index in [`State::leases`].
 pub type L = u8;
@@ -108,6 +113,8 @@ pub struct Protocol {
     pub variant: Variant,
     pub procs: Vec<Spec>,
     pub crashes: u8,
+    /// A leader's command ends by itself, or its wrapper is told to stop (SIGTERM): `Quit`.
+    pub quits: u8,
     pub deletes: u8,
     pub cuts: u8,
     pub stucks: u8,
@@ -121,6 +128,9 @@ pub struct Protocol {
     /// the forcer read counts too (the runner's lease), an error does not forget it, and it is
     /// awaited before leading also when the record is found already ours.
     pub remember: bool,
+    /// Proposed change (issue 12): a record found bound to our lease and put over an existing
+    /// one (a hand-over) is led at once, without waiting for the leases seen ahead.
+    pub trust_hand_over: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,13 +144,15 @@ pub enum Adoption {
 
 /// A key's value and binding. `life`: for a candidate key, the process slot that last put it
 /// (create or adoption: the mod revision a seat remembers); `deposed`: `LOCK` marked as a
-/// deposal by a forcer.
+/// deposal by a forcer; `over`: `LOCK` put over an existing record (its version above 1: a
+/// hand-over, a deposal or a fence), not created where it was absent (`take_record`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rec {
     pub lease: L,
     pub identity: u8,
     pub life: u8,
     pub deposed: bool,
+    pub over: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -257,6 +269,7 @@ pub struct State {
     pub in_flight: Option<L>,
     pub procs: Vec<Proc>,
     pub crashes: u8,
+    pub quits: u8,
     pub deletes: u8,
     pub cuts: u8,
     pub stucks: u8,
@@ -283,6 +296,7 @@ pub enum Op {
     StartCmd,
     Notice,
     Yield,
+    Quit,
     Deadline,
     Stale,
     CmdExit,
@@ -298,7 +312,7 @@ pub enum Op {
     GNotice,
 }
 
-const OPS: [Op; 31] = [
+const OPS: [Op; 32] = [
     Op::Start,
     Op::Join,
     Op::Observe,
@@ -317,6 +331,7 @@ const OPS: [Op; 31] = [
     Op::StartCmd,
     Op::Notice,
     Op::Yield,
+    Op::Quit,
     Op::Deadline,
     Op::Stale,
     Op::CmdExit,
@@ -354,7 +369,10 @@ fn may_apply(op: Op, p: &Proc) -> bool {
             Pc::Take => matches!(op, Op::Take | Op::LeaseLost | Op::Retry),
             Pc::AwaitGone => matches!(op, Op::AwaitGone | Op::LeaseLost | Op::Retry),
             Pc::Ready => op == Op::StartCmd,
-            Pc::Leading => matches!(op, Op::Notice | Op::Yield | Op::Deadline | Op::GNotice),
+            Pc::Leading => matches!(
+                op,
+                Op::Notice | Op::Yield | Op::Quit | Op::Deadline | Op::GNotice
+            ),
             Pc::Stopping => op == Op::CmdExit,
             Pc::Resigning { .. } => matches!(op, Op::HandOver | Op::Revoke | Op::Abandon),
             Pc::Exited => false,
@@ -422,6 +440,7 @@ impl Rec {
             identity,
             life: life as u8,
             deposed: false,
+            over: false,
         }
     }
 }
@@ -859,6 +878,10 @@ impl Protocol {
                 s.y = None;
                 s.procs[i].pc = Pc::Stopping;
             }
+            (Op::Quit, Pc::Leading) if new && s.quits > 0 && !spec.go => {
+                s.quits -= 1;
+                s.procs[i].pc = Pc::Stopping;
+            }
             // No counted renewal within the renew deadline.
             (Op::Deadline, Pc::Leading) if !spec.go && !self.counts(s, i) => {
                 s.procs[i].fresh = false;
@@ -1082,16 +1105,19 @@ impl Protocol {
                 return Some(());
             }
             // Handed to us (or our previous life's, adopted, or taken by us before an error):
-            // withdraw a request of ours. As implemented, lead at once; with `remember`, once
-            // the leases seen are gone, as after taking it.
-            Some(_) => {
+            // withdraw a request of ours. Without `remember`, lead at once; with it, once the
+            // leases seen are gone, as after taking it; with `trust_hand_over`, a record put
+            // over an existing one is led at once: only its holder, its group empty, puts it
+            // over to our lease.
+            Some(r) => {
                 if s.y.is_some_and(|y| y.lease == l) {
                     s.y = None;
                 }
                 s.procs[i].elected = true;
-                s.procs[i].pc = if self.remember {
+                s.procs[i].pc = if self.remember && !(self.trust_hand_over && r.over) {
                     Pc::AwaitGone
                 } else {
+                    s.procs[i].seen.clear();
                     Pc::Ready
                 };
                 return Some(());
@@ -1214,6 +1240,7 @@ impl Protocol {
         }
         let deposal = Rec {
             deposed: true,
+            over: true,
             ..runner
         };
         s.y = None;
@@ -1250,7 +1277,10 @@ impl Protocol {
             return;
         };
         s.keys.remove(pos);
-        s.set_h(Some(Rec::key(next.lease, next.identity, 0)));
+        s.set_h(Some(Rec {
+            over: true,
+            ..Rec::key(next.lease, next.identity, 0)
+        }));
     }
 
     /// OLD `depose_ahead_of`: read the keys ahead (and the legacy lock), then one at a time.
@@ -1309,6 +1339,7 @@ impl Model for Protocol {
             in_flight: None,
             procs,
             crashes: self.crashes,
+            quits: self.quits,
             deletes: self.deletes,
             cuts: self.cuts,
             stucks: self.stucks,
@@ -1394,6 +1425,15 @@ impl Model for Protocol {
                     .iter()
                     .zip(&m.procs)
                     .any(|(p, spec)| spec.force && p.pc == Pc::Leading)
+            }),
+            Property::sometimes(HANDED, |_, s: &State| {
+                s.h.filter(|h| h.over && !h.deposed).is_some_and(|h| {
+                    s.holds(h.lease).any(Proc::command)
+                        && s.procs.iter().any(|p| {
+                            matches!(p.pc, Pc::Resigning { .. })
+                                && p.lease.is_some_and(|l| l != h.lease && s.alive(l))
+                        })
+                })
             }),
             Property::sometimes(DEPOSED, |_, s: &State| {
                 s.h.filter(|h| h.deposed).is_some_and(|h| {

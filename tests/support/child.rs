@@ -18,8 +18,9 @@
 //! * `--print-env`       print `env <identity> <pid> <LEADER_KEY> <LEADER_REVISION>` to stdout
 //!
 //! Default on SIGTERM: write `term`, then `stop`, then exit 143. SIGTERM is blocked and collected
-//! with `sigtimedwait`, so there is no asynchronous handler at all. The parent reaps its
-//! grandchildren while it runs.
+//! with `sigtimedwait`, so there is no asynchronous handler at all. SIGINT, SIGQUIT and SIGHUP
+//! take their default action (death), whatever dispositions the tests were started with. The
+//! parent reaps its grandchildren while it runs.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -153,10 +154,22 @@ fn reap() {
     }
 }
 
+/// An ignored signal stays ignored across `fork` and `exec`: `make test` started from a
+/// non-interactive shell's background job (`make test &`, `nohup`) passes SIGINT and SIGQUIT (or
+/// SIGHUP) ignored all the way down to us, and a test of the wrapper's Ctrl-C would see a
+/// command that survives it.
+fn default_dispositions() {
+    for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
+        // SAFETY: setting a signal to its default action installs no handler.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}
+
 fn main() {
     // Block SIGTERM first (one syscall) so a signal arriving right after `start` is not lost
     // to the default action; then the `start` record is the first thing written.
     let set = block_sigterm();
+    default_dispositions();
     let opts = parse_opts();
     let file = std::env::var_os("EAE_TEST_LOG").map(|p| {
         OpenOptions::new()
