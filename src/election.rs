@@ -30,13 +30,16 @@ use std::rc::Rc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, Event as WatchEvent, EventType, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
+};
 use log::{debug, info, warn};
 use tokio::sync::{oneshot, Notify};
 
 use crate::adopt::{self, Adoption};
 use crate::config::Config;
-use crate::etcd::{op_timeout, timed, wait_changed, wait_range_changed, Etcd, Result};
+use crate::etcd::{next_events, op_timeout, timed, wait_changed, wait_range_changed, Etcd, Result};
 use crate::failure::{classify, is_lease_not_found, is_replaced, Cause, Failure, Startup};
 use crate::force;
 use crate::queue::{behind, identity_of, is_handed_over, key_of, unchanged, Keys, Seat, Snapshot};
@@ -49,6 +52,8 @@ pub enum Event {
     Renewed { sent: Instant, ttl: Duration },
     /// The identity at the head of the queue, when known.
     Leader(Option<String>),
+    /// Our predecessor holds the record: we are next, and may be handed it at any moment.
+    Next,
     /// An etcd request failed (`renewal`: a keep-alive).
     Failed { renewal: bool, failure: Failure },
     /// etcd answers again after failures.
@@ -397,7 +402,25 @@ impl Election {
             if let Some(pred) = snap.ahead.last() {
                 self.seen.insert(pred.lease());
                 debug!("waiting for {} ({}) to go", key_of(pred), identity_of(pred));
-                wait_changed(&self.etcd, pred.key(), snap.revision + 1).await?;
+                let from = snap.revision + 1;
+                let fast = holder.is_some_and(|h| h.lease() == pred.lease())
+                    && seat.mod_revision == seat.revision
+                    && !self.cfg.force_acquire;
+                if !fast {
+                    wait_changed(&self.etcd, pred.key(), from).await?;
+                    continue;
+                }
+                // Our predecessor holds the record: its hand-over re-binds the record to us in
+                // the transaction that deletes its key, and that transaction also found our key
+                // never put again since we created it (not adopted by a twin). Seen on the
+                // record's watch, that is all a read would tell. (A forcer has its request to
+                // withdraw: it reads.)
+                self.send(Event::Next);
+                let events = next_events(&self.etcd, self.keys.holder.as_bytes(), from).await?;
+                if events.last().is_some_and(|e| handed_to(seat, e)) {
+                    self.seen.clear();
+                    return Ok(lead(seat).await);
+                }
                 continue;
             }
             if let Some(h) = holder {
@@ -461,10 +484,7 @@ impl Election {
                     timed(t, c.txn(withdraw)).await?;
                 }
             }
-            if let Some(t) = seat.not_before {
-                tokio::time::sleep_until(t.into()).await;
-            }
-            return Ok(Turn::Lead);
+            return Ok(lead(seat).await);
         }
     }
 
@@ -663,7 +683,9 @@ impl Election {
             .when([
                 Compare::mod_revision(seat.key.as_str(), CompareOp::Equal, seat.mod_revision),
                 Compare::lease(keys.holder.as_str(), CompareOp::Equal, seat.lease),
-                Compare::mod_revision(next.key(), CompareOp::Equal, next.mod_revision()),
+                // Never put again since it was created (by a twin adopting it): then its
+                // creator may lead on seeing this transaction alone (see `wait_turn`).
+                Compare::mod_revision(next.key(), CompareOp::Equal, next.create_revision()),
             ])
             .and_then([
                 TxnOp::delete(seat.key.as_str(), None),
@@ -715,6 +737,22 @@ impl Election {
         tokio::time::sleep(self.cfg.retry_period).await;
         Ok(())
     }
+}
+
+/// The record put over to our lease: handed to us (see `queue::is_handed_over`).
+fn handed_to(seat: &Seat, e: &WatchEvent) -> bool {
+    e.event_type() == EventType::Put
+        && e.kv()
+            .is_some_and(|h| h.lease() == seat.lease && is_handed_over(h))
+}
+
+/// Our turn: at once, or for a seat adopted from a previous life that held the record, once that
+/// life's lease would have expired.
+async fn lead(seat: &Seat) -> Turn {
+    if let Some(t) = seat.not_before {
+        tokio::time::sleep_until(t.into()).await;
+    }
+    Turn::Lead
 }
 
 /// What the keep-alive loop needs: our lease, and the keys that must still be ours for a renewal

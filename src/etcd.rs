@@ -9,7 +9,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions, WatchOptions,
+    Certificate, Client, ConnectOptions, Event as WatchEvent, GetOptions, Identity, TlsOptions,
+    WatchOptions,
 };
 use log::debug;
 use tokio::sync::Notify;
@@ -86,6 +87,12 @@ pub async fn timed<T>(
 /// means the stream broke, or its connection was replaced (a watch on a dead connection would
 /// otherwise wait for tonic's HTTP/2 ping to notice): the caller reads again.
 pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
+    next_events(etcd, key, from).await.map(drop)
+}
+
+/// As [`wait_changed`], returning the changes seen (none when the key changed before the watch
+/// was created: read it).
+pub async fn next_events(etcd: &Etcd, key: &[u8], from: i64) -> Result<Vec<WatchEvent>> {
     wait_event(etcd, key, None, from).await
 }
 
@@ -93,10 +100,15 @@ pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
 /// that when the store moved on before the watch was created it returns at once: the caller
 /// reads again.
 pub async fn wait_range_changed(etcd: &Etcd, key: &[u8], end: &[u8], from: i64) -> Result<()> {
-    wait_event(etcd, key, Some(end), from).await
+    wait_event(etcd, key, Some(end), from).await.map(drop)
 }
 
-async fn wait_event(etcd: &Etcd, key: &[u8], end: Option<&[u8]>, from: i64) -> Result<()> {
+async fn wait_event(
+    etcd: &Etcd,
+    key: &[u8],
+    end: Option<&[u8]>,
+    from: i64,
+) -> Result<Vec<WatchEvent>> {
     let new_connection = etcd.replaced.notified();
     let watch = async {
         let mut opts = WatchOptions::new().with_start_revision(from);
@@ -113,7 +125,7 @@ async fn wait_event(etcd: &Etcd, key: &[u8], end: Option<&[u8]>, from: i64) -> R
                 )));
             }
             if !resp.events().is_empty() {
-                return Ok(());
+                return Ok(resp.events().to_vec());
             }
             // A watch that starts in the past is caught up by etcd's sync loop, every 100 ms:
             // when the store moved on before the watch was created, look at the key at once.
@@ -124,7 +136,7 @@ async fn wait_event(etcd: &Etcd, key: &[u8], end: Option<&[u8]>, from: i64) -> R
                     None => changed_since(etcd, &mut c, key, from).await?,
                 };
                 if changed {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
             }
         }

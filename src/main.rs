@@ -25,7 +25,7 @@ use std::process::exit;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use config::Config;
 use status::Phase;
@@ -178,6 +178,8 @@ struct Wrapper {
     /// Send time and TTL of the last successful renewal: the lease lives on the server until at
     /// least `sent + ttl`.
     renewal: Option<(Instant, Duration)>,
+    /// Next in line: the command's guardian, forked ahead.
+    standby: Option<supervisor::Guardian>,
 }
 
 impl Wrapper {
@@ -212,6 +214,7 @@ impl Wrapper {
             election,
             status,
             renewal: None,
+            standby: None,
         }
     }
 
@@ -490,6 +493,15 @@ impl Wrapper {
                 self.status.etcd_answered();
                 state
             }
+            E::Next => {
+                if matches!(state, State::Awaiting) && self.standby.is_none() {
+                    // Failing here is only slower: `lead` forks one then.
+                    self.standby = supervisor::Guardian::standby()
+                        .inspect_err(|e| debug!("cannot fork a guardian ahead: {e}"))
+                        .ok();
+                }
+                state
+            }
             E::Leader(leader) => {
                 if let Some(l) = &leader {
                     if !matches!(state, State::Leading(_)) {
@@ -541,7 +553,7 @@ impl Wrapper {
             ("ETCD_AWAIT_ELECTION_LEADER_KEY", key.clone()),
             ("ETCD_AWAIT_ELECTION_LEADER_REVISION", revision.to_string()),
         ];
-        match supervisor::spawn(&self.cmd, &env) {
+        match supervisor::spawn(&self.cmd, &env, self.standby.take()) {
             Ok(child) => {
                 self.status.update(|s| {
                     s.transitions += 1;

@@ -47,10 +47,20 @@ struct Proc {
     reaped: bool,
 }
 
-struct Guardian {
+/// A guardian forked ahead of the command, by a candidate next in line, so that the handover
+/// does not wait for a fork. Dropped unused, it closes the pipe before any group was written to
+/// it, and the guardian exits by itself.
+pub struct Guardian {
     proc: Proc,
     /// The wrapper dying closes it, and that makes the guardian kill the child's group.
     pipe: OwnedFd,
+}
+
+impl Guardian {
+    /// Must be called from the main thread, as [`spawn`].
+    pub fn standby() -> io::Result<Guardian> {
+        spawn_guardian()
+    }
 }
 
 /// Why the command was not started.
@@ -113,9 +123,27 @@ fn exec_error(error: io::Error) -> SpawnError {
 }
 
 /// Must be called from the main thread: `PR_SET_PDEATHSIG` fires when the *thread* that forked
-/// the child exits, and only the main thread lives as long as the process.
-pub fn spawn(argv: &[OsString], env: &[(&str, String)]) -> Result<Child, SpawnError> {
-    let guardian = spawn_guardian().map_err(SpawnError::Guardian)?;
+/// the child exits, and only the main thread lives as long as the process. With a guardian
+/// forked ahead ([`Guardian::standby`]), or a new one if that one has died meanwhile.
+pub fn spawn(
+    argv: &[OsString],
+    env: &[(&str, String)],
+    standby: Option<Guardian>,
+) -> Result<Child, SpawnError> {
+    if let Some(g) = standby {
+        match start(argv, env, g) {
+            Err(SpawnError::Guardian(e)) => debug!("the guardian forked ahead is gone ({e})"),
+            started => return started,
+        }
+    }
+    start(argv, env, spawn_guardian().map_err(SpawnError::Guardian)?)
+}
+
+fn start(
+    argv: &[OsString],
+    env: &[(&str, String)],
+    guardian: Guardian,
+) -> Result<Child, SpawnError> {
     // SAFETY: getpid and getpgrp have no preconditions.
     let (parent, parent_group) = unsafe { (libc::getpid(), libc::getpgrp()) };
     let pipe = guardian.pipe.as_raw_fd();
@@ -138,7 +166,7 @@ pub fn spawn(argv: &[OsString], env: &[(&str, String)]) -> Result<Child, SpawnEr
             let n = libc::write(pipe, (&me as *const libc::pid_t).cast(), size_of_val(&me));
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             if n != size_of_val(&me) as isize {
-                return Err(io::Error::other("the guardian is gone"));
+                return Err(io::Error::from_raw_os_error(libc::EPIPE));
             }
             hand_terminal(parent_group, me);
             crate::signals::restore_in_child();
@@ -149,7 +177,10 @@ pub fn spawn(argv: &[OsString], env: &[(&str, String)]) -> Result<Child, SpawnEr
         Ok(child) => child,
         Err(e) => {
             guardian.dismiss();
-            return Err(exec_error(e));
+            return Err(match e.raw_os_error() {
+                Some(libc::EPIPE) => SpawnError::Guardian(io::Error::other("it died")),
+                _ => exec_error(e),
+            });
         }
     };
     let pid = child.id() as libc::pid_t;

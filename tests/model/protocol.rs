@@ -1094,7 +1094,11 @@ impl Protocol {
             }
             Some((pos, true)) => pos,
         };
-        if pos > 0 {
+        // With `trust_hand_over`, a record handed to us is led whatever the queue ahead says:
+        // the waiter whose predecessor holds the record decides on the hand-over's watch event
+        // alone (election.rs `wait_turn`), without reading the queue.
+        let handed = s.h.is_some_and(|h| h.lease == l && h.over && !h.deposed);
+        if pos > 0 && !(self.trust_hand_over && handed) {
             let pred = s.keys[pos - 1].lease;
             s.procs[i].see(pred);
             return Some(());
