@@ -172,7 +172,7 @@ demo:
 # BENCH_ARGS e.g. --quick, --only handover,scale, --keep.
 bench: deps-bench
 	$(call banner,Benchmarks)
-	python3 scripts/bench.py $(BENCH_ARGS)
+	python3 scripts/bench $(BENCH_ARGS)
 
 soak:
 	$(call banner,Soak test ($(EAE_SOAK_SECONDS) s))
