@@ -1,6 +1,7 @@
 """Starting candidates (ours or `etcdctl lock`, each running eae-test-child) on a lock, and
 waiting until one is queued: what every scenario is built from."""
 
+import itertools
 import os
 import subprocess
 import time
@@ -8,19 +9,19 @@ import time
 from .base import CHILD, EAE, ETCDCTL
 from .procs import PROCS
 
+_locks = itertools.count(1)  # lock names (and their log files) are unique across etcds
+
 
 class Bench:
-    def __init__(self, args, workdir, etcd):
-        self.args = args
+    """The candidates of one etcd; `notes` (odd exit codes) is shared by all of a run's."""
+
+    def __init__(self, workdir, etcd, notes):
         self.work = workdir
         self.etcd = etcd
-        self.n = 0
-        self.results = {}
-        self.notes = {}
+        self.notes = notes
 
     def lockname(self, what):
-        self.n += 1
-        return f"bench-{what}-{self.n}"
+        return f"bench-{what}-{next(_locks)}"
 
     def env(self, childlog):
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_AWAIT_ELECTION_")
@@ -29,7 +30,7 @@ class Bench:
         return env
 
     def launch(self, tool, ident, lock, childlog, ttl=None, renew=None, endpoint=None,
-               child_args=(), retry=None, legacy=None, force=False):
+               child_args=(), retry=None, legacy=None, force=False, status=None):
         endpoint = endpoint or self.etcd.endpoint
         env = self.env(childlog)
         err = open(os.path.join(self.work, f"{lock}-{ident}.log"), "ab")
@@ -50,6 +51,8 @@ class Bench:
                 env["ETCD_AWAIT_ELECTION_LEGACY_LOCK"] = "true" if legacy else "false"
             if force:
                 env["ETCD_AWAIT_ELECTION_FORCE_ACQUIRE"] = "true"
+            if status:
+                env["ETCD_AWAIT_ELECTION_STATUS_ENDPOINT"] = status
             argv = [EAE, "--", *cmd]
         else:
             argv = [ETCDCTL, "--endpoints", endpoint, "lock"]

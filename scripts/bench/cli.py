@@ -13,12 +13,14 @@ import sys
 import tempfile
 import time
 
-from . import failover, fleet, footprint, handover
+from . import failover, fleet, footprint, handover, plots
 from .base import CHILD, EAE, ETCD, ETCDCTL, MUSL, ROOT, log
 from .candidates import Bench
 from .etcd import Etcd
 from .procs import PROCS
-from .report import report
+from .report import PLOTS_DIR, report
+
+RESULTS = os.path.join(ROOT, "target", "bench", "results.json")
 
 
 def machine():
@@ -56,6 +58,23 @@ def build():
     subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
 
 
+# The handover scenarios run on both etcds, in chunks, alternating between tools and storages, so
+# that a change in the machine's load falls on all of them alike:
+# (result key, what, tool, how, legacy lock) -> key_tmpfs, key_disk.
+HANDOVERS = {
+    "handover": [
+        ("handover_exit_ours", "handover on command exit: ours", "ours", "exit", None),
+        ("handover_exit_etcdctl", "handover on command exit: etcdctl", "etcdctl", "exit", None),
+        ("handover_exit_ours_nolegacy", "handover on command exit: ours, legacy lock off", "ours",
+         "exit", False),
+    ],
+    "sigterm": [
+        ("handover_sigterm_ours", "handover on wrapper SIGTERM: ours", "ours", "sigterm", None),
+    ],
+}
+STORAGES = ("tmpfs", "disk")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,17 +82,29 @@ def main():
     ap.add_argument("--quick", action="store_true", help="few rounds, for trying the script")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
-    ap.add_argument("--only", default="", help="comma-separated scenarios to run")
+    ap.add_argument("--only", default="", help="comma-separated scenarios to run: "
+                    "overhead, launch, handover, sigterm, switchover, memory, idle, failover, "
+                    "partition, fleet (= fleet-one, fleet-many)")
     ap.add_argument("--report-only", action="store_true",
-                    help="only rewrite --out from target/bench/results.json")
+                    help="only rewrite --out (and its plots) from target/bench/results.json")
     args = ap.parse_args()
+    plots.require()
     if args.report_only:
-        with open(os.path.join(ROOT, "target", "bench", "results.json")) as f:
+        with open(RESULTS) as f:
             saved = json.load(f)
-        report(args.out, saved["results"], saved["meta"])
+        write(args.out, saved["results"], saved["meta"])
         return
 
-    state = {"etcd": None, "workdir": None}
+    etcds = []
+    workdir = None
+
+    def cleanup():
+        PROCS.kill_all(spare=[e.proc for e in etcds])
+        for e in etcds:
+            e.stop()
+        PROCS.kill_all()
+        if workdir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def on_signal(sig, _frame):
         # Clean up right here rather than unwinding: an exception raised at an arbitrary
@@ -81,13 +112,7 @@ def main():
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
         log(f"signal {sig}: stopping everything started here")
-        e = state["etcd"]
-        PROCS.kill_all(e.proc if e else None)
-        if e:
-            e.stop()
-        PROCS.kill_all()
-        if state["workdir"] and not args.keep:
-            shutil.rmtree(state["workdir"], ignore_errors=True)
+        cleanup()
         os._exit(128 + sig)
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -102,82 +127,118 @@ def main():
         sys.exit("bench: hyperfine missing (scripts/install-deps.sh --bench)")
 
     q = args.quick
-    N = {"handover": 5 if q else 30, "sigterm_peer": 2 if q else 5, "failover": 3 if q else 12,
+    N = {"handover": 6 if q else 40, "handover_chunks": 2 if q else 4,
+         "sigterm_peer": 2 if q else 5, "failover": 3 if q else 12,
          "failover_peer": 2 if q else 6, "partition": 2 if q else 5, "partition_peer": 1 if q else 3,
-         "launch": 5 if q else 20, "idle_window": 5 if q else 20, "scale": 20 if q else 100,
-         "scale_handovers": 3 if q else 10, "hyperfine_runs": 100 if q else 500,
-         "switchover": 3 if q else 12, "switchover_peer": 1 if q else 3}
+         "launch": 5 if q else 20, "idle_window": 5 if q else 20, "hyperfine_runs": 100 if q else 500,
+         "switchover": 3 if q else 12, "switchover_peer": 1 if q else 3,
+         "fleet_one": 100 if q else 1000, "fleet_locks": 20 if q else 200, "fleet_per_lock": 5,
+         "fleet_handovers": 3 if q else 8, "fleet_window": 10 if q else 30}
     only = set(filter(None, args.only.split(",")))
+    if "fleet" in only:
+        only |= {"fleet-one", "fleet-many"}
 
     def want(x):
         return not only or x in only
 
     workdir = tempfile.mkdtemp(prefix="eae-bench-")
-    etcd = None
     t_start = time.monotonic()
     load_before = loadavg()
+    notes = {}
     R = {}
+
+    def start_etcd(storage, name):
+        e = Etcd(workdir, storage, name)
+        etcds.append(e)
+        R.setdefault("storage", {})[name] = {"storage": storage, "fs": e.fs}
+        log(f"etcd {name} on {e.endpoint}, data dir {e.data} ({e.fs})")
+        return e
+
+    def stop_etcd(e):
+        PROCS.kill_all(spare=[x.proc for x in etcds])
+        e.stop()
+        etcds.remove(e)
+
+    def run(key, what, fn, *a):
+        log(what)
+        try:
+            got = fn(*a)
+        except Exception as e:  # noqa: BLE001  (one broken scenario must not end the run)
+            log(f"{key} FAILED: {e!r}")
+            got = {"error": repr(e)}
+        PROCS.kill_all(spare=[x.proc for x in etcds])
+        return got
+
     try:
         log(f"work dir {workdir}; load average {load_before}")
-        state["workdir"] = workdir
-        etcd = Etcd(workdir)
-        state["etcd"] = etcd
-        log(f"etcd on {etcd.endpoint}")
-        B = Bench(args, workdir, etcd)
-
-        def run(key, what, fn, *a):
-            log(what)
-            try:
-                R[key] = fn(*a)
-            except Exception as e:  # noqa: BLE001  (one broken scenario must not end the run)
-                log(f"{key} FAILED: {e!r}")
-                R[key] = {"error": repr(e)}
-            PROCS.kill_all(etcd.proc)
+        B = {"tmpfs": Bench(workdir, start_etcd("tmpfs", "tmpfs"), notes)}
+        T = B["tmpfs"]
+        if want("handover") or want("sigterm"):
+            B["disk"] = Bench(workdir, start_etcd("disk", "disk"), notes)
 
         if want("overhead"):
-            run("overhead", "exec overhead (hyperfine)", footprint.overhead, B, N["hyperfine_runs"])
+            R["overhead"] = run("overhead", "exec overhead (hyperfine)", footprint.overhead, T,
+                                N["hyperfine_runs"])
         if want("launch"):
             for tool in ("direct", "ours", "etcdctl"):
-                run(f"launch_{tool}", f"launch -> start: {tool}", footprint.launch_to_start, B, tool,
-                    N["launch"])
-        if want("handover"):
-            for tool in ("ours", "etcdctl"):
-                run(f"handover_exit_{tool}", f"handover on command exit: {tool}", handover.handover, B,
-                    tool, N["handover"], "exit")
-            run("handover_exit_ours_nolegacy", "handover on command exit: ours, legacy lock off",
-                handover.handover, B, "ours", N["handover"], "exit", False)
+                R[f"launch_{tool}"] = run(f"launch_{tool}", f"launch -> start: {tool}",
+                                          footprint.launch_to_start, T, tool, N["launch"])
+        variants = [v for k, vs in HANDOVERS.items() if want(k) for v in vs]
+        chunks = N["handover_chunks"]
+        for chunk in range(chunks):
+            for storage in STORAGES:
+                for key, what, tool, how, legacy in variants:
+                    k = f"{key}_{storage}"
+                    if isinstance(R.get(k), dict) and "error" in R[k]:
+                        continue
+                    got = run(k, f"{what} ({storage}, {chunk + 1}/{chunks})", handover.handover,
+                              B[storage], tool, N["handover"] // chunks, how, legacy)
+                    if "error" in got:
+                        R[k] = got
+                        continue
+                    for field, xs in got.items():
+                        R.setdefault(k, {}).setdefault(field, []).extend(xs)
         if want("sigterm"):
-            run("handover_sigterm_ours", "handover on wrapper SIGTERM: ours", handover.handover, B,
-                "ours", N["handover"], "sigterm")
-            run("handover_sigterm_etcdctl", "handover on wrapper SIGTERM: etcdctl", handover.handover, B,
-                "etcdctl", N["sigterm_peer"], "sigterm")
+            R["handover_sigterm_etcdctl"] = run(
+                "handover_sigterm_etcdctl", "handover on wrapper SIGTERM: etcdctl",
+                handover.handover, T, "etcdctl", N["sigterm_peer"], "sigterm")
         if want("switchover"):
-            run("switchover_ours", "force switchover: holder of ours yields", handover.switchover, B,
-                N["switchover"], "ours")
-            run("switchover_etcdctl", "force switchover: etcdctl lock holder fenced out",
-                handover.switchover, B, N["switchover_peer"], "etcdctl")
+            R["switchover_ours"] = run("switchover_ours", "force switchover: holder of ours yields",
+                                       handover.switchover, T, N["switchover"], "ours")
+            R["switchover_etcdctl"] = run(
+                "switchover_etcdctl", "force switchover: etcdctl lock holder fenced out",
+                handover.switchover, T, N["switchover_peer"], "etcdctl")
         if want("memory"):
             for tool in ("ours", "etcdctl"):
-                run(f"memory_{tool}", f"memory: {tool}", footprint.memory, B, tool)
+                R[f"memory_{tool}"] = run(f"memory_{tool}", f"memory: {tool}", footprint.memory,
+                                          T, tool)
         if want("idle"):
-            # defaults: ours TTL 15 s / renew deadline 10 s (keep-alive every 3.3 s);
-            # etcdctl lock --ttl=10 (keep-alive every TTL/3 = 3.3 s)
-            for tool, ttl in (("ours", None), ("etcdctl", None)):
-                run(f"idle_{tool}", f"idle requests: {tool}", footprint.idle_requests, B, tool, ttl,
-                    N["idle_window"])
+            # defaults: ours TTL 15 s / renew deadline 10 s; etcdctl lock --ttl=10
+            for tool in ("ours", "etcdctl"):
+                R[f"idle_{tool}"] = run(f"idle_{tool}", f"idle requests: {tool}",
+                                        footprint.idle_requests, T, tool, None, N["idle_window"])
         if want("failover"):
-            run("failover_ours", "failover after SIGKILL: ours", failover.failover, B, "ours",
-                N["failover"])
-            run("failover_etcdctl", "failover after SIGKILL: etcdctl", failover.failover, B, "etcdctl",
-                N["failover_peer"])
+            R["failover_ours"] = run("failover_ours", "failover after SIGKILL: ours",
+                                     failover.failover, T, "ours", N["failover"])
+            R["failover_etcdctl"] = run("failover_etcdctl", "failover after SIGKILL: etcdctl",
+                                        failover.failover, T, "etcdctl", N["failover_peer"])
         if want("partition"):
-            run("partition_ours", "partition: ours", failover.partition, B, "ours", N["partition"])
-            run("partition_etcdctl", "partition: etcdctl", failover.partition, B, "etcdctl",
-                N["partition_peer"])
-        if want("scale"):
-            run("scale", f"scale: {N['scale']} candidates", fleet.scale, B, N["scale"],
-                N["scale_handovers"])
-        R["notes"] = {k: sorted(v) for k, v in B.notes.items()}
+            R["partition_ours"] = run("partition_ours", "partition: ours", failover.partition, T,
+                                      "ours", N["partition"])
+            R["partition_etcdctl"] = run("partition_etcdctl", "partition: etcdctl",
+                                         failover.partition, T, "etcdctl", N["partition_peer"])
+        # Each fleet gets an etcd of its own (on disk, as in production): its CPU and memory
+        # are the fleet's alone.
+        for key, locks, per_lock in (("fleet-one", 1, N["fleet_one"]),
+                                     ("fleet-many", N["fleet_locks"], N["fleet_per_lock"])):
+            if want(key):
+                e = start_etcd("disk", key)
+                k = key.replace("-", "_")
+                R[k] = run(k, f"fleet: {locks} lock(s) x {per_lock} candidates", fleet.fleet,
+                           Bench(workdir, e, notes), locks, per_lock, N["fleet_handovers"],
+                           N["fleet_window"])
+                stop_etcd(e)
+        R["notes"] = {k: sorted(v) for k, v in notes.items()}
         R["sizes"] = {}
         for name, p in (("host", EAE), ("musl", MUSL), ("etcdctl", ETCDCTL)):
             if os.path.exists(p):
@@ -186,20 +247,24 @@ def main():
                     "%Y-%m-%d %H:%M", time.localtime(st.st_mtime)), "path": os.path.relpath(p, ROOT)
                     if p.startswith(ROOT) else p}
     finally:
-        PROCS.kill_all(etcd.proc if etcd else None)
-        if etcd:
-            etcd.stop()
-        PROCS.kill_all()
+        cleanup()
         if args.keep:
             log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
-    meta = {"machine": machine(), "tmpfs": etcd.on_tmpfs, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "duration_s": time.monotonic() - t_start, "load_before": load_before,
             "load_after": loadavg()}
-    os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
-    with open(os.path.join(ROOT, "target", "bench", "results.json"), "w") as f:
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
         json.dump({"meta": meta, "results": R}, f, indent=1, default=str)
-    report(args.out, R, meta)
-    log(f"wrote {args.out}")
+    write(args.out, R, meta)
+
+
+def write(out, R, meta):
+    """BENCHMARKS.md and, beside it, its plots."""
+    here = os.path.dirname(os.path.abspath(out))
+    drawn = plots.draw(os.path.join(here, PLOTS_DIR), R)
+    for _, path in drawn:
+        log(f"drew {path}")
+    report(out, R, dict(meta, plots=[(c, os.path.relpath(p, here)) for c, p in drawn]))
+    log(f"wrote {out}")

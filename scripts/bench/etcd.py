@@ -26,15 +26,36 @@ def prefix_end(p):
 
 
 
+def fs_type(path):
+    """The type of the file system `path` is on (its longest mount point in /proc/mounts)."""
+    path, best, kind = os.path.realpath(path), "", "?"
+    with open("/proc/mounts") as f:
+        for line in f:
+            _, mnt, fstype = line.split()[:3]
+            mnt = mnt.replace("\\040", " ")
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, kind = mnt, fstype
+    return kind
+
+
 class Etcd:
-    def __init__(self, workdir):
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else workdir
-        self.data = tempfile.mkdtemp(prefix="eae-bench-etcd-", dir=base)
-        self.on_tmpfs = base == "/dev/shm"
+    """storage "tmpfs": data dir on /dev/shm, where a raft write's fsync costs nothing; "disk": in
+    the work dir, which must be on a disk file system (every commit on the handover's path pays a
+    flush there, as in production)."""
+
+    def __init__(self, workdir, storage, name):
+        base = "/dev/shm" if storage == "tmpfs" else workdir
+        self.data = tempfile.mkdtemp(prefix=f"eae-bench-etcd-{name}-", dir=base)
+        self.storage = storage
+        self.fs = fs_type(self.data)
+        if (self.fs == "tmpfs") != (storage == "tmpfs"):
+            shutil.rmtree(self.data, ignore_errors=True)
+            raise RuntimeError(f"etcd's {storage} data dir {self.data} is on {self.fs} "
+                               "(for disk, point TMPDIR at a disk file system)")
         self.cport, self.pport = free_port(), free_port()
         self.endpoint = f"127.0.0.1:{self.cport}"
         self.url = f"http://{self.endpoint}"
-        self.logf = open(os.path.join(workdir, "etcd.log"), "wb")
+        self.logf = open(os.path.join(workdir, f"etcd-{name}.log"), "wb")
         peer = f"http://127.0.0.1:{self.pport}"
         self.proc = PROCS.spawn(
             [
@@ -106,6 +127,12 @@ class Etcd:
 
     def watchers(self):
         return self.metrics().get(("watchers", ""), 0)
+
+    def cpu_s(self):
+        """CPU time etcd has used (utime + stime), in seconds."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         stop_proc(self.proc, signal.SIGTERM, 10)

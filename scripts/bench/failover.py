@@ -2,20 +2,42 @@
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 
 from .base import MS, now_ns
 from .childlog import ChildLog
+from .ports import free_port
 from .procs import alive, kill_child_pid, stop_proc
 from .proxy import Proxy
 
 
+def last_renewal_ns(bench, tool, status, lease):
+    """When the leader's lease was last renewed, on our clock. Ours says it on /metrics (the send
+    time of its last successful keep-alive, to the ms); for `etcdctl lock` only etcd's remaining
+    TTL tells, in whole seconds: renewal = now − (granted − remaining), 1 s granularity."""
+    if tool == "ours":
+        t0 = now_ns()
+        with urllib.request.urlopen(f"http://{status}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        t = (t0 + now_ns()) // 2
+        age = re.search(r"^etcd_await_election_seconds_since_renewal (\S+)$", text, re.M)
+        return t - int(float(age.group(1)) * 1e9) if age else None
+    t0 = now_ns()
+    r = bench.etcd.post("/v3/lease/timetolive", {"ID": lease})
+    t = (t0 + now_ns()) // 2
+    return t - (int(r["grantedTTL"]) - int(r["TTL"])) * 1_000_000_000
+
+
 def failover(bench, tool, rounds, ttl=2):
+    """Also each round's timeline, relative to the kill: the lease's last renewal before it, when
+    etcd deleted the leader's key (as polled), the old command's death, the new one's start."""
     out = {"failover_minus_ttl_ms": [], "kill_to_start_ms": [], "old_cmd_gone_ms": [],
            "old_cmd_survived": 0, "granted_ttl": None, "expiry_minus_ttl_ms": [],
-           "expiry_to_start_ms": []}
+           "expiry_to_start_ms": [], "renewal_to_start_minus_ttl_ms": [], "timeline": []}
     for i in range(rounds):
         # Random phase of the new leader's keep-alives against etcd's 500 ms lessor tick:
         # without it every round starts a fixed delay after the previous expiry, and both
@@ -24,7 +46,8 @@ def failover(bench, tool, rounds, ttl=2):
         lock = bench.lockname(f"failover-{tool}")
         cl = ChildLog(os.path.join(bench.work, f"{lock}.records"))
         renew = "1s" if tool == "ours" else None
-        a = bench.launch(tool, "a", lock, cl, ttl=ttl, renew=renew)
+        status = f"127.0.0.1:{free_port()}" if tool == "ours" else None
+        a = bench.launch(tool, "a", lock, cl, ttl=ttl, renew=renew, status=status)
         ra = cl.wait("start", "a", 20)
         if not ra:
             raise RuntimeError(f"{tool}: leader never started")
@@ -36,6 +59,7 @@ def failover(bench, tool, rounds, ttl=2):
             out["granted_ttl"] = bench.etcd.granted_ttl(lock + "/")
         time.sleep(random.uniform(0, 0.7))  # random phase against the keep-alives
         first = min(bench.etcd.keys(lock + "/"), key=lambda kv: int(kv["create_revision"]))
+        renewed = last_renewal_ns(bench, tool, status, first["lease"])
         t0 = now_ns()
         a.kill()
         gone = expired = None
@@ -58,6 +82,15 @@ def failover(bench, tool, rounds, ttl=2):
         if rb:
             out["kill_to_start_ms"].append((rb[3] - t0) / MS)
             out["failover_minus_ttl_ms"].append((rb[3] - t0) / MS - ttl * 1000)
+            if renewed:
+                out["renewal_to_start_minus_ttl_ms"].append((rb[3] - renewed) / MS - ttl * 1000)
+
+        def rel(t):
+            return (t - t0) / MS if t else None
+
+        out["timeline"].append({"last_renewal_ms": rel(renewed), "old_cmd_gone_ms": rel(gone),
+                                "key_deleted_ms": rel(expired),
+                                "new_start_ms": rel(rb[3] if rb else None)})
         kill_child_pid(ra[2], signal.SIGKILL)
         a.wait(5)
         if rb:

@@ -31,8 +31,11 @@ def write_report(path, R, meta):
       "Raw samples: `target/bench/results.json`.\n")
     w("## Machine and versions\n")
     w(f"- CPU: {M['nproc']} × {M['model']}; kernel {M['kernel']}")
+    disk = {v["fs"] for v in R.get("storage", {}).values() if v["storage"] == "disk"}
     w(f"- etcd {M['etcd']} (single member on loopback, `--heartbeat-interval 100 "
-      f"--election-timeout 1000`, data dir on {'tmpfs (/dev/shm)' if meta['tmpfs'] else 'disk'})")
+      f"--election-timeout 1000`); its data dir on tmpfs (/dev/shm), and on disk "
+      f"({', '.join(sorted(disk)) or '–'}, in the work dir) for the handovers' second run, where "
+      "each raft commit pays an fsync, and for the fleets")
     w(f"- etcd-await-election git {M['rev']}, `cargo build --release` (host target, glibc); "
       f"peer: `etcdctl lock` {M['etcd']}")
     w(f"- Date {meta['date']}; run took {meta['duration_s']:.0f} s; load average "
@@ -48,6 +51,11 @@ def write_report(path, R, meta):
         w("| " + " | ".join(row) + " |")
     w("")
 
+    pics = meta.get("plots", [])
+    if pics:
+        w("## Pictures\n")
+        for alt, rel in pics:
+            w(f"![{alt}]({rel})\n")
     w("## Method\n")
     w("""- The command under test is always `target/release/eae-test-child`, for both tools. It
   writes `start`/`term`/`stop` records with `CLOCK_MONOTONIC` nanoseconds; the script's own
@@ -58,6 +66,10 @@ def write_report(path, R, meta):
   script SIGTERMs the leader's *command* (it writes `stop` and exits 143); figure = next
   command's `start` − old command's `stop`. A fresh candidate joins for every round.
   Ours with defaults (TTL 15 s, legacy lock on); `etcdctl lock` with its default `--ttl=10`.
+  Each handover scenario runs twice, against two etcds: one with its data dir on tmpfs
+  (`/dev/shm`: a raft commit's fsync costs nothing) and one with it on disk (the work dir:
+  each commit on the path pays a flush, as in production). The rounds run in chunks taken in
+  turn (tool by tool, storage by storage), so a change in the machine's load falls on all alike.
 - **Handover on SIGTERM**: same, but SIGTERM goes to the leader's *wrapper* (our wrapper
   forwards it to the command); figure = next `start` − old `stop`; also SIGTERM → old `stop`.
 - **Failover after SIGKILL**: TTL 2 s for both (ours: renew deadline 1 s); SIGKILL to the
@@ -69,7 +81,12 @@ def write_report(path, R, meta):
   lessor's tick (the previous round ended on it). To split etcd's part from the tool's, the
   script polls etcd for the leader's key from 1 s after the kill (Range over HTTP, every
   ~3–5 ms): key deleted − kill − TTL is etcd's part, successor start − key deleted the tool's.
-  We also time the old command's death (polling `/proc/PID/stat` every ms).
+  We also time the old command's death (polling `/proc/PID/stat` every ms). The lease's last
+  renewal before the kill: ours reports it on `/metrics` (`etcd_await_election_seconds_since_renewal`,
+  the send time of its last successful keep-alive, to the ms), read just before the kill (a
+  renewal in the ~1 ms between the read and the kill would be missed); for `etcdctl lock`, etcd's
+  `LeaseTimeToLive` read just before the kill: renewal ≈ read − (granted − remaining TTL), whole
+  seconds only. The timeline plot shows every round.
 - **Partition**: the leader talks to etcd through a TCP proxy in the script; at the cut the
   proxy keeps the connections open but drops every byte both ways. TTL 2 s, renew deadline
   1 s, retry period 500 ms; the waiter talks to etcd directly. Figures: cut → old command's
@@ -86,11 +103,16 @@ def write_report(path, R, meta):
   costs etcd nothing); one candidate waits behind it; we diff etcd's
   `grpc_server_msg_received_total` by `grpc_method` over the window (for unary methods one
   message = one request; for streams, one message = one keep-alive or one watch create/cancel).
-- **Scale**: N of our candidates on one lock (started 30 ms apart); the leader's command is
-  SIGTERMed; figure = successor's `start` − old `stop`; requests per handover = all gRPC
-  messages received by etcd from the SIGTERM until 0.5 s after the old wrapper exited, minus the
-  background `LeaseKeepAlive` stream (reported separately). We also check that exactly one
-  command started per handover.
+- **Fleets**: 1000 of our candidates on one lock, and 200 locks with 5 candidates each, each
+  fleet on an etcd of its own (fresh, data dir on disk), at the defaults (TTL 15 s, renew
+  deadline 10 s). Started 8 at a time (a candidate counts as joined once its key is in etcd),
+  one candidate on every lock first; start-up = first launch until every key is in and every
+  waiter's watch is up. At rest (a window after start-up): etcd's CPU = its utime + stime from
+  `/proc/PID/stat` over the window; its `VmRSS`; requests per second = `grpc_server_msg_received_total`
+  deltas by method; the wrappers' memory = the sum of `VmRSS` and of `Pss` (smaps_rollup) over
+  every wrapper and the leaders' guardians. Then a few handovers (a lock's command is SIGTERMed;
+  successor's `start` − old `stop`). Exactly one command per lock is checked from the commands'
+  records after start-up and after every handover.
 """)
 
     w("## Details\n")

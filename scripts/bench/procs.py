@@ -31,9 +31,10 @@ class Procs:
         with self.lock:
             self.popens = [p for p in self.popens if p.poll() is None]
 
-    def kill_all(self, etcd=None):
+    def kill_all(self, spare=()):
+        """SIGKILL everything but the processes in `spare` (the etcds, between scenarios)."""
         for p in list(self.popens):
-            if p is not etcd and p.poll() is None:
+            if p not in spare and p.poll() is None:
                 try:
                     p.kill()
                 except OSError:
@@ -41,12 +42,14 @@ class Procs:
         for pid in list(self.pids):
             kill_child_pid(pid, signal.SIGKILL)
         for p in list(self.popens):
-            if p is not etcd:
+            if p not in spare:
                 try:
                     p.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
         self.reap()
+        # A dead command's pid may be reused, by someone else's eae-test-child too.
+        self.pids = {pid for pid in self.pids if alive(pid)}
 
 
 PROCS = Procs()
