@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 
+from . import __doc__ as USAGE
 from . import failover, fleet, footprint, handover, plots
 from .base import CHILD, EAE, ETCD, ETCDCTL, MUSL, ROOT, log
 from .candidates import Bench
@@ -73,21 +74,27 @@ HANDOVERS = {
     ],
 }
 STORAGES = ("tmpfs", "disk")
+SCENARIOS = ("overhead", "launch", "handover", "sigterm", "switchover", "memory", "idle",
+             "failover", "partition", "fleet-one", "fleet-many")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
+    ap = argparse.ArgumentParser(description=USAGE,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--quick", action="store_true", help="few rounds, for trying the script")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     ap.add_argument("--only", default="", help="comma-separated scenarios to run: "
-                    "overhead, launch, handover, sigterm, switchover, memory, idle, failover, "
-                    "partition, fleet (= fleet-one, fleet-many)")
+                    f"{', '.join(SCENARIOS)} (fleet = fleet-one, fleet-many)")
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite --out (and its plots) from target/bench/results.json")
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    if "fleet" in only:
+        only |= {"fleet-one", "fleet-many"}
+    if only - set(SCENARIOS) - {"fleet"}:
+        ap.error(f"--only: no scenario {', '.join(sorted(only - set(SCENARIOS) - {'fleet'}))}")
     plots.require()
     if args.report_only:
         with open(RESULTS) as f:
@@ -134,9 +141,6 @@ def main():
          "switchover": 3 if q else 12, "switchover_peer": 1 if q else 3,
          "fleet_one": 100 if q else 1000, "fleet_locks": 20 if q else 200, "fleet_per_lock": 5,
          "fleet_handovers": 3 if q else 8, "fleet_window": 10 if q else 30}
-    only = set(filter(None, args.only.split(",")))
-    if "fleet" in only:
-        only |= {"fleet-one", "fleet-many"}
 
     def want(x):
         return not only or x in only
