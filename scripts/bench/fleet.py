@@ -11,7 +11,7 @@ import time
 from .base import MS, log, now_ns
 from .childlog import ChildLog
 from .etcd import delta
-from .procs import children_of, proc_status
+from .procs import alive, children_of, proc_status
 
 # Candidates joining at once. Each join is a handful of requests, three of them raft commits
 # (an fsync each on disk), plus a process start: more at a time only queues them on 2 cores.
@@ -32,12 +32,16 @@ def running(cl):
 
 
 def check_one_each(cl, locks, when):
+    """By the commands' records, and by /proc: as many commands alive as there are locks."""
     up = running(cl)
     bad = {lk: ids for lk, ids in up.items() if len(ids) != 1}
     missing = [lk for lk in range(locks) if lk not in up]
     if bad or missing:
         raise RuntimeError(f"fleet, {when}: not exactly one command per lock: {bad or ''} "
                            f"{'no command on locks ' + str(missing[:10]) if missing else ''}")
+    live = sum(alive(r[2]) for r in cl.recs if r[0] == "start")
+    if live != locks:
+        raise RuntimeError(f"fleet, {when}: {live} commands alive for {locks} locks")
     return {lk: ids[0] for lk, ids in up.items()}
 
 
