@@ -16,20 +16,21 @@ from .proxy import Proxy
 
 
 def last_renewal_ns(bench, tool, status, lease):
-    """When the leader's lease was last renewed, on our clock. Ours says it on /metrics (the send
-    time of its last successful keep-alive, to the ms); for `etcdctl lock` only etcd's remaining
-    TTL tells, in whole seconds: renewal = now − (granted − remaining), 1 s granularity."""
+    """When the leader's lease was last renewed, on our clock, and how uncertain that is (ns). Ours
+    says it on /metrics (the send time of its last successful keep-alive, to the ms); for
+    `etcdctl lock` only etcd's remaining TTL tells, in whole seconds, truncated: the renewal was
+    at now − (granted − remaining) or up to 1 s later."""
     if tool == "ours":
         t0 = now_ns()
         with urllib.request.urlopen(f"http://{status}/metrics", timeout=2) as r:
             text = r.read().decode()
         t = (t0 + now_ns()) // 2
         age = re.search(r"^etcd_await_election_seconds_since_renewal (\S+)$", text, re.M)
-        return t - int(float(age.group(1)) * 1e9) if age else None
+        return (t - int(float(age.group(1)) * 1e9), 1_000_000) if age else (None, None)
     t0 = now_ns()
     r = bench.etcd.post("/v3/lease/timetolive", {"ID": lease})
     t = (t0 + now_ns()) // 2
-    return t - (int(r["grantedTTL"]) - int(r["TTL"])) * 1_000_000_000
+    return t - (int(r["grantedTTL"]) - int(r["TTL"])) * 1_000_000_000, 1_000_000_000
 
 
 def failover(bench, tool, rounds, ttl=2):
@@ -59,7 +60,7 @@ def failover(bench, tool, rounds, ttl=2):
             out["granted_ttl"] = bench.etcd.granted_ttl(lock + "/")
         time.sleep(random.uniform(0, 0.7))  # random phase against the keep-alives
         first = min(bench.etcd.keys(lock + "/"), key=lambda kv: int(kv["create_revision"]))
-        renewed = last_renewal_ns(bench, tool, status, first["lease"])
+        renewed, window = last_renewal_ns(bench, tool, status, first["lease"])
         t0 = now_ns()
         a.kill()
         gone = expired = None
@@ -88,7 +89,9 @@ def failover(bench, tool, rounds, ttl=2):
         def rel(t):
             return (t - t0) / MS if t else None
 
-        out["timeline"].append({"last_renewal_ms": rel(renewed), "old_cmd_gone_ms": rel(gone),
+        out["timeline"].append({"last_renewal_ms": rel(renewed),
+                                "renewal_window_ms": window / MS if window else None,
+                                "old_cmd_gone_ms": rel(gone),
                                 "key_deleted_ms": rel(expired),
                                 "new_start_ms": rel(rb[3] if rb else None)})
         kill_child_pid(ra[2], signal.SIGKILL)

@@ -208,7 +208,8 @@ afterwards: {', '.join(R.get('notes', {}).get('handover-sigterm-etcdctl-exit-cod
              ("failover: successor's start − (lease's last renewal + TTL); renewal time from the "
               "wrapper's `/metrics`", "ours", st("failover_ours", "renewal_to_start_minus_ttl_ms")),
              ("failover: successor's start − (lease's last renewal + TTL); renewal time from the "
-              "lease's remaining TTL (1 s granularity)", "etcdctl lock",
+              "lease's remaining TTL in whole seconds (the renewal may be up to 1 s later: an "
+              "upper bound)", "etcdctl lock",
               st("failover_etcdctl", "renewal_to_start_minus_ttl_ms"))]
     fpo = g("failover_etcdctl")
     eo = st("failover_ours", "expiry_to_start_ms")
