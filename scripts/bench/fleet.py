@@ -97,6 +97,7 @@ def fleet(bench, locks, per_lock, handovers, window):
     prefix = f"{tag}-"
     cl = ChildLog(os.path.join(bench.work, f"{tag}.records"))
     out = {"locks": locks, "per_lock": per_lock, "candidates": locks * per_lock,
+           "in_flight": IN_FLIGHT,
            "etcd_rss_kib_before": proc_status(etcd.proc.pid).get("VmRSS")}
     t0, cpu0 = time.monotonic(), etcd.cpu_s()
     procs = launch_all(bench, cl, prefix, locks, per_lock)

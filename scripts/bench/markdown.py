@@ -105,7 +105,7 @@ def write_report(path, R, meta):
   message = one request; for streams, one message = one keep-alive or one watch create/cancel).
 - **Fleets**: 1000 of our candidates on one lock, and 200 locks with 5 candidates each, each
   fleet on an etcd of its own (fresh, data dir on disk), at the defaults (TTL 15 s, renew
-  deadline 10 s). Started 8 at a time (a candidate counts as joined once its key is in etcd),
+  deadline 10 s). Started a few at a time (`IN_FLIGHT` in `fleet.py`; a candidate has joined once its key is in etcd),
   one candidate on every lock first; start-up = first launch until every key is in and every
   waiter's watch is up. At rest (a window after start-up): etcd's CPU = its utime + stime from
   `/proc/PID/stat` over the window; its `VmRSS`; requests per second = `grpc_server_msg_received_total`

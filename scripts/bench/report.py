@@ -40,8 +40,8 @@ def fleet_section(fleets):
         return ", ".join(f"{k} {v * 60 / n:.1f}" for k, v in sorted(f["rest_requests_per_s"].items()))
 
     lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
-             row("start-up: all candidates joined (pace: 8 joining at a time)",
-                 lambda f: f"{f['launch_s']:.1f} s ({f['candidates'] / f['launch_s']:.0f}/s; "
+             row("start-up: all candidates joined (pace: a few joining at a time)",
+                 lambda f: f"{f['launch_s']:.1f} s, {f['in_flight']} at a time ({f['candidates'] / f['launch_s']:.0f}/s; "
                            f"etcd used {f['launch_etcd_cpu_s']:.1f} s of CPU)"),
              row("handover p50 / p95 / max (command exits → successor's start)", hs),
              row("commands running per lock, after start-up and after each handover",
