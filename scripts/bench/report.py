@@ -85,15 +85,15 @@ the wrappers, so rather an upper bound), one core of the leader saturates at abo
 {2 * cap:,.0f} candidates, and keeping half of it free (for raft, compaction and other clients)
 a cluster carries about **{cap:,.0f} candidates** per leader core; if the
 ReadIndex round trips to the followers doubled the cost per read, about {cap / 2:,.0f}. Memory
-does not bind first: etcd grew by {mem:.0f} KiB per candidate (its lease, its key, its watch, its
-client connection with two streams; {cap * mem / 2**20:.1f} GiB at {cap:,.0f}, spread over the
+does not bind first: etcd grew by {mem:.0f} KiB per candidate (its lease, its key, its watches, its
+client connection and streams; {cap * mem / 2**20:.1f} GiB at {cap:,.0f}, spread over the
 members the clients connect to). Per candidate, the fleets above cost etcd
 {', '.join(f"{f['rest_etcd_cpu_pct'] * 10 / f['candidates']:.3f}‰" for f in F)} of a core
 ({' and '.join(c for c in cols)}): at rest each candidate's requests are its own, whatever lock
 it waits on. What dominates is the keep-alive rate (and the read each waiter does with each):
 the estimate scales with its inverse. Assumptions: steady state (a mass
-restart costs joins: {big['launch_etcd_cpu_s'] / big['candidates'] * 1000:.1f} ms of etcd CPU per candidate here, three raft commits
-each), clients spread over the members, and a network round trip well under the heartbeat
+restart costs joins: {big['launch_etcd_cpu_s'] / big['candidates'] * 1000:.1f} ms of etcd CPU per candidate here, a few raft
+commits each), clients spread over the members, and a network round trip well under the heartbeat
 interval.
 """
 
