@@ -13,7 +13,7 @@
 #   make dist      dist/: versioned x86_64 + aarch64 tarballs, OCI images (where
 #                  buildah works), SHA256SUMS
 #   make demo      two-candidate leader election demo against a throwaway etcd
-#   make bench     benchmarks (needs hyperfine)
+#   make bench     benchmarks (needs hyperfine and matplotlib)
 #   make soak      long-running soak test (EAE_SOAK_SECONDS, default 300)
 
 SHELL := bash
@@ -167,12 +167,13 @@ demo:
 	$(call banner,Demo)
 	scripts/demo.sh
 
-# Builds the release binaries, starts a throwaway etcd, compares with `etcdctl lock`
-# and rewrites BENCHMARKS.md (~5 min; raw samples in target/bench/results.json).
-# BENCH_ARGS e.g. --quick, --only handover,scale, --keep.
+# Builds the release binaries, starts throwaway etcds, compares with `etcdctl lock`
+# and rewrites BENCHMARKS.md and its plots in benchmarks/ (~10 min, --quick ~2 min;
+# raw samples in target/bench/results.json).
+# BENCH_ARGS e.g. --quick, --only handover,fleet, --keep, --report-only.
 bench: deps-bench
 	$(call banner,Benchmarks)
-	python3 scripts/bench.py $(BENCH_ARGS)
+	python3 scripts/bench $(BENCH_ARGS)
 
 soak:
 	$(call banner,Soak test ($(EAE_SOAK_SECONDS) s))

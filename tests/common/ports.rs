@@ -1,5 +1,5 @@
 //! Listening ports for fixtures, handed out so that they cannot collide. This module owns the
-//! machine-wide port protocol that `scripts/ports.sh` and `scripts/bench.py` follow too:
+//! machine-wide port protocol that `scripts/ports.sh` and `scripts/bench/ports.py` follow too:
 //!
 //! - ports come from outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`):
 //!   `[max(1024, low/2), low)`, or `(high, 65535]` when that is too small. The kernel never
