@@ -2,7 +2,8 @@
 #
 #   make test      install deps, then fmt check, clippy, all tests, release, image
 #                  and example checks, and the demo (what CI runs)
-#   make unit-test all tests against Debian's etcd 3.4, then the integration tests against 3.5, 3.6
+#   make unit-test all tests against Debian's etcd 3.4, and the integration tests against 3.5, 3.6,
+#                  side by side
 #   make build     debug build (host target)
 #   make release   static musl release binary
 #   make release-check   release, then static/size/empty-root checks of it
@@ -89,23 +90,42 @@ clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # Every integration suite that talks to etcd runs against every version. etcd 3.5 and 3.6 exist
-# for x86_64 only: elsewhere only 3.4 runs, and says so.
+# for x86_64 only: elsewhere only 3.4 runs, and says so. The versions run side by side (their
+# tests mostly wait on leases and deadlines, and every fixture takes its ports under the machine-
+# wide lock), each into its own log, printed when it ends.
 unit-test:
-	$(call banner,cargo test (etcd 3.4; test threads: $(TEST_THREADS)))
-	$(CARGO) test -- --test-threads=$(TEST_THREADS)
-	@if [ "$$(uname -m)" != x86_64 ]; then \
-		echo "==> no other etcd for $$(uname -m): integration tests ran against etcd 3.4 only"; \
-		exit 0; \
+	$(call banner,cargo test --no-run)
+	$(CARGO) test --no-run
+	@logs="$$(mktemp -d)"; trap 'rm -rf "$$logs"' EXIT; pids=""; n=0; \
+	run() { \
+		n=$$((n + 1)); echo "$$1" >"$$logs/$$n.name"; shift; \
+		( printf '\n==================== %s ====================\n' "$$(cat "$$logs/$$n.name")"; \
+			"$$@" ) >"$$logs/$$n.log" 2>&1 & pids="$$pids $$!:$$n"; \
+	}; \
+	others=""; \
+	if [ "$$(uname -m)" != x86_64 ]; then \
+		echo "==> no other etcd for $$(uname -m): integration tests run against etcd 3.4 only"; \
+	else \
+		for pair in $(OTHER_ETCDS); do \
+			version="$$("$${pair%%:*}" --version 2>/dev/null | sed -n 's/^etcd Version: //p')" || true; \
+			[ -n "$$version" ] || { echo "==> no etcd at $${pair%%:*}: run scripts/install-deps.sh"; exit 1; }; \
+			others="$$others $$version:$$pair"; \
+		done; \
 	fi; \
-	for pair in $(OTHER_ETCDS); do \
-		server="$${pair%%:*}"; ctl="$${pair#*:}"; \
-		version="$$("$$server" --version 2>/dev/null | sed -n 's/^etcd Version: //p')" || true; \
-		[ -n "$$version" ] || { echo "==> no etcd at $$server: run scripts/install-deps.sh"; exit 1; }; \
-		printf '\n==================== %s ====================\n' \
-			"cargo test, etcd suites (etcd $$version; test threads: $(TEST_THREADS))"; \
-		EAE_ETCD_BIN="$$server" EAE_ETCDCTL_BIN="$$ctl" $(CARGO) test \
-			$(addprefix --test ,$(ETCD_SUITES)) -- --test-threads=$(TEST_THREADS) || exit 1; \
-	done
+	run "cargo test (etcd 3.4; test threads: $(TEST_THREADS))" \
+		$(CARGO) test -- --test-threads=$(TEST_THREADS); \
+	for other in $$others; do \
+		version="$${other%%:*}"; pair="$${other#*:}"; \
+		run "cargo test, etcd suites (etcd $$version; test threads: $(TEST_THREADS))" \
+			env EAE_ETCD_BIN="$${pair%%:*}" EAE_ETCDCTL_BIN="$${pair#*:}" $(CARGO) test \
+			$(addprefix --test ,$(ETCD_SUITES)) -- --test-threads=$(TEST_THREADS); \
+	done; \
+	failed=""; \
+	for p in $$pids; do \
+		wait "$${p%%:*}" || failed="$$failed\n  $$(cat "$$logs/$${p#*:}.name")"; \
+		cat "$$logs/$${p#*:}.log"; \
+	done; \
+	[ -z "$$failed" ] || { printf '\n==> failed:%b\n' "$$failed"; exit 1; }
 
 # Sequential on purpose (recursive make keeps the order under `make -j`).
 test:
