@@ -131,7 +131,8 @@ impl Pace {
             ttl.min(renew_deadline) / 3
         } else {
             // Within half the renew deadline: once elected, `main` starts the command only
-            // with a renewal inside its deadline, and the next one follows at once.
+            // with a renewal inside its deadline, and the next one is due a leader's period
+            // after it, within the other half.
             (ttl / 3).min(renew_deadline / 2)
         }
     }
@@ -277,12 +278,13 @@ impl Election {
             }
             self.pace.set(true);
             self.elected = true;
-            self.send(Event::Leader(Some(self.cfg.identity.clone())));
+            // Elected first: `main` starts the command before it takes in the rest.
             self.send(Event::Elected {
                 key: seat.key.clone(),
                 revision: seat.revision,
                 lease: seat.lease,
             });
+            self.send(Event::Leader(Some(self.cfg.identity.clone())));
             return tokio::select! {
                 why = &mut keepalive => Outcome::Lost(why),
                 why = Box::pin(self.watch_own_key(&seat)) => Outcome::Lost(why),
@@ -821,6 +823,7 @@ async fn keep_alive(k: Keeper) -> String {
             let ok = k.confirm(&mut c).await?;
             Ok((ks, ok))
         };
+        let mut last = sent;
         let (mut keeper, mut stream) = match timed(period, attempt).await {
             Ok((ks, ok)) => {
                 // `lease_keep_alive` already sent one keep-alive and checked its answer.
@@ -836,13 +839,18 @@ async fn keep_alive(k: Keeper) -> String {
             }
         };
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(k.pace.period(k.ttl, rd)) => {}
-                // Elected: renew now, at the leader's pace from here on.
-                _ = k.pace.changed.notified() => {}
+            loop {
+                let due = last + k.pace.period(k.ttl, rd);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => break,
+                    // Elected: at the leader's pace from here on, counted from the last renewal
+                    // (at once if that is overdue), not at once: a handover is no time for it.
+                    _ = k.pace.changed.notified() => {}
+                }
             }
             let period = k.pace.period(k.ttl, rd);
             let sent = Instant::now();
+            last = sent;
             let answer = timed(period, async {
                 keeper.keep_alive().await?;
                 let r = stream.message().await?;

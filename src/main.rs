@@ -504,7 +504,7 @@ impl Wrapper {
             }
             E::Leader(leader) => {
                 if let Some(l) = &leader {
-                    if !matches!(state, State::Leading(_)) {
+                    if matches!(state, State::Awaiting) {
                         info!(
                             "lock={} identity={}: leader is {l}",
                             self.cfg.lock_name, self.cfg.identity
