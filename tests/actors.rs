@@ -1017,6 +1017,12 @@ fn graceful_switchover_is_fast_and_ends_the_old_command_through_sigterm() {
         "the slowest ({:.1} ms), as the two wrappers saw it:\n{}",
         slowest.0, slowest.1
     );
-    assert!(p50 < 50.0, "switchover gap p50 {p50:.1} ms (gaps {gaps:?})");
+    // Behaviour, not speed (BENCHMARKS.md has the figure: milliseconds on a quiet machine): the
+    // old design waited out the deposed lease's TTL (3 s) in every round. With both cores
+    // loaded by other work a round took up to 400 ms, a holder slow to acknowledge included.
+    assert!(
+        p50 < 1000.0,
+        "switchover gap p50 {p50:.1} ms: as slow as waiting out the lease (gaps {gaps:?})"
+    );
     s.mon.assert_no_overlap();
 }
