@@ -62,7 +62,7 @@
 //! |---|---|---|
 //! | `Join`: adopt a key of our identity, else grant + put-if-absent key | election.rs `Election::join`, `adopt`, `create` | election.rs `Election::join`, `create` |
 //! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again, read H | — (adopts at once, revokes other keys of ours) | adopt.rs `previous_life`, `liveness` |
-//! | `Check`: one read and the decision; `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds` |
+//! | `Check`: one read and the decision (or, next in line, the hand-over's watch event: a read at its revision); `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `handed_to`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds`, `is_handed_over` |
 //! | `Force`: read; request txn (Y + waiters ahead back in line) | election.rs `depose_ahead_of` (its read) | force.rs `request_yield` |
 //! | `Fence` (no ack within the bound) / `Anchor` / `RevokeRunner` | — | force.rs `depose` |
 //! | `Depose` (revoke one key ahead) / `SleepDone` | election.rs `depose_ahead_of` (loop, `sleep_until`) | — |
