@@ -180,6 +180,9 @@ struct Wrapper {
     renewal: Option<(Instant, Duration)>,
     /// Next in line: the command's guardian, forked ahead.
     standby: Option<supervisor::Guardian>,
+    /// Elected while the last renewal was older than the renew deadline (an etcd outage just
+    /// ended): the command starts with the next renewal. Key, revision, lease.
+    pending: Option<(String, i64, i64)>,
 }
 
 impl Wrapper {
@@ -215,6 +218,7 @@ impl Wrapper {
             status,
             renewal: None,
             standby: None,
+            pending: None,
         }
     }
 
@@ -483,7 +487,12 @@ impl Wrapper {
                     s.last_renewal = Some((wall, sent));
                     s.failing_since = None;
                 });
-                state
+                match (state, self.pending.take()) {
+                    (State::Awaiting, Some((key, revision, lease))) => {
+                        self.lead(key, revision, lease)
+                    }
+                    (state, _) => state,
+                }
             }
             E::Failed { renewal, failure } => {
                 self.status.etcd_failed(failure, renewal);
@@ -524,6 +533,11 @@ impl Wrapper {
             },
             E::Lost(why) => match state {
                 State::Leading(child) => self.stop(child, &why),
+                State::Awaiting if self.pending.take().is_some() => {
+                    let next = self.resign(code::LOST);
+                    warn!("elected, but lost it before a renewal came ({why})");
+                    next
+                }
                 other => other,
             },
             E::Fatal(why) => {
@@ -545,9 +559,14 @@ impl Wrapper {
 
     fn lead(&mut self, key: String, revision: i64, lease: i64) -> State {
         if self.renew_deadline().is_none_or(|d| d <= Instant::now()) {
-            let next = self.resign(code::LOST);
-            warn!("elected, but the lease was not renewed within the renew deadline");
-            return next;
+            // The keep-alive renews at once once elected if a renewal is overdue: start then,
+            // or give up if the lease turns out to be gone (`Lost`).
+            warn!(
+                "elected, but the lease was not renewed within the renew deadline; starting \
+                 once it is"
+            );
+            self.pending = Some((key, revision, lease));
+            return State::Awaiting;
         }
         let env = [
             ("ETCD_AWAIT_ELECTION_LEADER_KEY", key.clone()),

@@ -67,7 +67,7 @@
 //! | `Fence` (no ack within the bound) / `Anchor` / `RevokeRunner` | — | force.rs `depose` |
 //! | `Depose` (revoke one key ahead) / `SleepDone` | election.rs `depose_ahead_of` (loop, `sleep_until`) | — |
 //! | `LeaseLost`: lease gone → join again | election.rs `keep_alive`, `elect_and_lead` | same |
-//! | `StartCmd` (or resign: not renewed within the renew deadline) | main.rs `Wrapper::lead`, supervisor.rs `spawn` | same |
+//! | `StartCmd` (or resign: not renewed within the renew deadline) | main.rs `Wrapper::lead`, supervisor.rs `spawn` | same, after a renewal that counts if the last one was too old |
 //! | `Notice`: own key deleted or adopted, H gone or re-bound | election.rs `watch_own_key` | election.rs `watch_own_key` |
 //! | `Yield`: delete Y (the ack), stop | — | election.rs `watch_own_key` |
 //! | `Quit`: the command exits by itself, or the wrapper gets SIGTERM | main.rs `on_child_exit`, `stop` | same |
@@ -846,10 +846,15 @@ impl Protocol {
                 if self.may_still_run(s, i) || s.in_flight == own {
                     return None;
                 }
+                // "elected, but the lease was not renewed within the renew deadline": NEW waits
+                // for the next renewal and starts if it counts (merged into this step), else
+                // (the lease or the record gone) resigns.
+                if !s.procs[i].fresh && new && self.counts(s, i) {
+                    s.procs[i].fresh = true;
+                }
                 s.procs[i].pc = if s.procs[i].fresh {
                     Pc::Leading
                 } else {
-                    // "elected, but the lease was not renewed within the renew deadline"
                     Pc::Resigning {
                         rejoin: false,
                         hand_over: new && s.procs[i].elected && !s.procs[i].disowned,
