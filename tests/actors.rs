@@ -275,11 +275,17 @@ fn force_acquire_with_a_waiter_queued_never_overlaps_20_times() {
         assert!(cast[cw].is_running(), "round {i}: the waiter exited");
 
         // The waiter is back in line behind the forcer: it leads once the forcer is gone.
-        assert_eq!(term_and_wait(&mut cast[cf]), Some(143), "round {i}: forcer");
+        // 143: its command ended by our SIGTERM. 75 (leadership lost) is an end as good: with
+        // a 2 s renew deadline, an etcd slowed down by two busy cores can miss a renewal
+        // (flake hunt, run 9); the monitor proves that nothing overlapped either way.
+        let ended = [Some(143), Some(EXIT_LOST)];
+        let code = term_and_wait(&mut cast[cf]);
+        assert!(ended.contains(&code), "round {i}: forcer exited {code:?}");
         let rw = s.mon.wait_for_start(Some(&w), T);
         let f_end = end_of(&s.mon, rf.pid);
         assert!(f_end < rw.ns, "round {i}: waiter before forcer ended");
-        assert_eq!(term_and_wait(&mut cast[cw]), Some(143), "round {i}: waiter");
+        let code = term_and_wait(&mut cast[cw]);
+        assert!(ended.contains(&code), "round {i}: waiter exited {code:?}");
         s.mon.assert_no_overlap();
         eprintln!(
             "round {i} ({slow:?}): holder end -> forcer start {:.1} ms, holder exit {h_code:?}",
