@@ -12,6 +12,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::format::{json_string, rfc3339};
@@ -23,6 +24,13 @@ const QUEUE: usize = 1024;
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Lines queued and not yet written: [`flush`] waits for this to reach zero.
 static PENDING: AtomicU64 = AtomicU64::new(0);
+/// Since when (ms after `EPOCH`, + 1) the writer has been inside a write to stderr; 0: it is not.
+static WRITING_SINCE: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn now_ms() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
 
 /// Log lines lost so far because stderr did not take them in time.
 pub fn dropped() -> u64 {
@@ -87,11 +95,18 @@ pub fn init(level: Option<&str>, format: Option<&str>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Waits up to `limit` for the queued lines to be written (before exiting), never longer: a
-/// stderr that does not take them must not keep the wrapper — and its lease — alive.
+/// Waits for the queued lines to be written (before exiting), but not once a write has been
+/// stuck for `limit`: a stderr that does not take them must not keep the wrapper — and its lease
+/// — alive. A writer that has merely not had a CPU yet (two busy cores: a config error's only
+/// line was lost after 250 ms) is waited for up to 20 times as long.
 pub fn flush(limit: Duration) {
-    let until = Instant::now() + limit;
+    let until = Instant::now() + limit * 20;
+    let limit = limit.as_millis() as u64;
     while PENDING.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+        let since = WRITING_SINCE.load(Ordering::SeqCst);
+        if since != 0 && now_ms().saturating_sub(since) >= limit {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -111,7 +126,9 @@ fn write_lines(rx: Receiver<String>) {
             reported = lost;
         }
         // A failing stderr (closed) loses the line; there is nowhere else to say so.
+        WRITING_SINCE.store(now_ms(), Ordering::SeqCst);
         let _ = err.write_all(line.as_bytes());
+        WRITING_SINCE.store(0, Ordering::SeqCst);
         PENDING.fetch_sub(1, Ordering::SeqCst);
     }
 }

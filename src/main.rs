@@ -65,15 +65,16 @@ pub enum Event {
 
 const USAGE: &str = "usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...] (see --help)";
 
-/// How long an exiting wrapper waits for its last log lines to be written. Bounded: a stderr
-/// nobody reads must not keep the process — and its lease — alive.
+/// How long an exiting wrapper waits on a write of its last log lines that does not return. Bounded:
+/// a stderr nobody reads must not keep the process — and its lease — alive.
 const LOG_FLUSH: Duration = Duration::from_millis(250);
 
 /// How often a group being stopped is checked: its members need not be our children, so their
 /// deaths may not be reported to us.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Exits once the queued log lines are out, or [`LOG_FLUSH`] has passed.
+/// Exits once the queued log lines are out, or a write of them has been stuck for
+/// [`LOG_FLUSH`].
 fn quit(code: i32) -> ! {
     logging::flush(LOG_FLUSH);
     exit(code)
