@@ -467,6 +467,9 @@ fn run_etcdctl(endpoints: &[String], extra: &[String], args: &[&str]) -> Output 
     Command::new(etcdctl_bin())
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", endpoints.join(",")))
+        // Its default of 5 s ran out under a load of 39 on two cores (flake hunt, run 15: an
+        // authenticated get, bcrypt included); the tests' own deadlines are the bounds.
+        .arg("--command-timeout=30s")
         .args(extra)
         .args(args)
         .stdin(Stdio::null())
