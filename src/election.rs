@@ -386,7 +386,7 @@ impl Election {
         let mut reported_holder = None;
         loop {
             let mut c = self.client().await?;
-            let snap = Snapshot::read(&mut c, &self.keys, seat, t).await?;
+            let snap = Snapshot::read(&mut c, &self.keys, seat, false, t).await?;
             match seat.holds(snap.own.as_ref()) {
                 None => {
                     info!(
@@ -543,7 +543,7 @@ impl Election {
         loop {
             let check = async {
                 let mut c = self.client().await?;
-                let snap = Snapshot::read(&mut c, &keys, seat, t).await?;
+                let snap = Snapshot::read(&mut c, &keys, seat, true, t).await?;
                 Ok::<_, etcd_client::Error>((c, snap))
             };
             let (mut c, snap) = match check.await {

@@ -42,7 +42,7 @@ pub async fn request_yield(
     let mut runner_lease = None;
     loop {
         let mut c = etcd.client().await?;
-        let snap = Snapshot::read(&mut c, keys, seat, t).await?;
+        let snap = Snapshot::read(&mut c, keys, seat, false, t).await?;
         if snap.own.is_none() {
             return Ok(runner_lease);
         }

@@ -98,23 +98,35 @@ pub struct Snapshot {
     pub own: Option<KeyValue>,
     pub holder: Option<KeyValue>,
     pub yield_request: Option<KeyValue>,
-    /// The first candidate key created after ours: whom a leader hands the record to.
+    /// The first candidate key created after ours, if asked for: whom a leader hands the record
+    /// to.
     pub behind: Option<KeyValue>,
 }
 
 impl Snapshot {
-    pub async fn read(c: &mut Client, keys: &Keys, seat: &Seat, t: Duration) -> Result<Snapshot> {
+    /// With `successor`, also the first candidate behind us (only a leader needs it: a waiter's
+    /// read would scan the queue a second time for nothing).
+    pub async fn read(
+        c: &mut Client,
+        keys: &Keys,
+        seat: &Seat,
+        successor: bool,
+        t: Duration,
+    ) -> Result<Snapshot> {
         let ahead = GetOptions::new()
             .with_prefix()
             .with_max_create_revision(seat.revision - 1)
             .with_sort(SortTarget::Create, SortOrder::Ascend);
-        let txn = Txn::new().and_then([
+        let mut ops = vec![
             TxnOp::get(keys.prefix.as_str(), Some(ahead)),
             TxnOp::get(seat.key.as_str(), None),
             TxnOp::get(keys.holder.as_str(), None),
             TxnOp::get(keys.yield_request.clone(), None),
-            TxnOp::get(keys.prefix.as_str(), Some(behind(seat))),
-        ]);
+        ];
+        if successor {
+            ops.push(TxnOp::get(keys.prefix.as_str(), Some(behind(seat))));
+        }
+        let txn = Txn::new().and_then(ops);
         let resp = timed(t, c.txn(txn)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
@@ -134,7 +146,11 @@ impl Snapshot {
             .find(|kv| kv.create_revision() == seat.revision);
         let holder = next()?.into_iter().next();
         let yield_request = next()?.into_iter().next();
-        let behind = next()?.into_iter().find(|kv| keys.is_candidate(kv));
+        let behind = if successor {
+            next()?.into_iter().find(|kv| keys.is_candidate(kv))
+        } else {
+            None
+        };
         Ok(Snapshot {
             revision,
             ahead,
