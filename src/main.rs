@@ -14,6 +14,7 @@ mod failure;
 mod force;
 mod format;
 mod http;
+mod launch;
 mod logging;
 mod queue;
 mod signals;

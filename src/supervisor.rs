@@ -27,6 +27,8 @@ use std::process::Command;
 
 use log::{debug, error, warn};
 
+use crate::launch;
+
 /// A running (or exited, with leftovers) child, its process group and its guardian.
 pub struct Child {
     /// The child's pid, which is also its process group id.
@@ -147,11 +149,12 @@ fn start(
     // SAFETY: getpid and getpgrp have no preconditions.
     let (parent, parent_group) = unsafe { (libc::getpid(), libc::getpgrp()) };
     let pipe = guardian.pipe.as_raw_fd();
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).envs(env.iter().map(|(k, v)| (k, v)));
-    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions.
-    unsafe {
-        cmd.pre_exec(move || {
+    // Runs in the child between the clone and the exec, on our memory: system calls only.
+    let before_exec = move || {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        // SAFETY: async-signal-safe system calls on values copied before the clone.
+        unsafe {
             libc::setpgid(0, 0);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             // The wrapper may have died before the death signal was armed.
@@ -161,20 +164,20 @@ fn start(
             // From here on the guardian knows the group, before an exec (setuid, file
             // capabilities) can clear the death signal. Our copy of the pipe closes at exec.
             // SIGPIPE is ignored around the write: a dead guardian is an error, not a death.
-            let me = libc::getpid();
+            // It is left at its default for the command, as it would be without us.
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             let n = libc::write(pipe, (&me as *const libc::pid_t).cast(), size_of_val(&me));
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             if n != size_of_val(&me) as isize {
-                return Err(io::Error::from_raw_os_error(libc::EPIPE));
+                return Err(libc::EPIPE);
             }
-            hand_terminal(parent_group, me);
-            crate::signals::restore_in_child();
-            Ok(())
-        });
-    }
-    let child = match cmd.spawn() {
-        Ok(child) => child,
+        }
+        hand_terminal(parent_group, me);
+        crate::signals::restore_in_child();
+        Ok(())
+    };
+    let pid = match launch::spawn(argv, env, &before_exec) {
+        Ok(pid) => pid,
         Err(e) => {
             guardian.dismiss();
             return Err(match e.raw_os_error() {
@@ -183,9 +186,6 @@ fn start(
             });
         }
     };
-    let pid = child.id() as libc::pid_t;
-    // `Child` is dropped without waiting: reaping happens only in `reap`.
-    drop(child);
     // Also from the parent side, so that signalling the group right away cannot race the
     // child's own setpgid.
     // SAFETY: plain syscall; EACCES after the child's exec is expected and harmless.
