@@ -426,17 +426,26 @@ In all: ours 1 round trip and 1 commit, 3 thread wake-ups; `etcdctl lock` 2 roun
 (it keeps the successor from its one watch over the lock's range), the successor's read after the
 watch event, its wait for the old lease's revoke (a second commit, and 2–8 ms of polling), its
 own write of the record (the hand-over writes it), the keep-alive and confirmation read at the
-instant of election, the guardian's `fork` (done ahead) and the command's `fork` (a `vfork`-style
-clone now). Exclusion keeps only what costs no round trip: the hand-over's compares, the group
-check, the guardian. What remains over etcdctl is the design's thread hand-offs (signals →
-main → election thread → etcd → election thread → main): on a quiet core each is tens of
-microseconds; on these two shared cores a wake-up can wait a millisecond for a CPU, which is
-about what etcdctl's extra round trip costs, so the two medians are within noise of each other.
+instant of election, the guardian's `fork` (done ahead) and the command's `fork`: std's
+`Command` forks whenever a step runs before the exec, and copying the wrapper's page tables
+cost 0.4–1.2 ms a handover on this VM (one interleaved run, 60 rounds each, tmpfs / disk: with
+the fork 6.2 / 6.7 ms, with the clone 5.8 / 5.5 ms, etcdctl lock 6.5 / 6.4 ms). Exclusion keeps
+only what costs no round trip: the hand-over's compares, the group check, the guardian.
+
+Where the time goes, from timestamps taken at each step in a build instrumented for it (30
+handovers, etcd on tmpfs, p50): the old command's exit until `main` has its SIGCHLD 0.5 ms (most
+of it the command's own exit), `main` to the hand-over request sent 0.25 ms (reaping, the group
+check, the wake-up of the election thread), the transaction 1.4–1.7 ms, the watch event to
+`main` 0.13 ms, the clone until the command's `execve` is under way 0.9 ms (the kernel's
+`execve` on this VM: Python's `posix_spawn` of `/bin/true` takes 0.65 ms), the new command's
+own start-up until its first record 1.2 ms. The thread hand-offs the design keeps cost about
+0.4 ms in all on a quiet machine; etcdctl's extra round trip costs more than that.
 """))
     sections.append(("What limits the figures", f"""
 - **Handover**: see the critical path above. Ours and `etcdctl lock` pay one raft commit each;
-  etcdctl adds a round trip, we add thread hops: on two shared cores the two come out within a
-  millisecond of each other, and which one is ahead changes from run to run.
+  etcdctl adds a round trip, we add thread hops that cost less: the margin is under a
+  millisecond, so on two shared cores a busy moment can still put a single run's medians the
+  other way round; the tails (p95) move more than the medians.
 - **Exec overhead without election**: the wrapper parses its options and environment and
   `execve`s the command — `strace` shows nothing else (about 90 system calls in all, most of
   them the loader's; the only file it opens itself is `/proc/self/maps`, read by glibc's
