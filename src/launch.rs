@@ -31,7 +31,10 @@ pub fn spawn(
     env: &[(&str, String)],
     before_exec: BeforeExec,
 ) -> io::Result<libc::pid_t> {
-    let args: Vec<CString> = argv.iter().map(|a| c_string(a)).collect::<io::Result<_>>()?;
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|a| c_string(a))
+        .collect::<io::Result<_>>()?;
     let mut vars: Vec<CString> = Vec::new();
     for (k, v) in std::env::vars_os() {
         if !env.iter().any(|(name, _)| OsStr::new(name) == k) {
@@ -47,7 +50,11 @@ pub fn spawn(
     let null = std::iter::once(std::ptr::null());
     let mut image = Image {
         file: args.first().cloned().ok_or(io::ErrorKind::InvalidInput)?,
-        argv: args.iter().map(|a| a.as_ptr()).chain(null.clone()).collect(),
+        argv: args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(null.clone())
+            .collect(),
         envp: vars.iter().map(|v| v.as_ptr()).chain(null).collect(),
         before_exec,
         errno: 0,
@@ -88,7 +95,11 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     let errno = match (image.before_exec)() {
         // SAFETY: pointers into `image`, null-terminated arrays of C strings.
         Ok(()) => unsafe {
-            libc::execvpe(image.file.as_ptr(), image.argv.as_ptr(), image.envp.as_ptr());
+            libc::execvpe(
+                image.file.as_ptr(),
+                image.argv.as_ptr(),
+                image.envp.as_ptr(),
+            );
             *libc::__errno_location()
         },
         Err(errno) => errno,
