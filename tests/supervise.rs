@@ -2,7 +2,8 @@
 //! PID 1 in a container), and nothing of a finished command survives into the next leader's turn.
 //! Its grip on the command holds whatever happens to it: a group kill of the wrapper, a setuid
 //! command, a guardian killed early, a group that cannot be emptied, Ctrl-Z, SIGTTOU, and a
-//! signal that arrives before it is ready.
+//! signal that arrives before it is ready. And the command starts with the signal state it would
+//! have had without it.
 
 mod common;
 
@@ -578,4 +579,46 @@ fn a_dead_guardians_recycled_pid_is_never_signalled() {
         r.stderr
     );
     assert!(r.stderr.contains("replaced by guardian"), "{}", r.stderr);
+}
+
+/// The command starts with the signal state it would have had without the wrapper, which blocks
+/// every signal it collects and ignores SIGPIPE and job control: nothing blocked, none of the
+/// standard signals ignored that its own parent did not ignore. (Above 31, glibc's internal
+/// signals depend on what the C library did in each process.)
+#[test]
+fn the_command_starts_with_the_signal_state_it_would_have_without_us() {
+    let status = ["-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+    // Blocked and ignored standard signals (1-31), from grep's lines.
+    let state = |out: &str| -> Vec<(String, u64)> {
+        out.lines()
+            .filter_map(|l| l.split_once(":\t"))
+            .map(|(k, v)| {
+                let bits = u64::from_str_radix(v.trim(), 16).expect("a hex signal set");
+                (k.to_string(), bits & 0x7fff_ffff)
+            })
+            .collect()
+    };
+    let direct = Command::new("grep")
+        .args(status)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run grep");
+    let expected = state(&String::from_utf8_lossy(&direct.stdout));
+    assert_eq!(expected.len(), 2, "grep found {expected:?}");
+    let etcd = Etcd::start();
+    let mut c = Candidate::new("signals")
+        .lock("signal-state")
+        .endpoints(&etcd.endpoint())
+        .lease(3)
+        .renew("2s")
+        .command("grep")
+        .args(&status)
+        .spawn();
+    let code = c.expect_exit(Duration::from_secs(20));
+    assert!(code.success(), "wrapper: {code:?}\n{}", c.stderr_text());
+    assert_eq!(
+        state(&c.stdout_text()),
+        expected,
+        "the leader's command's blocked and ignored signals (SigBlk, SigIgn)"
+    );
 }
