@@ -16,7 +16,7 @@ pub type BeforeExec<'a> = &'a dyn Fn() -> Result<(), i32>;
 
 /// What the child needs, built before the clone.
 struct Image<'a> {
-    file: CString,
+    /// `argv[0]` is also the file to run (looked up in `PATH` when it has no slash).
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     before_exec: BeforeExec<'a>,
@@ -35,6 +35,9 @@ pub fn spawn(
         .iter()
         .map(|a| c_string(a))
         .collect::<io::Result<_>>()?;
+    if args.is_empty() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
     let mut vars: Vec<CString> = Vec::new();
     for (k, v) in std::env::vars_os() {
         if !env.iter().any(|(name, _)| OsStr::new(name) == k) {
@@ -49,7 +52,6 @@ pub fn spawn(
     }
     let null = std::iter::once(std::ptr::null());
     let mut image = Image {
-        file: args.first().cloned().ok_or(io::ErrorKind::InvalidInput)?,
         argv: args
             .iter()
             .map(|a| a.as_ptr())
@@ -95,11 +97,7 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     let errno = match (image.before_exec)() {
         // SAFETY: pointers into `image`, null-terminated arrays of C strings.
         Ok(()) => unsafe {
-            libc::execvpe(
-                image.file.as_ptr(),
-                image.argv.as_ptr(),
-                image.envp.as_ptr(),
-            );
+            libc::execvpe(image.argv[0], image.argv.as_ptr(), image.envp.as_ptr());
             *libc::__errno_location()
         },
         Err(errno) => errno,

@@ -61,12 +61,13 @@ pub fn block() {
 }
 
 /// Between fork and exec (or before the exec that replaces the wrapper): the command starts
-/// with the signal state it would have had without us — nothing blocked, job control at its
-/// default (a mask and ignored dispositions both survive exec). Async-signal-safe.
+/// with the signal state it would have had without us — nothing blocked, job control and
+/// SIGPIPE (ignored by Rust's runtime) at their defaults (a mask and ignored dispositions both
+/// survive exec). Async-signal-safe.
 pub fn restore_in_child() {
     // SAFETY: sigemptyset, sigprocmask and signal are async-signal-safe; a local set.
     unsafe {
-        for sig in JOB_CONTROL {
+        for sig in JOB_CONTROL.iter().chain(&[libc::SIGPIPE]) {
             libc::signal(*sig, libc::SIG_DFL);
         }
         let mut none: libc::sigset_t = std::mem::zeroed();

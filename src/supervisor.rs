@@ -163,11 +163,10 @@ fn start(
             }
             // From here on the guardian knows the group, before an exec (setuid, file
             // capabilities) can clear the death signal. Our copy of the pipe closes at exec.
-            // SIGPIPE is ignored around the write: a dead guardian is an error, not a death.
-            // It is left at its default for the command, as it would be without us.
+            // SIGPIPE is ignored (as in the wrapper) until `restore_in_child`: a dead guardian
+            // is an error, not a death.
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             let n = libc::write(pipe, (&me as *const libc::pid_t).cast(), size_of_val(&me));
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             if n != size_of_val(&me) as isize {
                 return Err(libc::EPIPE);
             }
