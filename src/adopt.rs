@@ -11,14 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use log::info;
 
 use crate::config::Config;
 use crate::etcd::{op_timeout, timed, Result};
-use crate::queue::{key_of, Keys, Seat};
+use crate::queue::{self, Keys, Seat};
 
 pub enum Adoption {
     /// A previous life's seat, renewed at `sent`.
@@ -42,17 +40,10 @@ enum Life {
 
 pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<Adoption> {
     let t = op_timeout(cfg);
-    let oldest_first = GetOptions::new()
-        .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Ascend);
-    let existing = timed(t, c.get(keys.prefix.as_str(), Some(oldest_first))).await?;
-    let ours = existing
-        .kvs()
-        .iter()
-        .filter(|kv| keys.is_candidate(kv) && kv.value() == cfg.identity.as_bytes());
+    let ours = queue::with_identity(c, keys, &cfg.identity, t).await?;
     let mut adopted = None;
     for kv in ours {
-        let granted = match liveness(c, kv.lease(), t).await? {
+        let granted = match liveness(c, kv.lease, t).await? {
             Life::Twin => return Ok(Adoption::Twin),
             Life::Gone => continue,
             Life::Dead { granted } => granted,
@@ -65,20 +56,20 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         // Renewed first, as the grant does for a new lease: `main` times the renew deadline
         // from a renewal.
         let sent = Instant::now();
-        timed(t, c.lease_keep_alive(kv.lease())).await?;
+        timed(t, c.lease_keep_alive(kv.lease)).await?;
         // Put again, unchanged but for its mod revision: should the previous life be alive after
         // all (a twin cut off from etcd), it sees that and lets go without revoking the lease.
-        let key = key_of(kv);
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
         let again = Txn::new()
             .when([Compare::mod_revision(
                 key.as_str(),
                 CompareOp::Equal,
-                kv.mod_revision(),
+                kv.mod_revision,
             )])
             .and_then([TxnOp::put(
                 key.as_str(),
-                kv.value(),
-                Some(PutOptions::new().with_lease(kv.lease())),
+                cfg.identity.as_str(),
+                Some(PutOptions::new().with_lease(kv.lease)),
             )]);
         let resp = timed(t, c.txn(again)).await?;
         if !resp.succeeded() {
@@ -91,11 +82,11 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         let held = record
             .kvs()
             .first()
-            .is_some_and(|h| h.lease() == kv.lease());
+            .is_some_and(|h| h.lease() == kv.lease);
         let expiry = Instant::now() + Duration::from_secs(granted as u64 + 1);
         info!(
             "adopting {key} left by our previous life (lease {:x}){}",
-            kv.lease(),
+            kv.lease,
             if held {
                 "; it held the lock: leading no earlier than a TTL from now"
             } else {
@@ -104,10 +95,10 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         );
         adopted = Some(Adoption::Adopted {
             seat: Seat {
-                lease: kv.lease(),
+                lease: kv.lease,
                 ttl: Duration::from_secs(granted as u64),
                 key,
-                revision: kv.create_revision(),
+                revision: kv.create_revision,
                 mod_revision: resp.header().map_or(0, |h| h.revision()),
                 not_before: held.then_some(expiry),
             },

@@ -31,8 +31,8 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, Event as WatchEvent, EventType, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, Event as WatchEvent, EventType, GetOptions, KeyValue, PutOptions,
+    Txn, TxnOp, TxnOpResponse,
 };
 use log::{debug, info, warn};
 use tokio::sync::{oneshot, Notify};
@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::etcd::{next_events, op_timeout, timed, wait_changed, wait_range_changed, Etcd, Result};
 use crate::failure::{classify, is_lease_not_found, is_replaced, Cause, Failure, Startup};
 use crate::force;
-use crate::queue::{behind, identity_of, is_handed_over, key_of, unchanged, Keys, Seat, Snapshot};
+use crate::queue::{self, identity_of, is_handed_over, unchanged, Candidate, Keys, Seat, Snapshot};
 
 /// What the election thread tells `main`.
 #[derive(Debug)]
@@ -113,6 +113,15 @@ enum Outcome {
     Twin(String),
 }
 
+/// Whom a leader hands the record to, read while it leads so that the hand-over needs no read.
+enum Heir {
+    /// The first candidate behind us (with its value, the identity the record will hold).
+    Next(Option<KeyValue>),
+    /// The forcer that asked us to yield, and nobody else: a candidate queued between us goes
+    /// back in line behind it. `None`: it has no key any more; the lease is only revoked.
+    Forcer(Option<KeyValue>),
+}
+
 /// How often the lease is renewed: a waiter at the lease's pace, a leader at its renew deadline's.
 pub struct Pace {
     leading: Cell<bool>,
@@ -149,9 +158,8 @@ struct Election {
     seen: BTreeSet<i64>,
     /// We took (or were handed) the record: resigning hands it on.
     elected: bool,
-    /// Leading: the first candidate behind us, as last read; the hand-over needs no read of its
-    /// own unless it has changed since.
-    successor: Option<KeyValue>,
+    /// Leading: whom the record goes to when we resign, as last read.
+    heir: Heir,
     pace: Rc<Pace>,
     /// Causes already logged since etcd last answered: a flapping cause (TLS alerts race the
     /// connection close) is logged once, not on every retry.
@@ -170,7 +178,7 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
         seat: None,
         seen: BTreeSet::new(),
         elected: false,
-        successor: None,
+        heir: Heir::Next(None),
         pace: Rc::new(Pace {
             leading: Cell::new(false),
             changed: Notify::new(),
@@ -384,6 +392,7 @@ impl Election {
     async fn wait_turn(&mut self, seat: &Seat) -> Result<Turn> {
         let t = op_timeout(&self.cfg);
         let mut reported_holder = None;
+        let mut shown = Shown::default();
         loop {
             let mut c = self.client().await?;
             let snap = Snapshot::read(&mut c, &self.keys, seat, false, t).await?;
@@ -399,17 +408,20 @@ impl Election {
                 Some(true) => {}
             }
             let holder = snap.holder.as_ref().filter(|h| h.lease() != seat.lease);
-            let head = holder.or(snap.ahead.first());
-            self.send(Event::Leader(head.map(identity_of)));
-            if let Some(pred) = snap.ahead.last() {
-                self.seen.insert(pred.lease());
-                debug!("waiting for {} ({}) to go", key_of(pred), identity_of(pred));
+            let leader = match holder {
+                Some(h) => Some(identity_of(h)),
+                None => shown.head(&mut c, snap.head.as_ref(), t).await?,
+            };
+            self.send(Event::Leader(leader));
+            if let Some(pred) = &snap.pred {
+                self.seen.insert(pred.lease);
+                debug!("waiting for {} to go", String::from_utf8_lossy(&pred.key));
                 let from = snap.revision + 1;
-                let fast = holder.is_some_and(|h| h.lease() == pred.lease())
+                let fast = holder.is_some_and(|h| h.lease() == pred.lease)
                     && seat.mod_revision == seat.revision
                     && !self.cfg.force_acquire;
                 if !fast {
-                    wait_changed(&self.etcd, pred.key(), from).await?;
+                    wait_changed(&self.etcd, &pred.key, from).await?;
                     continue;
                 }
                 // Our predecessor holds the record: its hand-over re-binds the record to us in
@@ -426,16 +438,18 @@ impl Election {
                 continue;
             }
             if let Some(h) = holder {
+                let keyed = self.holder_key(&mut c, h.lease()).await?;
+                if keyed.is_some() {
+                    // Nothing is queued ahead of us, so its key is behind ours: a forcer was
+                    // handed the lock. We go back in line behind it.
+                    info!("{:?} was handed the lock over our place (force acquire); going back in line", identity_of(h));
+                    return Ok(Turn::Rejoin);
+                }
                 self.seen.insert(h.lease());
                 if reported_holder.replace(h.lease()) != Some(h.lease()) {
-                    // Without a candidate key: the Go tool, or a holder whose key was deleted.
-                    let what = if snap.ahead.iter().any(|kv| kv.lease() == h.lease()) {
-                        ""
-                    } else {
-                        " (an old etcd-await-election, or a holder whose key is gone)"
-                    };
                     info!(
-                        "{:?}{what} holds {} (lease {:x}); waiting for it to stop and let go",
+                        "{:?} (an old etcd-await-election, or a holder whose key is gone) holds {} \
+                         (lease {:x}); waiting for it to stop and let go",
                         identity_of(h),
                         self.keys.holder,
                         h.lease()
@@ -451,8 +465,7 @@ impl Election {
             {
                 if snap.holder.is_none() {
                     // A forcer behind us asked for the lock before we took it: we go back in
-                    // line behind it, as the waiters it deleted did, rather than start only to
-                    // be asked to yield at once.
+                    // line behind it rather than start only to be asked to yield at once.
                     info!("{:?} forces the lock; going back in line", identity_of(y));
                     return Ok(Turn::Rejoin);
                 }
@@ -460,34 +473,48 @@ impl Election {
             if snap.holder.is_none() && !self.take_record(&mut c, seat, &snap).await? {
                 continue;
             }
-            if snap.holder.as_ref().is_some_and(is_handed_over) {
-                // Handed to us: only its holder puts the record over to another lease, and
-                // only once its command's group is empty. Nobody we saw ahead can run now (the
-                // giver waited for them before it started), so the hand-over costs no wait.
-                self.seen.clear();
-            } else {
-                // Taken by us (maybe before a failed request): a key vanishing proves nothing,
-                // so whoever we saw ahead must be gone.
-                self.seen.remove(&seat.lease);
-                for lease in self.seen.clone() {
-                    self.await_lease_gone(&mut c, lease).await?;
-                }
-            }
-            if snap.holder.is_some() {
-                // A request to yield we made is withdrawn.
-                if let Some(y) = snap
-                    .yield_request
-                    .as_ref()
-                    .filter(|y| y.lease() == seat.lease)
-                {
-                    let withdraw = Txn::new()
-                        .when([unchanged(self.keys.yield_request.clone(), Some(y))])
-                        .and_then([TxnOp::delete(self.keys.yield_request.clone(), None)]);
-                    timed(t, c.txn(withdraw)).await?;
-                }
-            }
+            self.settle(&mut c, seat, &snap).await?;
             return Ok(lead(seat).await);
         }
+    }
+
+    /// The record is ours: whoever we saw ahead must be gone (unless it was handed to us), and a
+    /// request to yield we made is withdrawn.
+    async fn settle(&mut self, c: &mut Client, seat: &Seat, snap: &Snapshot) -> Result<()> {
+        if snap.holder.as_ref().is_some_and(is_handed_over) {
+            // Handed to us: only its holder puts the record over to another lease, and only once
+            // its command's group is empty; whoever was queued between us let go of its own key
+            // after its command (etcd's recipe) or went back in line without running (ours).
+            self.seen.clear();
+        } else {
+            // Taken by us (maybe before a failed request): a key vanishing proves nothing, so
+            // whoever we saw ahead must be gone.
+            self.seen.remove(&seat.lease);
+            for lease in self.seen.clone() {
+                self.await_lease_gone(c, lease).await?;
+            }
+        }
+        if snap.holder.is_some() {
+            if let Some(y) = snap
+                .yield_request
+                .as_ref()
+                .filter(|y| y.lease() == seat.lease)
+            {
+                let withdraw = Txn::new()
+                    .when([unchanged(self.keys.yield_request.clone(), Some(y))])
+                    .and_then([TxnOp::delete(self.keys.yield_request.clone(), None)]);
+                timed(op_timeout(&self.cfg), c.txn(withdraw)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The candidate key of the holder with this lease, if it has one (a Go replica has none).
+    async fn holder_key(&self, c: &mut Client, lease: i64) -> Result<Option<KeyValue>> {
+        let key = self.keys.candidate_key(lease);
+        Ok(queue::with_value(c, key.as_bytes(), op_timeout(&self.cfg))
+            .await?
+            .filter(|kv| kv.lease() == lease))
     }
 
     /// Puts the holder record for our lease, if it is still absent, our key still ours and no
@@ -538,16 +565,10 @@ impl Election {
     /// Returns why leadership ended: our key or the holder record deleted or taken, or a forcer
     /// asking us to yield. The keep-alive loop reports the rest.
     async fn watch_own_key(&mut self, seat: &Seat) -> String {
-        let t = op_timeout(&self.cfg);
         let keys = self.keys.clone();
         loop {
-            let check = async {
-                let mut c = self.client().await?;
-                let snap = Snapshot::read(&mut c, &keys, seat, true, t).await?;
-                Ok::<_, etcd_client::Error>((c, snap))
-            };
-            let (mut c, snap) = match check.await {
-                Ok(r) => r,
+            let snap = match self.leader_snapshot(seat).await {
+                Ok(snap) => snap,
                 Err(e) => {
                     self.note_failure(&e);
                     tokio::time::sleep(self.cfg.retry_period).await;
@@ -578,34 +599,65 @@ impl Election {
                 .as_ref()
                 .filter(|y| y.lease() != seat.lease)
             {
-                // The acknowledgement: the forcer now waits for our lease to go instead of
-                // fencing us out after its bound. If it fails, the fence is as safe, only slower.
-                let ack = Txn::new()
-                    .when([unchanged(keys.yield_request.clone(), Some(y))])
-                    .and_then([TxnOp::delete(keys.yield_request.clone(), None)]);
-                if let Err(e) = timed(t, c.txn(ack)).await {
-                    debug!("acknowledging the yield request: {e}");
-                }
+                // The request stands until the forcer leads: a candidate queued between us sees
+                // it and goes back in line. The record goes to the forcer, and to nobody else.
+                let forcer = match self.client().await {
+                    Ok(mut c) => self.holder_key(&mut c, y.lease()).await,
+                    Err(e) => Err(e),
+                };
+                self.heir = Heir::Forcer(forcer.unwrap_or_else(|e| {
+                    debug!("reading the forcer's key: {e}");
+                    None
+                }));
                 return format!("{:?} asked us to yield (force acquire)", identity_of(y));
             }
             self.reachable();
-            self.successor = snap.behind;
-            // One watch for our key, the record, a yield request and who queues behind us.
-            let r = wait_range_changed(
-                &self.etcd,
-                keys.holder.as_bytes(),
-                &keys.end,
-                snap.revision + 1,
-            )
-            .await;
-            match r {
-                Err(e) if !is_replaced(&e) => {
+            if let Err(e) = self.await_change(&snap, seat).await {
+                if !is_replaced(&e) {
                     self.note_failure(&e);
                     tokio::time::sleep(self.cfg.retry_period).await;
                 }
-                // Changed, or a new connection: read again to tell which.
-                _ => {}
             }
+        }
+    }
+
+    /// A leader's read: the snapshot, and the value of a new successor (the identity the record
+    /// will hold once handed to it), read now so that the hand-over needs no read.
+    async fn leader_snapshot(&mut self, seat: &Seat) -> Result<Snapshot> {
+        let t = op_timeout(&self.cfg);
+        let mut c = self.client().await?;
+        let snap = Snapshot::read(&mut c, &self.keys, seat, true, t).await?;
+        let known = match &self.heir {
+            Heir::Next(Some(kv)) => snap
+                .behind
+                .as_ref()
+                .is_some_and(|b| b.key == kv.key() && b.mod_revision == kv.mod_revision()),
+            _ => false,
+        };
+        if !known {
+            let next = match &snap.behind {
+                Some(b) => queue::with_value(&mut c, &b.key, t).await?,
+                None => None,
+            };
+            self.heir = Heir::Next(next);
+        }
+        Ok(snap)
+    }
+
+    /// One watch for our key, the record, a yield request and who queues behind us; what else
+    /// lives under the prefix (the job's own data) changes nothing we read, and does not wake us.
+    async fn await_change(&self, snap: &Snapshot, seat: &Seat) -> Result<()> {
+        let keys = &self.keys;
+        let mut from = snap.revision + 1;
+        loop {
+            let events =
+                wait_range_changed(&self.etcd, keys.holder.as_bytes(), &keys.end, from).await?;
+            let kvs = || events.iter().filter_map(WatchEvent::kv);
+            // None: the store moved on before the watch was made; read again.
+            if events.is_empty() || kvs().any(|kv| keys.concerns(kv.key(), &seat.key)) {
+                return Ok(());
+            }
+            from = kvs().map(KeyValue::mod_revision).max().unwrap_or(from - 1) + 1;
         }
     }
 
@@ -655,26 +707,33 @@ impl Election {
         }
     }
 
-    /// In one transaction, our key deleted and the record bound to the next candidate's lease:
-    /// its watch on our key fires, it reads the record already its own, and starts without a
-    /// write of its own and without waiting for our lease (see `queue::is_handed_over`).
-    /// Only while our key and the record are still ours and it still waits: to the successor
-    /// last seen while leading, else (gone, or none then) to the one read now.
+    /// In one transaction, our key deleted and the record bound to our heir's lease: its watch
+    /// fires, it reads the record already its own, and starts without a write of its own and
+    /// without waiting for our lease (see `queue::is_handed_over`). Only while our key and the
+    /// record are still ours and the heir still waits: to the forcer that asked us to yield, or
+    /// to the successor last seen while leading, else (gone, or none then) to the one read now.
     async fn hand_over(&mut self, seat: &Seat) -> Result<()> {
+        let t = op_timeout(&self.cfg);
         let mut c = self.client().await?;
-        if let Some(next) = self.successor.take() {
+        let next = match std::mem::replace(&mut self.heir, Heir::Next(None)) {
+            Heir::Forcer(forcer) => return self.hand_to_any(&mut c, seat, forcer).await,
+            Heir::Next(next) => next,
+        };
+        if let Some(next) = next {
             if self.hand_to(&mut c, seat, &next).await? {
                 return Ok(());
             }
         }
-        let keys = &self.keys;
-        let resp = timed(
-            op_timeout(&self.cfg),
-            c.get(keys.prefix.as_str(), Some(behind(seat))),
-        )
-        .await?;
-        if let Some(next) = resp.kvs().iter().find(|kv| keys.is_candidate(kv)) {
-            self.hand_to(&mut c, seat, next).await?;
+        let next = match queue::oldest_after(&mut c, &self.keys, seat.revision, t).await? {
+            Some(b) => queue::with_value(&mut c, &b.key, t).await?,
+            None => None,
+        };
+        self.hand_to_any(&mut c, seat, next).await
+    }
+
+    async fn hand_to_any(&self, c: &mut Client, seat: &Seat, next: Option<KeyValue>) -> Result<()> {
+        if let Some(next) = next {
+            self.hand_to(c, seat, &next).await?;
         }
         Ok(())
     }
@@ -741,6 +800,36 @@ impl Election {
     }
 }
 
+/// The head of the queue as last shown (when no record names who runs): its identity is read only
+/// when the head changes.
+#[derive(Default)]
+struct Shown {
+    head: Option<(Vec<u8>, Option<String>)>,
+}
+
+impl Shown {
+    async fn head(
+        &mut self,
+        c: &mut Client,
+        head: Option<&Candidate>,
+        t: Duration,
+    ) -> Result<Option<String>> {
+        let Some(head) = head else {
+            return Ok(None);
+        };
+        if let Some((key, identity)) = &self.head {
+            if *key == head.key {
+                return Ok(identity.clone());
+            }
+        }
+        let identity = queue::with_value(c, &head.key, t)
+            .await?
+            .map(|kv| identity_of(&kv));
+        self.head = Some((head.key.clone(), identity.clone()));
+        Ok(identity)
+    }
+}
+
 /// The record put over to our lease: handed to us (see `queue::is_handed_over`).
 fn handed_to(seat: &Seat, e: &WatchEvent) -> bool {
     e.event_type() == EventType::Put
@@ -776,9 +865,11 @@ impl Keeper {
     /// leading, the holder record) is still bound to our lease. A renewal that fails this check
     /// does not count: a deposed leader's lease must not seem fresh.
     async fn confirm(&self, c: &mut Client) -> Result<bool> {
+        // Keys only: whatever value anybody put there is not ours to download twice a period.
+        let keys_only = || Some(GetOptions::new().with_keys_only());
         let txn = Txn::new().and_then([
-            TxnOp::get(self.own.as_str(), None),
-            TxnOp::get(self.keys.holder.as_str(), None),
+            TxnOp::get(self.own.as_str(), keys_only()),
+            TxnOp::get(self.keys.holder.as_str(), keys_only()),
         ]);
         let resp = c.txn(txn).await?;
         let kv = |i: usize| match resp.op_responses().get(i) {

@@ -96,11 +96,16 @@ pub async fn next_events(etcd: &Etcd, key: &[u8], from: i64) -> Result<Vec<Watch
     wait_event(etcd, key, None, from).await
 }
 
-/// Waits for any change of a key in `[key, end)`, as [`wait_changed`] does for one key, except
-/// that when the store moved on before the watch was created it returns at once: the caller
-/// reads again.
-pub async fn wait_range_changed(etcd: &Etcd, key: &[u8], end: &[u8], from: i64) -> Result<()> {
-    wait_event(etcd, key, Some(end), from).await.map(drop)
+/// Waits for any change of a key in `[key, end)`, as [`next_events`] does for one key, except
+/// that when the store moved on before the watch was created it returns no events at once: the
+/// caller reads again.
+pub async fn wait_range_changed(
+    etcd: &Etcd,
+    key: &[u8],
+    end: &[u8],
+    from: i64,
+) -> Result<Vec<WatchEvent>> {
+    wait_event(etcd, key, Some(end), from).await
 }
 
 async fn wait_event(
@@ -151,11 +156,12 @@ async fn wait_event(
 /// Whether `key` was put or deleted at revision `from` or later.
 async fn changed_since(etcd: &Etcd, c: &mut Client, key: &[u8], from: i64) -> Result<bool> {
     let t = op_timeout(&etcd.cfg);
-    if let Some(kv) = timed(t, c.get(key, None)).await?.kvs().first() {
+    let keys_only = || Some(GetOptions::new().with_keys_only());
+    if let Some(kv) = timed(t, c.get(key, keys_only())).await?.kvs().first() {
         return Ok(kv.mod_revision() >= from);
     }
     // Gone now: was it there before `from`? (Compacted: assume it changed, and read again.)
-    let before = GetOptions::new().with_revision(from - 1);
+    let before = GetOptions::new().with_keys_only().with_revision(from - 1);
     Ok(match timed(t, c.get(key, Some(before))).await {
         Ok(r) => !r.kvs().is_empty(),
         Err(_) => true,

@@ -1,22 +1,29 @@
 //! Force acquire: a preferred candidate takes the lock from its holder, and still never starts
-//! while the holder's command may run.
+//! while the holder's command may run, nor lets anybody else start.
 //!
-//! The forcer asks; it never revokes a lease that is not its own. In one transaction it puts the
-//! yield request (`queue::Keys::yield_request`, bound to its own lease) and deletes the keys of
-//! the candidates waiting between the holder and itself, so that they go back in line behind it
-//! all at once, never one at a time. The holder's own key stays until the holder lets go, so
-//! `etcdctl elect -l` keeps naming it while its command stops.
+//! The forcer asks; it never deletes a key that is not its own and never revokes a lease that is
+//! not its own (but a Go replica's, below). In one transaction it puts the yield request
+//! (`queue::Keys::yield_request`, bound to its own lease), and it leaves the request standing
+//! until it leads. Deleting anybody's key would start participants of etcd's own recipe
+//! (`etcdctl lock`, `etcdctl elect`, client-go's `concurrency`, the Go tool's v0.1.x): they wait
+//! only until every key created before theirs is gone, and never read our record or request.
 //!
-//! A holder of ours acknowledges by deleting the request, stops its command as for any loss of
-//! leadership (SIGTERM, SIGKILL at its kill deadline) while renewing its lease, then revokes it:
-//! the forcer, now at the head of the queue, takes the record within milliseconds. A holder that
-//! does not acknowledge within `RETRY_PERIOD` (an older version, `etcdctl lock`, a wrapper cut off
-//! from etcd) is deposed: its key deleted, and the record bound to the holder's own lease, so that
-//! every candidate (the forcer too, restarted or not) waits until that lease is gone. A Go replica,
-//! which holds the record without a key, is fenced out for its TTL and a second instead.
+//! A holder of ours that sees the request stops its command as for any loss of leadership
+//! (SIGTERM, SIGKILL at its kill deadline) while renewing its lease, then hands the record to the
+//! forcer in the transaction that deletes its key: the forcer starts within milliseconds once
+//! nobody is queued between them. Candidates of ours queued between them go back in line behind
+//! the forcer when they find the record handed to a candidate behind them, or the request
+//! standing and no record; a participant of etcd's recipe queued between them runs first, and the
+//! forcer waits for it like any candidate. A holder that does not answer (`etcdctl lock`, an older
+//! version, a wrapper cut off from etcd, which stops by its renew deadline) is waited for: its
+//! key and the record go with its lease, never before.
 //!
-//! Two forcers: the first request stands, and a forcer that finds another's pending request
-//! waits in line as a plain candidate.
+//! A Go replica holds the record without a candidate key and learns of its deposal only from its
+//! lease: the record is re-bound to a fence lease nobody renews, of its TTL plus a second, and its
+//! lease revoked. A holder of ours whose key an operator deleted gets the same.
+//!
+//! Two forcers: the first request stands, and a forcer that finds another's request waits in
+//! line as a plain candidate.
 
 use std::time::Instant;
 
@@ -24,13 +31,13 @@ use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
 use log::{info, warn};
 
 use crate::config::Config;
-use crate::etcd::{op_timeout, timed, wait_changed, Etcd, Result};
+use crate::etcd::{op_timeout, timed, Etcd, Result};
 use crate::failure::is_lease_not_found;
-use crate::queue::{identity_of, key_of, unchanged, Keys, Seat, Snapshot};
+use crate::queue::{self, identity_of, unchanged, Keys, Seat, Snapshot};
 
-/// Returns once the holder acknowledged, was deposed, or there was nobody to depose, with the
-/// lease of whoever it asked: the campaign then waits for the holder record as any candidate
-/// does, and for that lease to be gone.
+/// Puts the yield request unless another forcer's stands, and fences out a holder without a
+/// candidate key. Returns the lease of whoever it asked, if anybody: the campaign then waits for
+/// the holder record and the queue ahead as any candidate does, and for that lease to be gone.
 pub async fn request_yield(
     etcd: &Etcd,
     keys: &Keys,
@@ -38,106 +45,92 @@ pub async fn request_yield(
     seat: &Seat,
 ) -> Result<Option<i64>> {
     let t = op_timeout(cfg);
-    let mut asked: Option<Instant> = None;
-    let mut runner_lease = None;
     loop {
         let mut c = etcd.client().await?;
         let snap = Snapshot::read(&mut c, keys, seat, false, t).await?;
         if snap.own.is_none() {
-            return Ok(runner_lease);
+            return Ok(None);
         }
-        let ours = |kv: &KeyValue| kv.lease() == seat.lease;
+        let Some(runner) = runner(&mut c, keys, seat, &snap, t).await? else {
+            return Ok(None);
+        };
         match &snap.yield_request {
-            Some(y) if !ours(y) => {
+            Some(y) if y.lease() != seat.lease => {
                 info!(
                     "force acquire: {:?} asked first; waiting in line",
                     identity_of(y)
                 );
-                return Ok(runner_lease);
+                return Ok(None);
             }
-            // Our request (or our previous life's) is pending.
+            // Our request (or our previous life's) stands.
             Some(_) => {
-                asked.get_or_insert_with(Instant::now);
+                if !runner.keyed {
+                    fence(&mut c, keys, cfg, seat, &snap, &runner).await?;
+                }
+                return Ok(Some(runner.lease));
             }
-            // Asked, and the request is gone: the holder acknowledged.
-            None if asked.is_some() => return Ok(runner_lease),
             None => {}
         }
-        // Who runs the command, or may: the lease bound to the record, else the head of the queue.
-        let runner = match &snap.holder {
-            Some(h) if ours(h) => return Ok(runner_lease),
-            // Deposed already (by us, before a restart, or by another forcer): wait as anyone.
-            Some(h) if is_deposal(h) => return Ok(runner_lease),
-            Some(h) => Runner {
-                lease: h.lease(),
-                identity: identity_of(h),
-                key: snap
-                    .ahead
-                    .iter()
-                    .find(|kv| kv.lease() == h.lease())
-                    .cloned(),
-            },
-            None => match snap.ahead.first() {
-                Some(head) => Runner {
-                    lease: head.lease(),
-                    identity: identity_of(head),
-                    key: Some(head.clone()),
-                },
-                None => return Ok(runner_lease),
-            },
-        };
-        runner_lease = Some(runner.lease);
-        let Some(since) = asked else {
-            let waiting: Vec<&KeyValue> = snap
-                .ahead
-                .iter()
-                .filter(|kv| kv.lease() != runner.lease)
-                .collect();
-            let mut ops = vec![TxnOp::put(
+        let ask = Txn::new()
+            // No request was pending in this snapshot (`None` above).
+            .when(unchanged_since(keys, seat, &snap))
+            .and_then([TxnOp::put(
                 keys.yield_request.clone(),
                 cfg.identity.as_str(),
                 Some(PutOptions::new().with_lease(seat.lease)),
-            )];
-            ops.extend(waiting.iter().map(|kv| TxnOp::delete(kv.key(), None)));
-            let txn = Txn::new()
-                // No request was pending in this snapshot (`None` above).
-                .when(unchanged_since(keys, seat, &snap))
-                .and_then(ops);
-            if timed(t, c.txn(txn)).await?.succeeded() {
-                warn!(
-                    "force acquire: asked {:?} to yield; {} waiting candidate(s) ahead of us go back in line",
-                    runner.identity,
-                    waiting.len()
-                );
-                asked = Some(Instant::now());
-            }
-            continue;
-        };
-        let bound = since + cfg.retry_period;
-        // Nobody to ask (a Go replica holds the record without a key of ours), or no answer.
-        if runner.key.is_none() || Instant::now() >= bound {
-            depose(&mut c, keys, cfg, seat, &snap, &runner).await?;
-            continue;
+            )]);
+        if timed(t, c.txn(ask)).await?.succeeded() {
+            warn!("force acquire: asked {:?} to yield", runner.identity);
         }
-        let from = snap.revision + 1;
-        let runner_key = runner.key.as_ref().map_or(&[][..], |kv| kv.key());
-        let _ = tokio::time::timeout_at(bound.into(), async {
-            tokio::select! {
-                r = wait_changed(etcd, &keys.yield_request, from) => r,
-                r = wait_changed(etcd, keys.holder.as_bytes(), from) => r,
-                r = wait_changed(etcd, runner_key, from) => r,
-            }
-        })
-        .await;
     }
 }
 
-/// Whoever may be running the command: the lease bound to the holder record (or, with no record,
-/// the head of the queue), its identity, and its candidate key if it has one.
+/// Whoever runs the command, or may: the lease bound to the holder record (or, with no record,
+/// the head of the queue), its identity, and whether it has a candidate key.
 struct Runner {
     lease: i64,
     identity: String,
-    key: Option<KeyValue>,
+    keyed: bool,
+}
+
+/// The runner to ask, if any: nobody when the record is ours or a deposal's, or the queue ahead
+/// of us is empty.
+async fn runner(
+    c: &mut Client,
+    keys: &Keys,
+    seat: &Seat,
+    snap: &Snapshot,
+    t: std::time::Duration,
+) -> Result<Option<Runner>> {
+    if let Some(h) = &snap.holder {
+        // Ours, or deposed already (by us, before a restart, or by another forcer).
+        if h.lease() == seat.lease || is_deposal(h) {
+            return Ok(None);
+        }
+        let key = keys.candidate_key(h.lease());
+        let keyed = queue::with_value(c, key.as_bytes(), t)
+            .await?
+            .is_some_and(|kv| kv.lease() == h.lease());
+        return Ok(Some(Runner {
+            lease: h.lease(),
+            identity: identity_of(h),
+            keyed,
+        }));
+    }
+    let Some(head) = queue::head(c, keys, snap.revision, t).await? else {
+        return Ok(None);
+    };
+    if head.lease == seat.lease {
+        return Ok(None);
+    }
+    let identity = queue::with_value(c, &head.key, t)
+        .await?
+        .map_or_else(String::new, |kv| identity_of(&kv));
+    Ok(Some(Runner {
+        lease: head.lease,
+        identity,
+        keyed: true,
+    }))
 }
 
 /// Guards a forcer's transaction: our key, the holder record and the yield request as `snap`
@@ -150,7 +143,7 @@ fn unchanged_since(keys: &Keys, seat: &Seat, snap: &Snapshot) -> [Compare; 3] {
     ]
 }
 
-/// Marks the holder record of a deposed holder: its value is no identity, and a forcer that finds
+/// Marks the holder record of a fenced holder: its value is no identity, and a forcer that finds
 /// it knows a deposal is in progress.
 const DEPOSED: &str = " (deposed by ";
 
@@ -158,14 +151,11 @@ fn is_deposal(kv: &KeyValue) -> bool {
     identity_of(kv).contains(DEPOSED)
 }
 
-/// Deposes a holder that did not yield, in one transaction: its candidate key deleted (what an
-/// older wrapper notices), our request withdrawn, and the record bound to the holder's own lease,
-/// so that it vanishes exactly when that lease does: revoked by the holder once its command
-/// stopped, or expired.
-///
-/// A Go replica has no candidate key and learns of its deposal only from its lease: the record is
-/// re-bound to a fence lease nobody renews, of its TTL plus a second, and its lease revoked.
-async fn depose(
+/// Fences out a holder without a candidate key (a Go replica, or one of ours whose key an
+/// operator deleted), which learns of its deposal only from its lease: the record is re-bound to
+/// a fence lease nobody renews, of its TTL plus a second, and its lease revoked. No key under the
+/// prefix changes, so no participant of etcd's recipe is released.
+async fn fence(
     c: &mut Client,
     keys: &Keys,
     cfg: &Config,
@@ -175,45 +165,22 @@ async fn depose(
 ) -> Result<()> {
     let t = op_timeout(cfg);
     let record = format!("{}{DEPOSED}{})", runner.identity, cfg.identity);
-    let guard = unchanged_since(keys, seat, snap);
-    let withdraw = TxnOp::delete(keys.yield_request.clone(), None);
-    if let Some(key) = &runner.key {
-        let txn = Txn::new().when(guard).and_then([
-            TxnOp::put(
-                keys.holder.as_str(),
-                record,
-                Some(PutOptions::new().with_lease(runner.lease)),
-            ),
-            TxnOp::delete(key.key(), None),
-            withdraw,
-        ]);
-        if timed(t, c.txn(txn)).await?.succeeded() {
-            warn!(
-                "force acquire: {:?} ({}) did not yield within {:?}: deposed; waiting for its lease to end",
-                runner.identity,
-                key_of(key),
-                cfg.retry_period,
-            );
-        }
-        return Ok(());
-    }
     let ttl = timed(t, c.lease_time_to_live(runner.lease, None)).await?;
     if ttl.ttl() < 0 {
-        // Gone meanwhile, and the record with it. Read again.
+        // Gone meanwhile, and the record with it.
         return Ok(());
     }
     // A second above its full TTL: etcd reports whole seconds, and what is left of a lease can
     // read 0 with most of a second to go.
     let granted = ttl.granted_ttl() + 1;
     let fence = timed(t, c.lease_grant(granted, None)).await?;
-    let txn = Txn::new().when(guard).and_then([
-        TxnOp::put(
+    let txn = Txn::new()
+        .when(unchanged_since(keys, seat, snap))
+        .and_then([TxnOp::put(
             keys.holder.as_str(),
             record,
             Some(PutOptions::new().with_lease(fence.id())),
-        ),
-        withdraw,
-    ]);
+        )]);
     if !timed(t, c.txn(txn)).await?.succeeded() {
         // Changed under us: the fence lease is ours and unused.
         let _ = timed(t, c.lease_revoke(fence.id())).await;

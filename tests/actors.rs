@@ -391,7 +391,8 @@ fn force_acquire_against_a_go_replica_with_a_waiter_queued() {
 enum Holder {
     /// One of ours, answering, but its command ignores SIGTERM: it runs until its kill deadline.
     Stubborn,
-    /// One of ours cut off from etcd (blackholed): it cannot answer, and is deposed without it.
+    /// One of ours cut off from etcd (blackholed): it cannot answer, and stops by its renew
+    /// deadline.
     CutOff,
 }
 
@@ -408,14 +409,15 @@ fn forcer_restarts(holder: Holder, sig: i32) {
             .args(&["--ignore-term"]),
     );
     let rh = s.mon.wait_for_start(Some("h"), T);
-    let h_key = s.etcd.wait_queued(lock, "h");
+    s.etcd.wait_queued(lock, "h");
+    let yield_key = format!("{lock}\0yield");
 
     if let Holder::CutOff = holder {
         proxy.set_mode(Mode::Blackhole);
     }
     let cf = cast.add(cand(&s, "f", lock).force(true).args(&["--id", "f.1"]));
-    // The forcer is waiting: the holder was asked (its command got SIGTERM), or, cut off, it
-    // was deposed (its key is gone).
+    // The forcer is waiting: the holder was asked (its command got SIGTERM), or, cut off, the
+    // request stands.
     match holder {
         Holder::Stubborn => {
             s.mon
@@ -423,12 +425,14 @@ fn forcer_restarts(holder: Holder, sig: i32) {
                     r.kind == Kind::Term && r.pid == rh.pid
                 });
         }
-        Holder::CutOff => wait_until(T, "the cut-off holder's key to go", || {
-            let gone = !s.etcd.queue(lock).contains(&h_key);
-            if !gone {
+        // Cut off, it cannot answer: the request stands (its key stays: deleting it would
+        // start a participant of etcd's recipe queued behind it).
+        Holder::CutOff => wait_until(T, "the forcer's request to yield", || {
+            let asked = s.etcd.under(lock).iter().any(|kv| kv.key == yield_key);
+            if !asked {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            gone
+            asked
         }),
     }
     let restart = monotonic_ns();
@@ -480,12 +484,12 @@ fn forcer_sigtermed_while_a_stubborn_holder_stops_restarts_without_overlap() {
 }
 
 #[test]
-fn forcer_sigkilled_while_a_cut_off_holder_is_deposed_restarts_without_overlap() {
+fn forcer_sigkilled_while_a_cut_off_holder_stops_restarts_without_overlap() {
     forcer_restarts(Holder::CutOff, libc::SIGKILL);
 }
 
 #[test]
-fn forcer_sigtermed_while_a_cut_off_holder_is_deposed_restarts_without_overlap() {
+fn forcer_sigtermed_while_a_cut_off_holder_stops_restarts_without_overlap() {
     forcer_restarts(Holder::CutOff, libc::SIGTERM);
 }
 

@@ -12,6 +12,7 @@ pub mod old_replica;
 pub mod ports;
 pub mod procfs;
 pub mod proxy;
+pub mod recipe;
 pub mod scene;
 
 // Not every test binary asks for a port.

@@ -1,0 +1,173 @@
+//! Strangers on the lock: participants of etcd's own election recipe (`etcdctl lock`; the Go
+//! tool's v0.1.x and `etcdctl elect` campaign the same way), and the job's own data under the
+//! lock's prefix. A participant of the recipe waits only until every key under `LOCK/` created
+//! before its own is gone, and never reads our holder record or yield request: whatever a
+//! candidate of ours deletes there can start it. Every test runs a real etcd, real wrappers and a
+//! real `etcdctl lock` around `eae-test-child`, and proves exclusion — counting the stranger's
+//! command — from the children's CLOCK_MONOTONIC records.
+
+mod common;
+
+use common::candidate::{Candidate, CandidateBuilder};
+use common::child::Record;
+use common::etcd::Etcd;
+use common::invariant::Monitor;
+use common::proxy::{Mode, Proxy};
+use common::recipe::LockClient;
+use common::scene::Scene;
+use common::wait_for;
+use std::time::Duration;
+
+const TTL: u64 = 3;
+const RENEW: &str = "2s";
+const RETRY: &str = "250ms";
+/// Deadline for anything that should happen within a few TTLs.
+const T: Duration = Duration::from_secs(30);
+/// How long a stranger's command runs before it ends by itself.
+const STRANGER_RUNS_MS: &str = "1500";
+
+fn cand(s: &Scene, id: &str) -> CandidateBuilder {
+    s.candidate(id, TTL, RENEW, RETRY)
+}
+
+/// `etcdctl lock` on the scene's lock, its command ending by itself after a while.
+fn stranger(s: &Scene, id: &str) -> LockClient {
+    LockClient::start(
+        &s.etcd.endpoint(),
+        &s.lock,
+        id,
+        &s.log,
+        &["--exit-after", STRANGER_RUNS_MS],
+    )
+}
+
+/// Waits until `n` keys stand under `LOCK/`.
+fn wait_keys(etcd: &Etcd, lock: &str, n: usize) {
+    wait_for(T, &format!("{n} keys under {lock}/"), || {
+        let keys = etcd.get_prefix_keys(&format!("{lock}/"));
+        if keys.len() != n {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (keys.len() == n).then_some(())
+    });
+}
+
+/// The (first) start of `id`'s command.
+fn start_of(mon: &Monitor, id: &str) -> Record {
+    mon.wait_for_start_after(Some(id), 0, T)
+}
+
+fn end_of(mon: &Monitor, pid: u32) -> u64 {
+    mon.wait_until_dead(pid, T)
+}
+
+/// Everyone in `order` runs, one after the other, each only once the one before has ended.
+fn assert_in_turn(mon: &Monitor, order: &[&str]) {
+    let mut last: Option<Record> = None;
+    for id in order {
+        let r = start_of(mon, id);
+        if let Some(prev) = &last {
+            let end = end_of(mon, prev.pid);
+            assert!(
+                end < r.ns,
+                "{id} started before {}'s command ended:\n{}",
+                prev.identity,
+                mon.timeline()
+            );
+        }
+        last = Some(r);
+    }
+    mon.assert_no_overlap();
+}
+
+fn ended(c: &mut Candidate) {
+    c.signal(libc::SIGTERM);
+    c.expect_exit(T);
+}
+
+/// Our leader, an `etcdctl lock` queued behind it, then a forcer of ours: the forcer never lets
+/// the stranger start beside a command (on the old protocol it deleted the stranger's key, which
+/// then ran as soon as the leader let go, beside the forcer). The stranger, queued first, runs
+/// first; the forcer after it.
+#[test]
+fn a_forcer_never_starts_an_etcdctl_lock_queued_behind_the_leader() {
+    let s = Scene::new("recipe", "rcp-force");
+    let mut h = cand(&s, "h").args(&["--term-delay", "700"]).spawn();
+    start_of(&s.mon, "h");
+    wait_keys(&s.etcd, &s.lock, 1);
+    let mut x = stranger(&s, "x");
+    wait_keys(&s.etcd, &s.lock, 2);
+    let mut f = cand(&s, "f").force(true).spawn();
+    assert_in_turn(&s.mon, &["h", "x", "f"]);
+    x.expect_exit(T);
+    h.expect_exit(T);
+    ended(&mut f);
+    s.mon.assert_no_overlap();
+}
+
+/// The same with a leader cut off from etcd, which cannot answer the forcer: on the old protocol
+/// the forcer deposed it by deleting its key, and the stranger behind it started while the
+/// leader's command still ran. Now the leader's key goes only with its lease, after its command.
+#[test]
+fn a_forcer_never_starts_an_etcdctl_lock_beside_a_cut_off_leader() {
+    let s = Scene::new("recipe", "rcp-cut");
+    let proxy = Proxy::start(&s.etcd.endpoint());
+    let mut h = cand(&s, "h")
+        .endpoints(&proxy.endpoint())
+        .args(&["--ignore-term"])
+        .spawn();
+    start_of(&s.mon, "h");
+    wait_keys(&s.etcd, &s.lock, 1);
+    let mut x = stranger(&s, "x");
+    wait_keys(&s.etcd, &s.lock, 2);
+    proxy.set_mode(Mode::Blackhole);
+    let mut f = cand(&s, "f").force(true).spawn();
+    assert_in_turn(&s.mon, &["h", "x", "f"]);
+    x.expect_exit(T);
+    h.expect_exit(T);
+    proxy.set_mode(Mode::Pass);
+    ended(&mut f);
+    s.mon.assert_no_overlap();
+}
+
+/// An `etcdctl lock` holds the lock, a second one and a waiter of ours queue, then a forcer of
+/// ours: the forcer cannot make a stranger yield, so it waits; it never deletes a stranger's key
+/// (on the old protocol the second stranger then ran beside the first).
+#[test]
+fn a_forcer_waits_for_etcdctl_lock_holders_and_never_starts_them_early() {
+    let s = Scene::new("recipe", "rcp-holder");
+    let mut x1 = stranger(&s, "x1");
+    start_of(&s.mon, "x1");
+    let mut x2 = stranger(&s, "x2");
+    wait_keys(&s.etcd, &s.lock, 2);
+    let mut w = cand(&s, "w").spawn();
+    wait_keys(&s.etcd, &s.lock, 3);
+    let mut f = cand(&s, "f").force(true).spawn();
+    assert_in_turn(&s.mon, &["x1", "x2", "f"]);
+    x1.expect_exit(T);
+    x2.expect_exit(T);
+    ended(&mut f);
+    assert_in_turn(&s.mon, &["f", "w"]);
+    ended(&mut w);
+    s.mon.assert_no_overlap();
+}
+
+/// Our leader's command exits with an `etcdctl lock` queued next and a waiter of ours behind it:
+/// the hand-over binds the record to the stranger's lease, which runs at once; our waiter waits
+/// until it has let go.
+#[test]
+fn a_hand_over_to_an_etcdctl_lock_keeps_our_waiter_waiting() {
+    let s = Scene::new("recipe", "rcp-handover");
+    let mut a = cand(&s, "a").args(&["--exit-after", "2000"]).spawn();
+    let ra = start_of(&s.mon, "a");
+    let mut x = stranger(&s, "x");
+    wait_keys(&s.etcd, &s.lock, 2);
+    let mut w = cand(&s, "w").spawn();
+    wait_keys(&s.etcd, &s.lock, 3);
+    assert!(end_of(&s.mon, ra.pid) > 0);
+    assert_in_turn(&s.mon, &["a", "x", "w"]);
+    a.expect_exit(T);
+    x.expect_exit(T);
+    ended(&mut w);
+    s.mon.assert_no_overlap();
+}
