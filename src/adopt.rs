@@ -79,10 +79,7 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         // off, it stops it before its lease could expire as its last counted renewal left it;
         // its renewals stop counting at our put again: a full TTL from now is past that.
         let record = timed(t, c.get(keys.holder.as_str(), None)).await?;
-        let held = record
-            .kvs()
-            .first()
-            .is_some_and(|h| h.lease() == kv.lease);
+        let held = record.kvs().first().is_some_and(|h| h.lease() == kv.lease);
         let expiry = Instant::now() + Duration::from_secs(granted as u64 + 1);
         info!(
             "adopting {key} left by our previous life (lease {:x}){}",

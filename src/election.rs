@@ -101,8 +101,11 @@ pub fn spawn(cfg: Config, tx: Sender<crate::Event>) -> std::io::Result<Handle> {
 
 enum Turn {
     Lead,
-    /// Our key is gone, or a forcer asked for the lock: join again.
+    /// Our key is gone: join again.
     Rejoin,
+    /// A forcer goes first: join again behind it. A forcer ourselves, we do not ask again in
+    /// this life (the first request stands).
+    GiveWay,
     /// Another process with our identity adopted our key.
     Adopted,
 }
@@ -158,6 +161,8 @@ struct Election {
     seen: BTreeSet<i64>,
     /// We took (or were handed) the record: resigning hands it on.
     elected: bool,
+    /// We went back in line behind a forcer: as a forcer, we do not ask again.
+    gave_way: bool,
     /// Leading: whom the record goes to when we resign, as last read.
     heir: Heir,
     pace: Rc<Pace>,
@@ -178,6 +183,7 @@ async fn run(cfg: Config, tx: Sender<crate::Event>, mut resign: oneshot::Receive
         seat: None,
         seen: BTreeSet::new(),
         elected: false,
+        gave_way: false,
         heir: Heir::Next(None),
         pace: Rc::new(Pace {
             leading: Cell::new(false),
@@ -263,7 +269,7 @@ impl Election {
                     continue;
                 }
                 r = Box::pin(async {
-                    if self.cfg.force_acquire {
+                    if self.cfg.force_acquire && !self.gave_way {
                         let (etcd, keys, cfg) = (&self.etcd, &self.keys, &self.cfg);
                         let runner = Box::pin(force::request_yield(etcd, keys, cfg, &seat)).await?;
                         self.seen.extend(runner);
@@ -273,6 +279,11 @@ impl Election {
             };
             match turn {
                 Ok(Turn::Lead) => {}
+                Ok(Turn::GiveWay) => {
+                    self.gave_way = true;
+                    self.resign().await;
+                    continue;
+                }
                 Ok(Turn::Rejoin) => {
                     self.resign().await;
                     continue;
@@ -442,8 +453,12 @@ impl Election {
                 if keyed.is_some() {
                     // Nothing is queued ahead of us, so its key is behind ours: a forcer was
                     // handed the lock. We go back in line behind it.
-                    info!("{:?} was handed the lock over our place (force acquire); going back in line", identity_of(h));
-                    return Ok(Turn::Rejoin);
+                    info!(
+                        "{:?} was handed the lock over our place (force acquire); going back in \
+                         line",
+                        identity_of(h)
+                    );
+                    return Ok(Turn::GiveWay);
                 }
                 self.seen.insert(h.lease());
                 if reported_holder.replace(h.lease()) != Some(h.lease()) {
@@ -467,7 +482,7 @@ impl Election {
                     // A forcer behind us asked for the lock before we took it: we go back in
                     // line behind it rather than start only to be asked to yield at once.
                     info!("{:?} forces the lock; going back in line", identity_of(y));
-                    return Ok(Turn::Rejoin);
+                    return Ok(Turn::GiveWay);
                 }
             }
             if snap.holder.is_none() && !self.take_record(&mut c, seat, &snap).await? {

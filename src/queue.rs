@@ -66,9 +66,11 @@ impl Keys {
         key == self.holder.as_bytes()
             || key == self.yield_request
             || key == own.as_bytes()
-            || key.strip_prefix(self.prefix.as_bytes()).is_some_and(|rest| {
-                !rest.is_empty() && rest.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            })
+            || key
+                .strip_prefix(self.prefix.as_bytes())
+                .is_some_and(|rest| {
+                    !rest.is_empty() && rest.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                })
     }
 
     pub fn candidate_key(&self, lease: i64) -> String {
@@ -337,7 +339,10 @@ pub async fn with_identity(
     }
     let mut found = Vec::new();
     for chunk in all.chunks(CHUNK) {
-        let ops: Vec<TxnOp> = chunk.iter().map(|cand| same_value(cand, identity)).collect();
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|cand| same_value(cand, identity))
+            .collect();
         let resp = timed(t, c.txn(Txn::new().and_then(ops))).await?;
         for (cand, r) in chunk.iter().zip(resp.op_responses()) {
             if matches!(r, TxnOpResponse::Txn(inner) if inner.succeeded()) {
@@ -375,7 +380,6 @@ pub fn is_handed_over(holder: &KeyValue) -> bool {
 pub fn identity_of(kv: &KeyValue) -> String {
     String::from_utf8_lossy(kv.value()).into_owned()
 }
-
 
 #[cfg(test)]
 mod tests {

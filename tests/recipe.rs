@@ -171,3 +171,68 @@ fn a_hand_over_to_an_etcdctl_lock_keeps_our_waiter_waiting() {
     ended(&mut w);
     s.mon.assert_no_overlap();
 }
+
+/// Puts `n` values of `size` bytes under `prefix` (no lease: the job's own data), `per_txn` to a
+/// transaction.
+fn put_data(endpoint: &str, prefix: &str, n: usize, size: usize, per_txn: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([endpoint], None)
+            .await
+            .expect("connect to etcd");
+        let value = vec![b'x'; size];
+        for first in (0..n).step_by(per_txn) {
+            let ops: Vec<etcd_client::TxnOp> = (first..n.min(first + per_txn))
+                .map(|i| etcd_client::TxnOp::put(format!("{prefix}{i:05}"), value.clone(), None))
+                .collect();
+            c.txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .expect("put the job's data");
+        }
+    });
+}
+
+/// The job's own data under the lock's prefix, as the README's fencing example keeps it: 32 MiB
+/// in 256 keys, a value near etcd's request limit (1.5 MiB), a key whose name looks like a
+/// candidate's but has no lease, and more data written while a candidate leads. Every read of
+/// the queue is keys only, so candidates lead and hand over as without it (on the old protocol,
+/// every read fetched all of it, exceeded the client's 4 MiB message limit and was retried
+/// forever: nobody ever led).
+#[test]
+fn the_jobs_data_under_the_prefix_does_not_stop_the_election() {
+    let s = Scene::new("recipe", "rcp-data");
+    let ep = s.etcd.endpoint();
+    let data = format!("{}/data/", s.lock);
+    put_data(&ep, &data, 256, 128 << 10, 8);
+    put_data(
+        &ep,
+        &format!("{}/data/big-", s.lock),
+        1,
+        (1 << 20) + (400 << 10),
+        1,
+    );
+    s.etcd.put(&format!("{}/dead", s.lock), "not a candidate");
+    let mut a = cand(&s, "a").spawn();
+    let ra = start_of(&s.mon, "a");
+    let mut b = cand(&s, "b").spawn();
+    wait_for(T, "b queued", || {
+        let n = s.etcd.get_prefix_keys(&format!("{}/", s.lock)).len();
+        (n == 256 + 1 + 1 + 2).then_some(())
+    });
+    // Written while a leads: its watch sees the writes, its reads do not fetch them.
+    put_data(&ep, &format!("{}/data/late-", s.lock), 16, 512 << 10, 2);
+    ended(&mut a);
+    let rb = start_of(&s.mon, "b");
+    assert!(end_of(&s.mon, ra.pid) < rb.ns, "{}", s.mon.timeline());
+    ended(&mut b);
+    s.mon.assert_no_overlap();
+    let left = s.etcd.get_prefix_keys(&format!("{}/", s.lock)).len();
+    assert_eq!(
+        left,
+        256 + 1 + 1 + 16,
+        "the data is untouched, no candidate key is left"
+    );
+}

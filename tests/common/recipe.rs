@@ -45,7 +45,10 @@ impl LockClient {
             if let Some(st) = self.child.try_wait().expect("wait for etcdctl") {
                 return st;
             }
-            assert!(Instant::now() < until, "etcdctl lock still running after {timeout:?}");
+            assert!(
+                Instant::now() < until,
+                "etcdctl lock still running after {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
