@@ -11,16 +11,20 @@
 //! The recipe is the one of etcd's `concurrency/election.go`, so `etcdctl elect -l LOCK` shows our
 //! leader: a lease; the key `LOCK/<lease id in hex>` holding our identity, created only if absent;
 //! the oldest candidate key leads; every other candidate watches the deletion of its immediate
-//! predecessor only. Two rules make it hold against other actors on the lock, and both live in
+//! predecessor only. Three rules make it hold against other actors on the lock, and all live in
 //! etcd, not in this process's memory:
 //!
 //! 1. A key vanishing is not its holder having stopped. Whoever runs the command holds the record
 //!    `LOCK`, bound to its lease, which it revokes only once its command's group is empty. The head
 //!    of the queue takes the record only if it is absent, and starts only then; a lease it saw
 //!    ahead of it must be gone as well (keys deleted by hand). A leader whose group is empty hands
-//!    the record to the next candidate in the transaction that deletes its key, and the next
+//!    the record to the next candidate (or to the forcer that asked it to yield) in the
+//!    transaction that deletes its key, and the next
 //!    starts on seeing it, without waiting for any lease: a handover costs one write.
-//! 2. A renewal counts only if etcd can still commit and we still hold our place: each keep-alive
+//! 2. Nobody deletes a key but its own. Participants of etcd's own recipe on the lock (`etcdctl
+//!    lock`) start once every key created before theirs is gone: a candidate's key goes only when
+//!    that candidate cannot be running, or never ran.
+//! 3. A renewal counts only if etcd can still commit and we still hold our place: each keep-alive
 //!    is confirmed by a linearizable read of our key (and, leading, of the record). A member that
 //!    answers keep-alives with a stalled raft loop (etcd-io/etcd#15247) cannot answer that read.
 

@@ -50,6 +50,9 @@ pub enum Cause {
     LeaseTtl,
     /// etcd refuses a request as invalid (e.g. too large).
     InvalidRequest,
+    /// An answer larger than the client takes (4 MiB): a value under the lock's prefix bigger
+    /// than etcd's default request limit allows, or a batch of watch events over such values.
+    TooLarge,
     /// The etcd user has no rights on the lock's keys.
     PermissionDenied,
     /// Credentials are given but the server does not have authentication enabled.
@@ -80,6 +83,7 @@ impl Cause {
             Cause::Tls => "tls",
             Cause::LeaseTtl => "lease_ttl",
             Cause::InvalidRequest => "invalid_request",
+            Cause::TooLarge => "too_large",
             Cause::PermissionDenied => "permission_denied",
             Cause::AuthNotEnabled => "auth_not_enabled",
             Cause::Credentials => "credentials",
@@ -112,6 +116,11 @@ impl Cause {
             ),
             Cause::LeaseTtl => (&[LEASE_DURATION], "etcd refuses this lease TTL"),
             Cause::InvalidRequest => (&[LOCK_NAME, IDENTITY], "etcd refuses our request"),
+            Cause::TooLarge => (
+                &[LOCK_NAME],
+                "a value under the lock's prefix (another client's key, or the job's data) is \
+                 too large for one answer: keep large values out of the lock's key range",
+            ),
             Cause::PermissionDenied => (
                 &[USERNAME, LOCK_NAME],
                 "the etcd user has no read/write permission on the lock's key range",
@@ -173,6 +182,7 @@ fn cause_of(e: &Error, text: &str) -> Cause {
     match e {
         Error::GRpcStatus(s) => match s.code() {
             Code::OutOfRange if message("lease TTL") => Cause::LeaseTtl,
+            Code::OutOfRange if message("message length too large") => Cause::TooLarge,
             Code::InvalidArgument | Code::FailedPrecondition
                 if message("authentication failed")
                     || message("user name is empty")
@@ -355,6 +365,19 @@ mod tests {
     }
 
     // Texts as tonic and etcd 3.4/3.5 report them (see tests/security.rs).
+
+    #[test]
+    fn an_answer_too_large_names_the_lock() {
+        let e = status(
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 5242960 bytes, the limit is: \
+             4194304 bytes",
+        );
+        let f = classify(&e);
+        assert_eq!(f.cause, Cause::TooLarge);
+        assert!(f.cause.permanent());
+        assert!(f.to_string().starts_with(config::LOCK_NAME), "{f}");
+    }
 
     #[test]
     fn unreachable() {

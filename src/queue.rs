@@ -16,9 +16,14 @@
 //!   nothing of the kind (an operator's `etcdctl del`, a forcer). Whoever finds it bound to
 //!   another lease waits. A forcer deposing a holder that did not yield re-binds it to a fence
 //!   lease nobody renews, which outlives what the deposed holder may still run.
-//! - **The yield request** `LOCK\0yield`, bound to a forcer's lease. No valid lock name contains a
-//!   control character, so no lock's key has this name, and it lies outside `LOCK/`, where
-//!   `etcdctl elect` and `etcdctl lock` never look.
+//! - **The yield request** `LOCK\0yield`, bound to a forcer's lease until it leads. No valid lock
+//!   name contains a control character, so no lock's key has this name, and it lies outside
+//!   `LOCK/`, where `etcdctl elect` and `etcdctl lock` never look.
+//!
+//! Whatever else lives under the prefix (the job's own data, another client's keys) is not ours
+//! to download: every read of the queue is keys only, a page at a time, and values are read one
+//! key at a time where they are needed (the identity shown, the one a record is handed to), or
+//! compared by etcd (a restart looking for its previous life).
 
 use std::time::{Duration, Instant};
 
