@@ -667,17 +667,9 @@ impl Election {
     /// lives under the prefix (the job's own data) changes nothing we read, and does not wake us.
     async fn await_change(&self, snap: &Snapshot, seat: &Seat) -> Result<()> {
         let keys = &self.keys;
-        let mut from = snap.revision + 1;
-        loop {
-            let events =
-                wait_range_changed(&self.etcd, keys.holder.as_bytes(), &keys.end, from).await?;
-            let kvs = || events.iter().filter_map(WatchEvent::kv);
-            // None: the store moved on before the watch was made; read again.
-            if events.is_empty() || kvs().any(|kv| keys.concerns(kv.key(), &seat.key)) {
-                return Ok(());
-            }
-            from = kvs().map(KeyValue::mod_revision).max().unwrap_or(from - 1) + 1;
-        }
+        let relevant = |key: &[u8]| keys.concerns(key, &seat.key);
+        let (start, end) = (keys.holder.as_bytes(), &keys.end);
+        wait_range_changed(&self.etcd, start, end, snap.revision + 1, &relevant).await
     }
 
     /// Gives up our place: a leader hands the record to the next candidate (see `hand_over`),

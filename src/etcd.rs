@@ -93,19 +93,23 @@ pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
 /// As [`wait_changed`], returning the changes seen (none when the key changed before the watch
 /// was created: read it).
 pub async fn next_events(etcd: &Etcd, key: &[u8], from: i64) -> Result<Vec<WatchEvent>> {
-    wait_event(etcd, key, None, from).await
+    wait_event(etcd, key, None, from, &|_| true).await
 }
 
-/// Waits for any change of a key in `[key, end)`, as [`next_events`] does for one key, except
-/// that when the store moved on before the watch was created it returns no events at once: the
-/// caller reads again.
+/// Waits for a change of a key in `[key, end)` for which `relevant` holds, as [`wait_changed`]
+/// does for one key, except that when the store moved on before the watch was created it returns
+/// at once: the caller reads again. Changes of other keys in the range (the job's own data under
+/// a lock's prefix) are passed over on the same stream.
 pub async fn wait_range_changed(
     etcd: &Etcd,
     key: &[u8],
     end: &[u8],
     from: i64,
-) -> Result<Vec<WatchEvent>> {
-    wait_event(etcd, key, Some(end), from).await
+    relevant: &dyn Fn(&[u8]) -> bool,
+) -> Result<()> {
+    wait_event(etcd, key, Some(end), from, relevant)
+        .await
+        .map(drop)
 }
 
 async fn wait_event(
@@ -113,6 +117,7 @@ async fn wait_event(
     key: &[u8],
     end: Option<&[u8]>,
     from: i64,
+    relevant: &dyn Fn(&[u8]) -> bool,
 ) -> Result<Vec<WatchEvent>> {
     let new_connection = etcd.replaced.notified();
     let watch = async {
@@ -129,8 +134,12 @@ async fn wait_event(
                     resp.cancel_reason()
                 )));
             }
-            if !resp.events().is_empty() {
-                return Ok(resp.events().to_vec());
+            let events = resp.events();
+            if events
+                .iter()
+                .any(|e| e.kv().is_some_and(|kv| relevant(kv.key())))
+            {
+                return Ok(events.to_vec());
             }
             // A watch that starts in the past is caught up by etcd's sync loop, every 100 ms:
             // when the store moved on before the watch was created, look at the key at once.
