@@ -46,7 +46,8 @@ use crate::config::Config;
 use crate::etcd::{next_events, op_timeout, timed, wait_changed, wait_range_changed, Etcd, Result};
 use crate::failure::{classify, is_lease_not_found, is_replaced, Cause, Failure, Startup};
 use crate::force;
-use crate::queue::{self, identity_of, is_handed_over, unchanged, Candidate, Keys, Seat, Snapshot};
+use crate::format::Foreign;
+use crate::queue::{self, is_handed_over, unchanged, Candidate, Keys, Seat, Snapshot};
 
 /// What the election thread tells `main`.
 #[derive(Debug)]
@@ -424,7 +425,7 @@ impl Election {
             }
             let holder = snap.holder.as_ref().filter(|h| h.lease() != seat.lease);
             let leader = match holder {
-                Some(h) => Some(identity_of(h)),
+                Some(h) => Some(Foreign(h.value()).to_string()),
                 None => shown.head(&mut c, snap.head.as_ref(), t).await?,
             };
             self.send(Event::Leader(leader));
@@ -460,7 +461,7 @@ impl Election {
                     info!(
                         "{:?} was handed the lock over our place (force acquire); going back in \
                          line",
-                        identity_of(h)
+                        Foreign(h.value())
                     );
                     return Ok(Turn::GiveWay);
                 }
@@ -469,7 +470,7 @@ impl Election {
                     info!(
                         "{:?} (an old etcd-await-election, or a holder whose key is gone) holds {} \
                          (lease {:x}); waiting for it to stop and let go",
-                        identity_of(h),
+                        Foreign(h.value()),
                         self.keys.holder,
                         h.lease()
                     );
@@ -485,7 +486,10 @@ impl Election {
                 if snap.holder.is_none() {
                     // A forcer behind us asked for the lock before we took it: we go back in
                     // line behind it rather than start only to be asked to yield at once.
-                    info!("{:?} forces the lock; going back in line", identity_of(y));
+                    info!(
+                        "{:?} forces the lock; going back in line",
+                        Foreign(y.value())
+                    );
                     return Ok(Turn::GiveWay);
                 }
             }
@@ -628,7 +632,7 @@ impl Election {
                     debug!("reading the forcer's key: {e}");
                     None
                 }));
-                return format!("{:?} asked us to yield (force acquire)", identity_of(y));
+                return format!("{:?} asked us to yield (force acquire)", Foreign(y.value()));
             }
             self.reachable();
             if let Err(e) = self.await_change(&snap, seat).await {
@@ -769,7 +773,7 @@ impl Election {
             ]);
         let handed = timed(op_timeout(&self.cfg), c.txn(txn)).await?.succeeded();
         if handed {
-            info!("handed {} to {:?}", keys.holder, identity_of(next));
+            info!("handed {} to {:?}", keys.holder, Foreign(next.value()));
         }
         Ok(handed)
     }
@@ -812,7 +816,7 @@ impl Election {
 }
 
 /// The head of the queue as last shown (when no record names who runs): its identity is read only
-/// when the head changes.
+/// when the head changes, and kept as shown (see `Foreign`).
 #[derive(Default)]
 struct Shown {
     head: Option<(Vec<u8>, Option<String>)>,
@@ -835,7 +839,7 @@ impl Shown {
         }
         let identity = queue::with_value(c, &head.key, t)
             .await?
-            .map(|kv| identity_of(&kv));
+            .map(|kv| Foreign(kv.value()).to_string());
         self.head = Some((head.key.clone(), identity.clone()));
         Ok(identity)
     }

@@ -19,6 +19,7 @@ use etcd_client::Error;
 use tonic::Code;
 
 use crate::config;
+use crate::format::cut;
 
 /// Why an etcd request failed. The first six are transient, the rest permanent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -153,11 +154,15 @@ impl fmt::Display for Failure {
     }
 }
 
+/// The most of a failure's words kept: etcd's own are a line, and whatever answers at an
+/// endpoint (a proxy, a stranger) must not fill the status and the logs (which escape it).
+const MAX_DETAIL: usize = 1024;
+
 pub fn classify(e: &Error) -> Failure {
-    let detail = describe(e);
+    let text = describe(e);
     Failure {
-        cause: cause_of(e, &detail),
-        detail,
+        cause: cause_of(e, &text),
+        detail: cut(&text, MAX_DETAIL).into_owned(),
     }
 }
 
@@ -429,6 +434,15 @@ mod tests {
         ] {
             assert_eq!(cause(e), Cause::Unavailable);
         }
+    }
+
+    #[test]
+    fn a_server_message_is_kept_bounded() {
+        let long = format!("etcdserver: no leader\n{}", "x".repeat(1 << 20));
+        let f = classify(&status(Code::Unavailable, &long));
+        assert_eq!(f.cause, Cause::NoLeader);
+        assert!(f.detail.len() < 2 * MAX_DETAIL, "{}", f.detail.len());
+        assert!(f.detail.ends_with(" bytes left out)"), "{}", f.detail);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use log::{info, warn};
 use crate::config::Config;
 use crate::etcd::{op_timeout, timed, Etcd, Result};
 use crate::failure::is_lease_not_found;
+use crate::format::Foreign;
 use crate::queue::{self, identity_of, unchanged, Keys, Seat, Snapshot};
 
 /// Puts the yield request unless another forcer's stands, and fences out a holder without a
@@ -58,7 +59,7 @@ pub async fn request_yield(
             Some(y) if y.lease() != seat.lease => {
                 info!(
                     "force acquire: {:?} asked first; waiting in line",
-                    identity_of(y)
+                    Foreign(y.value())
                 );
                 return Ok(None);
             }
@@ -80,7 +81,10 @@ pub async fn request_yield(
                 Some(PutOptions::new().with_lease(seat.lease)),
             )]);
         if timed(t, c.txn(ask)).await?.succeeded() {
-            warn!("force acquire: asked {:?} to yield", runner.identity);
+            warn!(
+                "force acquire: asked {:?} to yield",
+                Foreign(runner.identity.as_bytes())
+            );
         }
     }
 }
@@ -199,7 +203,8 @@ async fn fence(
     warn!(
         "force acquire: {:?} holds {} without a candidate key (a Go replica): its lease revoked, \
          the lock fenced for {granted}s",
-        runner.identity, keys.holder,
+        Foreign(runner.identity.as_bytes()),
+        keys.holder,
     );
     Ok(())
 }

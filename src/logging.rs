@@ -7,7 +7,11 @@
 //! are dropped and counted ([`dropped`], exported in `/metrics`), and the main thread goes on
 //! enforcing its deadlines. The writer says how many lines were lost once stderr moves again.
 //! Under systemd (`JOURNAL_STREAM` set) text lines carry no timestamp, since journald adds its
-//! own. This module does not decide what is logged.
+//! own. A message is written as one line whatever it holds, so that a value another client wrote
+//! to etcd cannot forge lines or drive the terminal: the text format escapes every control
+//! character in the whole message (as `{:?}` does), the JSON format escapes it as a JSON string,
+//! and both cut it at [`MAX_MESSAGE`] bytes, saying how many were left out. This module does not
+//! decide what is logged.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +19,13 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::format::{json_string, rfc3339};
+use crate::format::{cut, escaped, json_string, rfc3339};
 
 /// Lines waiting for the writer at most; beyond that they are dropped. A few hundred bytes each.
 const QUEUE: usize = 1024;
+/// A message longer than this is cut: no line of ours needs more (a value from etcd in it is
+/// shown at most [`crate::format::SHOWN`] bytes long).
+const MAX_MESSAGE: usize = 8 * 1024;
 
 /// Lines dropped because the queue was full (or the writer thread could not be started).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -164,9 +171,10 @@ impl Queued {
                 rfc3339(SystemTime::now()),
                 r.level().as_str().to_ascii_lowercase(),
                 json_string(r.target()),
-                json_string(&msg)
+                json_string(&cut(&msg, MAX_MESSAGE))
             );
         }
+        let msg = escaped(&msg, MAX_MESSAGE);
         let mut line = String::with_capacity(msg.len() + 64);
         if self.timestamps {
             line.push_str(&rfc3339(SystemTime::now()));

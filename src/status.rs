@@ -2,7 +2,9 @@
 //!
 //! `main` is the only writer of the [`Snapshot`]; the server thread only reads a copy of it, so a
 //! flood of requests costs no etcd request and cannot delay the election. This module does not
-//! know how the snapshot's facts are learned.
+//! know how the snapshot's facts are learned. Every string it writes goes through one function
+//! per format, [`string`] for JSON and [`label`] for metric labels, which escape it and cut it at
+//! [`MAX_STRING`] bytes: some (the leader, a server's error message) come from outside.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::failure::{Cause, Failure};
-use crate::format::{json_string, rfc3339};
+use crate::format::{cut, escaped, json_string, rfc3339};
 use crate::http;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,8 +128,22 @@ pub fn serve(addr: &str, snapshot: Shared) -> Result<(), String> {
 
 const JSON: &str = "application/json";
 
-fn answer(method: &str, url: &str, s: &Snapshot) -> (u16, &'static str, String) {
-    let path = url.split('?').next().unwrap_or(url);
+/// A string longer than this is cut, saying how many bytes were left out.
+const MAX_STRING: usize = 4096;
+
+/// A JSON string of at most [`MAX_STRING`] bytes of `s`.
+fn string(s: &str) -> String {
+    json_string(&cut(s, MAX_STRING))
+}
+
+/// A metric label's value: control characters escaped (as `{:?}` does) and cut as [`string`],
+/// then quoted as the Prometheus text format wants (`\` and `"` escaped).
+fn label(s: &str) -> String {
+    let shown = escaped(s, MAX_STRING);
+    format!("\"{}\"", shown.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn answer(method: &str, path: &str, s: &Snapshot) -> (u16, &'static str, String) {
     let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics");
     if !known {
         return (404, JSON, r#"{"error":"not found"}"#.into());
@@ -142,7 +158,7 @@ fn answer(method: &str, url: &str, s: &Snapshot) -> (u16, &'static str, String) 
             Some(why) => (
                 503,
                 JSON,
-                format!(r#"{{"status":"failing","reason":{}}}"#, json_string(&why)),
+                format!(r#"{{"status":"failing","reason":{}}}"#, string(&why)),
             ),
         },
         "/readyz" if s.phase == Phase::Running => (200, JSON, r#"{"status":"leading"}"#.into()),
@@ -184,13 +200,13 @@ fn to_json(s: &Snapshot) -> String {
             r#""lease_id":{},"revision":{},"since":"{}","last_renewal":{}}}"#
         ),
         s.phase.as_str(),
-        json_string(s.leader.as_deref().unwrap_or("unknown")),
-        json_string(&s.identity),
-        json_string(&s.lock),
-        opt(s.lease_id.map(|l| json_string(&format!("{l:x}")))),
+        string(s.leader.as_deref().unwrap_or("unknown")),
+        string(&s.identity),
+        string(&s.lock),
+        opt(s.lease_id.map(|l| string(&format!("{l:x}")))),
         opt(s.revision.map(|r| r.to_string())),
         rfc3339(s.since),
-        opt(s.last_renewal.map(|(t, _)| json_string(&rfc3339(t)))),
+        opt(s.last_renewal.map(|(t, _)| string(&rfc3339(t)))),
     )
 }
 
@@ -283,9 +299,9 @@ fn metrics(s: &Snapshot) -> String {
 
 fn cause_labels(cause: Cause) -> String {
     format!(
-        "{{cause=\"{}\",permanent=\"{}\"}}",
-        cause.label(),
-        cause.permanent()
+        "{{cause={},permanent={}}}",
+        label(cause.label()),
+        label(&cause.permanent().to_string())
     )
 }
 
@@ -327,6 +343,18 @@ mod tests {
         assert_eq!(answer("GET", "/healthz", &leading).0, 200);
         let (_, _, m) = answer("GET", "/metrics", &leading);
         assert!(m.contains("\netcd_await_election_leader 1\n"), "{m}");
+    }
+
+    #[test]
+    fn strings_are_escaped_and_cut_in_both_formats() {
+        assert_eq!(label("a\nb\"c\\\u{1b}"), r#""a\\nb\"c\\\\u{1b}""#);
+        assert!(label(&"x".repeat(1 << 20)).ends_with(" bytes left out)\""));
+        let mut s = snapshot();
+        s.leader = Some(format!("a\nb{}", "x".repeat(1 << 20)));
+        let (_, _, body) = answer("GET", "/", &s);
+        assert!(body.len() < 2 * MAX_STRING, "{}", body.len());
+        assert!(body.contains(r#""leader":"a\u000ab"#), "{body}");
+        assert!(!body.chars().any(char::is_control), "{body}");
     }
 
     #[test]
