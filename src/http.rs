@@ -2,7 +2,10 @@
 //! thread running one `poll(2)` loop over nonblocking sockets.
 //!
 //! It owns the mechanics only (accepting, reading a request head, writing the answer, time and
-//! size limits); what to answer comes from a callback. The design is what keeps it from being
+//! size limits); what to answer comes from a callback. It takes requests as probes and tools
+//! send them, not only as RFC 9112 spells them: lines may end in a bare LF (`printf ... | nc`),
+//! HTTP/1.0 or 1.1, any method (HEAD gets the head only), the target in origin form or absolute
+//! (`GET http://host:port/healthz`, as sent to a proxy), with a query string, which is ignored. The design is what keeps it from being
 //! starved: a connection costs a slot and no thread, never more than [`MAX_HEAD`] bytes of head,
 //! and at most [`IO_TIMEOUT`] for the whole exchange. When all [`MAX_CONNECTIONS`] slots are
 //! taken, a new connection evicts the oldest one that has not sent a byte (else the oldest one
@@ -178,7 +181,7 @@ fn step(c: &mut Conn, answer: &dyn Fn(&str, &str) -> Answer) -> bool {
                     return false;
                 }
             }
-            if c.head.windows(4).any(|w| w == b"\r\n\r\n") {
+            if head_complete(&c.head) {
                 c.out = Some((request(&c.head, answer), 0));
                 break;
             }
@@ -206,6 +209,11 @@ fn step(c: &mut Conn, answer: &dyn Fn(&str, &str) -> Answer) -> bool {
     false
 }
 
+/// The head ends with an empty line; a line ends with LF, a CR before it optional.
+fn head_complete(head: &[u8]) -> bool {
+    head.windows(2).any(|w| w == b"\n\n") || head.windows(3).any(|w| w == b"\n\r\n")
+}
+
 const JSON: &str = "application/json";
 
 fn request(head: &[u8], answer: &dyn Fn(&str, &str) -> Answer) -> Vec<u8> {
@@ -219,8 +227,18 @@ fn request(head: &[u8], answer: &dyn Fn(&str, &str) -> Answer) -> Vec<u8> {
     if !version.starts_with("HTTP/1.") {
         return response(false, 400, JSON, r#"{"error":"bad request"}"#);
     }
-    let (code, kind, body) = answer(method, target);
+    let (code, kind, body) = answer(method, path(target));
     response(method == "HEAD", code, kind, &body)
+}
+
+/// The path of a request target: `/healthz` of `/healthz?verbose=1` and of
+/// `http://host:port/healthz` (absolute form, `/` when it has no path).
+fn path(target: &str) -> &str {
+    let target = match target.split_once("://") {
+        Some((_, rest)) if !target.starts_with('/') => rest.find('/').map_or("/", |i| &rest[i..]),
+        _ => target,
+    };
+    target.split(['?', '#']).next().unwrap_or(target)
 }
 
 fn response(head_only: bool, code: u16, kind: &str, body: &str) -> Vec<u8> {
@@ -240,4 +258,39 @@ fn response(head_only: bool, code: u16, kind: &str, body: &str) -> Vec<u8> {
         out.push_str(body);
     }
     out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_of_request_targets() {
+        for (target, want) in [
+            ("/healthz", "/healthz"),
+            ("/healthz?verbose=1", "/healthz"),
+            ("http://127.0.0.1:8080/healthz", "/healthz"),
+            ("HTTP://host/metrics?x=1#y", "/metrics"),
+            ("http://host:1", "/"),
+            ("http://host?x", "/"),
+            ("/a?b=http://c/d", "/a"),
+            ("*", "*"),
+        ] {
+            assert_eq!(path(target), want, "{target}");
+        }
+    }
+
+    #[test]
+    fn heads_end_with_an_empty_line_of_either_kind() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/1.0\n\n",
+            b"GET / HTTP/1.1\nHost: x\r\n\n",
+        ] {
+            assert!(head_complete(head), "{head:?}");
+        }
+        for head in [&b"GET / HTTP/1.1\r\nHost: x\r\n"[..], b"GET / HTTP/1.1\n"] {
+            assert!(!head_complete(head), "{head:?}");
+        }
+    }
 }
