@@ -287,6 +287,36 @@ impl Etcd {
         assert_success(&out, &format!("etcdctl put {key}"));
     }
 
+    /// `etcdctl lease grant TTL`: the new lease's id in hex, as `--lease=` takes it.
+    pub fn grant_lease(&self, ttl_secs: u64) -> String {
+        let out = self.etcdctl(&["lease", "grant", &ttl_secs.to_string()]);
+        assert_success(&out, "etcdctl lease grant");
+        // "lease 694d9b5b1e1ec40a granted with TTL(30s)"
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text.split_whitespace().nth(1);
+        hex.unwrap_or_else(|| panic!("no lease id in {text:?}"))
+            .to_string()
+    }
+
+    /// `etcdctl put --lease=LEASE KEY` with the value on etcdctl's stdin: any bytes of any size
+    /// (an argument holds at most 128 KiB, and no NUL). Panics on failure.
+    pub fn put_bytes(&self, key: &str, value: &[u8], lease: &str) {
+        let mut child = etcdctl_command(&[self.endpoint()], &self.opts.etcdctl_args)
+            .args(["put", &format!("--lease={lease}"), key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {}: {e}", etcdctl_bin()));
+        let mut stdin = child.stdin.take().expect("etcdctl's stdin");
+        // From a thread, closed when written: etcdctl may fail before it has read everything.
+        let out = std::thread::scope(|s| {
+            s.spawn(move || std::io::Write::write_all(&mut stdin, value));
+            child.wait_with_output().expect("wait for etcdctl")
+        });
+        assert_success(&out, &format!("etcdctl put {key} ({} bytes)", value.len()));
+    }
+
     /// `etcdctl get --print-value-only`, `None` if the key does not exist; panics on failure.
     pub fn get(&self, key: &str) -> Option<String> {
         get_value(self.etcdctl(&["get", "--print-value-only", key]), key)
@@ -463,14 +493,19 @@ impl Cluster {
     }
 }
 
-fn run_etcdctl(endpoints: &[String], extra: &[String], args: &[&str]) -> Output {
-    Command::new(etcdctl_bin())
-        .env("ETCDCTL_API", "3")
+fn etcdctl_command(endpoints: &[String], extra: &[String]) -> Command {
+    let mut cmd = Command::new(etcdctl_bin());
+    cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", endpoints.join(",")))
         // Its default of 5 s ran out under a load of 39 on two cores (flake hunt, run 15: an
         // authenticated get, bcrypt included); the tests' own deadlines are the bounds.
         .arg("--command-timeout=30s")
-        .args(extra)
+        .args(extra);
+    cmd
+}
+
+fn run_etcdctl(endpoints: &[String], extra: &[String], args: &[&str]) -> Output {
+    etcdctl_command(endpoints, extra)
         .args(args)
         .stdin(Stdio::null())
         .output()
