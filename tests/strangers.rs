@@ -66,10 +66,10 @@ impl Waiting {
         let dir = TempDir::new(&format!("strangers-{lock}"));
         let lease = etcd.grant_lease(120);
         let key = match stranger {
-            Stranger::Candidate => format!("{lock}/{lease}"),
+            Stranger::Candidate => format!("{lock}/{lease:x}"),
             Stranger::Holder => lock.to_string(),
         };
-        etcd.put_bytes(&key, &hostile(), &lease);
+        etcd.put_bytes(&key, &hostile(), lease);
         let stderr = dir.join("stderr");
         let file = std::fs::File::create(&stderr).expect("create the stderr file");
         let port = free_port();
@@ -91,11 +91,26 @@ impl Waiting {
             _dir: dir,
             _etcd: etcd,
         };
-        // It has seen the stranger once the line naming the leader is complete.
-        wait_until(T, "the line naming the stranger as leader", || {
-            let bytes = w.stderr_bytes();
-            find(&bytes, b"leader is ").is_some_and(|i| bytes[i..].contains(&b'\n'))
-        });
+        // It has seen the stranger once both lines naming it are complete: the main thread logs
+        // the leader, the election thread what it waits for, in either order.
+        let waits = match stranger {
+            Stranger::Candidate => &b") to go"[..],
+            Stranger::Holder => b"waiting for it to stop",
+        };
+        let complete =
+            |bytes: &[u8], m: &[u8]| find(bytes, m).is_some_and(|i| bytes[i..].contains(&b'\n'));
+        let t0 = Instant::now();
+        while ![&b"leader is "[..], waits]
+            .iter()
+            .all(|m| complete(&w.stderr_bytes(), m))
+        {
+            assert!(
+                t0.elapsed() < T,
+                "the lines naming the stranger are not in the wrapper's stderr: {}",
+                head(&String::from_utf8_lossy(&w.stderr_bytes()), 4000)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         w
     }
 

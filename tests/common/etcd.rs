@@ -287,22 +287,23 @@ impl Etcd {
         assert_success(&out, &format!("etcdctl put {key}"));
     }
 
-    /// `etcdctl lease grant TTL`: the new lease's id in hex, as `--lease=` takes it.
-    pub fn grant_lease(&self, ttl_secs: u64) -> String {
+    /// `etcdctl lease grant TTL`: the new lease's id.
+    pub fn grant_lease(&self, ttl_secs: u64) -> i64 {
         let out = self.etcdctl(&["lease", "grant", &ttl_secs.to_string()]);
         assert_success(&out, "etcdctl lease grant");
-        // "lease 694d9b5b1e1ec40a granted with TTL(30s)"
+        // "lease 0694d9b5b1e1ec40 granted with TTL(30s)": zero-padded, unlike the `%x` of the
+        // keys etcd's election recipe names after a lease.
         let text = String::from_utf8_lossy(&out.stdout);
         let hex = text.split_whitespace().nth(1);
-        hex.unwrap_or_else(|| panic!("no lease id in {text:?}"))
-            .to_string()
+        hex.and_then(|h| i64::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| panic!("no lease id in {text:?}"))
     }
 
     /// `etcdctl put --lease=LEASE KEY` with the value on etcdctl's stdin: any bytes of any size
     /// (an argument holds at most 128 KiB, and no NUL). Panics on failure.
-    pub fn put_bytes(&self, key: &str, value: &[u8], lease: &str) {
+    pub fn put_bytes(&self, key: &str, value: &[u8], lease: i64) {
         let mut child = etcdctl_command(&[self.endpoint()], &self.opts.etcdctl_args)
-            .args(["put", &format!("--lease={lease}"), key])
+            .args(["put", &format!("--lease={lease:x}"), key])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
