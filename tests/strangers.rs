@@ -91,10 +91,10 @@ impl Waiting {
             _dir: dir,
             _etcd: etcd,
         };
-        // It has seen the stranger once both lines naming it are complete: the main thread logs
+        // It has seen the stranger once the lines about it are complete: the main thread logs
         // the leader, the election thread what it waits for, in either order.
         let waits = match stranger {
-            Stranger::Candidate => &b") to go"[..],
+            Stranger::Candidate => &b" to go"[..],
             Stranger::Holder => b"waiting for it to stop",
         };
         let complete =
@@ -156,16 +156,16 @@ fn head(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-/// No line of the text log is forged, and none carries what a terminal acts on; the leader line
-/// and the debug line naming the predecessor show the value escaped, and cut.
+/// No line of the text log is forged, and none carries what a terminal acts on; the lines
+/// naming an old replica as leader and as holder show the value escaped, and cut.
 #[test]
 fn text_log_escapes_and_bounds_a_strangers_value() {
-    let mut w = Waiting::start("text-log", Stranger::Candidate, "text");
+    let mut w = Waiting::start("text-log", Stranger::Holder, "text");
     let bytes = w.stderr_bytes();
     let text = String::from_utf8_lossy(&bytes);
     let forged: Vec<_> = text
         .lines()
-        .filter(|l| l.contains("FORGED") && !l.contains("leader is ") && !l.contains(") to go"))
+        .filter(|l| l.contains("FORGED") && !l.contains("leader is ") && !l.contains(" holds "))
         .map(|l| head(l, 120))
         .collect();
     assert!(forged.is_empty(), "forged log lines: {forged:?}");
@@ -181,13 +181,10 @@ fn text_log_escapes_and_bounds_a_strangers_value() {
     let leader = text.lines().find(|l| l.contains("leader is ")).unwrap();
     assert!(leader.contains(&format!("leader is {SHOWN}")), "{leader}");
     assert_cut(leader, "leader is ");
-    // `RUST_LOG=debug`: the line naming the predecessor, its value quoted.
-    let waiting = text
-        .lines()
-        .find(|l| l.contains(") to go"))
-        .unwrap_or_else(|| panic!("no debug line naming the predecessor in {text}"));
-    assert!(waiting.contains(&format!("(\"{SHOWN}")), "{waiting}");
-    assert_cut(waiting, "waiting for ");
+    // The line naming the holder, its value quoted.
+    let holds = text.lines().find(|l| l.contains(" holds ")).unwrap();
+    assert!(holds.contains(&format!("INFO  \"{SHOWN}")), "{holds}");
+    assert_cut(holds, "INFO  \"evil");
     w.assert_waiting();
 }
 
@@ -244,11 +241,11 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (code, String::from_utf8(body).expect("a UTF-8 body"))
 }
 
-/// The status JSON names an old replica holding the lock with a hostile identity: escaped as
-/// the logs show it, cut, and the body still small and valid JSON.
+/// The status JSON names the head of the queue, an `etcdctl elect` candidate with a hostile
+/// identity: escaped as the logs show it, cut, and the body still small and valid JSON.
 #[test]
 fn status_json_escapes_and_bounds_a_strangers_value() {
-    let mut w = Waiting::start("status-json", Stranger::Holder, "text");
+    let mut w = Waiting::start("status-json", Stranger::Candidate, "text");
     let (code, body) = wait_for(T, "the status to name the leader", || {
         let (code, body) = get(w.port, "/");
         (!body.contains(r#""leader":"unknown""#)).then_some((code, body))
