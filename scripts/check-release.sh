@@ -15,6 +15,9 @@
 #          root shares the network namespace): the wrapper becomes leader,
 #          runs `/etcd-await-election --version`, exits 0 and leaves no key
 #          under the lock name behind
+#   4. on the host, a file without #! and an argument list as long as the
+#      kernel takes: passed through, and as the leader's command (exit code,
+#      every argument received, no key left)
 #
 # Usage: scripts/check-release.sh
 # Env:   BIN=path/to/etcd-await-election
@@ -25,7 +28,7 @@
 #        ROOT_USER=uid:gid: run as this user inside the root (chroot only)
 #        EXPECTED_COMMIT: the commit --version must name (default: git HEAD)
 # Needs: readelf (binutils), file, chroot or unshare (util-linux), etcd,
-#        etcdctl, python3, flock (ports), timeout (coreutils).
+#        etcdctl, python3, flock (ports), timeout (coreutils), /bin/sh.
 set -euo pipefail
 
 # A BIN given by the caller is relative to the caller's directory.
@@ -203,5 +206,51 @@ if [ -n "${keys//[[:space:]]/}" ]; then
     die "keys under the lock name '$LOCK' remain in etcd after the wrapper exited"
 fi
 ok "no keys left under '$LOCK' (etcdctl get --prefix is empty)"
+
+# ------------------------------------------------ 4. the longest argument list
+# On the host (the empty root has no /bin/sh): a file without #! is run by /bin/sh, as a shell
+# does (musl's execvp does not), with an argument list as long as the kernel takes (one argument
+# of 128 KiB, then one-letter ones up to ARG_MAX, less a little for the environment), passed
+# through and as the leader's command; the wrapper exits with the script's code and leaves no key.
+say "4. the longest argument list, for a file without #! (on the host)"
+SCRIPT="$WORKDIR/no-shebang"
+# shellcheck disable=SC2016 # expanded by the script, not here
+printf '%s\n' 'printf "%s %s\n" "$#" "${#1}"' 'exit 3' >"$SCRIPT"
+chmod 0755 "$SCRIPT"
+# Each argument costs its bytes, its NUL and its pointer, and so does each variable of this
+# script's environment (the first exec, of env, has it all); 16 KiB are left for file names.
+readarray -t ARGS < <(python3 -c '
+import os
+arg_max = min(max(os.sysconf("SC_ARG_MAX"), 128 << 10), 6 << 20)
+env = sum(len(k) + len(v) + 2 + 8 for k, v in os.environb.items())
+print("x" * ((128 << 10) - 1))
+for _ in range((arg_max - env - (16 << 10) - (128 << 10) - 8) // 10):
+    print("a")')
+EXPECTED="${#ARGS[@]} $(((128 << 10) - 1))"
+say "   ${#ARGS[@]} arguments, $(getconf ARG_MAX) bytes allowed"
+# long_argv WHAT VAR=VALUE...: run the script with ARGS under the wrapper, in an environment of
+# PATH and the VAR=VALUE words alone.
+long_argv() {
+    local what="$1" rc=0
+    shift
+    env -i PATH=/usr/bin:/bin "$@" timeout 60 "$BIN" "$SCRIPT" "${ARGS[@]}" \
+        >"$WORKDIR/long.out" 2>"$WORKDIR/long.err" || rc=$?
+    sed 's/^/    wrapper stderr: /' "$WORKDIR/long.err"
+    [ "$rc" -eq 3 ] || die "$what: the wrapper exited $rc, expected the script's 3"
+    [ "$(cat "$WORKDIR/long.out")" = "$EXPECTED" ] ||
+        die "$what: the script saw '$(cat "$WORKDIR/long.out")', expected '$EXPECTED'" \
+            "(argument count, length of the first)"
+    ok "$what: the script ran with every argument, exit 3"
+}
+long_argv "passthrough"
+LOCK="release-check-argv-$$"
+long_argv "election" \
+    ETCD_AWAIT_ELECTION_LOCK_NAME="$LOCK" \
+    ETCD_AWAIT_ELECTION_IDENTITY=release-check \
+    ETCD_AWAIT_ELECTION_ENDPOINTS="$ENDPOINT"
+keys="$(etcdctl --endpoints "$ENDPOINT" --command-timeout 5s get --prefix --keys-only "$LOCK")" ||
+    die "etcdctl get --prefix $LOCK failed"
+[ -z "${keys//[[:space:]]/}" ] || die "keys under '$LOCK' remain in etcd: $keys"
+ok "no keys left under '$LOCK'"
 
 say "release check passed: $BIN ($SIZE bytes, static, runs in an empty root)"

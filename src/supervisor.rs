@@ -22,8 +22,6 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 
 use log::{debug, error, warn};
 
@@ -69,7 +67,7 @@ impl Guardian {
 #[derive(Debug)]
 pub enum SpawnError {
     /// Not found or not executable; `code` follows the shell's convention (127, 126).
-    Exec { code: i32, error: io::Error },
+    Exec { code: i32, failure: launch::Failure },
     /// No guardian: the command is not started without one.
     Guardian(io::Error),
 }
@@ -77,7 +75,7 @@ pub enum SpawnError {
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            SpawnError::Exec { error, .. } => error.fmt(f),
+            SpawnError::Exec { failure, .. } => failure.fmt(f),
             SpawnError::Guardian(e) => write!(
                 f,
                 "cannot start the guardian that kills the command if the wrapper dies \
@@ -102,26 +100,17 @@ pub fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }
 
-/// Replaces this process with the command (no election configured). Returns only on failure.
+/// Replaces this process with the command (no election configured), found and run as the
+/// leader's command is. Returns only on failure.
 pub fn exec(argv: &[OsString]) -> SpawnError {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    // SAFETY: the closure only calls signal(2), which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            crate::signals::restore_in_child();
-            Ok(())
-        });
+    let failure = launch::exec(argv, &|| {
+        crate::signals::restore_in_child();
+        Ok(())
+    });
+    SpawnError::Exec {
+        code: failure.code(),
+        failure,
     }
-    exec_error(cmd.exec())
-}
-
-fn exec_error(error: io::Error) -> SpawnError {
-    let code = match error.kind() {
-        io::ErrorKind::NotFound => 127,
-        _ => 126,
-    };
-    SpawnError::Exec { code, error }
 }
 
 /// Must be called from the main thread: `PR_SET_PDEATHSIG` fires when the *thread* that forked
@@ -177,11 +166,15 @@ fn start(
     };
     let pid = match launch::spawn(argv, env, &before_exec) {
         Ok(pid) => pid,
-        Err(e) => {
+        Err(failure) => {
             guardian.dismiss();
-            return Err(match e.raw_os_error() {
-                Some(libc::EPIPE) => SpawnError::Guardian(io::Error::other("it died")),
-                _ => exec_error(e),
+            return Err(match failure {
+                // The one step that can fail is the write to the guardian's pipe.
+                launch::Failure::Before(_) => SpawnError::Guardian(io::Error::other("it died")),
+                _ => SpawnError::Exec {
+                    code: failure.code(),
+                    failure,
+                },
             });
         }
     };

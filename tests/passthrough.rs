@@ -167,3 +167,142 @@ fn double_dash_before_the_command_is_accepted() {
     assert_eq!(r.stdout, "[--][x]");
     assert_eq!(r.stderr, "");
 }
+
+/// An executable file that writes `$0`, its argument count and the length of its first argument,
+/// then exits 7; without `#!`, so the kernel refuses it (ENOEXEC) and `/bin/sh` must run it.
+fn script_without_shebang(path: &std::path::Path) {
+    std::fs::write(
+        path,
+        "printf '%s %s %s\\n' \"$0\" \"$#\" \"${#1}\"\nexit 7\n",
+    )
+    .expect("write the script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// A file without `#!` is run by `/bin/sh FILE ARGS...`, as a shell does (and glibc's `execvp`;
+/// musl's, in the static release binary, said 126), by its path and found through `PATH`, with
+/// an argument list as long as the kernel takes (an argument of the longest length, then as many
+/// as fit beside the environment).
+#[test]
+fn a_script_without_shebang_runs_with_sh_whatever_its_argument_list() {
+    let dir = TempDir::new("no-shebang");
+    let script = dir.join("no-shebang");
+    script_without_shebang(&script);
+    let args = common::longest_argv(16 << 10);
+    let expected = format!("{} {} {}\n", script.display(), args.len(), args[0].len());
+    let path = format!("{}:/usr/bin:/bin", dir.path().display());
+    for (name, path) in [
+        (script.to_str().expect("utf-8"), None),
+        ("no-shebang", Some(&path)),
+    ] {
+        let mut cmd = clean(wrapper_bin());
+        if let Some(p) = path {
+            cmd.env("PATH", p);
+        }
+        cmd.arg(name).args(&args);
+        let r = run(cmd);
+        assert_eq!(r.status.code(), Some(7), "{name}: stderr: {}", r.stderr);
+        assert_eq!(r.stdout, expected, "{name}");
+        assert_eq!(r.stderr, "", "{name}");
+    }
+}
+
+/// `PATH` is searched as a shell does: a directory without the file, an entry that is a file
+/// and a file that is not executable are passed over, and the first file that runs wins; with
+/// `PATH` unset, `/usr/local/bin:/bin:/usr/bin`.
+#[test]
+fn path_is_searched_as_a_shell_does() {
+    let dir = TempDir::new("path-search");
+    let (empty, denied, found) = (dir.join("empty"), dir.join("denied"), dir.join("found"));
+    for d in [&empty, &denied, &found] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let not_a_dir = dir.join("not-a-dir");
+    std::fs::write(&not_a_dir, "").expect("write a file");
+    std::fs::write(denied.join("cmd"), "#!/bin/sh\necho denied\n").expect("write");
+    std::fs::set_permissions(denied.join("cmd"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    std::fs::write(found.join("cmd"), "#!/bin/sh\necho found \"$@\"\n").expect("write");
+    std::fs::set_permissions(found.join("cmd"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let path = [&empty, &not_a_dir, &denied, &found]
+        .map(|p| p.display().to_string())
+        .join(":");
+    let mut cmd = clean(wrapper_bin());
+    cmd.env("PATH", &path).args(["cmd", "x"]);
+    let r = run(cmd);
+    assert_eq!(r.status.code(), Some(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "found x\n");
+
+    let mut cmd = clean(wrapper_bin());
+    cmd.env_remove("PATH").args(["sh", "-c", "echo unset"]);
+    let r = run(cmd);
+    assert_eq!(r.status.code(), Some(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "unset\n");
+}
+
+/// What became of one run of the wrapper in [`a_script_whose_shell_argv_is_over_the_limit_is_126`].
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The script ran.
+    Ran,
+    /// The wrapper could not exec the script's shell: too long.
+    ShellTooLong,
+    /// Anything else: the wrapper's code and stderr, or its own exec's error.
+    Other(Option<i32>, String),
+}
+
+/// An argument list that fits the kernel's limit for the wrapper, and for the file it runs, but
+/// not once `/bin/sh` and the file's path are added for a file without `#!`: 126 and the reason,
+/// never a crash. Found at the limit itself, by bisection over the length of a last argument:
+/// the longest list that still runs, plus one byte.
+#[test]
+fn a_script_whose_shell_argv_is_over_the_limit_is_126() {
+    let base = TempDir::new("shell-e2big");
+    // The shell's list holds the file's path where the wrapper's held the wrapper's path twice
+    // (file name and argv[0]): a long directory makes the shell's the longest of the three.
+    let mut dir = base.path().to_path_buf();
+    while dir.as_os_str().len() < 2 * wrapper_bin().len() + 64 {
+        dir.push("d".repeat(100));
+    }
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    script_without_shebang(&dir.join("s"));
+    let args = common::longest_argv(64 << 10);
+    let outcome = |filler: usize| {
+        let mut cmd = clean(wrapper_bin());
+        cmd.env("PATH", &dir)
+            .arg("s")
+            .args(&args)
+            .arg("f".repeat(filler));
+        match common::try_run(cmd, TIMEOUT) {
+            Err(e) => Outcome::Other(None, e.to_string()),
+            Ok(r) if r.status.code() == Some(7) => Outcome::Ran,
+            Ok(r)
+                if r.status.code() == Some(126)
+                    && r.stderr
+                        .contains("/bin/sh cannot run it: Argument list too long")
+                    && r.stderr.contains("ARG_MAX") =>
+            {
+                Outcome::ShellTooLong
+            }
+            Ok(r) => Outcome::Other(r.status.code(), r.stderr),
+        }
+    };
+    let (mut runs, mut fails) = (0, common::MAX_ARG_STRLEN - 1);
+    assert_eq!(
+        outcome(runs),
+        Outcome::Ran,
+        "with {} bytes to spare",
+        64 << 10
+    );
+    assert_ne!(outcome(fails), Outcome::Ran, "a last argument of 128 KiB");
+    while fails - runs > 1 {
+        let mid = (runs + fails) / 2;
+        if outcome(mid) == Outcome::Ran {
+            runs = mid;
+        } else {
+            fails = mid;
+        }
+    }
+    assert_eq!(outcome(fails), Outcome::ShellTooLong, "one byte over");
+}

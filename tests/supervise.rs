@@ -622,3 +622,117 @@ fn the_command_starts_with_the_signal_state_it_would_have_without_us() {
         "the leader's command's blocked and ignored signals (SigBlk, SigIgn)"
     );
 }
+
+/// The leader's command with an argument list as long as the kernel takes (an argument of the
+/// longest length, then as many as fit beside the environment), as a file without `#!` (run by
+/// `/bin/sh`, as a shell does) and as a binary: it gets every argument, and the wrapper exits
+/// with its code and resigns, leaving no key. (glibc's `execvpe` built the shell's argument list
+/// on the child's small stack, past its end, into the wrapper's heap: the wrapper aborted, its
+/// keys left behind.)
+#[test]
+fn the_longest_argument_list_reaches_the_leaders_command() {
+    use std::os::unix::fs::PermissionsExt;
+    let etcd = Etcd::start();
+    let dir = common::TempDir::new("long-argv");
+    let report = r#"printf '%s %s\n' "$#" "${#1}" > "$EAE_ARGC"; exit 3"#;
+    let script = dir.join("no-shebang");
+    std::fs::write(&script, report).expect("write the script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let args = common::longest_argv(16 << 10);
+    let expected = format!("{} {}\n", args.len(), args[0].len());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let commands = [
+        ("script", script.to_str().expect("utf-8 path"), &[][..]),
+        ("binary", "/bin/sh", &["-c", report, "sh"][..]),
+    ];
+    for (what, command, before) in commands {
+        let argc = dir.join(&format!("argc-{what}"));
+        let lock = format!("long-{what}");
+        let mut c = Candidate::new(what)
+            .lock(&lock)
+            .endpoints(&etcd.endpoint())
+            .lease(3)
+            .renew("2s")
+            .env("EAE_ARGC", argc.to_str().expect("utf-8 path"))
+            .command(command)
+            .args(before)
+            .args(&args)
+            .spawn();
+        let code = c.expect_exit(Duration::from_secs(30));
+        assert_eq!(
+            code.code(),
+            Some(3),
+            "{what}: {code:?}\n{}",
+            c.stderr_text()
+        );
+        assert!(c.stderr_text().contains("resigned"), "{}", c.stderr_text());
+        let got = std::fs::read_to_string(&argc).unwrap_or_default();
+        assert_eq!(
+            got, expected,
+            "{what}: the command's argument count and first length"
+        );
+        assert_eq!(etcd.get_prefix_keys(&lock), Vec::<String>::new(), "{what}");
+    }
+}
+
+/// A leader's command whose argument list is over the kernel's limit — here the wrapper's stack
+/// limit was lowered while it waited (prlimit), which lowers `ARG_MAX` for its exec — is
+/// refused with the reason in words and 126, as a shell does; the wrapper resigns at once.
+#[test]
+fn an_argument_list_over_the_kernels_limit_is_126_with_the_reason() {
+    let etcd = Etcd::start();
+    let endpoint = etcd.endpoint();
+    let mut holder = Candidate::new("holder")
+        .lock("e2big")
+        .endpoints(&endpoint)
+        .lease(3)
+        .renew("2s")
+        .spawn();
+    wait_until(Duration::from_secs(10), "the holder to lead", || {
+        etcd.get_prefix_keys("e2big/").len() == 1
+    });
+    // Three quarters of the limit the wrapper was started with.
+    let arg = "a".repeat(1023);
+    let args = vec![arg.as_str(); common::arg_max() * 3 / 4 / 1024];
+    let mut c = Candidate::new("over")
+        .lock("e2big")
+        .endpoints(&endpoint)
+        .lease(3)
+        .renew("2s")
+        .command("/bin/sh")
+        .args(&["-c", "exit 0", "sh"])
+        .args(&args)
+        .spawn();
+    wait_until(Duration::from_secs(10), "the wrapper to queue", || {
+        etcd.get_prefix_keys("e2big/").len() == 2
+    });
+    // A stack limit of twice the old `ARG_MAX`: the new `ARG_MAX` (a quarter of it) is half the
+    // old, below the list; the wrapper's own stack (the list and a few frames) stays within it.
+    let pid = c.pid() as libc::pid_t;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) on the wrapper, our child, reading into a struct we own.
+    assert_eq!(
+        unsafe { libc::prlimit(pid, libc::RLIMIT_STACK, std::ptr::null(), &mut limit) },
+        0
+    );
+    limit.rlim_cur = (2 * common::arg_max() as libc::rlim_t).min(limit.rlim_max);
+    // SAFETY: as above, from a struct we own.
+    assert_eq!(
+        unsafe { libc::prlimit(pid, libc::RLIMIT_STACK, &limit, std::ptr::null_mut()) },
+        0
+    );
+    assert!(holder.signal(libc::SIGTERM));
+    let code = c.expect_exit(Duration::from_secs(20));
+    let stderr = c.stderr_text();
+    assert_eq!(code.code(), Some(126), "{code:?}\n{stderr}");
+    assert!(
+        stderr.contains("Argument list too long") && stderr.contains("ARG_MAX"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("resigned"), "{stderr}");
+    holder.expect_exit(Duration::from_secs(20));
+    assert_eq!(etcd.get_prefix_keys("e2big"), Vec::<String>::new());
+}

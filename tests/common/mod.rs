@@ -125,6 +125,41 @@ pub fn clean_command(program: &str) -> Command {
     cmd
 }
 
+/// The kernel's limit on the arguments and environment of one exec, their pointers and the
+/// file name included (`getconf ARG_MAX`): a quarter of the stack limit, within 128 KiB..6 MiB.
+pub fn arg_max() -> usize {
+    let mut stack = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) filling a struct we own.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut stack) },
+        0
+    );
+    (stack.rlim_cur / 4).clamp(128 << 10, 6 << 20) as usize
+}
+
+/// The longest one argument can be, its NUL included (the kernel's `MAX_ARG_STRLEN`).
+pub const MAX_ARG_STRLEN: usize = 128 << 10;
+
+/// An argument list as long as an exec takes beside this process's environment, less `spare`
+/// bytes (for the file name, the wrapper's own arguments and the variables a test adds): one
+/// argument as long as the kernel takes, then one-letter ones. Each costs its bytes, its NUL and
+/// its pointer.
+pub fn longest_argv(spare: usize) -> Vec<String> {
+    let pointer = size_of::<usize>();
+    let env: usize = std::env::vars_os()
+        .map(|(k, v)| k.len() + v.len() + 2 + pointer)
+        .sum();
+    let budget = arg_max()
+        .checked_sub(env + spare + MAX_ARG_STRLEN + pointer)
+        .expect("a stack limit (ulimit -s) that leaves room for a 128 KiB argument");
+    std::iter::once("x".repeat(MAX_ARG_STRLEN - 1))
+        .chain(std::iter::repeat_n("a".to_string(), budget / (2 + pointer)))
+        .collect()
+}
+
 /// What a finished [`run`] left: its exit status, pid and output.
 pub struct Run {
     pub status: ExitStatus,
@@ -135,11 +170,16 @@ pub struct Run {
 
 /// Runs `cmd` to completion, capturing stdout and stderr in files; panics (with its stderr) if it
 /// has not finished within `timeout`, after killing it.
-pub fn run(mut cmd: Command, timeout: Duration) -> Run {
+pub fn run(cmd: Command, timeout: Duration) -> Run {
+    try_run(cmd, timeout).expect("spawn")
+}
+
+/// Like [`run`], but a failure to start `cmd` (its exec's error) is returned.
+pub fn try_run(mut cmd: Command, timeout: Duration) -> std::io::Result<Run> {
     let dir = TempDir::new("run");
     let out = std::fs::File::create(dir.join("out")).expect("create stdout file");
     let err = std::fs::File::create(dir.join("err")).expect("create stderr file");
-    let mut child = cmd.stdout(out).stderr(err).spawn().expect("spawn");
+    let mut child = cmd.stdout(out).stderr(err).spawn()?;
     let pid = child.id();
     let Some(status) = wait_child(&mut child, timeout) else {
         kill_and_wait(&mut child);
@@ -148,12 +188,12 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Run {
             std::fs::read_to_string(dir.join("err")).unwrap_or_default()
         );
     };
-    Run {
+    Ok(Run {
         status,
         pid,
         stdout: std::fs::read_to_string(dir.join("out")).expect("read stdout"),
         stderr: std::fs::read_to_string(dir.join("err")).expect("read stderr"),
-    }
+    })
 }
 
 /// The exit status of `child` once it has exited, without reaping it (`waitid` with `WNOWAIT`):
