@@ -168,7 +168,9 @@ async fn fence(
     runner: &Runner,
 ) -> Result<()> {
     let t = op_timeout(cfg);
-    let record = format!("{}{DEPOSED}{})", runner.identity, cfg.identity);
+    // Whatever the holder's value held, the record stays an identity's size.
+    let holder = crate::format::cut(&runner.identity, crate::format::SHOWN);
+    let record = format!("{holder}{DEPOSED}{})", cfg.identity);
     let ttl = timed(t, c.lease_time_to_live(runner.lease, None)).await?;
     if ttl.ttl() < 0 {
         // Gone meanwhile, and the record with it.
