@@ -16,6 +16,7 @@ use etcd_client::{
 };
 use log::info;
 
+use crate::clock::Boot;
 use crate::config::Config;
 use crate::etcd::{op_timeout, timed, Result};
 use crate::queue::{key_of, Keys, Seat};
@@ -24,7 +25,7 @@ pub enum Adoption {
     /// A previous life's seat, renewed at `sent`.
     Adopted {
         seat: Seat,
-        sent: Instant,
+        sent: Boot,
     },
     /// A live candidate renews a key under our identity.
     Twin,
@@ -64,7 +65,7 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         }
         // Renewed first, as the grant does for a new lease: `main` times the renew deadline
         // from a renewal.
-        let sent = Instant::now();
+        let sent = Boot::now();
         timed(t, c.lease_keep_alive(kv.lease())).await?;
         // Put again, unchanged but for its mod revision: should the previous life be alive after
         // all (a twin cut off from etcd), it sees that and lets go without revoking the lease.
