@@ -20,6 +20,7 @@ use crate::clock::Boot;
 use crate::config::Config;
 use crate::etcd::{op_timeout, timed, Result};
 use crate::queue::{key_of, Keys, Seat};
+use crate::timing;
 
 pub enum Adoption {
     /// A previous life's seat, renewed at `sent`.
@@ -58,8 +59,12 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
             Life::Gone => continue,
             Life::Dead { granted } => granted,
         };
-        // A TTL that no longer fits our renew deadline cannot be led with: it expires by itself.
-        let usable = Duration::from_secs(granted as u64) > cfg.renew_deadline;
+        // A TTL that leaves less than the margin above our renew deadline cannot be led with
+        // (the kill budget would shrink below half a second): it expires by itself.
+        let usable = timing::leaves_margin(
+            Duration::from_secs(granted.unsigned_abs()),
+            cfg.renew_deadline,
+        );
         if adopted.is_some() || !usable {
             continue;
         }
