@@ -62,9 +62,11 @@ impl Boot {
         Boot::now().saturating_duration_since(self)
     }
 
+    /// As a timer's time: beyond 68 years after boot (what any `time_t` holds), the timer fires
+    /// then, and `main` finds nothing due and waits on.
     fn timespec(self) -> libc::timespec {
         libc::timespec {
-            tv_sec: libc::time_t::try_from(self.0.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_sec: i32::try_from(self.0.as_secs()).unwrap_or(i32::MAX).into(),
             tv_nsec: self.0.subsec_nanos().into(),
         }
     }
@@ -156,7 +158,7 @@ mod tests {
             Boot(Duration::ZERO).saturating_sub(Duration::MAX).0,
             Duration::ZERO
         );
-        assert_eq!(end.timespec().tv_sec, libc::time_t::MAX);
+        assert_eq!(end.timespec().tv_sec, i32::MAX.into());
         assert!(now.elapsed() < Duration::from_secs(60));
     }
 
