@@ -14,15 +14,17 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use log::info;
 
+use crate::clock::Boot;
 use crate::config::Config;
 use crate::etcd::{op_timeout, timed, Result};
 use crate::queue::{self, Keys, Seat};
+use crate::timing;
 
 pub enum Adoption {
     /// A previous life's seat, renewed at `sent`.
     Adopted {
         seat: Seat,
-        sent: Instant,
+        sent: Boot,
     },
     /// A live candidate renews a key under our identity.
     Twin,
@@ -48,14 +50,18 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
             Life::Gone => continue,
             Life::Dead { granted } => granted,
         };
-        // A TTL that no longer fits our renew deadline cannot be led with: it expires by itself.
-        let usable = Duration::from_secs(granted as u64) > cfg.renew_deadline;
+        // A TTL that leaves less than the margin above our renew deadline cannot be led with
+        // (the kill budget would shrink below half a second): it expires by itself.
+        let usable = timing::leaves_margin(
+            Duration::from_secs(granted.unsigned_abs()),
+            cfg.renew_deadline,
+        );
         if adopted.is_some() || !usable {
             continue;
         }
         // Renewed first, as the grant does for a new lease: `main` times the renew deadline
         // from a renewal.
-        let sent = Instant::now();
+        let sent = Boot::now();
         timed(t, c.lease_keep_alive(kv.lease)).await?;
         // Put again, unchanged but for its mod revision: should the previous life be alive after
         // all (a twin cut off from etcd), it sees that and lets go without revoking the lease.

@@ -108,12 +108,16 @@ Options (each is also an environment variable; options win):
             v.name,
             v.meaning,
         ));
+        if let Some(range) = config::range(v.name) {
+            out.push_str(&format!("      range: {range}\n"));
+        }
     }
     out.push_str(
         "  -h, --help       this help
   -V, --version    the version and the git commit it was built from
 
 Durations: a plain number is seconds; RENEW_DEADLINE and RETRY_PERIOD also take 500ms, 1.5s, 2m.
+A value out of its range is refused (exit 78); the README says why each range is what it is.
 
 Exit codes:
   the command's own code, or 128+N if it died of signal N
@@ -174,6 +178,18 @@ mod tests {
         let h = help();
         for v in VARIABLES {
             assert!(h.contains(v.name), "{}", v.name);
+        }
+    }
+
+    #[test]
+    fn help_gives_the_ranges() {
+        let h = help();
+        for range in [
+            "range: 2 to 9000000000 seconds",
+            "range: 1s to the lease duration - 1s",
+            "range: 100ms to 300s",
+        ] {
+            assert!(h.contains(range), "{range} in:\n{h}");
         }
     }
 }

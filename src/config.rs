@@ -9,6 +9,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::timing;
+
 /// A variable of ours, as `--help` and the command-line flags know it.
 pub struct Var {
     pub name: &'static str,
@@ -48,7 +50,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         RENEW_DEADLINE,
         "10",
-        "stop the command when no renewal succeeded for this long (< lease)",
+        "stop the command when no renewal succeeded for this long",
     ),
     var(
         RETRY_PERIOD,
@@ -165,9 +167,6 @@ fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The least time between the renew deadline and the lease's expiry.
-const MIN_SLACK: Duration = Duration::from_secs(1);
-
 /// `Ok(None)` when no election variable is set at all: the caller should simply `exec`.
 pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, ConfigError> {
     if VARIABLES
@@ -194,12 +193,6 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         None => 15,
         Some(v) => parse_whole_seconds(&v).map_err(|p| err(LEASE_DURATION, p))?,
     };
-    if lease_ttl > MAX_LEASE_TTL {
-        return Err(err(
-            LEASE_DURATION,
-            format!("{lease_ttl} is above etcd's maximum lease TTL ({MAX_LEASE_TTL} seconds)"),
-        ));
-    }
     let renew_deadline = match get(RENEW_DEADLINE) {
         None => Duration::from_secs(10),
         Some(v) => parse_duration(&v).map_err(|p| err(RENEW_DEADLINE, p))?,
@@ -208,18 +201,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         None => Duration::from_secs(2),
         Some(v) => parse_duration(&v).map_err(|p| err(RETRY_PERIOD, p))?,
     };
-    // The kill budget is half this slack, at most a second: below a second of slack the
-    // command would get SIGKILL within an etcd heartbeat or two of its SIGTERM.
-    if renew_deadline + MIN_SLACK > Duration::from_secs(lease_ttl as u64) {
-        return Err(err(
-            RENEW_DEADLINE,
-            format!(
-                "{renew_deadline:?} must be at least {MIN_SLACK:?} less than {LEASE_DURATION} \
-                 ({lease_ttl}s): the leader must stop its command, SIGTERM then SIGKILL, \
-                 before its lease can expire"
-            ),
-        ));
-    }
+    check_timing(lease_ttl, renew_deadline, retry_period)?;
 
     let tls = read_tls(&get)?;
     let endpoints = parse_endpoints(&endpoints_raw, tls.is_some())?;
@@ -254,9 +236,86 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
     }))
 }
 
-/// etcd's `MaxLeaseTTL` (`server/lease/lessor.go`, the same in 3.4, 3.5 and 3.6): a longer TTL
-/// is refused with `OutOfRange: etcdserver: too large lease TTL`.
-const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// The accepted range of `LEASE_DURATION`, in seconds. 2: the least that leaves a renew deadline of
+/// [`MIN_RENEW_DEADLINE`] and the margin [`timing::MIN_MARGIN`] below it (etcd raises shorter
+/// TTLs anyway). etcd's `MaxLeaseTTL` (`server/lease/lessor.go`, the same in 3.4, 3.5 and 3.6): a
+/// longer TTL is refused with `OutOfRange: etcdserver: too large lease TTL`.
+pub const MIN_LEASE_TTL: i64 = 2;
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// The least `RENEW_DEADLINE`: a leader renews every third of it, and below a second an etcd
+/// leader election (a second with etcd's default flags) would depose every leader.
+pub const MIN_RENEW_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The accepted range of `RETRY_PERIOD`. Below 100 ms, a fleet retrying an etcd that is down is a
+/// connection storm, and a forcer gives a holder (whose answer it waits for one retry period) no
+/// time to answer; above 5 minutes, a candidate notices etcd back (and a forcer deposes a holder
+/// that does not answer) only minutes later.
+pub const RETRY_PERIOD_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(300));
+
+/// The accepted range of a variable, as `--help` shows it; `None` for those without one.
+pub fn range(var: &str) -> Option<String> {
+    let (min_retry, max_retry) = RETRY_PERIOD_RANGE;
+    match var {
+        LEASE_DURATION => Some(format!("{MIN_LEASE_TTL} to {MAX_LEASE_TTL} seconds")),
+        RENEW_DEADLINE => Some(format!(
+            "{MIN_RENEW_DEADLINE:?} to the lease duration - {:?}",
+            timing::MIN_MARGIN
+        )),
+        RETRY_PERIOD => Some(format!("{min_retry:?} to {max_retry:?}")),
+        _ => None,
+    }
+}
+
+/// Every duration the user sets within its range, and the renew deadline leaving the margin below
+/// the lease duration: the timing rules (`timing`) hold over exactly these.
+pub fn check_timing(
+    lease_ttl: i64,
+    renew_deadline: Duration,
+    retry_period: Duration,
+) -> Result<(), ConfigError> {
+    if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&lease_ttl) {
+        return Err(err(
+            LEASE_DURATION,
+            format!(
+                "{lease_ttl} is out of range: {MIN_LEASE_TTL} to {MAX_LEASE_TTL} seconds \
+                 (etcd's maximum lease TTL)"
+            ),
+        ));
+    }
+    if renew_deadline < MIN_RENEW_DEADLINE {
+        return Err(err(
+            RENEW_DEADLINE,
+            format!(
+                "{renew_deadline:?} is below {MIN_RENEW_DEADLINE:?}: the leader renews every \
+                 third of it, and an etcd leader election would stop every command"
+            ),
+        ));
+    }
+    // The kill budget is half this margin, at most a second: below a second of margin the
+    // command would get SIGKILL within an etcd heartbeat or two of its SIGTERM.
+    let ttl = Duration::from_secs(lease_ttl.unsigned_abs());
+    if !timing::leaves_margin(ttl, renew_deadline) {
+        return Err(err(
+            RENEW_DEADLINE,
+            format!(
+                "{renew_deadline:?} must be at least {:?} less than {LEASE_DURATION} \
+                 ({lease_ttl}s): the leader must stop its command, SIGTERM then SIGKILL, \
+                 before its lease can expire",
+                timing::MIN_MARGIN
+            ),
+        ));
+    }
+    let (min_retry, max_retry) = RETRY_PERIOD_RANGE;
+    if !(min_retry..=max_retry).contains(&retry_period) {
+        return Err(err(
+            RETRY_PERIOD,
+            format!("{retry_period:?} is out of range: {min_retry:?} to {max_retry:?}"),
+        ));
+    }
+    Ok(())
+}
 
 /// A control character would reach the logs raw (a newline forges a log line) and the keys.
 fn no_control_characters(var: &'static str, v: &str) -> Result<(), ConfigError> {
@@ -320,33 +379,57 @@ fn read_user(
     }
 }
 
+/// A whole number of seconds; one too large for any range reads as `i64::MAX`, so that the range
+/// check names the maximum.
 fn parse_whole_seconds(v: &str) -> Result<i64, String> {
-    match v.trim().parse::<i64>() {
+    let s = v.trim();
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    match s.parse::<i64>() {
         Ok(n) if n > 0 => Ok(n),
         Ok(_) => Err(format!("{v:?} must be a positive number of seconds")),
+        Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => Ok(i64::MAX),
         Err(_) => Err(format!("{v:?} is not a whole number of seconds")),
     }
 }
 
 /// A plain number is seconds (the original tool's form); `ms`, `s` and `m` suffixes allow
-/// fractions, e.g. `500ms`, `1.5s`, `2m`.
+/// fractions, e.g. `500ms`, `1.5s`, `2m`. Read exactly, in decimal (no binary floating point: a
+/// value at a range's bound is at it); digits finer than a nanosecond are dropped, and a value too
+/// long for a `Duration` reads as `Duration::MAX`, so that the range check names the maximum.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let s = v.trim();
-    let (number, unit_secs) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
+    let (number, unit_ns): (&str, u128) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1_000_000)
     } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
+        (n, 1_000_000_000)
     } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
+        (n, 60_000_000_000)
     } else {
-        (s, 1.0)
+        (s, 1_000_000_000)
     };
     let bad = || format!("{v:?} is not a duration (use e.g. 10, 500ms, 1.5s or 2m)");
-    if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit() || c == '.') {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let decimal = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !decimal(whole) || !decimal(fraction) {
         return Err(bad());
     }
-    let n: f64 = number.parse().map_err(|_| bad())?;
-    let d = Duration::try_from_secs_f64(n * unit_secs).map_err(|_| bad())?;
+    // 12 digits resolve a nanosecond of a minute; u128 holds them times any unit.
+    let fraction = &fraction[..fraction.len().min(12)];
+    let value = |d: &str| {
+        d.bytes().try_fold(0u128, |n, b| {
+            n.checked_mul(10)?.checked_add(u128::from(b - b'0'))
+        })
+    };
+    let fraction_ns = value(fraction).unwrap_or(0) * unit_ns / 10u128.pow(fraction.len() as u32);
+    let ns = value(whole)
+        .and_then(|w| w.checked_mul(unit_ns))
+        .and_then(|w| w.checked_add(fraction_ns));
+    let d = ns
+        .and_then(|ns| {
+            let secs = u64::try_from(ns / 1_000_000_000).ok()?;
+            Some(Duration::new(secs, (ns % 1_000_000_000) as u32))
+        })
+        .unwrap_or(Duration::MAX);
     if d.is_zero() {
         return Err(format!("{v:?} must be greater than zero"));
     }
@@ -549,8 +632,86 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "0", "0ms", "-1", "x", "1h", "1.2.3s", "ms", "1e3"] {
+        for bad in [
+            "",
+            "0",
+            "0ms",
+            "-1",
+            "x",
+            "1h",
+            "1.2.3s",
+            "ms",
+            "1e3",
+            ".",
+            "0.0000000001s",
+            "+1",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        // Exact, in decimal: no binary rounding at a bound.
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("0.1"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("14000ms"), Ok(Duration::from_secs(14)));
+        assert_eq!(parse_duration("0.000001ms"), Ok(Duration::from_nanos(1)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2."), Ok(Duration::from_secs(2)));
+        // Too long for a Duration: the longest, which every range refuses by name.
+        assert_eq!(parse_duration("18446744073709551616"), Ok(Duration::MAX));
+        assert_eq!(parse_duration(&"9".repeat(400)), Ok(Duration::MAX));
+    }
+
+    /// Every bound: just below, at, and just above.
+    #[test]
+    fn ranges() {
+        let var = |extra: &[(&'static str, &'static str)]| with(extra).err().map(|e| e.var);
+        for (value, refused) in [
+            ("99ms", true),
+            ("99.999999999ms", true),
+            ("100ms", false),
+            ("0.1s", false),
+            ("300s", false),
+            ("5m", false),
+            ("300.000000001s", true),
+            ("5.01m", true),
+            ("0.000001ms", true),
+            ("10000000000000000000", true),
+            ("18446744073709551616", true),
+        ] {
+            let expected = refused.then_some(RETRY_PERIOD);
+            assert_eq!(var(&[(RETRY_PERIOD, value)]), expected, "{value}");
+        }
+        for (value, refused) in [
+            ("999ms", true),
+            ("999.999999999ms", true),
+            ("1s", false),
+            ("1000ms", false),
+        ] {
+            let expected = refused.then_some(RENEW_DEADLINE);
+            assert_eq!(var(&[(RENEW_DEADLINE, value)]), expected, "{value}");
+        }
+        for (lease, renew, refused) in [
+            ("2", "1s", false),
+            ("2", "1000.000001ms", true),
+            ("15", "14s", false),
+            ("15", "14.000000001s", true),
+            ("9000000000", "8999999999", false),
+            ("9000000000", "8999999999.000000001", true),
+            ("9000000000", "18446744073709551615", true),
+        ] {
+            let expected = refused.then_some(RENEW_DEADLINE);
+            let got = var(&[(LEASE_DURATION, lease), (RENEW_DEADLINE, renew)]);
+            assert_eq!(got, expected, "{lease} {renew}");
+        }
+        for (value, refused) in [
+            ("1", true),
+            ("2", false),
+            ("9000000000", false),
+            ("9000000001", true),
+            ("99999999999999999999999", true),
+        ] {
+            let got = var(&[(LEASE_DURATION, value), (RENEW_DEADLINE, "1s")]);
+            assert_eq!(got, refused.then_some(LEASE_DURATION), "{value}");
         }
     }
 

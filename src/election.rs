@@ -42,6 +42,7 @@ use log::{debug, info, warn};
 use tokio::sync::{oneshot, Notify};
 
 use crate::adopt::{self, Adoption};
+use crate::clock::Boot;
 use crate::config::Config;
 use crate::etcd::{next_events, op_timeout, timed, wait_changed, wait_range_changed, Etcd, Result};
 use crate::failure::{classify, is_lease_not_found, is_replaced, Cause, Failure, Startup};
@@ -54,7 +55,7 @@ use crate::queue::{self, is_handed_over, unchanged, Candidate, Keys, Seat, Snaps
 pub enum Event {
     /// A keep-alive (or the grant) sent at `sent` succeeded and was confirmed: the lease was reset
     /// to its full granted `ttl` and lives until at least `sent + ttl` on the server.
-    Renewed { sent: Instant, ttl: Duration },
+    Renewed { sent: Boot, ttl: Duration },
     /// The identity at the head of the queue, when known.
     Leader(Option<String>),
     /// Our predecessor holds the record: we are next, and may be handed it at any moment.
@@ -144,14 +145,7 @@ impl Pace {
     }
 
     fn period(&self, ttl: Duration, renew_deadline: Duration) -> Duration {
-        if self.leading.get() {
-            ttl.min(renew_deadline) / 3
-        } else {
-            // Within half the renew deadline: once elected, `main` starts the command only
-            // with a renewal inside its deadline, and the next one is due a leader's period
-            // after it, within the other half.
-            (ttl / 3).min(renew_deadline / 2)
-        }
+        crate::timing::keep_alive_period(self.leading.get(), ttl, renew_deadline)
     }
 }
 
@@ -358,7 +352,7 @@ impl Election {
 
     async fn create(&mut self, c: &mut Client) -> Result<Seat> {
         let t = op_timeout(&self.cfg);
-        let sent = Instant::now();
+        let sent = Boot::now();
         let grant = timed(t, c.lease_grant(self.cfg.lease_ttl, None)).await?;
         let ttl = Duration::from_secs(grant.ttl() as u64);
         let key = self.keys.candidate_key(grant.id());
@@ -692,7 +686,7 @@ impl Election {
             }
         }
         let lease = seat.lease;
-        let budget = Duration::from_secs(self.cfg.lease_ttl as u64).min(Duration::from_secs(8));
+        let budget = crate::timing::resign_budget(seat.ttl);
         let give_up = Instant::now() + budget;
         loop {
             let revoke = async {
@@ -913,7 +907,7 @@ async fn keep_alive(k: Keeper) -> String {
         }));
         k.etcd.after_failure(e);
     };
-    let counted = |sent: Instant, ttl: i64, ok: bool| {
+    let counted = |sent: Boot, ttl: i64, ok: bool| {
         if ok {
             report_renewal(&k.tx, sent, ttl);
         } else {
@@ -922,7 +916,7 @@ async fn keep_alive(k: Keeper) -> String {
     };
     loop {
         let period = k.pace.period(k.ttl, rd);
-        let sent = Instant::now();
+        let (sent, boot) = (Instant::now(), Boot::now());
         let attempt = async {
             let mut c = k.etcd.client().await?;
             let ks = c.lease_keep_alive(lease).await?;
@@ -933,7 +927,7 @@ async fn keep_alive(k: Keeper) -> String {
         let (mut keeper, mut stream) = match timed(period, attempt).await {
             Ok((ks, ok)) => {
                 // `lease_keep_alive` already sent one keep-alive and checked its answer.
-                counted(sent, k.ttl.as_secs() as i64, ok);
+                counted(boot, k.ttl.as_secs() as i64, ok);
                 ks
             }
             Err(e) if is_lease_not_found(&e) => return format!("lease {lease:x} expired"),
@@ -955,7 +949,7 @@ async fn keep_alive(k: Keeper) -> String {
                 }
             }
             let period = k.pace.period(k.ttl, rd);
-            let sent = Instant::now();
+            let (sent, boot) = (Instant::now(), Boot::now());
             last = sent;
             let answer = timed(period, async {
                 keeper.keep_alive().await?;
@@ -965,7 +959,7 @@ async fn keep_alive(k: Keeper) -> String {
             })
             .await;
             match answer {
-                Ok((Some(r), ok)) if r.ttl() > 0 => counted(sent, r.ttl(), ok),
+                Ok((Some(r), ok)) if r.ttl() > 0 => counted(boot, r.ttl(), ok),
                 Ok((Some(_), _)) => return format!("lease {lease:x} expired"),
                 Ok((None, _)) => {
                     failed(&etcd_client::Error::LeaseKeepAliveError(
@@ -983,7 +977,7 @@ async fn keep_alive(k: Keeper) -> String {
 }
 
 /// A renewal sent at `sent` succeeded with this TTL (seconds, as etcd reports it).
-pub fn report_renewal(tx: &Sender<crate::Event>, sent: Instant, ttl: i64) {
+pub fn report_renewal(tx: &Sender<crate::Event>, sent: Boot, ttl: i64) {
     let _ = tx.send(crate::Event::Election(Event::Renewed {
         sent,
         ttl: Duration::from_secs(ttl.max(0) as u64),

@@ -354,7 +354,7 @@ impl Startup {
 
 /// The start-up grace: 5 s, or three retry periods if that is longer.
 pub fn grace(retry_period: Duration) -> Duration {
-    (retry_period * 3).max(Duration::from_secs(5))
+    retry_period.saturating_mul(3).max(Duration::from_secs(5))
 }
 
 #[cfg(test)]

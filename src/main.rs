@@ -1,12 +1,14 @@
 //! `etcd-await-election CMD [ARGS...]`: run CMD only while this instance leads an etcd election.
 //!
-//! `main` owns the state machine (awaiting → leading → stopping → exit) and the renew deadline.
-//! It reads one channel of events from the election thread and the signal thread, and decides:
-//! start the child, forward a signal, stop the child's group before the lease can expire on the
-//! server, resign, exit. It never talks to etcd itself.
+//! `main` owns the state machine (awaiting → leading → stopping → exit) and enforces the renew
+//! deadline, applying the rules of `timing` on `CLOCK_BOOTTIME` (`clock`). It reads one channel of
+//! events from the election thread, the signal thread and the alarm thread, and decides: start the
+//! child, forward a signal, stop the child's group before the lease can expire on the server,
+//! resign, exit. It never talks to etcd itself.
 
 mod adopt;
 mod cli;
+mod clock;
 mod config;
 mod election;
 mod etcd;
@@ -20,17 +22,20 @@ mod queue;
 mod signals;
 mod status;
 mod supervisor;
+mod timing;
 
 use std::ffi::OsString;
 use std::process::exit;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use log::{debug, error, info, warn};
 
+use clock::Boot;
 use config::Config;
 use status::Phase;
 use supervisor::{Child, Wait};
+use timing::{Due, Renewal, Stop};
 
 /// Exit codes of the wrapper itself; otherwise it exits with the child's code (128+N for a
 /// child killed by signal N).
@@ -62,6 +67,8 @@ mod code {
 pub enum Event {
     Election(election::Event),
     Signal(i32),
+    /// The deadline set on the [`clock::Alarm`] came, maybe during a suspend.
+    Alarm,
 }
 
 const USAGE: &str = "usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...] (see --help)";
@@ -153,20 +160,18 @@ enum State {
     Awaiting,
     Leading(Child),
     /// Leadership is lost, or the child exited and left processes in its group: the group got
-    /// SIGTERM and gets SIGKILL at `kill_at`. Once the child has exited, `exited` holds the code to
-    /// resign with when the whole group is gone. A group still not empty at `give_up` cannot be
-    /// emptied: the wrapper exits without resigning.
+    /// SIGTERM and gets SIGKILL at its kill deadline. Once the child has exited, `exited` holds the
+    /// code to resign with when the whole group is gone. A group still not empty a kill budget
+    /// after its SIGKILL cannot be emptied: the wrapper exits without resigning.
     Stopping {
         child: Child,
-        kill_at: Instant,
-        give_up: Instant,
-        killed: bool,
+        stop: Stop,
         exited: Option<i32>,
     },
     /// Waiting for the election thread to revoke the lease, then exit with this code.
     Resigning {
         code: i32,
-        until: Instant,
+        until: Boot,
     },
     Done(i32),
 }
@@ -177,9 +182,11 @@ struct Wrapper {
     events: mpsc::Receiver<Event>,
     election: election::Handle,
     status: status::Shared,
-    /// Send time and TTL of the last successful renewal: the lease lives on the server until at
-    /// least `sent + ttl`.
-    renewal: Option<(Instant, Duration)>,
+    /// The last successful renewal: the lease lives on the server until at least `sent + ttl`,
+    /// counted on `CLOCK_BOOTTIME` as the server counts it, suspends included.
+    renewal: Option<Renewal>,
+    /// Wakes `main` at its deadline on `CLOCK_BOOTTIME`, also right after a resume.
+    alarm: clock::Alarm,
     /// Next in line: the command's guardian, forked ahead.
     standby: Option<supervisor::Guardian>,
     /// Elected while the last renewal was older than the renew deadline (an etcd outage just
@@ -196,6 +203,8 @@ impl Wrapper {
         supervisor::become_subreaper();
         let (tx, events) = mpsc::channel();
         signals::spawn(tx.clone()).unwrap_or_else(|e| fail("cannot handle signals", &e));
+        let alarm = clock::Alarm::spawn(tx.clone(), || Event::Alarm)
+            .unwrap_or_else(|e| fail("cannot start the CLOCK_BOOTTIME timer", &e));
         let status = status::Shared::new(
             &cfg.identity,
             &cfg.lock_name,
@@ -219,6 +228,7 @@ impl Wrapper {
             election,
             status,
             renewal: None,
+            alarm,
             standby: None,
             pending: None,
         }
@@ -227,35 +237,38 @@ impl Wrapper {
     fn run(mut self) -> i32 {
         let mut state = State::Awaiting;
         loop {
-            let deadline = match &state {
-                State::Awaiting => None,
-                State::Leading(_) => self.renew_deadline(),
-                // Leftovers of an exited child that are not our children die without a
-                // SIGCHLD to us, and so does a killed group: poll it.
-                State::Stopping {
-                    kill_at,
-                    give_up,
-                    killed,
-                    exited,
-                    ..
-                } => Some(match (killed, exited) {
-                    (false, None) => *kill_at,
-                    (false, Some(_)) => (*kill_at).min(Instant::now() + POLL),
-                    (true, _) => (*give_up).min(Instant::now() + POLL),
-                }),
-                State::Resigning { until, .. } => Some(*until),
+            // The deadline the state has, and whether a group being stopped is polled: leftovers
+            // of an exited child that are not our children die without a SIGCHLD to us, and so
+            // does a killed group.
+            let (due, poll) = match &state {
+                State::Awaiting => (None, false),
+                State::Leading(_) => (self.renew_deadline(), false),
+                State::Stopping { stop, exited, .. } => match stop.due(Boot::now()) {
+                    Due::Nothing(at) => (Some(at), stop.is_killed() || exited.is_some()),
+                    _ => (Some(Boot::now()), false),
+                },
+                State::Resigning { until, .. } => (Some(*until), false),
                 State::Done(code) => return *code,
             };
+            // The wait below runs on the monotonic clock, which never gets ahead of the boottime
+            // one: it ends no earlier than the deadline. A suspend stops it; the alarm, a timer
+            // on the boottime clock, ends it on resume instead. (Waits capped at short slices
+            // would do too, but would wake a leader many times a second for all its life.)
+            self.alarm.set(due);
+            let left = due.map(|d| d.saturating_duration_since(Boot::now()));
+            let wait = if poll {
+                left.map(|l| l.min(POLL))
+            } else {
+                left
+            };
             // A passed deadline wins over queued events: a storm of signals must not delay it.
-            let event = match deadline {
-                Some(d) if d <= Instant::now() => Err(RecvTimeoutError::Timeout),
+            let event = match wait {
+                Some(w) if w.is_zero() => Err(RecvTimeoutError::Timeout),
                 None => self
                     .events
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
-                Some(d) => self
-                    .events
-                    .recv_timeout(d.saturating_duration_since(Instant::now())),
+                Some(w) => self.events.recv_timeout(w),
             };
             state = match (state, event) {
                 (state, Err(RecvTimeoutError::Disconnected)) => {
@@ -264,46 +277,45 @@ impl Wrapper {
                     next
                 }
                 (state, Err(RecvTimeoutError::Timeout)) => self.on_deadline(state),
+                // Looked at again with the time now, at the top of the loop.
+                (state, Ok(Event::Alarm)) => state,
                 (state, Ok(Event::Signal(sig))) => self.on_signal(state, sig),
                 (state, Ok(Event::Election(e))) => self.on_election(state, e),
             };
         }
     }
 
-    fn renew_deadline(&self) -> Option<Instant> {
-        self.renewal.map(|(sent, _)| sent + self.cfg.renew_deadline)
+    fn renew_deadline(&self) -> Option<Boot> {
+        let renewal = self.renewal?;
+        Some(renewal.renew_deadline(self.cfg.renew_deadline))
     }
 
-    /// The kill budget: the kill needs a moment before the lease can expire on the server, at
-    /// most a second and at most half the slack between renew deadline and TTL.
-    fn kill_budget(&self) -> Duration {
-        let ttl = self.renewal.map_or(Duration::ZERO, |(_, ttl)| ttl);
-        let slack = ttl.saturating_sub(self.cfg.renew_deadline);
-        (slack / 2).min(Duration::from_secs(1))
-    }
-
-    /// When the child must be gone at the latest (`s + T − k`).
-    fn kill_at(&self) -> Instant {
-        let Some((sent, ttl)) = self.renewal else {
-            return Instant::now();
-        };
-        sent + ttl - self.kill_budget()
-    }
-
-    /// Stopping the group from now on: SIGKILL at `kill_at`, given up one kill budget later.
-    fn stopping(&self, child: Child, kill_at: Instant, killed: bool, exited: Option<i32>) -> State {
+    /// Stopping the group from now on: SIGKILL at the kill deadline of the lease held, given up
+    /// one kill budget after it.
+    fn stopping(&self, child: Child, exited: Option<i32>) -> State {
         State::Stopping {
             child,
-            kill_at,
-            give_up: kill_at.max(Instant::now()) + self.kill_budget(),
-            killed,
+            stop: Stop::new(self.renewal, self.cfg.renew_deadline, Boot::now()),
             exited,
         }
     }
 
     fn on_deadline(&mut self, state: State) -> State {
         match state {
-            State::Leading(child) => self.stop(child, "no lease renewal within the renew deadline"),
+            State::Leading(child) => {
+                let due = self.renewal.map_or(Due::Kill, |r| {
+                    timing::leading(r, self.cfg.renew_deadline, Boot::now())
+                });
+                match due {
+                    Due::Nothing(_) => State::Leading(child),
+                    Due::Kill => self.stop(
+                        child,
+                        "no lease renewal before the kill deadline (was the host suspended?); \
+                         SIGKILL follows at once",
+                    ),
+                    _ => self.stop(child, "no lease renewal within the renew deadline"),
+                }
+            }
             State::Stopping { .. } => self.supervise_stop(state),
             State::Resigning { code, .. } => {
                 warn!("the election thread did not confirm resigning; the lease expires by itself");
@@ -389,7 +401,7 @@ impl Wrapper {
         child.signal_group(libc::SIGTERM);
         child.signal_group(libc::SIGCONT);
         self.set_phase(Phase::Stopping);
-        let next = self.stopping(child, self.kill_at(), false, Some(status));
+        let next = self.stopping(child, Some(status));
         info!(
             "lock={lock} identity={identity}: child {pid} exited with {status}; \
              stopping what it left in its group"
@@ -411,9 +423,7 @@ impl Wrapper {
     fn supervise_stop(&mut self, state: State) -> State {
         let State::Stopping {
             mut child,
-            kill_at,
-            give_up,
-            mut killed,
+            mut stop,
             mut exited,
         } = state
         else {
@@ -443,16 +453,15 @@ impl Wrapper {
                 return next;
             }
         }
-        let now = Instant::now();
-        if !killed && now >= kill_at {
+        if stop.due(Boot::now()) == Due::Kill {
             child.signal_group(libc::SIGKILL);
-            killed = true;
+            stop.kill(Boot::now());
             warn!(
                 "group {} still running as the lease nears expiry: SIGKILL",
                 child.pid
             );
         }
-        if killed && now >= give_up {
+        if stop.due(Boot::now()) == Due::GiveUp {
             // Nothing more can be done from here: a process in uninterruptible sleep dies when
             // it wakes, a zombie whose parent left the group is only the parent's to reap.
             // Exiting stops the renewals, so the lease expires by itself; the guardian, woken by
@@ -469,9 +478,7 @@ impl Wrapper {
         }
         State::Stopping {
             child,
-            kill_at,
-            give_up,
-            killed,
+            stop,
             exited,
         }
     }
@@ -480,10 +487,12 @@ impl Wrapper {
         use election::Event as E;
         match e {
             E::Renewed { sent, ttl } => {
-                if self.renewal.is_none_or(|(last, _)| sent > last) {
-                    self.renewal = Some((sent, ttl));
+                if self.renewal.is_none_or(|last| sent > last.sent) {
+                    self.renewal = Some(Renewal { sent, ttl });
                 }
-                let wall = SystemTime::now() - sent.elapsed();
+                let wall = SystemTime::now()
+                    .checked_sub(sent.elapsed())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
                 self.status.update(|s| {
                     s.renewals += 1;
                     s.last_renewal = Some((wall, sent));
@@ -560,7 +569,7 @@ impl Wrapper {
     }
 
     fn lead(&mut self, key: String, revision: i64, lease: i64) -> State {
-        if self.renew_deadline().is_none_or(|d| d <= Instant::now()) {
+        if self.renew_deadline().is_none_or(|d| d <= Boot::now()) {
             // The keep-alive renews at once once elected if a renewal is overdue: start then,
             // or give up if the lease turns out to be gone (`Lost`).
             warn!(
@@ -607,7 +616,7 @@ impl Wrapper {
         child.signal_group(libc::SIGCONT);
         self.set_phase(Phase::Stopping);
         let pid = child.pid;
-        let next = self.stopping(child, self.kill_at(), false, None);
+        let next = self.stopping(child, None);
         warn!(
             "lock={} identity={}: leadership lost ({why}); stopped child {pid} (SIGTERM)",
             self.cfg.lock_name, self.cfg.identity
@@ -622,7 +631,11 @@ impl Wrapper {
             State::Leading(child) | State::Stopping { child, .. } => {
                 child.signal_group(libc::SIGKILL);
                 self.set_phase(Phase::Stopping);
-                self.stopping(child, Instant::now(), true, Some(code))
+                State::Stopping {
+                    child,
+                    stop: Stop::killed_now(self.renewal, self.cfg.renew_deadline, Boot::now()),
+                    exited: Some(code),
+                }
             }
             State::Resigning { .. } | State::Awaiting | State::Done(_) => State::Done(code),
         }
@@ -635,7 +648,7 @@ impl Wrapper {
         // that thread is gone.
         State::Resigning {
             code,
-            until: Instant::now() + Duration::from_secs(10),
+            until: Boot::now().saturating_add(Duration::from_secs(10)),
         }
     }
 

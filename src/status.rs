@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::clock::Boot;
 use crate::failure::{Cause, Failure};
 use crate::format::{cut, escaped, json_string, rfc3339};
 use crate::http;
@@ -43,8 +44,8 @@ pub struct Snapshot {
     pub leader: Option<String>,
     pub lease_id: Option<i64>,
     pub revision: Option<i64>,
-    /// Wall time for people, monotonic time for ages.
-    pub last_renewal: Option<(SystemTime, Instant)>,
+    /// Wall time for people, boottime (suspends included, as the lease counts) for ages.
+    pub last_renewal: Option<(SystemTime, Boot)>,
     /// Since when etcd has been failing us, if it is.
     pub failing_since: Option<Instant>,
     /// The last permanent failure, until etcd answers again: neither a transient failure (a
@@ -338,7 +339,7 @@ mod tests {
         assert_eq!(answer("GET", "/healthz", &s).0, 200);
         let mut leading = s.clone();
         leading.phase = Phase::Running;
-        leading.last_renewal = Some((SystemTime::now(), Instant::now()));
+        leading.last_renewal = Some((SystemTime::now(), Boot::now()));
         assert_eq!(answer("GET", "/readyz", &leading).0, 200);
         assert_eq!(answer("GET", "/healthz", &leading).0, 200);
         let (_, _, m) = answer("GET", "/metrics", &leading);

@@ -681,6 +681,49 @@ fn dead_previous_life_is_adopted_and_leads_before_the_waiters() {
     );
 }
 
+/// A previous life's lease that leaves less than a second above the new life's renew deadline is
+/// not adopted: led with, its kill budget would be 50 ms, and SIGKILL would follow SIGTERM by as
+/// little. It expires by itself, the new life leads on a lease of its own, and when etcd then
+/// stalls, its command gets SIGTERM at least half a second before SIGKILL.
+#[test]
+fn a_previous_life_too_short_for_the_renew_deadline_is_not_adopted() {
+    let lock = "act-adopt-margin";
+    let s = Scene::new("actors", lock);
+    let mut cast = Cast::default();
+    let first = cast.add(s.candidate("a", 6, "4s", RETRY).args(&["--id", "a.1"]));
+    let r1 = s.mon.wait_for_start(Some("a.1"), T);
+    let old = s.etcd.wait_queued(lock, "a");
+    cast[first].kill9();
+    s.mon.wait_until_dead(r1.pid, T);
+    // Valid on its own (12 s − 5.9 s), but the old 6 s lease would leave 0.1 s.
+    let second = s
+        .candidate("a", 12, "5900ms", RETRY)
+        .args(&["--id", "a.2", "--ignore-term"]);
+    cast.add(second);
+    let r2 = s.mon.wait_for_start(Some("a.2"), T);
+    let q = s.etcd.queue(lock);
+    assert!(
+        q.iter().all(|kv| kv.lease != old.lease),
+        "the 6 s lease was adopted: {q:?}"
+    );
+
+    s.etcd.pause();
+    let death = s.mon.wait_until_dead(r2.pid, T);
+    s.etcd.resume();
+    let p = proc_of(&s.mon, r2.pid);
+    let term = *p
+        .term_ns
+        .first()
+        .unwrap_or_else(|| panic!("no SIGTERM before the SIGKILL: {p:?}"));
+    let grace = Duration::from_nanos(death.saturating_sub(term));
+    assert!(
+        grace >= Duration::from_millis(500),
+        "SIGKILL {grace:?} after SIGTERM (at least half a second is promised):\n{}",
+        s.mon.timeline()
+    );
+    eprintln!("etcd stalled: SIGKILL {grace:?} after SIGTERM");
+}
+
 // ------------------------------------------------------------------------------------------
 // 5. Neighbouring elections.
 

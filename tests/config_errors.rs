@@ -166,6 +166,74 @@ fn bad_retry_period() {
     check(&[(RETRY, Some("soon"))], RETRY);
 }
 
+/// RETRY_PERIOD is 100 ms to 5 minutes: just below and just above are refused, and so are the
+/// two values once accepted (the first spun a core and stormed etcd while it was down, the second
+/// aborted the wrapper on an overflow, leaving its lease and keys behind).
+#[test]
+fn retry_period_out_of_range() {
+    for bad in [
+        "99ms",
+        "99.999999999ms",
+        "300.000000001s",
+        "300001ms",
+        "5.01m",
+        "0.000001ms",
+        "10000000000000000000",
+    ] {
+        check(&[(RETRY, Some(bad))], RETRY);
+    }
+}
+
+/// RENEW_DEADLINE is at least a second (and a second below the lease duration, above).
+#[test]
+fn renew_deadline_below_one_second() {
+    for bad in ["999ms", "999.999999999ms", "0.5"] {
+        check(&[(RENEW, Some(bad))], RENEW);
+    }
+    check(&[(LEASE, Some("2")), (RENEW, Some("1000.000001ms"))], RENEW);
+}
+
+/// LEASE_DURATION is 2 to 9000000000 seconds; a lease of 1 s leaves no renew deadline, and the
+/// message says so of the lease, not of the renew deadline.
+#[test]
+fn lease_duration_out_of_range() {
+    check(&[(LEASE, Some("1"))], LEASE);
+    check(&[(LEASE, Some("1")), (RENEW, Some("1s"))], LEASE);
+    check(&[(LEASE, Some("9000000001")), (RENEW, Some("1s"))], LEASE);
+    check(&[(LEASE, Some("99999999999999999999999"))], LEASE);
+}
+
+/// Every bound itself is accepted: against a real etcd, the command runs and the wrapper
+/// resigns (no lease left behind, not even one of 285 years).
+#[test]
+fn durations_at_their_bounds_are_accepted() {
+    let etcd = Etcd::start();
+    let ep = etcd.endpoint();
+    let bounds = [
+        ("2", "1s", "100ms"),
+        ("2", "1000ms", "0.1s"),
+        ("15", "14s", "5m"),
+        ("15", "14000ms", "300"),
+        ("9000000000", "8999999999", "300000ms"),
+    ];
+    for (i, (lease, renew, retry)) in bounds.into_iter().enumerate() {
+        let lock = format!("cfg-bounds-{i}");
+        let vars = [
+            (LOCK, lock.as_str()),
+            (IDENTITY, "cfg-me"),
+            (ENDPOINTS, ep.as_str()),
+            (LEASE, lease),
+            (RENEW, renew),
+            (RETRY, retry),
+        ];
+        let o = run_with(&vars);
+        let ctx = format!("{vars:?}; stderr:\n{}", o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{:?}; {ctx}", o.status);
+        assert!(o.ran, "the command must run; {ctx}");
+    }
+    assert_eq!(etcd.lease_count(), 0, "every wrapper revoked its lease");
+}
+
 #[test]
 fn malformed_endpoints() {
     for bad in [

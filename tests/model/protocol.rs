@@ -22,8 +22,9 @@
 //!
 //! # Time
 //! Time is not counted; it enters only as enabling conditions, each the model of one deadline:
-//! - **Renew deadline** (main.rs `Wrapper::kill_at`, `on_deadline`, `lead`): a wrapper kills its
-//!   command before the lease it renewed can expire on the server, and starts it only with a
+//! - **Renew deadline** (timing.rs `Renewal::kill_at`, `leading`; main.rs `on_deadline`, `lead`):
+//!   a wrapper kills its command before the lease it renewed can expire on the server (counted
+//!   on `CLOCK_BOOTTIME`, as the server counts it), and starts it only with a
 //!   counted renewal within the renew deadline (`fresh`). So a lease's `Expire` is enabled only
 //!   when nobody renews it AND every wrapper holding it has its command stopped (and is not
 //!   about to start one). A renewal counts (election.rs `Keeper::confirm`) only if a
