@@ -49,6 +49,7 @@ use crate::failure::{classify, is_lease_not_found, is_replaced, Cause, Failure, 
 use crate::force;
 use crate::format::Foreign;
 use crate::queue::{self, is_handed_over, unchanged, Candidate, Keys, Seat, Snapshot};
+use crate::scan;
 
 /// What the election thread tells `main`.
 #[derive(Debug)]
@@ -405,7 +406,7 @@ impl Election {
         let mut shown = Shown::default();
         loop {
             let mut c = self.client().await?;
-            let snap = Snapshot::read(&mut c, &self.keys, seat, false, t).await?;
+            let snap = Snapshot::read(&mut c, &self.keys, seat, t).await?;
             match seat.holds(snap.own.as_ref()) {
                 None => {
                     info!(
@@ -643,7 +644,7 @@ impl Election {
     async fn leader_snapshot(&mut self, seat: &Seat) -> Result<Snapshot> {
         let t = op_timeout(&self.cfg);
         let mut c = self.client().await?;
-        let snap = Snapshot::read(&mut c, &self.keys, seat, true, t).await?;
+        let snap = Snapshot::read(&mut c, &self.keys, seat, t).await?;
         let known = match &self.heir {
             Heir::Next(Some(kv)) => snap
                 .behind
@@ -665,7 +666,10 @@ impl Election {
     /// lives under the prefix (the job's own data) changes nothing we read, and does not wake us.
     async fn await_change(&self, snap: &Snapshot, seat: &Seat) -> Result<()> {
         let keys = &self.keys;
-        let relevant = |key: &[u8]| keys.concerns(key, &seat.key);
+        let relevant = |e: &WatchEvent| {
+            e.kv()
+                .is_some_and(|kv| keys.concerns(kv, e.event_type(), &seat.key))
+        };
         let (start, end) = (keys.holder.as_bytes(), &keys.end);
         wait_range_changed(&self.etcd, start, end, snap.revision + 1, &relevant).await
     }
@@ -733,7 +737,8 @@ impl Election {
                 return Ok(());
             }
         }
-        let next = match queue::oldest_after(&mut c, &self.keys, seat.revision, t).await? {
+        let (_, queue) = scan::all(&mut c, &self.keys, t).await?;
+        let next = match queue.iter().find(|b| b.create_revision > seat.revision) {
             Some(b) => queue::with_value(&mut c, &b.key, t).await?,
             None => None,
         };

@@ -105,7 +105,7 @@ pub async fn wait_range_changed(
     key: &[u8],
     end: &[u8],
     from: i64,
-    relevant: &dyn Fn(&[u8]) -> bool,
+    relevant: &dyn Fn(&WatchEvent) -> bool,
 ) -> Result<()> {
     wait_event(etcd, key, Some(end), from, relevant)
         .await
@@ -117,7 +117,7 @@ async fn wait_event(
     key: &[u8],
     end: Option<&[u8]>,
     from: i64,
-    relevant: &dyn Fn(&[u8]) -> bool,
+    relevant: &dyn Fn(&WatchEvent) -> bool,
 ) -> Result<Vec<WatchEvent>> {
     let new_connection = etcd.replaced.notified();
     let watch = async {
@@ -135,10 +135,7 @@ async fn wait_event(
                 )));
             }
             let events = resp.events();
-            if events
-                .iter()
-                .any(|e| e.kv().is_some_and(|kv| relevant(kv.key())))
-            {
+            if events.iter().any(relevant) {
                 return Ok(events.to_vec());
             }
             // A watch that starts in the past is caught up by etcd's sync loop, every 100 ms:

@@ -48,7 +48,7 @@ pub async fn request_yield(
     let t = op_timeout(cfg);
     loop {
         let mut c = etcd.client().await?;
-        let snap = Snapshot::read(&mut c, keys, seat, false, t).await?;
+        let snap = Snapshot::read(&mut c, keys, seat, t).await?;
         if snap.own.is_none() {
             return Ok(None);
         }
@@ -121,7 +121,7 @@ async fn runner(
             keyed,
         }));
     }
-    let Some(head) = queue::head(c, keys, snap.revision, t).await? else {
+    let Some(head) = &snap.head else {
         return Ok(None);
     };
     if head.lease == seat.lease {

@@ -28,11 +28,11 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
 };
 
 use crate::etcd::{timed, Result};
+use crate::scan;
 
 /// The names of one lock's keys.
 pub struct Keys {
@@ -64,18 +64,24 @@ impl Keys {
             && kv.key().strip_prefix(self.prefix.as_bytes()) == Some(hex(kv.lease()).as_bytes())
     }
 
-    /// Whether a change of `key` can change what a leader holding `own` decides: its key, the
-    /// record, the yield request, or what may be a candidate key by its name (`LOCK/<hex>`). The
-    /// job's own data under the prefix cannot.
-    pub fn concerns(&self, key: &[u8], own: &str) -> bool {
-        key == self.holder.as_bytes()
-            || key == self.yield_request
-            || key == own.as_bytes()
-            || key
-                .strip_prefix(self.prefix.as_bytes())
+    /// Whether a change of `kv` can change what a leader holding `own` decides: its key, the
+    /// record, the yield request, or a candidate key (put: bound to the lease its name says;
+    /// deleted: named like one, as a deletion carries no lease). The job's own data cannot.
+    pub fn concerns(&self, kv: &KeyValue, change: EventType, own: &str) -> bool {
+        let key = kv.key();
+        let named = || {
+            key.strip_prefix(self.prefix.as_bytes())
                 .is_some_and(|rest| {
                     !rest.is_empty() && rest.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
                 })
+        };
+        key == self.holder.as_bytes()
+            || key == self.yield_request
+            || key == own.as_bytes()
+            || match change {
+                EventType::Put => self.is_candidate(kv),
+                EventType::Delete => named(),
+            }
     }
 
     pub fn candidate_key(&self, lease: i64) -> String {
@@ -108,11 +114,6 @@ impl Seat {
     }
 }
 
-/// At most this many keys per read of the queue. Every read of the queue is keys only: the job's
-/// own data under the prefix (`LOCK/data/...`, the README's fencing example) costs its keys' names
-/// in a page, never its values, and a page holding no candidate is followed by the next one.
-const PAGE: i64 = 32;
-
 /// At most this many keys compared in one transaction (etcd refuses more than 128 operations).
 const CHUNK: usize = 64;
 
@@ -128,7 +129,7 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    fn of(keys: &Keys, kv: &KeyValue) -> Option<Candidate> {
+    pub fn of(keys: &Keys, kv: &KeyValue) -> Option<Candidate> {
         keys.is_candidate(kv).then(|| Candidate {
             key: kv.key().to_vec(),
             lease: kv.lease(),
@@ -138,106 +139,29 @@ impl Candidate {
     }
 }
 
-/// Which way a read of the queue goes from a create revision.
-#[derive(Clone, Copy)]
-enum Toward {
-    /// The newest candidate created before this revision (our predecessor).
-    NewestBefore(i64),
-    /// The oldest candidate created after this revision (our successor; 0: the head).
-    OldestAfter(i64),
-}
-
-impl Toward {
-    fn options(self) -> GetOptions {
-        let page = GetOptions::new()
-            .with_prefix()
-            .with_keys_only()
-            .with_limit(PAGE);
-        match self {
-            Toward::NewestBefore(rev) => page
-                .with_max_create_revision(rev - 1)
-                .with_sort(SortTarget::Create, SortOrder::Descend),
-            Toward::OldestAfter(rev) => page
-                .with_min_create_revision(rev + 1)
-                .with_sort(SortTarget::Create, SortOrder::Ascend),
-        }
-    }
-
-    /// Past the last key of a page.
-    fn past(self, last: &KeyValue) -> Toward {
-        match self {
-            Toward::NewestBefore(_) => Toward::NewestBefore(last.create_revision()),
-            Toward::OldestAfter(_) => Toward::OldestAfter(last.create_revision()),
-        }
-    }
-}
-
-/// The first candidate in `page`, or, when a full page held none, in the pages after it, read at
-/// `revision` so that all pages show one state.
-async fn first_candidate(
-    c: &mut Client,
-    keys: &Keys,
-    mut way: Toward,
-    mut page: Vec<KeyValue>,
-    revision: i64,
-    t: Duration,
-) -> Result<Option<Candidate>> {
-    loop {
-        if let Some(found) = page.iter().find_map(|kv| Candidate::of(keys, kv)) {
-            return Ok(Some(found));
-        }
-        let Some(last) = page.last().filter(|_| page.len() as i64 == PAGE) else {
-            return Ok(None);
-        };
-        way = way.past(last);
-        let opts = way.options().with_revision(revision);
-        page = timed(t, c.get(keys.prefix.as_str(), Some(opts)))
-            .await?
-            .take_kvs();
-    }
-}
-
 /// One linearizable read of everything a candidate decides on, at one revision.
 pub struct Snapshot {
     pub revision: i64,
     /// The candidate created last before ours: the one we wait for.
     pub pred: Option<Candidate>,
-    /// The oldest candidate, when the first page shows it (for the log and the status only: the
-    /// record, not the queue, says who may run the command).
+    /// The oldest candidate: the head of the queue.
     pub head: Option<Candidate>,
     /// Our own key, if it still exists with our create revision (keys only).
     pub own: Option<KeyValue>,
     pub holder: Option<KeyValue>,
     pub yield_request: Option<KeyValue>,
-    /// The first candidate created after ours, if asked for: whom a leader hands the record to.
+    /// The first candidate created after ours: whom a leader hands the record to.
     pub behind: Option<Candidate>,
 }
 
 impl Snapshot {
-    /// With `successor`, also the first candidate behind us (only a leader needs it: a waiter's
-    /// read would scan the queue a second time for nothing).
-    pub async fn read(
-        c: &mut Client,
-        keys: &Keys,
-        seat: &Seat,
-        successor: bool,
-        t: Duration,
-    ) -> Result<Snapshot> {
-        let before = Toward::NewestBefore(seat.revision);
-        let after = Toward::OldestAfter(seat.revision);
-        let first = Toward::OldestAfter(0)
-            .options()
-            .with_max_create_revision(seat.revision - 1);
-        let mut ops = vec![
-            TxnOp::get(keys.prefix.as_str(), Some(before.options())),
+    pub async fn read(c: &mut Client, keys: &Keys, seat: &Seat, t: Duration) -> Result<Snapshot> {
+        let ops = vec![
+            scan::first_page(keys),
             TxnOp::get(seat.key.as_str(), Some(GetOptions::new().with_keys_only())),
             TxnOp::get(keys.holder.as_str(), None),
             TxnOp::get(keys.yield_request.clone(), None),
-            TxnOp::get(keys.prefix.as_str(), Some(first)),
         ];
-        if successor {
-            ops.push(TxnOp::get(keys.prefix.as_str(), Some(after.options())));
-        }
         let resp = timed(t, c.txn(Txn::new().and_then(ops))).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
@@ -248,27 +172,25 @@ impl Snapshot {
             gets.next()
                 .ok_or_else(|| etcd_client::Error::Internal("short txn response".into()))
         };
-        let preds = next()?;
+        let first = next()?;
         let own = next()?
             .into_iter()
             .find(|kv| kv.create_revision() == seat.revision);
         let holder = next()?.into_iter().next();
         let yield_request = next()?.into_iter().next();
-        let head = next()?.iter().find_map(|kv| Candidate::of(keys, kv));
-        let behind = if successor { Some(next()?) } else { None };
-        let pred = first_candidate(c, keys, before, preds, revision, t).await?;
-        let behind = match behind {
-            Some(page) => first_candidate(c, keys, after, page, revision, t).await?,
-            None => None,
-        };
+        let queue = scan::candidates(c, keys, first, revision, t).await?;
+        let ahead = |cand: &&Candidate| cand.create_revision < seat.revision;
         Ok(Snapshot {
             revision,
-            pred,
-            head,
+            pred: queue.iter().rfind(ahead).cloned(),
+            head: queue.iter().find(ahead).cloned(),
             own,
             holder,
             yield_request,
-            behind,
+            behind: queue
+                .iter()
+                .find(|cand| cand.create_revision > seat.revision)
+                .cloned(),
         })
     }
 
@@ -276,35 +198,6 @@ impl Snapshot {
     pub fn holder_lease(&self) -> Option<i64> {
         self.holder.as_ref().map(KeyValue::lease)
     }
-}
-
-/// The oldest candidate of the queue at `revision`, read page by page past whatever else is under
-/// the prefix: a forcer must know who runs when no record says it.
-pub async fn head(
-    c: &mut Client,
-    keys: &Keys,
-    revision: i64,
-    t: Duration,
-) -> Result<Option<Candidate>> {
-    let first = Toward::OldestAfter(0);
-    let opts = first.options().with_revision(revision);
-    let page = timed(t, c.get(keys.prefix.as_str(), Some(opts)))
-        .await?
-        .take_kvs();
-    first_candidate(c, keys, first, page, revision, t).await
-}
-
-/// The candidate created first after `revision` (a leader's successor, read again).
-pub async fn oldest_after(
-    c: &mut Client,
-    keys: &Keys,
-    revision: i64,
-    t: Duration,
-) -> Result<Option<Candidate>> {
-    let after = Toward::OldestAfter(revision);
-    let mut resp = timed(t, c.get(keys.prefix.as_str(), Some(after.options()))).await?;
-    let at = resp.header().map_or(0, |h| h.revision());
-    first_candidate(c, keys, after, resp.take_kvs(), at, t).await
 }
 
 /// A key as it is now, with its value (`None`: gone). One key: its value is bounded by etcd's
@@ -325,23 +218,7 @@ pub async fn with_identity(
     identity: &str,
     t: Duration,
 ) -> Result<Vec<Candidate>> {
-    let mut all = Vec::new();
-    let mut way = Toward::OldestAfter(0);
-    let mut revision = None;
-    loop {
-        let mut opts = way.options();
-        if let Some(r) = revision {
-            opts = opts.with_revision(r);
-        }
-        let mut resp = timed(t, c.get(keys.prefix.as_str(), Some(opts))).await?;
-        revision.get_or_insert(resp.header().map_or(0, |h| h.revision()));
-        let page = resp.take_kvs();
-        all.extend(page.iter().filter_map(|kv| Candidate::of(keys, kv)));
-        match page.last() {
-            Some(last) if page.len() as i64 == PAGE => way = way.past(last),
-            _ => break,
-        }
-    }
+    let (_, all) = scan::all(c, keys, t).await?;
     let mut found = Vec::new();
     for chunk in all.chunks(CHUNK) {
         let ops: Vec<TxnOp> = chunk
