@@ -4,8 +4,10 @@
 //! It owns the mechanics only (accepting, reading a request head, writing the answer, time and
 //! size limits); what to answer comes from a callback. It takes requests as probes and tools
 //! send them, not only as RFC 9112 spells them: lines may end in a bare LF (`printf ... | nc`),
-//! HTTP/1.0 or 1.1, any method (HEAD gets the head only), the target in origin form or absolute
-//! (`GET http://host:port/healthz`, as sent to a proxy), with a query string, which is ignored. The design is what keeps it from being
+//! empty lines before the request line are passed over (RFC 9112 §2.2), HTTP/1.0 or 1.1, any
+//! method (HEAD gets the head only), the target in origin form or absolute (`GET
+//! http://host:port/healthz`, as sent to a proxy), with a query string, which is ignored. The
+//! design is what keeps it from being
 //! starved: a connection costs a slot and no thread, never more than [`MAX_HEAD`] bytes of head,
 //! and at most [`IO_TIMEOUT`] for the whole exchange. When all [`MAX_CONNECTIONS`] slots are
 //! taken, a new connection evicts the oldest one that has not sent a byte (else the oldest one
@@ -209,15 +211,32 @@ fn step(c: &mut Conn, answer: &dyn Fn(&str, &str) -> Answer) -> bool {
     false
 }
 
-/// The head ends with an empty line; a line ends with LF, a CR before it optional.
+/// The head ends with an empty line; a line ends with LF, a CR before it optional. Empty lines
+/// before the request line are no end: they are passed over.
 fn head_complete(head: &[u8]) -> bool {
+    let head = past_empty_lines(head);
     head.windows(2).any(|w| w == b"\n\n") || head.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// `head` from its first line that is not empty: a server SHOULD ignore at least one empty line
+/// received before the request line (RFC 9112 §2.2), which some clients send after a body.
+fn past_empty_lines(mut head: &[u8]) -> &[u8] {
+    while let Some(rest) = head
+        .strip_prefix(b"\n")
+        .or_else(|| head.strip_prefix(b"\r\n"))
+    {
+        head = rest;
+    }
+    head
 }
 
 const JSON: &str = "application/json";
 
 fn request(head: &[u8], answer: &dyn Fn(&str, &str) -> Answer) -> Vec<u8> {
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = past_empty_lines(head)
+        .split(|b| *b == b'\n')
+        .next()
+        .unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut words = line.split_whitespace();
     let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
@@ -235,10 +254,27 @@ fn request(head: &[u8], answer: &dyn Fn(&str, &str) -> Answer) -> Vec<u8> {
 /// `http://host:port/healthz` (absolute form, `/` when it has no path).
 fn path(target: &str) -> &str {
     let target = match target.split_once("://") {
-        Some((_, rest)) if !target.starts_with('/') => rest.find('/').map_or("/", |i| &rest[i..]),
+        Some((scheme, rest)) if is_scheme(scheme) => {
+            // The authority ends at the first `/`, `?` or `#` (RFC 3986 §3.2): a `/` in the
+            // query of `http://host?next=/x` is not the path's.
+            let rest = &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..];
+            if rest.starts_with('/') {
+                rest
+            } else {
+                "/"
+            }
+        }
         _ => target,
     };
     target.split(['?', '#']).next().unwrap_or(target)
+}
+
+/// RFC 3986 §3.1: `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`. A target in origin form starts
+/// with `/`, so it is none, whatever `://` its query holds.
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 fn response(head_only: bool, code: u16, kind: &str, body: &str) -> Vec<u8> {
@@ -273,7 +309,12 @@ mod tests {
             ("HTTP://host/metrics?x=1#y", "/metrics"),
             ("http://host:1", "/"),
             ("http://host?x", "/"),
+            ("http://127.0.0.1?next=/readyz", "/"),
+            ("http://host#/readyz", "/"),
+            ("http://host:1?a=/b#/c", "/"),
+            ("http://host/?next=/readyz", "/"),
             ("/a?b=http://c/d", "/a"),
+            ("x?next=http://host/readyz", "x"),
             ("*", "*"),
         ] {
             assert_eq!(path(target), want, "{target}");
@@ -286,10 +327,18 @@ mod tests {
             &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
             b"GET / HTTP/1.0\n\n",
             b"GET / HTTP/1.1\nHost: x\r\n\n",
+            b"\r\nGET / HTTP/1.1\r\n\r\n",
+            b"\n\r\n\nGET / HTTP/1.0\n\n",
         ] {
             assert!(head_complete(head), "{head:?}");
         }
-        for head in [&b"GET / HTTP/1.1\r\nHost: x\r\n"[..], b"GET / HTTP/1.1\n"] {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n"[..],
+            b"GET / HTTP/1.1\n",
+            b"\r\n\r\n",
+            b"\n\n\r\n",
+            b"\r\nGET / HTTP/1.1\r\n",
+        ] {
             assert!(!head_complete(head), "{head:?}");
         }
     }

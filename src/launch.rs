@@ -4,7 +4,10 @@
 //! This module owns two things. First, how a command name becomes an exec: [`Program`] is what
 //! `execvp` would try — the name itself if it has a `/`, otherwise the name in each `PATH`
 //! directory, in order — and a file the kernel does not run (no `#!`, not a binary) is run by
-//! `/bin/sh FILE ARGS...`, as glibc's `execvp` and every shell do (musl's does not). Everything an
+//! `/bin/sh FILE ARGS...`, as glibc's `execvp` and every shell do (musl's does not). A file the
+//! kernel refuses that looks like a binary (an ELF header, or a NUL byte in its first line, as
+//! bash judges it) is not: `/bin/sh` would run whatever lines it finds in a binary for another
+//! machine or a truncated one. Everything an
 //! exec needs, the shell's argument list included, is built beforehand, so trying it only makes
 //! system calls and writes nowhere but what was built for it: glibc's `execvp` builds the
 //! shell's argument list on the caller's stack (`argc + 2` pointers), which a long argument list
@@ -32,6 +35,9 @@ const DEFAULT_PATH: &[u8] = b"/usr/local/bin:/bin:/usr/bin";
 /// What runs a file the kernel does not (no `#!`, not a binary).
 const SHELL: &CStr = c"/bin/sh";
 
+/// How much of a file the kernel refused is read to tell a binary from a script (bash's sample).
+const SAMPLE: usize = 80;
+
 /// The child's stack. Its steps are system calls on values built before the clone: they use
 /// about 1.4 KiB in a debug build (measured with the command on a terminal).
 const STACK_SIZE: usize = 16 * 1024;
@@ -48,6 +54,9 @@ pub enum Failure {
     Exec(i32),
     /// The file has no `#!` and is no binary the kernel runs; `/bin/sh` could not run it.
     Shell(i32),
+    /// The kernel refused the file (ENOEXEC) and it looks like a binary, so it is not given to
+    /// `/bin/sh` either.
+    Binary,
 }
 
 impl Failure {
@@ -74,6 +83,14 @@ impl fmt::Display for Failure {
                     "it has no #! line and is not a binary, and /bin/sh cannot run it: "
                 )?;
                 e
+            }
+            Failure::Binary => {
+                write!(
+                    f,
+                    "cannot execute binary file (a binary for another machine, or a damaged \
+                     one?): "
+                )?;
+                libc::ENOEXEC
             }
         };
         io::Error::from_raw_os_error(errno).fmt(f)?;
@@ -140,6 +157,9 @@ impl Program {
             };
             match errno {
                 libc::ENOEXEC => {
+                    if looks_binary(file) {
+                        return Failure::Binary;
+                    }
                     self.argv[1] = file.as_ptr();
                     // SAFETY: as above, the shell's list from index 0.
                     return unsafe {
@@ -160,6 +180,49 @@ impl Program {
             (false, false) => last,
         })
     }
+}
+
+/// Whether `file`, which the kernel refused to run, starts as a binary does, judged as bash
+/// judges it before running a file as a script. A file that cannot be read is not judged (the
+/// shell says why it cannot run it). Async-signal-safe: system calls into a buffer on the stack.
+fn looks_binary(file: &CStr) -> bool {
+    // O_NONBLOCK: should the file have become a FIFO since the exec, the open must not wait for
+    // a writer. The kernel runs only regular files, on which it does nothing.
+    // SAFETY: a C string that `file` owns.
+    let fd = unsafe {
+        libc::open(
+            file.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    let mut sample = [0u8; SAMPLE];
+    let n = loop {
+        // SAFETY: reads into a buffer of ours, of the length given.
+        let n = unsafe { libc::read(fd, sample.as_mut_ptr().cast(), sample.len()) };
+        // SAFETY: reads errno only.
+        if n >= 0 || unsafe { *libc::__errno_location() } != libc::EINTR {
+            break usize::try_from(n).unwrap_or(0);
+        }
+    };
+    // SAFETY: the descriptor opened above, ours alone.
+    unsafe { libc::close(fd) };
+    binary_sample(&sample[..n])
+}
+
+/// bash's `check_binary_file`: an ELF header, or a NUL byte before the first newline (the second
+/// after a `#!` line) in the sample.
+fn binary_sample(sample: &[u8]) -> bool {
+    if sample.starts_with(b"\x7fELF") {
+        return true;
+    }
+    let lines = if sample.starts_with(b"#!") { 2 } else { 1 };
+    sample
+        .split_inclusive(|&b| b == b'\n')
+        .take(lines)
+        .any(|line| line.contains(&0))
 }
 
 /// `name` in each directory of `path` (`PATH`'s value); an empty entry is the current directory.
@@ -345,6 +408,28 @@ mod tests {
     }
 
     #[test]
+    fn binaries_are_told_from_scripts_as_bash_tells_them() {
+        for binary in [
+            &b"\x7fELF\x02\x01\x01\x00garbage\nexit 42\n"[..],
+            b"\x7fELF",
+            b"echo hi\0\nexit 3\n",
+            b"\0",
+            b"#!/no/such\n\0\n",
+        ] {
+            assert!(binary_sample(binary), "{binary:?}");
+        }
+        for script in [
+            &b""[..],
+            b"\x7fEL",
+            b"echo hi\nexit 3\0\n",
+            b"#!/no/such\necho\n\0",
+            b"exit 7",
+        ] {
+            assert!(!binary_sample(script), "{script:?}");
+        }
+    }
+
+    #[test]
     fn the_shells_exit_codes_and_the_limit_in_words() {
         assert_eq!(Failure::Exec(libc::ENOENT).code(), 127);
         for f in [
@@ -352,6 +437,7 @@ mod tests {
             Failure::Exec(libc::E2BIG),
             Failure::Exec(libc::ENOTDIR),
             Failure::Shell(libc::ENOENT),
+            Failure::Binary,
         ] {
             assert_eq!(f.code(), 126, "{f:?}");
         }

@@ -526,8 +526,10 @@ impl Wrapper {
             E::Leader(leader) => {
                 if let Some(l) = &leader {
                     if matches!(state, State::Awaiting) {
+                        // Quoted: another client chose it, and bare it could pass for more
+                        // fields of the line.
                         info!(
-                            "lock={} identity={}: leader is {l}",
+                            "lock={} identity={}: leader is {l:?}",
                             self.cfg.lock_name, self.cfg.identity
                         );
                     }

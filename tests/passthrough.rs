@@ -207,6 +207,46 @@ fn a_script_without_shebang_runs_with_sh_whatever_its_argument_list() {
     }
 }
 
+/// Files the kernel refuses (ENOEXEC) that look like binaries, as bash judges them: an ELF header
+/// it cannot load (a binary for another machine, a truncated download) and a NUL byte in the
+/// first line. Each holds `exit 42` on a line of its own, which `/bin/sh` would run.
+fn refused_binaries(dir: &TempDir) -> Vec<std::path::PathBuf> {
+    [
+        ("elf", &b"\x7fELF\x02\x01\x01\x00garbage\nexit 42\n"[..]),
+        ("nul", b"true\0\nexit 42\n"),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| {
+        let file = dir.join(name);
+        std::fs::write(&file, bytes).expect("write the file");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        file
+    })
+    .collect()
+}
+
+/// A binary the kernel refuses is not handed to `/bin/sh`, which would run whatever lines it
+/// finds in it: 126 and the reason, as bash says it.
+#[test]
+fn a_binary_the_kernel_refuses_is_not_run_as_a_shell_script() {
+    let dir = TempDir::new("refused-binary");
+    for file in refused_binaries(&dir) {
+        let r = wrapper(&[file.to_str().expect("utf-8 path")]);
+        assert_eq!(
+            r.status.code(),
+            Some(126),
+            "{file:?} was run by /bin/sh: stdout {:?}, stderr {:?}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("cannot execute binary file") && r.stderr.contains("another machine"),
+            "{file:?}: {}",
+            r.stderr
+        );
+    }
+}
+
 /// `PATH` is searched as a shell does: a directory without the file, an entry that is a file
 /// and a file that is not executable are passed over, and the first file that runs wins; with
 /// `PATH` unset, `/usr/local/bin:/bin:/usr/bin`.

@@ -156,6 +156,12 @@ fn head(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
+/// How the line naming the leader starts to show it: the value as shown elsewhere, in quotes (so
+/// that none of it passes for more fields of the line), its backslashes escaped.
+fn leader_is() -> String {
+    format!("leader is \"{}", SHOWN.replace('\\', "\\\\"))
+}
+
 /// No line of the text log is forged, and none carries what a terminal acts on; the lines
 /// naming an old replica as leader and as holder show the value escaped, and cut.
 #[test]
@@ -179,7 +185,7 @@ fn text_log_escapes_and_bounds_a_strangers_value() {
         bytes.len()
     );
     let leader = text.lines().find(|l| l.contains("leader is ")).unwrap();
-    assert!(leader.contains(&format!("leader is {SHOWN}")), "{leader}");
+    assert!(leader.contains(&leader_is()), "{leader}");
     assert_cut(leader, "leader is ");
     // The line naming the holder, its value quoted.
     let holds = text.lines().find(|l| l.contains(" holds ")).unwrap();
@@ -215,7 +221,7 @@ fn json_log_escapes_and_bounds_a_strangers_value() {
         }
     }
     let leader = leader.expect("the leader line");
-    assert!(leader.contains(&format!("leader is {SHOWN}")), "{leader}");
+    assert!(leader.contains(&leader_is()), "{leader}");
     assert_cut(&leader, "leader is ");
     w.assert_waiting();
 }
@@ -439,6 +445,41 @@ fn probe_absolute_uri() {
     let (code, _, body) = exchange(p, root.as_bytes()).expect("an answer to GET http://host:port");
     assert_eq!(code, 200);
     assert!(body.starts_with(br#"{"status":"ok","phase":"running""#));
+}
+
+/// `GET http://host?next=/readyz` asks for `/`: the authority ends at the `?` (RFC 3986), and a
+/// `/` in the query (or the fragment) is not the path.
+#[test]
+fn probe_absolute_uri_with_a_slash_in_its_query() {
+    let l = leader("probe-abs-query");
+    let p = l.port;
+    for request in [
+        format!("GET http://127.0.0.1:{p}?next=/readyz HTTP/1.1\r\n\r\n"),
+        format!("GET http://127.0.0.1:{p}?next=/healthz HTTP/1.0\n\n"),
+        format!("GET http://127.0.0.1:{p}#/readyz HTTP/1.1\r\n\r\n"),
+    ] {
+        let (code, _, body) =
+            exchange(p, request.as_bytes()).unwrap_or_else(|| panic!("no answer to {request:?}"));
+        assert_eq!(code, 200, "{request:?}");
+        assert!(
+            body.starts_with(br#"{"status":"ok","phase":"running""#),
+            "`/` was asked for by {request:?}, another path answered: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
+
+/// Empty lines before the request line are passed over (RFC 9112 §2.2: a server SHOULD ignore
+/// at least one), whatever they end with.
+#[test]
+fn probe_empty_lines_before_the_request_line() {
+    let l = leader("probe-empty-lines");
+    for request in [
+        "\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "\n\r\n\nGET /healthz HTTP/1.0\n\n",
+    ] {
+        expect(l.port, request, 200, r#"{"status":"ok"}"#);
+    }
 }
 
 /// A query string is ignored, whatever the line ends.

@@ -675,6 +675,35 @@ fn the_longest_argument_list_reaches_the_leaders_command() {
     }
 }
 
+/// A leader's command that the kernel refuses and that is a binary (an ELF header it cannot
+/// load, as a binary for another machine is) is not handed to `/bin/sh`, which would run the
+/// `exit 42` line it holds: 126 with the reason, and the wrapper resigns at once.
+#[test]
+fn a_binary_the_kernel_refuses_is_not_run_as_a_shell_script() {
+    use std::os::unix::fs::PermissionsExt;
+    let etcd = Etcd::start();
+    let dir = common::TempDir::new("refused-binary-leader");
+    let file = dir.join("prog");
+    std::fs::write(&file, b"\x7fELF\x02\x01\x01\x00garbage\nexit 42\n").expect("write prog");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut c = Candidate::new("elf")
+        .lock("refused-binary")
+        .endpoints(&etcd.endpoint())
+        .lease(3)
+        .renew("2s")
+        .command(file.to_str().expect("utf-8 path"))
+        .spawn();
+    let code = c.expect_exit(Duration::from_secs(20));
+    let stderr = c.stderr_text();
+    assert_eq!(code.code(), Some(126), "run by /bin/sh? {code:?}\n{stderr}");
+    assert!(
+        stderr.contains("cannot execute binary file") && stderr.contains("another machine"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("resigned"), "{stderr}");
+    assert_eq!(etcd.get_prefix_keys("refused-binary"), Vec::<String>::new());
+}
+
 /// A leader's command whose argument list is over the kernel's limit — here the wrapper's stack
 /// limit was lowered while it waited (prlimit), which lowers `ARG_MAX` for its exec — is
 /// refused with the reason in words and 126, as a shell does; the wrapper resigns at once.
