@@ -329,7 +329,12 @@ impl Election {
         if let Some(seat) = self.seat.clone() {
             // After a failure: the seat of this life, if it still holds, is ours without the
             // look a previous life gets (which would stop renewing it meanwhile).
-            let own = timed(op_timeout(&self.cfg), c.get(seat.key.as_str(), None)).await?;
+            let keys_only = GetOptions::new().with_keys_only();
+            let own = timed(
+                op_timeout(&self.cfg),
+                c.get(seat.key.as_str(), Some(keys_only)),
+            )
+            .await?;
             if seat.holds(own.kvs().first()) == Some(true) {
                 self.reachable();
                 return Ok(Some(seat));
@@ -689,6 +694,12 @@ impl Election {
                 debug!("handing over: {e}");
             }
         }
+        // Adopted from a previous life that held the record: should that life be alive after all
+        // and cut off, it shares this lease and may run its command until then. (If the wrapper
+        // exits first, the lease expires by itself, no earlier.)
+        if let Some(t) = seat.not_before {
+            tokio::time::sleep_until(t.into()).await;
+        }
         let lease = seat.lease;
         let budget = crate::timing::resign_budget(seat.ttl);
         let give_up = Instant::now() + budget;
@@ -697,7 +708,8 @@ impl Election {
                 let t = op_timeout(&self.cfg);
                 let mut c = self.client().await?;
                 // Put again by a twin that adopted it: the lease is shared now, never revoke it.
-                let own = timed(t, c.get(seat.key.as_str(), None)).await?;
+                let keys_only = GetOptions::new().with_keys_only();
+                let own = timed(t, c.get(seat.key.as_str(), Some(keys_only))).await?;
                 if seat.holds(own.kvs().first()) == Some(false) {
                     return Ok(false);
                 }
