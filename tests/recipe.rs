@@ -333,3 +333,50 @@ fn the_jobs_writes_of_hex_named_keys_do_not_wake_the_leader() {
          leader reads the queue on the job's writes"
     );
 }
+
+/// Our leader stopping slowly, an `etcdctl lock` queued behind it, a waiter of ours, a forcer
+/// SIGKILLed while the leader stops for it and restarted, another `etcdctl lock` behind them all:
+/// nobody's command beside another's, and everybody runs in the end (each command ends by itself
+/// after a while). (From a review that tried to break the forcer's protocol.)
+#[test]
+fn a_forcer_killed_mid_hand_over_among_strangers_and_waiters() {
+    let s = Scene::new("recipe", "rcp-mix");
+    let short = |id: &str| {
+        LockClient::start(
+            &s.etcd.endpoint(),
+            &s.lock,
+            id,
+            &s.log,
+            &["--exit-after", "600"],
+        )
+    };
+    let mut h = cand(&s, "h").args(&["--term-delay", "700"]).spawn();
+    let rh = start_of(&s.mon, "h");
+    wait_keys(&s.etcd, &s.lock, 1);
+    let _x1 = short("x1");
+    wait_keys(&s.etcd, &s.lock, 2);
+    let mut w = cand(&s, "w").args(&["--exit-after", "600"]).spawn();
+    wait_keys(&s.etcd, &s.lock, 3);
+    let mut f1 = cand(&s, "f").force(true).args(&["--id", "f.1"]).spawn();
+    s.mon.wait_for_record("SIGTERM to h's command", T, |r| {
+        r.kind == common::child::Kind::Term && r.pid == rh.pid
+    });
+    f1.kill9();
+    let mut f2 = cand(&s, "f")
+        .force(true)
+        .args(&["--id", "f.2", "--exit-after", "600"])
+        .spawn();
+    let _x2 = short("x2");
+    for id in ["x1", "w", "f.2", "x2"] {
+        start_of(&s.mon, id);
+    }
+    s.mon.wait_until_all_dead(T);
+    s.mon.assert_no_overlap();
+    for c in [&mut h, &mut w, &mut f2] {
+        c.expect_exit(T);
+    }
+    assert!(
+        s.mon.starts().iter().all(|r| r.identity != "f.1"),
+        "the killed forcer ran"
+    );
+}
