@@ -81,20 +81,15 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
         if !resp.succeeded() {
             continue;
         }
-        // If it held the record it may have been running the command. Alive after all and cut
-        // off, it stops it before its lease could expire as its last counted renewal left it;
-        // its renewals stop counting at our put again: a full TTL from now is past that.
-        let record = timed(t, c.get(keys.holder.as_str(), None)).await?;
-        let held = record.kvs().first().is_some_and(|h| h.lease() == kv.lease);
-        let expiry = Instant::now() + Duration::from_secs(granted as u64 + 1);
+        // It may have been running the command (whether or not the record still says so: an
+        // operator may have deleted it). Alive after all and cut off, it stops it before its
+        // lease could expire as its last counted renewal left it; its renewals stop counting at
+        // our put again: a full TTL from now is past that.
+        let expiry = Instant::now() + Duration::from_secs(granted.unsigned_abs() + 1);
         info!(
-            "adopting {key} left by our previous life (lease {:x}){}",
+            "adopting {key} left by our previous life (lease {:x}); leading no earlier than a TTL \
+             from now",
             kv.lease,
-            if held {
-                "; it held the lock: leading no earlier than a TTL from now"
-            } else {
-                ""
-            }
         );
         adopted = Some(Adoption::Adopted {
             seat: Seat {
@@ -103,7 +98,7 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
                 key,
                 revision: kv.create_revision,
                 mod_revision: resp.header().map_or(0, |h| h.revision()),
-                not_before: held.then_some(expiry),
+                not_before: Some(expiry),
             },
             sent,
         });

@@ -123,6 +123,15 @@ enum Outcome {
     Twin(String),
 }
 
+/// What became of our lease when we resigned.
+enum Revoked {
+    Yes,
+    /// Our key was put again by a twin: the lease is its own now.
+    Adopted,
+    /// Our key is gone and the record is bound to our lease: see `Election::revoke`.
+    Recorded,
+}
+
 /// Whom a leader hands the record to, read while it leads so that the hand-over needs no read.
 enum Heir {
     /// The first candidate behind us (with its value, the identity the record will hold).
@@ -704,21 +713,17 @@ impl Election {
         let budget = crate::timing::resign_budget(seat.ttl);
         let give_up = Instant::now() + budget;
         loop {
-            let revoke = async {
-                let t = op_timeout(&self.cfg);
-                let mut c = self.client().await?;
-                // Put again by a twin that adopted it: the lease is shared now, never revoke it.
-                let keys_only = GetOptions::new().with_keys_only();
-                let own = timed(t, c.get(seat.key.as_str(), Some(keys_only))).await?;
-                if seat.holds(own.kvs().first()) == Some(false) {
-                    return Ok(false);
-                }
-                timed(t, c.lease_revoke(lease)).await.map(|_| true)
-            };
-            let e = match revoke.await {
-                Ok(true) => return info!("resigned: revoked lease {lease:x}"),
-                Ok(false) => {
+            let e = match self.revoke(&seat).await {
+                Ok(Revoked::Yes) => return info!("resigned: revoked lease {lease:x}"),
+                Ok(Revoked::Adopted) => {
                     return warn!("our key was adopted by a twin: lease {lease:x} left to it")
+                }
+                Ok(Revoked::Recorded) => {
+                    return warn!(
+                        "our key is gone but {} is bound to our lease (a twin adopted our place, \
+                         or our key was deleted by hand): lease {lease:x} left to expire",
+                        self.keys.holder
+                    )
                 }
                 Err(e) if is_lease_not_found(&e) => return,
                 Err(e) => e,
@@ -730,6 +735,32 @@ impl Election {
             self.etcd.after_failure(&e);
             tokio::time::sleep(self.cfg.retry_period).await;
         }
+    }
+
+    /// Revokes our lease, unless another process may be using it: a twin that adopted our key
+    /// (put it again), or, our key gone, the record bound to our lease: a twin that adopted our
+    /// place may lead with it (an operator deleted the key after), and it must not be ended
+    /// under it. Then the lease expires by itself, as a vanished holder's does.
+    async fn revoke(&self, seat: &Seat) -> Result<Revoked> {
+        let t = op_timeout(&self.cfg);
+        let mut c = self.client().await?;
+        let keys_only = || Some(GetOptions::new().with_keys_only());
+        let read = Txn::new().and_then([
+            TxnOp::get(seat.key.as_str(), keys_only()),
+            TxnOp::get(self.keys.holder.as_str(), keys_only()),
+        ]);
+        let resp = timed(t, c.txn(read)).await?;
+        let kv = |i: usize| match resp.op_responses().get(i) {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+            _ => None,
+        };
+        match seat.holds(kv(0).as_ref()) {
+            Some(false) => return Ok(Revoked::Adopted),
+            None if kv(1).is_some_and(|h| h.lease() == seat.lease) => return Ok(Revoked::Recorded),
+            _ => {}
+        }
+        timed(t, c.lease_revoke(seat.lease)).await?;
+        Ok(Revoked::Yes)
     }
 
     /// In one transaction, our key deleted and the record bound to our heir's lease: its watch
