@@ -3,14 +3,19 @@
 //! protocol (`src/election.rs` before issue 9) has the counterexamples of issue 9's holes 1, 2,
 //! 3 and 6; the new one keeps one command at a time in every reachable state through a crash
 //! (with a revoke left in flight) and a cut-off beside a forcer, and has the counterexamples
-//! listed as findings below, each beside the change the model shows closes it. Paths print
-//! with `--nocapture`.
+//! listed as findings below, each beside the change the model shows closes it. Among
+//! strangers (clients of etcd's own recipe on the same lock) the new protocol lets a stranger
+//! run beside a forcer; changes 1 and 2 of "safe among strangers" close that only while the
+//! forcer remembers and forces one stranger out (findings 5 and 6); a forcer that deletes no
+//! key closes both. A key deleted by hand releases the strangers behind it whatever we do: with
+//! an operator's delete of a key the model fails, as expected, and without it holds. Paths
+//! print with `--nocapture`.
 
 mod model {
     pub mod protocol;
 }
 
-use model::protocol::{Action, Adoption, Protocol, Spec, State, Variant, DEPOSED, HANDED};
+use model::protocol::{Action, Adoption, Protocol, Spec, State, Variant, Waiters, DEPOSED, HANDED};
 use stateright::{Checker, HasDiscoveries, Model};
 use std::time::Instant;
 
@@ -21,6 +26,7 @@ fn wrapper(identity: u8) -> Spec {
         identity,
         force: false,
         go: false,
+        stranger: false,
     }
 }
 
@@ -29,6 +35,7 @@ fn forcer(identity: u8) -> Spec {
         identity,
         force: true,
         go: false,
+        stranger: false,
     }
 }
 
@@ -37,6 +44,16 @@ fn go(identity: u8) -> Spec {
         identity,
         force: false,
         go: true,
+        stranger: false,
+    }
+}
+
+fn stranger(identity: u8) -> Spec {
+    Spec {
+        identity,
+        force: false,
+        go: false,
+        stranger: true,
     }
 }
 
@@ -54,6 +71,10 @@ fn model(variant: Variant, procs: Vec<Spec>) -> Protocol {
         adoption: Adoption::Remaining,
         remember: true,
         trust_hand_over: true,
+        waiters: Waiters::Deleted,
+        depose_in_place: false,
+        adopted_revoke_waits: false,
+        delete_keys: true,
     }
 }
 
@@ -221,19 +242,50 @@ fn new_finding_2_fence_expires_before_the_go_replica_is_revoked() {
 /// (the runner's lease it saw is not awaited), a failed request forgets it, and a record found
 /// already ours (taken before the failure) is led with at once. So one out-of-band delete of
 /// the deposal in `LOCK` lets the forcer start while the holder it deposed still stops. Closed
-/// when the seen set lives with the seat and is awaited in both cases.
+/// when the seen set lives with the seat and is awaited in both cases; closed as well, without
+/// it, by a deposal that keeps the holder's key (`depose_in_place`): that key keeps the forcer
+/// in line until the holder lets go.
 #[test]
 fn new_finding_3_delete_of_the_deposal() {
     let mut m = model(Variant::New, vec![wrapper(0), wrapper(1), forcer(2)]);
     m.deletes = 1;
     m.remember = false;
+    m.depose_in_place = false;
     assert_hole("new finding 3 (an operator deletes the deposal)", m.clone());
+    m.depose_in_place = true;
+    assert_holds(
+        "new finding 3, the deposal keeps the holder's key (seen set forgotten)",
+        m.clone(),
+    );
+    m.depose_in_place = false;
     m.remember = true;
     m.errors = 1;
     assert_holds(
         "new finding 3, the seen set kept with the seat (+ 1 error)",
         m,
     );
+}
+
+/// Finding 4, open in `src/`: twins and a forcer. A live twin cut off while it leads looks dead;
+/// the other adopts its key (and waits to lead, as finding 1's change makes it). When a forcer
+/// deposes the lease they share, one of them revokes it while the cut-off one's command still
+/// runs, and the forcer starts: the adopter going back in line (its key deleted by the deposal,
+/// or, with the deposal in place, the deposal bound to its lease) revokes at once, and the life
+/// whose key was adopted, healed, no longer sees that it was once the deposal deleted the key.
+/// Closed by the deposal keeping the key (`depose_in_place`) with an adopter revoking no
+/// earlier than it could lead (`adopted_revoke_waits`); either alone is not enough.
+#[test]
+fn new_finding_4_twins_revoke_a_deposed_lease_still_in_use() {
+    let mut m = model(Variant::New, vec![wrapper(0), wrapper(0), forcer(1)]);
+    m.cuts = 1;
+    assert_hole("new finding 4 (twins + forcer, 1 cut)", m.clone());
+    m.adopted_revoke_waits = true;
+    assert_hole("new finding 4, the adopter's revoke waits alone", m.clone());
+    m.adopted_revoke_waits = false;
+    m.depose_in_place = true;
+    assert_hole("new finding 4, deposal in place alone", m.clone());
+    m.adopted_revoke_waits = true;
+    assert_holds("new finding 4 closed: twins + forcer, 1 cut", m);
 }
 
 /// The proposed changes together, against twins and a forcer at once.
@@ -288,5 +340,129 @@ fn new_hand_over_is_led_at_once() {
     assert_holds(
         "hand-over led at once: 2 wrappers + forcer, 1 quit, 1 crash in flight",
         crash_in_flight_instead(m),
+    );
+}
+
+// Strangers: clients of etcd's own recipe on the same lock (issue "Safe among strangers", item
+// 1). A stranger waits only until no key older than its own remains, its own key deleted or not,
+// and never reads `LOCK` or the yield request.
+
+/// Changes 1 and 2 as proposed: forced-out leases awaited, deposal in place.
+fn changes_1_2(procs: Vec<Spec>) -> Protocol {
+    let mut m = model(Variant::New, procs);
+    m.waiters = Waiters::Awaited;
+    m.depose_in_place = true;
+    m
+}
+
+/// What the model shows holds among strangers: the forcer deletes no key (our waiters step back
+/// themselves), the deposal in place, and an adopter's revoke no earlier than it could lead.
+fn among_strangers(procs: Vec<Spec>) -> Protocol {
+    let mut m = model(Variant::New, procs);
+    m.waiters = Waiters::StepBack;
+    m.depose_in_place = true;
+    m.adopted_revoke_waits = true;
+    m
+}
+
+/// `src/` as it is: a stranger queued between our leader and a forcer has its key deleted by
+/// the forcer's request; it runs as soon as the leader's key goes (hand-over or deposal), beside
+/// the forcer. Either change alone leaves one of the two paths open: without change 2 the
+/// deposal deletes the leader's key, which releases the stranger while the leader stops;
+/// without change 1 the forcer, handed the record, starts while the stranger runs.
+#[test]
+fn strangers_overlap_without_changes_1_and_2() {
+    let procs = || vec![wrapper(0), stranger(1), forcer(2)];
+    assert_hole("strangers: src/", model(Variant::New, procs()));
+    let mut m = model(Variant::New, procs());
+    m.waiters = Waiters::Awaited;
+    assert_hole("strangers: change 1 alone", m);
+    let mut m = model(Variant::New, procs());
+    m.depose_in_place = true;
+    assert_hole("strangers: change 2 alone", m);
+}
+
+/// Changes 1 and 2 hold as long as the forcer lives, keeps its seat and forces at most one
+/// stranger out.
+#[test]
+fn strangers_changes_1_and_2_hold_while_the_forcer_remembers() {
+    let mut m = changes_1_2(vec![wrapper(0), stranger(1), forcer(2)]);
+    m.quits = 1;
+    m.errors = 1;
+    assert_holds("strangers, changes 1-2: 1 quit, 1 error", m);
+    let mut m = changes_1_2(vec![wrapper(0), stranger(1), forcer(2), wrapper(3)]);
+    m.quits = 1;
+    assert_holds("strangers, changes 1-2: + a second wrapper, 1 quit", m);
+}
+
+/// Finding 5, open with changes 1-2: the forced-out leases live in the forcer's memory. A
+/// forcer that crashes (restarted or not) or loses its lease (cut off, then joining again)
+/// forgets the stranger it released; the waiter it sent back in line (or the forcer itself,
+/// with its new seat) takes the record and starts while the stranger runs.
+#[test]
+fn strangers_finding_5_the_forcer_forgets_whom_it_forced_out() {
+    let mut m = changes_1_2(vec![wrapper(0), stranger(1), forcer(2)]);
+    m.crashes = 1;
+    assert_hole("strangers finding 5: changes 1-2, the forcer crashes", m);
+    let mut m = changes_1_2(vec![wrapper(0), stranger(1), forcer(2)]);
+    m.cuts = 1;
+    m.quits = 1;
+    assert_hole("strangers finding 5: changes 1-2, the forcer is cut off", m);
+}
+
+/// Finding 6, open with changes 1-2: two strangers forced out both run once the keys older
+/// than theirs are gone, at once: strangers order themselves by their keys alone, so no wait
+/// of ours can help once those keys are deleted.
+#[test]
+fn strangers_finding_6_two_strangers_forced_out_run_together() {
+    let m = changes_1_2(vec![wrapper(0), stranger(1), stranger(3), forcer(2)]);
+    assert_hole(
+        "strangers finding 6: changes 1-2, two strangers forced out",
+        m,
+    );
+}
+
+/// Findings 5 and 6 closed: the forcer's request deletes no key (a waiter of ours steps back
+/// itself on reading it; a stranger keeps its place, and the forcer waits for it), beside the
+/// deposal in place and finding 4's change. Checked with strangers ahead and behind, a
+/// forcer's crash (its revoke in flight) and cut-off, and a failed request.
+#[test]
+fn strangers_hold_when_the_forcer_deletes_no_key() {
+    let mut m = among_strangers(vec![wrapper(0), stranger(1), forcer(2)]);
+    m.quits = 1;
+    m.crashes = 1;
+    m.revoke_in_flight = true;
+    assert_holds("strangers, no key deleted: 1 quit, 1 crash in flight", m);
+    let mut m = among_strangers(vec![wrapper(0), stranger(1), forcer(2)]);
+    m.quits = 1;
+    m.cuts = 1;
+    m.errors = 1;
+    assert_holds("strangers, no key deleted: 1 quit, 1 cut, 1 error", m);
+    let mut m = among_strangers(vec![wrapper(0), stranger(1), stranger(3), forcer(2)]);
+    m.quits = 1;
+    assert_holds("strangers, no key deleted: two strangers, 1 quit", m);
+    let mut m = among_strangers(vec![stranger(1), wrapper(0), forcer(2)]);
+    m.quits = 1;
+    m.crashes = 1;
+    assert_holds(
+        "strangers, no key deleted: a stranger first, 1 quit, 1 crash",
+        m,
+    );
+}
+
+/// A key deleted by hand releases the strangers behind it while its holder still runs: no
+/// protocol of ours can prevent that. It is the only way left: an operator deleting `LOCK` or
+/// the yield request does not.
+#[test]
+fn strangers_are_released_only_by_a_key_deleted_by_hand() {
+    let mut m = among_strangers(vec![wrapper(0), stranger(1), forcer(2)]);
+    m.quits = 1;
+    m.deletes = 1;
+    assert_hole("strangers: an operator deletes a key", m.clone());
+    m.delete_keys = false;
+    m.errors = 1;
+    assert_holds(
+        "strangers, no key deleted: an operator deletes LOCK or the request, 1 error",
+        m,
     );
 }

@@ -1,14 +1,24 @@
 //! The exclusion protocol as a state machine for the `stateright` model checker: candidates
-//! (wrappers of ours, replicas of the Go tool), etcd (leases, candidate keys in create-revision
-//! order, the holder record `LOCK` (H here), the yield request `LOCK\0yield` (Y)) and the
-//! environment (crashes, cut-offs, a member that renews but cannot commit, an operator deleting
-//! keys). Two variants: [`Variant::Old`] is `src/election.rs` before issue 9 (commit d8293d8:
-//! force revokes and deletes the keys ahead one at a time and waits in memory; a waiter starts
-//! once its predecessor key is gone; H only as the legacy lock), [`Variant::New`] is the issue-9
-//! protocol as `src/` implements it (H always, yield request, deposal, hand-over, adoption put
-//! again, renewals confirmed). Two switches model proposed changes: [`Adoption::Off`], and
-//! `remember` (the seen set lives with the seat: the lease the forcer saw running is in it, a
-//! failed request does not forget it, and it is awaited also when the record is already ours).
+//! (wrappers of ours, replicas of the Go tool, strangers: clients of etcd's own recipe), etcd
+//! (leases, candidate keys in create-revision order, the holder record `LOCK` (H here), the
+//! yield request `LOCK\0yield` (Y)) and the environment (crashes, cut-offs, a member that renews
+//! but cannot commit, an operator deleting keys). Two variants: [`Variant::Old`] is
+//! `src/election.rs` before issue 9 (commit d8293d8: force revokes and deletes the keys ahead
+//! one at a time and waits in memory; a waiter starts once its predecessor key is gone; H only
+//! as the legacy lock), [`Variant::New`] is the issue-9 protocol as `src/` implements it (H
+//! always, yield request, deposal, hand-over, adoption put again, renewals confirmed). Switches
+//! model proposed changes to NEW: [`Adoption::Off`]; `remember` (the seen set lives with the
+//! seat: the lease the forcer saw running is in it, a failed request does not forget it, and it
+//! is awaited also when the record is already ours); [`Waiters`] (what the forcer's request does
+//! to the keys waiting between the runner and it); `depose_in_place` (the deposal keeps the
+//! holder's key); `adopted_revoke_waits`. `delete_keys` narrows the operator's deletes.
+//!
+//! A **stranger** (`etcdctl lock`, `etcdctl elect`, client-go's `concurrency`, the Go tool
+//! v0.1.x) grants a lease, creates `LOCK/<its lease hex>` (a candidate key to us), waits until
+//! no key with a smaller create revision exists, runs, then deletes its key and revokes its
+//! lease. It reads neither H nor Y, and in the worst case (3.4-era clients, every
+//! `Election.Campaign`) it runs even if its own key was deleted meanwhile (by a forcer, by
+//! hand). Used once: each stranger is one run of such a client.
 //!
 //! # Granularity
 //! Every action is one etcd request (read, txn, grant, revoke, ...) or one local step of a
@@ -34,9 +44,10 @@
 //!   the command runs on; in NEW the read cannot be answered, so a stuck member is a cut-off
 //!   and is not modelled separately.
 //! - **Deposal** (force.rs `depose`): a holder with a candidate key gets H bound to its own
-//!   lease: nothing timed. One without (a Go replica, or ours whose key was deleted by hand)
-//!   gets a fence: a lease of its TTL + 1 s, renewed once after the txn (`Anchor`), then its own
-//!   lease revoked (`RevokeRunner`). The fence may expire once the deposed command can no longer
+//!   lease, marked deposed: nothing timed (its key deleted in the same txn, or, with
+//!   `depose_in_place`, kept: its renewals stop counting once H changed). One without (a Go
+//!   replica, or ours whose key was deleted by hand) gets a fence: a lease of its TTL + 1 s,
+//!   renewed once after the txn (`Anchor`), then its own lease revoked (`RevokeRunner`). The fence may expire once the deposed command can no longer
 //!   run: a Go replica stops within a third of its TTL + 2 s of the revoke, a wrapper of ours
 //!   before its lease could expire and never starts again (its renewals stopped counting at the
 //!   deposal). Until the revoke of a Go replica lands, nothing the fence does stops it: its
@@ -47,6 +58,11 @@
 //!   TTL after their revoke; the deposed commands are dead by then (their last renewal was
 //!   before the revoke). `SleepDone` is enabled once no wrapper holding a lease it revoked runs
 //!   its command.
+//! - **Strangers**: a stranger renews its lease while it waits and runs, so its lease expires
+//!   only once it crashed, and its command stops with it. It is never cut off: one cut off runs
+//!   on after its lease, a hole of its own that no protocol of ours can close. Its lease
+//!   revoked by our fence (only a keyless runner's, and a stranger's key is deleted only by
+//!   hand) does not stop it either.
 //! - **Yield bound** (NEW `RETRY_PERIOD`): the forcer may depose at any time once it asked (a
 //!   slow holder's ack may come after the deposal).
 //! - **Adoption** (NEW adopt.rs): a lease is adopted once seen unrenewed for a third of its
@@ -62,21 +78,24 @@
 //! |---|---|---|
 //! | `Join`: adopt a key of our identity, else grant + put-if-absent key | election.rs `Election::join`, `adopt`, `create` | election.rs `Election::join`, `create` |
 //! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again, read H | — (adopts at once, revokes other keys of ours) | adopt.rs `previous_life`, `liveness` |
-//! | `Check`: one read and the decision (or, next in line, the hand-over's watch event: a read at its revision); `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `handed_to`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds`, `is_handed_over` |
-//! | `Force`: read; request txn (Y + waiters ahead back in line) | election.rs `depose_ahead_of` (its read) | force.rs `request_yield` |
-//! | `Fence` (no ack within the bound) / `Anchor` / `RevokeRunner` | — | force.rs `depose` |
+//! | `Check`: one read and the decision (or, next in line, the hand-over's watch event: a read at its revision; `Waiters::StepBack`: a later forcer's request sends us back in line; `depose_in_place`: so does a deposal bound to our lease); `Take`; `AwaitGone` (`Waiters::Awaited`: the forcer's forced-out leases too, handed over or not) | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `handed_to`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds`, `is_handed_over` |
+//! | `Force`: read; request txn (Y + the keys waiting ahead deleted: back in line; `Waiters::Awaited`: their leases remembered; `Waiters::StepBack`: none deleted) | election.rs `depose_ahead_of` (its read) | force.rs `request_yield` |
+//! | `Fence` (no ack within the bound): H re-bound to the runner's lease marked deposed, its key deleted (`depose_in_place`: kept), Y withdrawn, in one txn; a runner without a key: the fence, `Anchor`, `RevokeRunner` | — | force.rs `depose` |
 //! | `Depose` (revoke one key ahead) / `SleepDone` | election.rs `depose_ahead_of` (loop, `sleep_until`) | — |
 //! | `LeaseLost`: lease gone → join again | election.rs `keep_alive`, `elect_and_lead` | same |
 //! | `StartCmd` (or resign: not renewed within the renew deadline) | main.rs `Wrapper::lead`, supervisor.rs `spawn` | same, after a renewal that counts if the last one was too old |
-//! | `Notice`: own key deleted or adopted, H gone or re-bound | election.rs `watch_own_key` | election.rs `watch_own_key` |
+//! | `Notice`: own key deleted or adopted, H gone or re-bound (`depose_in_place`: or put over since we took it, by its mod revision; renewals stop counting then) | election.rs `watch_own_key` | election.rs `watch_own_key`, `Keeper::confirm` |
 //! | `Yield`: delete Y (the ack), stop | — | election.rs `watch_own_key` |
 //! | `Quit`: the command exits by itself, or the wrapper gets SIGTERM | main.rs `on_child_exit`, `stop` | same |
 //! | `Deadline` / `Stale`: no counted renewal within the renew deadline | main.rs `Wrapper::on_deadline` → `stop` | same, with election.rs `Keeper::confirm` |
 //! | `CmdExit`: SIGTERM handled, or SIGKILL at the kill deadline | main.rs `on_child_exit`, `on_deadline`, `kill_at` | same |
 //! | `HandOver`: own key deleted, H bound to the next candidate | — | election.rs `hand_over` |
-//! | `Revoke` (resign) / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | same |
-//! | `Crash`: SIGKILL, the guardian kills the command at once | supervisor.rs (guardian) | same |
+//! | `Revoke` (resign; `adopted_revoke_waits`: an adopted seat not before it could lead) / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | same |
+//! | `Crash`: SIGKILL, the guardian kills the command at once (a stranger's command stops with it) | supervisor.rs (guardian) | same |
 //! | `GPoll` / `GNotice`: Go replica | tests/common/old_replica.rs | same |
+//! | `Join` (stranger): grant, create `LOCK/<its lease hex>` | client-go `concurrency.NewSession`, `Mutex.Lock` / `Election.Campaign` (the put) | same |
+//! | `SWait` (stranger): no key older than its own left, its own key there or not | client-go `waitDeletes` (3.4-era `Mutex.Lock`, every `Election.Campaign`: no check of its own key) | same |
+//! | `SDone` (its command ends) / `SUnlock` (delete its key) / `SClose` (revoke its lease) | etcdctl `lock` with a command: `Mutex.Unlock`, then `Session.Close` | same |
 //! | `Expire`, `DeliverRevoke`, `DeleteKey` / `DeleteH` / `DeleteY` | etcd; an operator's `etcdctl del` | same |
 
 use stateright::{Model, Property};
@@ -99,12 +118,15 @@ pub enum Variant {
     New,
 }
 
-/// One process slot: a wrapper of ours (restartable) or a Go replica (used once).
+/// One process slot: a wrapper of ours (restartable), a Go replica or a stranger (used once).
 #[derive(Clone, Copy, Debug)]
 pub struct Spec {
     pub identity: u8,
     pub force: bool,
     pub go: bool,
+    /// A client of etcd's own recipe (`etcdctl lock`, `etcdctl elect`, client-go's
+    /// `concurrency`, the Go tool v0.1.x): it never reads H nor Y.
+    pub stranger: bool,
 }
 
 /// The model: which protocol, who takes part, and how many faults of each kind.
@@ -131,6 +153,37 @@ pub struct Protocol {
     /// Proposed change (issue 12): a record found bound to our lease and put over an existing
     /// one (a hand-over) is led at once, without waiting for the leases seen ahead.
     pub trust_hand_over: bool,
+    /// What a forcer's request does to the candidates waiting between the runner and it.
+    pub waiters: Waiters,
+    /// Change 2 of "safe among strangers": the deposal keeps the holder's key and re-binds H to
+    /// its lease, marked deposed (a put: H's mod revision changes); a holder of ours is deposed
+    /// once H is not the record it took (or was handed), and its renewals stop counting there.
+    /// A head of the queue that finds a deposal bound to its own lease (deposed before it took
+    /// H) goes back in line: a deposal is no hand-over. Off: the deposal deletes the holder's key.
+    pub depose_in_place: bool,
+    /// Proposed change (finding 4): a seat adopted from a life that held the record revokes its
+    /// lease no earlier than it could lead (`not_before`): that life, if it is a live twin cut
+    /// off, may run its command under the lease until then.
+    pub adopted_revoke_waits: bool,
+    /// The operator's deletes may hit candidate keys (`DeleteKey`); off: only `LOCK` and
+    /// `LOCK\0yield`.
+    pub delete_keys: bool,
+}
+
+/// What a forcer's request txn does to the keys waiting between the runner and the forcer. A
+/// stranger among them runs once nothing older than its key remains, its key deleted or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiters {
+    /// Deleted, and forgotten (`src/` before "safe among strangers").
+    Deleted,
+    /// Change 1: deleted; their leases are remembered with the forcer's seat (kept through a
+    /// hand-over, lost with the seat or the process) and awaited before it starts its command,
+    /// the record handed over or taken.
+    Awaited,
+    /// Proposed change: none deleted, the request txn only puts Y; a waiter of ours between the
+    /// runner and the forcer steps back itself on reading it (deletes its key, revokes its
+    /// lease, joins again: what a waiter at the head does today), a stranger keeps its place.
+    StepBack,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +281,15 @@ pub enum Pc {
     Exited,
     /// Go replica: polling `LOCK` (H).
     GPoll,
+    /// Stranger: waiting until no key created before its own remains (the leases of those
+    /// still there; its own key may be gone).
+    SWait(Vec<L>),
+    /// Stranger: its command runs (it keeps renewing its lease).
+    SRun,
+    /// Stranger: its command is done; next it deletes its key (`Unlock`).
+    SUnlock,
+    /// Stranger: its key deleted; next it revokes its lease (the session's close).
+    SClose,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -254,6 +316,9 @@ pub struct Proc {
     pub fresh: bool,
     /// Go replica: its watch saw H deleted.
     pub h_deleted: bool,
+    /// [`Waiters::Awaited`]: the leases whose waiting keys this forcer's request deleted, still
+    /// alive.
+    pub forced_out: Vec<L>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -310,9 +375,13 @@ pub enum Op {
     Heal,
     GPoll,
     GNotice,
+    SWait,
+    SDone,
+    SUnlock,
+    SClose,
 }
 
-const OPS: [Op; 32] = [
+const OPS: [Op; 36] = [
     Op::Start,
     Op::Join,
     Op::Observe,
@@ -345,6 +414,10 @@ const OPS: [Op; 32] = [
     Op::Heal,
     Op::GPoll,
     Op::GNotice,
+    Op::SWait,
+    Op::SDone,
+    Op::SUnlock,
+    Op::SClose,
 ];
 
 /// A cheap filter on the local state before `step` (which works on a copy of the state):
@@ -377,6 +450,10 @@ fn may_apply(op: Op, p: &Proc) -> bool {
             Pc::Resigning { .. } => matches!(op, Op::HandOver | Op::Revoke | Op::Abandon),
             Pc::Exited => false,
             Pc::GPoll => op == Op::GPoll,
+            Pc::SWait(_) => op == Op::SWait,
+            Pc::SRun => op == Op::SDone,
+            Pc::SUnlock => op == Op::SUnlock,
+            Pc::SClose => op == Op::SClose,
         }
 }
 
@@ -405,6 +482,7 @@ impl Proc {
             stale: false,
             fresh: true,
             h_deleted: false,
+            forced_out: Vec::new(),
         }
     }
 
@@ -414,11 +492,11 @@ impl Proc {
 
     /// Runs its command, or is about to start it.
     fn runs(&self) -> bool {
-        matches!(self.pc, Pc::Ready | Pc::Leading | Pc::Stopping)
+        matches!(self.pc, Pc::Ready | Pc::Leading | Pc::Stopping | Pc::SRun)
     }
 
     fn command(&self) -> bool {
-        matches!(self.pc, Pc::Leading | Pc::Stopping)
+        matches!(self.pc, Pc::Leading | Pc::Stopping | Pc::SRun)
     }
 
     /// Sends keep-alives that reach the majority (a twin whose key was adopted still does).
@@ -499,8 +577,13 @@ impl State {
     /// numbering are one state.
     fn normalize(&mut self) {
         let leases = self.leases.clone();
+        let keys: Vec<L> = self.keys.iter().map(|k| k.lease).collect();
         for p in &mut self.procs {
             p.seen.retain(|&l| leases[l as usize].alive);
+            p.forced_out.retain(|&l| leases[l as usize].alive);
+            if let Pc::SWait(ahead) = &mut p.pc {
+                ahead.retain(|l| keys.contains(l));
+            }
         }
         let mut map: Vec<Option<L>> = vec![None; leases.len()];
         let mut order: Vec<L> = Vec::new();
@@ -531,6 +614,10 @@ impl State {
             .collect();
         for p in &mut self.procs {
             p.seen.sort_unstable();
+            p.forced_out.sort_unstable();
+            if let Pc::SWait(ahead) = &mut p.pc {
+                ahead.sort_unstable();
+            }
         }
     }
 
@@ -562,9 +649,11 @@ impl State {
                     revoked.iter_mut().for_each(&mut *f);
                 }
                 Pc::Sleep { revoked } => revoked.iter_mut().for_each(&mut *f),
+                Pc::SWait(ahead) => ahead.iter_mut().for_each(&mut *f),
                 _ => {}
             }
             p.seen.iter_mut().for_each(&mut *f);
+            p.forced_out.iter_mut().for_each(&mut *f);
         }
     }
 }
@@ -592,6 +681,7 @@ impl Protocol {
         p.pc = Pc::Join;
         p.lease = None;
         p.seen.clear();
+        p.forced_out.clear();
         p.elected = false;
         p.not_before = None;
     }
@@ -610,7 +700,19 @@ impl Protocol {
         p.renews()
             && !p.disowned
             && Self::seat(s, i, l).is_some_and(|(_, ours)| ours)
-            && (!p.runs() || s.h.is_some_and(|h| h.lease == l))
+            && (!p.runs() || s.h.is_some_and(|h| self.holds_record(h, l)))
+    }
+
+    /// H is the record a holder of this lease took (or was handed): bound to it and, with
+    /// `depose_in_place`, not put over since (a deposal is the only put that keeps the
+    /// holder's lease, so in the model "H's mod revision unchanged" is "not marked deposed").
+    fn holds_record(&self, h: Rec, l: L) -> bool {
+        h.lease == l && !(self.depose_in_place && h.deposed)
+    }
+
+    /// [`Waiters::Awaited`]: forced-out leases this forcer must see gone before it starts.
+    fn forced_out_pending(&self, s: &State, i: usize) -> bool {
+        self.waiters == Waiters::Awaited && !s.procs[i].forced_out.is_empty()
     }
 
     /// The lease a resigning wrapper revokes: none once it knows its key was adopted.
@@ -689,6 +791,7 @@ impl Protocol {
         let own = s.procs[i].lease;
         match (op, pc) {
             (Op::Start, Pc::Down) if !spec.go => s.procs[i] = Proc::fresh(Pc::Join),
+            (Op::Join, Pc::Join) if spec.stranger => Self::stranger_join(s, i, spec.identity),
             (Op::Join, Pc::Join) if net_ok => self.join(s, i),
             (Op::Observe, Pc::Observe(l)) if net_ok => {
                 let renewed = s
@@ -783,7 +886,7 @@ impl Protocol {
             // that expired meanwhile is `LeaseLost`.
             (Op::Take, Pc::Take) if net_ok => self.take_record(s, i)?,
             (Op::AwaitGone, Pc::AwaitGone) if net_ok && own.is_some_and(|l| s.alive(l)) => {
-                if s.procs[i].seen.iter().any(|&l| s.alive(l)) {
+                if s.procs[i].seen.iter().any(|&l| s.alive(l)) || self.forced_out_pending(s, i) {
                     return None;
                 }
                 s.procs[i].pc = Pc::Ready;
@@ -868,7 +971,8 @@ impl Protocol {
                 let lost = !s.alive(l)
                     || key.is_none()
                     || adopted
-                    || ((new || self.legacy()) && s.h.map(|r| r.lease) != Some(l));
+                    || (self.legacy() && s.h.map(|r| r.lease) != Some(l))
+                    || (new && s.h.is_none_or(|h| !self.holds_record(h, l)));
                 if !lost {
                     return None;
                 }
@@ -934,6 +1038,9 @@ impl Protocol {
                     hand_over: false,
                 },
             ) if net_ok => {
+                if self.adopted_revoke_waits && self.may_still_run(s, i) {
+                    return None;
+                }
                 if let Some(l) = self.revokes(s, i) {
                     s.end_lease(l);
                 }
@@ -952,9 +1059,10 @@ impl Protocol {
                     s.procs[i] = Proc::fresh(Pc::Down);
                 }
             }
+            // A stranger's command is stopped with it; its lease expires, never used again.
             (Op::Crash, pc) if s.crashes > 0 && !spec.go && pc != Pc::Down && pc != Pc::Exited => {
                 s.crashes -= 1;
-                s.procs[i] = Proc::fresh(Pc::Down);
+                s.procs[i] = Proc::fresh(if spec.stranger { Pc::Exited } else { Pc::Down });
             }
             (
                 Op::CrashMidRevoke,
@@ -964,6 +1072,7 @@ impl Protocol {
             ) if self.revoke_in_flight
                 && s.crashes > 0
                 && net_ok
+                && !(self.adopted_revoke_waits && self.may_still_run(s, i))
                 && self.revokes(s, i).is_some() =>
             {
                 s.crashes -= 1;
@@ -971,13 +1080,23 @@ impl Protocol {
                 s.procs[i] = Proc::fresh(Pc::Down);
             }
             (Op::Cut, pc)
-                if s.cuts > 0 && net_ok && !spec.go && pc != Pc::Down && pc != Pc::Exited =>
+                if s.cuts > 0
+                    && net_ok
+                    && !spec.go
+                    && !spec.stranger
+                    && pc != Pc::Down
+                    && pc != Pc::Exited =>
             {
                 s.cuts -= 1;
                 s.procs[i].net = Net::Cut;
             }
             (Op::Stuck, pc)
-                if s.stucks > 0 && net_ok && !spec.go && pc != Pc::Down && pc != Pc::Exited =>
+                if s.stucks > 0
+                    && net_ok
+                    && !spec.go
+                    && !spec.stranger
+                    && pc != Pc::Down
+                    && pc != Pc::Exited =>
             {
                 s.stucks -= 1;
                 s.procs[i].net = Net::Stuck;
@@ -1018,6 +1137,19 @@ impl Protocol {
                 }
                 s.procs[i].pc = Pc::Stopping;
             }
+            // `waitDeletes` found nothing older than its key: it runs, whether its key (or, in
+            // the worst case, its lease) still exists or not.
+            (Op::SWait, Pc::SWait(ahead)) if ahead.is_empty() => s.procs[i].pc = Pc::SRun,
+            (Op::SDone, Pc::SRun) => s.procs[i].pc = Pc::SUnlock,
+            (Op::SUnlock, Pc::SUnlock) => {
+                let l = own?;
+                s.keys.retain(|k| k.lease != l);
+                s.procs[i].pc = Pc::SClose;
+            }
+            (Op::SClose, Pc::SClose) => {
+                s.end_lease(own?);
+                s.procs[i] = Proc::fresh(Pc::Exited);
+            }
             _ => return None,
         }
         Some(())
@@ -1051,6 +1183,15 @@ impl Protocol {
             s.set_h(None);
         }
         s.procs[i].pc = self.campaign_pc(i);
+    }
+
+    /// A stranger's session and key (`LOCK/<its lease hex>`), and the keys created before it.
+    fn stranger_join(s: &mut State, i: usize, identity: u8) {
+        let ahead = s.keys.iter().map(|k| k.lease).collect();
+        let l = s.grant(None);
+        s.keys.push(Rec::key(l, identity, i));
+        s.procs[i].lease = Some(l);
+        s.procs[i].pc = Pc::SWait(ahead);
     }
 
     /// A lease granted and our key put on it (`Election::create`).
@@ -1103,6 +1244,21 @@ impl Protocol {
         // the waiter whose predecessor holds the record decides on the hand-over's watch event
         // alone (election.rs `wait_turn`), without reading the queue.
         let handed = s.h.is_some_and(|h| h.lease == l && h.over && !h.deposed);
+        // `Waiters::StepBack`: a request of a forcer queued behind us (or without a key), while
+        // the record is not ours: we step back ourselves, as its txn would have made us.
+        let stepped_over = self.waiters == Waiters::StepBack
+            && s.y.is_some_and(|y| {
+                y.lease != l
+                    && s.key_pos(y.lease).is_none_or(|k| k > pos)
+                    && s.h.is_none_or(|h| h.lease != l)
+            });
+        if stepped_over {
+            s.procs[i].pc = Pc::Resigning {
+                rejoin: true,
+                hand_over: false,
+            };
+            return Some(());
+        }
         if pos > 0 && !(self.trust_hand_over && handed) {
             let pred = s.keys[pos - 1].lease;
             s.procs[i].see(pred);
@@ -1117,7 +1273,16 @@ impl Protocol {
             // withdraw a request of ours. Without `remember`, lead at once; with it, once the
             // leases seen are gone, as after taking it; with `trust_hand_over`, a record put
             // over an existing one is led at once: only its holder, its group empty, puts it
-            // over to our lease.
+            // over to our lease. With `depose_in_place`, a deposal bound to our lease is no
+            // hand-over: deposed before we took the record, we go back in line (our revoke
+            // ends the deposal).
+            Some(r) if self.depose_in_place && r.deposed => {
+                s.procs[i].pc = Pc::Resigning {
+                    rejoin: true,
+                    hand_over: false,
+                };
+                return Some(());
+            }
             Some(r) => {
                 if s.y.is_some_and(|y| y.lease == l) {
                     s.y = None;
@@ -1127,7 +1292,12 @@ impl Protocol {
                     Pc::AwaitGone
                 } else {
                     s.procs[i].seen.clear();
-                    Pc::Ready
+                    // Handed over: the forced-out leases are awaited all the same.
+                    if self.forced_out_pending(s, i) {
+                        Pc::AwaitGone
+                    } else {
+                        Pc::Ready
+                    }
                 };
                 return Some(());
             }
@@ -1231,14 +1401,20 @@ impl Protocol {
             if timeout {
                 return None;
             }
-            // The request, and the waiters between the runner and us back in line, in one txn.
+            // The request, and (unless `StepBack`) the waiters between the runner and us back in
+            // line, in one txn.
             s.y = Some(Rec::key(l, me, i));
-            let behind: Vec<L> = s.keys[..pos]
-                .iter()
-                .map(|k| k.lease)
-                .filter(|&k| k != runner.lease)
-                .collect();
-            s.keys.retain(|k| !behind.contains(&k.lease));
+            if self.waiters != Waiters::StepBack {
+                let behind: Vec<L> = s.keys[..pos]
+                    .iter()
+                    .map(|k| k.lease)
+                    .filter(|&k| k != runner.lease)
+                    .collect();
+                s.keys.retain(|k| !behind.contains(&k.lease));
+                if self.waiters == Waiters::Awaited {
+                    s.procs[i].forced_out.extend(behind);
+                }
+            }
             s.procs[i].pc = Pc::Force { asked: true };
             return Some(());
         }
@@ -1254,8 +1430,11 @@ impl Protocol {
         };
         s.y = None;
         if keyed {
-            // `depose`: H bound to the runner's own lease, its key deleted, in one txn.
-            s.keys.retain(|k| k.lease != runner.lease);
+            // `depose`: H bound to the runner's own lease (and, without `depose_in_place`, its
+            // key deleted), in one txn.
+            if !self.depose_in_place {
+                s.keys.retain(|k| k.lease != runner.lease);
+            }
             s.set_h(Some(deposal));
             return wait(s);
         }
@@ -1370,7 +1549,7 @@ impl Model for Protocol {
             if self.expire_enabled(s, l) {
                 actions.push(Action::Expire(l));
             }
-            if s.deletes > 0 && s.key_pos(l).is_some() {
+            if s.deletes > 0 && self.delete_keys && s.key_pos(l).is_some() {
                 actions.push(Action::DeleteKey(l));
             }
         }
@@ -1464,10 +1643,11 @@ impl Model for Protocol {
 impl Protocol {
     pub fn name(&self, i: usize) -> String {
         let spec = self.procs[i];
-        let kind = match (spec.go, spec.force) {
-            (true, _) => "go",
-            (false, true) => "forcer",
-            (false, false) => "wrapper",
+        let kind = match (spec.go, spec.force, spec.stranger) {
+            (true, _, _) => "go",
+            (_, _, true) => "stranger",
+            (_, true, _) => "forcer",
+            _ => "wrapper",
         };
         format!("{kind}#{i}(id {})", spec.identity)
     }
@@ -1511,6 +1691,7 @@ impl fmt::Display for State {
                 Pc::FenceRevoke(_) => "FenceRevoke".to_string(),
                 Pc::Observe(_) => "Observe".to_string(),
                 Pc::Adopting { .. } => "Adopting".to_string(),
+                Pc::SWait(ahead) => format!("SWait({} older)", ahead.len()),
                 other => format!("{other:?}"),
             };
             write!(f, " | #{i} {pc}")?;
@@ -1521,6 +1702,9 @@ impl fmt::Display for State {
             }
             if p.disowned {
                 write!(f, " (key adopted)")?;
+            }
+            if !p.forced_out.is_empty() {
+                write!(f, " (awaits {} forced out)", p.forced_out.len())?;
             }
             if p.net != Net::Ok {
                 write!(f, " {:?}", p.net)?;
