@@ -1,14 +1,25 @@
 //! The exclusion protocol as a state machine for the `stateright` model checker: candidates
-//! (wrappers of ours, replicas of the Go tool), etcd (leases, candidate keys in create-revision
-//! order, the holder record `LOCK` (H here), the yield request `LOCK\0yield` (Y)) and the
-//! environment (crashes, cut-offs, a member that renews but cannot commit, an operator deleting
-//! keys). Two variants: [`Variant::Old`] is `src/election.rs` before issue 9 (commit d8293d8:
-//! force revokes and deletes the keys ahead one at a time and waits in memory; a waiter starts
-//! once its predecessor key is gone; H only as the legacy lock), [`Variant::New`] is the issue-9
-//! protocol as `src/` implements it (H always, yield request, deposal, hand-over, adoption put
-//! again, renewals confirmed). Two switches model proposed changes: [`Adoption::Off`], and
-//! `remember` (the seen set lives with the seat: the lease the forcer saw running is in it, a
-//! failed request does not forget it, and it is awaited also when the record is already ours).
+//! (wrappers of ours, replicas of the Go tool, strangers: clients of etcd's own recipe), etcd
+//! (leases, candidate keys in create-revision order, the holder record `LOCK` (H here), the
+//! yield request `LOCK\0yield` (Y)) and the environment (crashes, cut-offs, a member that renews
+//! but cannot commit, an operator deleting keys). Two variants: [`Variant::Old`] is
+//! `src/election.rs` before issue 9 (commit d8293d8: force revokes and deletes the keys ahead
+//! one at a time and waits in memory; a waiter starts once its predecessor key is gone; H only
+//! as the legacy lock), [`Variant::New`] is the protocol as `src/` implements it since "safe
+//! among strangers": H always; the forcer deletes no key, only puts Y, which stands until it
+//! leads; a holder that sees Y hands H to the forcer, one that does not answer is waited for;
+//! waiters of ours between them step back themselves; a fence only for a holder without a
+//! candidate key; hand-over to the next key; adoption put again; renewals confirmed. No switch
+//! changes NEW: the proposals the model weighed on the way are in the history of
+//! `tests/model.rs` (findings 3 to 6). `delete_keys` and `delete_records` narrow the
+//! operator's deletes.
+//!
+//! A **stranger** (`etcdctl lock`, `etcdctl elect`, client-go's `concurrency`, the Go tool
+//! v0.1.x) grants a lease, creates `LOCK/<its lease hex>` (a candidate key to us), waits until
+//! no key with a smaller create revision exists, runs, then deletes its key and revokes its
+//! lease. It reads neither H nor Y, and in the worst case (3.4-era clients, every
+//! `Election.Campaign`) it runs even if its own key was deleted meanwhile (by hand). Used once:
+//! each stranger is one run of such a client.
 //!
 //! # Granularity
 //! Every action is one etcd request (read, txn, grant, revoke, ...) or one local step of a
@@ -18,7 +29,9 @@
 //! enough, so it is its own step), and "no key with a lower create revision" and "a lease is
 //! gone" never become false again once true. Watches are not modelled as such: a candidate may
 //! re-read at any time (a spurious wake-up), and a leader may notice a change as late as it
-//! likes; a watch from the read's revision + 1 gives no more than that for safety.
+//! likes; a watch from the read's revision + 1 gives no more than that for safety. The one
+//! decision taken on a watch event without a read, the hand-over's (`wait_turn`'s fast path),
+//! is modelled as such: `handed`, set by the hand-over itself.
 //!
 //! # Time
 //! Time is not counted; it enters only as enabling conditions, each the model of one deadline:
@@ -33,63 +46,80 @@
 //!   answers keep-alives but cannot commit (`Net::Stuck`, etcd-io/etcd#15247) breaks the
 //!   premise in OLD: the keep-alive answer counts, so the lease expires on the majority while
 //!   the command runs on; in NEW the read cannot be answered, so a stuck member is a cut-off
-//!   and is not modelled separately.
-//! - **Deposal** (force.rs `depose`): a holder with a candidate key gets H bound to its own
-//!   lease: nothing timed. One without (a Go replica, or ours whose key was deleted by hand)
-//!   gets a fence: a lease of its TTL + 1 s, renewed once after the txn (`Anchor`), then its own
-//!   lease revoked (`RevokeRunner`). The fence may expire once the deposed command can no longer
-//!   run: a Go replica stops within a third of its TTL + 2 s of the revoke, a wrapper of ours
-//!   before its lease could expire and never starts again (its renewals stopped counting at the
-//!   deposal). Until the revoke of a Go replica lands, nothing the fence does stops it: its
-//!   fence may expire at any time. A fence not renewed after its txn (the forcer dead or cut
-//!   off in between) counts from its grant: the model assumes the txn committed within a
-//!   second of it.
+//!   and is not modelled separately. A holder that does not answer a yield request (cut off)
+//!   is waited for: its key and H go with its lease.
+//! - **Fence** (force.rs `fence`): only a holder without a candidate key (a Go replica, or ours
+//!   whose key was deleted by hand) is deposed: H re-bound to a fence lease of its TTL + 1 s,
+//!   marked deposed, then its own lease revoked (`RevokeRunner`, retried) and the fence renewed
+//!   once after it. The fence may expire once the deposed command can no longer run: a Go
+//!   replica stops within a third of its TTL + 2 s of the revoke, a wrapper of ours before its
+//!   lease could expire and never starts again (its renewals stopped counting with its key).
+//!   Until the revoke of a Go replica lands, nothing the fence does stops it: its fence may
+//!   expire at any time. A fence not renewed after the revoke (the forcer dead or cut off in
+//!   between) counts from its grant: the model assumes the revoke landed within a second of it.
 //! - **Force's wait in memory** (OLD `depose_ahead_of`'s `sleep_until`): the deposed leases'
 //!   TTL after their revoke; the deposed commands are dead by then (their last renewal was
 //!   before the revoke). `SleepDone` is enabled once no wrapper holding a lease it revoked runs
 //!   its command.
-//! - **Yield bound** (NEW `RETRY_PERIOD`): the forcer may depose at any time once it asked (a
-//!   slow holder's ack may come after the deposal).
+//! - **Strangers**: a stranger renews its lease while it waits and runs, so its lease expires
+//!   only once it crashed, and its command stops with it. It is never cut off: one cut off runs
+//!   on after its lease, a hole of its own that no protocol of ours can close. Its lease
+//!   revoked by our fence (only a keyless runner's, and a stranger's key is deleted only by
+//!   hand) does not stop it either.
 //! - **Adoption** (NEW adopt.rs): a lease is adopted once seen unrenewed for a third of its
 //!   TTL plus 2 s; a revoke its previous life left in flight has landed by then (and one sent later
 //!   lands within milliseconds: before the adopter's next step on that lease). If the previous
-//!   life held H, the adopter leads no earlier than that lease would have expired as seen:
-//!   after the previous life's kill deadline and renew deadline, unless it renewed after it
-//!   was seen (`stale`). A live twin that is cut off is not renewing either: nothing in etcd
-//!   tells it from a dead life.
+//!   life held H, the adopter leads, and revokes the lease, no earlier than that lease would
+//!   have expired as seen (`Seat::not_before`): after the previous life's kill deadline and
+//!   renew deadline, unless it renewed after it was seen (`stale`). A live twin that is cut off
+//!   is not renewing either: nothing in etcd tells it from a dead life.
 //!
 //! # Map: model action → code
 //! | action | OLD (d8293d8) | NEW (src/) |
 //! |---|---|---|
 //! | `Join`: adopt a key of our identity, else grant + put-if-absent key | election.rs `Election::join`, `adopt`, `create` | election.rs `Election::join`, `create` |
 //! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again, read H | — (adopts at once, revokes other keys of ours) | adopt.rs `previous_life`, `liveness` |
-//! | `Check`: one read and the decision (or, next in line, the hand-over's watch event: a read at its revision); `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `handed_to`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds`, `is_handed_over` |
-//! | `Force`: read; request txn (Y + waiters ahead back in line) | election.rs `depose_ahead_of` (its read) | force.rs `request_yield` |
-//! | `Fence` (no ack within the bound) / `Anchor` / `RevokeRunner` | — | force.rs `depose` |
+//! | `Check`: one read and the decision: a key ahead: wait for it; none, H bound to another lease: `GiveWay` if that lease has a candidate key, else wait for H; no H: `GiveWay` if another's Y stands, else `Take`; H ours: lead (handed, its version above 1: at once, the seen set cleared; else `AwaitGone`), our Y withdrawn. Or, next in line, not a forcer, our key never put again: the hand-over's watch event alone (`handed`: lead at once). `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `handed_to`, `settle`, `holder_key`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds`, `is_handed_over` |
+//! | `GiveWay` (the outcome of `Check`): resign, join again behind; a forcer does not ask again in this life (`gave_way`) | — | election.rs `Turn::GiveWay`, `elect_and_lead` |
+//! | `Force`: read; nobody to ask (H ours or a fence, or we head the queue) or another's Y: a plain candidate; no Y: put Y bound to our lease (guarded: our key's create revision, H and Y as read), read again; our Y: the runner's lease seen, then `Check`s | election.rs `depose_ahead_of` (its read) | force.rs `request_yield`, `runner`; election.rs `elect_and_lead` (`seen`) |
+//! | `Force` with our Y and a runner without a candidate key (the fence): H re-bound to a fence lease marked deposed (same guards); `RevokeRunner` | — | force.rs `fence` |
 //! | `Depose` (revoke one key ahead) / `SleepDone` | election.rs `depose_ahead_of` (loop, `sleep_until`) | — |
 //! | `LeaseLost`: lease gone → join again | election.rs `keep_alive`, `elect_and_lead` | same |
 //! | `StartCmd` (or resign: not renewed within the renew deadline) | main.rs `Wrapper::lead`, supervisor.rs `spawn` | same, after a renewal that counts if the last one was too old |
-//! | `Notice`: own key deleted or adopted, H gone or re-bound | election.rs `watch_own_key` | election.rs `watch_own_key` |
-//! | `Yield`: delete Y (the ack), stop | — | election.rs `watch_own_key` |
+//! | `Notice`: own key deleted or adopted, H gone or bound to another lease (renewals stop counting then) | election.rs `watch_own_key` | election.rs `watch_own_key`, `Keeper::confirm` |
+//! | `Yield`: none of that, and another's Y: stop; the heir is that forcer (its key, if it has one) | — | election.rs `watch_own_key` (`Heir::Forcer`) |
 //! | `Quit`: the command exits by itself, or the wrapper gets SIGTERM | main.rs `on_child_exit`, `stop` | same |
 //! | `Deadline` / `Stale`: no counted renewal within the renew deadline | main.rs `Wrapper::on_deadline` → `stop` | same, with election.rs `Keeper::confirm` |
 //! | `CmdExit`: SIGTERM handled, or SIGKILL at the kill deadline | main.rs `on_child_exit`, `on_deadline`, `kill_at` | same |
-//! | `HandOver`: own key deleted, H bound to the next candidate | — | election.rs `hand_over` |
-//! | `Revoke` (resign) / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | same |
-//! | `Crash`: SIGKILL, the guardian kills the command at once | supervisor.rs (guardian) | same |
+//! | `HandOver`: own key deleted and H bound to the heir's lease, one txn guarded by our key's mod revision, H bound to our lease and the heir's key never put again; the heir: the forcer that asked (none if it had no key: nothing), else the first key behind ours (a stranger's too) | — | election.rs `hand_over`, `hand_to`, `Heir` |
+//! | `Revoke` (resign; an adopted seat not before its `not_before`) / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | same |
+//! | `Crash`: SIGKILL, the guardian kills the command at once (a stranger's command stops with it) | supervisor.rs (guardian) | same |
 //! | `GPoll` / `GNotice`: Go replica | tests/common/old_replica.rs | same |
+//! | `Join` (stranger): grant, create `LOCK/<its lease hex>` | client-go `concurrency.NewSession`, `Mutex.Lock` / `Election.Campaign` (the put) | same |
+//! | `SWait` (stranger): no key older than its own left, its own key there or not | client-go `waitDeletes` (3.4-era `Mutex.Lock`, every `Election.Campaign`: no check of its own key) | same |
+//! | `SDone` (its command ends) / `SUnlock` (delete its key) / `SClose` (revoke its lease) | etcdctl `lock` with a command: `Mutex.Unlock`, then `Session.Close` | same |
 //! | `Expire`, `DeliverRevoke`, `DeleteKey` / `DeleteH` / `DeleteY` | etcd; an operator's `etcdctl del` | same |
 
 use stateright::{Model, Property};
 use std::fmt;
 
-/// The property that the deposal path is explored: `LOCK` holds a deposal (or a fence) while
-/// the command of the holder it deposed still runs.
+/// The property that the fence is explored: `LOCK` holds a fence while the command of the
+/// holder it deposed still runs.
 pub const DEPOSED: &str = "LOCK holds a deposal while the deposed command runs";
 
 /// The property that the hand-over fast path is explored: a command runs, started on a record
 /// handed over, while the giver's lease still lives (it revokes it after the hand-over).
 pub const HANDED: &str = "a handed record is led before the giver's lease is gone";
+
+/// A waiter of ours stepped back behind a forcer (`Turn::GiveWay`).
+pub const GAVE_WAY: &str = "a waiter gives way to a forcer";
+
+/// A leader handed the record to the forcer that asked it to yield, with a stranger queued
+/// between them.
+pub const TO_FORCER: &str = "the record is handed to a forcer over a stranger's key";
+
+/// A leader handed the record to a stranger queued next (which never reads it).
+pub const TO_STRANGER: &str = "the record is handed to a stranger";
 
 /// A lease, by its index in [`State::leases`].
 pub type L = u8;
@@ -100,12 +130,15 @@ pub enum Variant {
     New,
 }
 
-/// One process slot: a wrapper of ours (restartable) or a Go replica (used once).
+/// One process slot: a wrapper of ours (restartable), a Go replica or a stranger (used once).
 #[derive(Clone, Copy, Debug)]
 pub struct Spec {
     pub identity: u8,
     pub force: bool,
     pub go: bool,
+    /// A client of etcd's own recipe (`etcdctl lock`, `etcdctl elect`, client-go's
+    /// `concurrency`, the Go tool v0.1.x): it never reads H nor Y.
+    pub stranger: bool,
 }
 
 /// The model: which protocol, who takes part, and how many faults of each kind.
@@ -123,35 +156,41 @@ pub struct Protocol {
     pub errors: u8,
     /// A wrapper killed while resigning may leave its revoke in flight, landing later.
     pub revoke_in_flight: bool,
-    /// What a restarted wrapper does with a dead previous life's key.
-    pub adoption: Adoption,
-    /// Proposed change: the seen set lives with the seat, not in one call of `wait_turn`: what
-    /// the forcer read counts too (the runner's lease), an error does not forget it, and it is
-    /// awaited before leading also when the record is found already ours.
-    pub remember: bool,
-    /// Proposed change (issue 12): a record found bound to our lease and put over an existing
-    /// one (a hand-over) is led at once, without waiting for the leases seen ahead.
-    pub trust_hand_over: bool,
+    /// Proposed change (finding 7): twins whose shared key or record an operator deleted. An
+    /// adopter leads no earlier than the previous life's lease would have expired also when
+    /// the record is absent (it may have held it); one that finds the record bound to its
+    /// adopted lease puts it again (its mod revision tells the other life it is not the record
+    /// it took); `resign` never revokes a lease the record is bound to unless the record is
+    /// the one this life took or was handed. Off: `src/` as it is.
+    pub guard_shared_lease: bool,
+    /// The operator's deletes may hit candidate keys (`DeleteKey`).
+    pub delete_keys: bool,
+    /// The operator's deletes may hit `LOCK` and `LOCK\0yield` (`DeleteH`, `DeleteY`).
+    pub delete_records: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Adoption {
-    /// Joins with a new key behind it, and waits it out (proposed change).
-    Off,
-    /// adopt.rs as implemented: the key put again; if the previous life held the record, lead
-    /// no earlier than its lease would have expired as last seen.
-    Remaining,
+/// Whom a leader hands the record to (election.rs `Heir`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Heir {
+    /// The first candidate key behind ours at the hand-over.
+    Next,
+    /// The forcer that asked us to yield: the lease of its key, if it had one when we read it
+    /// (`None`: nobody; the lease is only revoked).
+    Forcer(Option<L>),
 }
 
-/// A key's value and binding. `life`: for a candidate key, the process slot that last put it
-/// (create or adoption: the mod revision a seat remembers); `deposed`: `LOCK` marked as a
-/// deposal by a forcer; `over`: `LOCK` put over an existing record (its version above 1: a
-/// hand-over, a deposal or a fence), not created where it was absent (`take_record`).
+/// A key's value and binding. `life`: the process slot that last put it (for a candidate key,
+/// create or adoption: the mod revision a seat remembers; for `LOCK`, its taker or heir);
+/// `again`: a candidate key put again (adopted: its mod revision is not its create revision);
+/// `deposed`: `LOCK` marked as a fence by a forcer; `over`: `LOCK` put over an existing record
+/// (its version above 1: a hand-over or a fence), not created where it was absent
+/// (`take_record`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rec {
     pub lease: L,
     pub identity: u8,
     pub life: u8,
+    pub again: bool,
     pub deposed: bool,
     pub over: bool,
 }
@@ -191,14 +230,10 @@ pub enum Pc {
         lease: L,
         current: bool,
     },
-    /// Forcing (NEW `request_yield`'s loop, `asked` once Y is put; OLD: about to read the keys
-    /// ahead).
-    Force {
-        asked: bool,
-    },
-    /// NEW, a holder without a key deposed: the fence txn committed; next the fence's
-    /// keep-alive, then the revoke of the holder's lease.
-    FenceAnchor(L),
+    /// Forcing (NEW `request_yield`'s loop; OLD: about to read the keys ahead).
+    Force,
+    /// NEW, a holder without a key fenced: the fence txn committed; next the revoke of the
+    /// holder's lease.
     FenceRevoke(L),
     /// OLD: revoking the keys ahead one at a time.
     Depose {
@@ -229,6 +264,15 @@ pub enum Pc {
     Exited,
     /// Go replica: polling `LOCK` (H).
     GPoll,
+    /// Stranger: waiting until no key created before its own remains (the leases of those
+    /// still there; its own key may be gone).
+    SWait(Vec<L>),
+    /// Stranger: its command runs (it keeps renewing its lease).
+    SRun,
+    /// Stranger: its command is done; next it deletes its key (`Unlock`).
+    SUnlock,
+    /// Stranger: its key deleted; next it revokes its lease (the session's close).
+    SClose,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -255,6 +299,13 @@ pub struct Proc {
     pub fresh: bool,
     /// Go replica: its watch saw H deleted.
     pub h_deleted: bool,
+    /// NEW: went back in line behind a forcer; a forcer asks no more in this process's life.
+    pub gave_way: bool,
+    /// NEW, leading: whom the record goes to when we resign.
+    pub heir: Heir,
+    /// NEW, waiting next in line: the record was handed to us; the watch event (`wait_turn`'s
+    /// fast path) is all we need to lead.
+    pub handed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -287,8 +338,6 @@ pub enum Op {
     Take,
     AwaitGone,
     Force,
-    Fence,
-    Anchor,
     RevokeRunner,
     Depose,
     SleepDone,
@@ -311,9 +360,13 @@ pub enum Op {
     Heal,
     GPoll,
     GNotice,
+    SWait,
+    SDone,
+    SUnlock,
+    SClose,
 }
 
-const OPS: [Op; 32] = [
+const OPS: [Op; 34] = [
     Op::Start,
     Op::Join,
     Op::Observe,
@@ -322,8 +375,6 @@ const OPS: [Op; 32] = [
     Op::Take,
     Op::AwaitGone,
     Op::Force,
-    Op::Fence,
-    Op::Anchor,
     Op::RevokeRunner,
     Op::Depose,
     Op::SleepDone,
@@ -346,6 +397,10 @@ const OPS: [Op; 32] = [
     Op::Heal,
     Op::GPoll,
     Op::GNotice,
+    Op::SWait,
+    Op::SDone,
+    Op::SUnlock,
+    Op::SClose,
 ];
 
 /// A cheap filter on the local state before `step` (which works on a copy of the state):
@@ -361,8 +416,7 @@ fn may_apply(op: Op, p: &Proc) -> bool {
             Pc::Join => op == Op::Join,
             Pc::Observe(_) => op == Op::Observe,
             Pc::Adopting { .. } => op == Op::Adopt,
-            Pc::Force { .. } => matches!(op, Op::Force | Op::Fence | Op::LeaseLost | Op::Retry),
-            Pc::FenceAnchor(_) => op == Op::Anchor,
+            Pc::Force => matches!(op, Op::Force | Op::LeaseLost | Op::Retry),
             Pc::FenceRevoke(_) => op == Op::RevokeRunner,
             Pc::Depose { .. } => matches!(op, Op::Depose | Op::LeaseLost),
             Pc::Sleep { .. } => matches!(op, Op::SleepDone | Op::LeaseLost),
@@ -378,6 +432,10 @@ fn may_apply(op: Op, p: &Proc) -> bool {
             Pc::Resigning { .. } => matches!(op, Op::HandOver | Op::Revoke | Op::Abandon),
             Pc::Exited => false,
             Pc::GPoll => op == Op::GPoll,
+            Pc::SWait(_) => op == Op::SWait,
+            Pc::SRun => op == Op::SDone,
+            Pc::SUnlock => op == Op::SUnlock,
+            Pc::SClose => op == Op::SClose,
         }
 }
 
@@ -406,6 +464,9 @@ impl Proc {
             stale: false,
             fresh: true,
             h_deleted: false,
+            gave_way: false,
+            heir: Heir::Next,
+            handed: false,
         }
     }
 
@@ -415,11 +476,11 @@ impl Proc {
 
     /// Runs its command, or is about to start it.
     fn runs(&self) -> bool {
-        matches!(self.pc, Pc::Ready | Pc::Leading | Pc::Stopping)
+        matches!(self.pc, Pc::Ready | Pc::Leading | Pc::Stopping | Pc::SRun)
     }
 
     fn command(&self) -> bool {
-        matches!(self.pc, Pc::Leading | Pc::Stopping)
+        matches!(self.pc, Pc::Leading | Pc::Stopping | Pc::SRun)
     }
 
     /// Sends keep-alives that reach the majority (a twin whose key was adopted still does).
@@ -440,6 +501,7 @@ impl Rec {
             lease,
             identity,
             life: life as u8,
+            again: false,
             deposed: false,
             over: false,
         }
@@ -500,8 +562,24 @@ impl State {
     /// numbering are one state.
     fn normalize(&mut self) {
         let leases = self.leases.clone();
+        let keys: Vec<L> = self.keys.iter().map(|k| k.lease).collect();
+        let never_put_again: Vec<L> = self
+            .keys
+            .iter()
+            .filter(|k| !k.again)
+            .map(|k| k.lease)
+            .collect();
         for p in &mut self.procs {
             p.seen.retain(|&l| leases[l as usize].alive);
+            // A forcer whose key is gone or was put again can never be handed the record.
+            if let Heir::Forcer(Some(l)) = p.heir {
+                if !never_put_again.contains(&l) {
+                    p.heir = Heir::Forcer(None);
+                }
+            }
+            if let Pc::SWait(ahead) = &mut p.pc {
+                ahead.retain(|l| keys.contains(l));
+            }
         }
         let mut map: Vec<Option<L>> = vec![None; leases.len()];
         let mut order: Vec<L> = Vec::new();
@@ -532,6 +610,9 @@ impl State {
             .collect();
         for p in &mut self.procs {
             p.seen.sort_unstable();
+            if let Pc::SWait(ahead) = &mut p.pc {
+                ahead.sort_unstable();
+            }
         }
     }
 
@@ -550,10 +631,7 @@ impl State {
                 f(l);
             }
             match &mut p.pc {
-                Pc::Observe(l)
-                | Pc::Adopting { lease: l, .. }
-                | Pc::FenceAnchor(l)
-                | Pc::FenceRevoke(l) => f(l),
+                Pc::Observe(l) | Pc::Adopting { lease: l, .. } | Pc::FenceRevoke(l) => f(l),
                 Pc::Depose { todo, revoked } => {
                     for it in todo {
                         if let Item::Revoke(l) = it {
@@ -563,9 +641,13 @@ impl State {
                     revoked.iter_mut().for_each(&mut *f);
                 }
                 Pc::Sleep { revoked } => revoked.iter_mut().for_each(&mut *f),
+                Pc::SWait(ahead) => ahead.iter_mut().for_each(&mut *f),
                 _ => {}
             }
             p.seen.iter_mut().for_each(&mut *f);
+            if let Heir::Forcer(Some(l)) = &mut p.heir {
+                f(l);
+            }
         }
     }
 }
@@ -579,15 +661,17 @@ impl Protocol {
         matches!(self.variant, Variant::Old { legacy_lock: true })
     }
 
-    fn campaign_pc(&self, i: usize) -> Pc {
-        if self.procs[i].force {
-            Pc::Force { asked: false }
+    /// A forcer asks (unless it gave way in this life), anybody else waits.
+    fn campaign_pc(&self, s: &State, i: usize) -> Pc {
+        if self.procs[i].force && !s.procs[i].gave_way {
+            Pc::Force
         } else {
             Pc::Wait
         }
     }
 
-    /// Leaves the campaign and joins again with fresh memory (no lease).
+    /// Leaves the campaign and joins again with fresh memory (no lease); what it gave way to is
+    /// remembered by the process.
     fn rejoin(s: &mut State, i: usize) {
         let p = &mut s.procs[i];
         p.pc = Pc::Join;
@@ -595,6 +679,17 @@ impl Protocol {
         p.seen.clear();
         p.elected = false;
         p.not_before = None;
+        p.heir = Heir::Next;
+        p.handed = false;
+    }
+
+    /// `Turn::GiveWay`: resign, then join again behind the forcer.
+    fn give_way(s: &mut State, i: usize) {
+        s.procs[i].gave_way = true;
+        s.procs[i].pc = Pc::Resigning {
+            rejoin: true,
+            hand_over: false,
+        };
     }
 
     /// Its renewals count (`Keeper::confirm`): they reach the majority (OLD: a stuck member's
@@ -619,7 +714,12 @@ impl Protocol {
         let p = &s.procs[i];
         // `resign` reads its key first: put again by another process, the lease is not ours.
         p.lease.filter(|&l| {
-            s.alive(l) && !p.disowned && s.key_pos(l).is_none_or(|k| s.keys[k].life == i as u8)
+            s.alive(l)
+                && !p.disowned
+                && s.key_pos(l).is_none_or(|k| s.keys[k].life == i as u8)
+                && !(self.guard_shared_lease
+                    && s.h
+                        .is_some_and(|h| h.lease == l && !(p.elected && h.life == i as u8)))
         })
     }
 
@@ -690,6 +790,7 @@ impl Protocol {
         let own = s.procs[i].lease;
         match (op, pc) {
             (Op::Start, Pc::Down) if !spec.go => s.procs[i] = Proc::fresh(Pc::Join),
+            (Op::Join, Pc::Join) if spec.stranger => Self::stranger_join(s, i, spec.identity),
             (Op::Join, Pc::Join) if net_ok => self.join(s, i),
             (Op::Observe, Pc::Observe(l)) if net_ok => {
                 let renewed = s
@@ -704,10 +805,6 @@ impl Protocol {
                     Some(_) if renewed => s.procs[i].pc = Pc::Exited,
                     // The observation window outlasts any revoke left in flight.
                     Some(_) if s.in_flight == Some(l) => return None,
-                    Some(_) if self.adoption == Adoption::Off => {
-                        self.create(s, i);
-                        s.procs[i].pc = self.campaign_pc(i);
-                    }
                     Some(_) => {
                         s.procs[i].stale = false;
                         s.procs[i].pc = Pc::Adopting {
@@ -726,6 +823,7 @@ impl Protocol {
                 match s.key_pos(lease).filter(|_| current) {
                     Some(k) if s.alive(lease) => {
                         s.keys[k].life = i as u8;
+                        s.keys[k].again = true;
                         for q in &mut s.procs {
                             if let Pc::Adopting { lease: o, current } = &mut q.pc {
                                 if *o == lease {
@@ -733,39 +831,40 @@ impl Protocol {
                                 }
                             }
                         }
-                        let held = s.h.is_some_and(|h| h.lease == lease);
+                        let held = if self.guard_shared_lease {
+                            s.h.is_none_or(|h| h.lease == lease)
+                        } else {
+                            s.h.is_some_and(|h| h.lease == lease)
+                        };
                         let p = &mut s.procs[i];
                         p.lease = Some(lease);
                         // A full TTL from the put again: renewals of the other life stop
                         // counting there, so its kill deadline is before that.
                         p.not_before = held.then_some(true);
-                        p.pc = self.campaign_pc(i);
+                        s.procs[i].pc = self.campaign_pc(s, i);
                     }
                     _ => {
                         self.create(s, i);
-                        s.procs[i].pc = self.campaign_pc(i);
+                        s.procs[i].pc = self.campaign_pc(s, i);
                     }
                 }
             }
-            (Op::LeaseLost, Pc::Wait | Pc::Force { .. } | Pc::Take | Pc::AwaitGone)
+            (Op::LeaseLost, Pc::Wait | Pc::Force | Pc::Take | Pc::AwaitGone)
             | (Op::LeaseLost, Pc::Depose { .. } | Pc::Sleep { .. })
                 if net_ok && own.is_some_and(|l| !s.alive(l)) =>
             {
                 Self::rejoin(s, i)
             }
             // A failed request in the campaign (`backoff`, then `join`): this life's seat is
-            // kept if it still holds, else resigned; `wait_turn` starts over with an empty seen
-            // set (with `remember`, the set lives with the seat).
-            (Op::Retry, Pc::Wait | Pc::Force { .. } | Pc::Take | Pc::AwaitGone)
+            // kept, with its seen set, if it still holds, else resigned; a forcer asks again.
+            (Op::Retry, Pc::Wait | Pc::Force | Pc::Take | Pc::AwaitGone)
                 if new && net_ok && s.errors > 0 =>
             {
                 let l = own?;
                 s.errors -= 1;
-                if !self.remember {
-                    s.procs[i].seen.clear();
-                }
+                s.procs[i].handed = false;
                 s.procs[i].pc = if s.alive(l) && Self::seat(s, i, l).is_some_and(|(_, o)| o) {
-                    self.campaign_pc(i)
+                    self.campaign_pc(s, i)
                 } else {
                     Pc::Resigning {
                         rejoin: true,
@@ -783,27 +882,25 @@ impl Protocol {
             // `main` starts the command only with a renewal within the renew deadline: a lease
             // that expired meanwhile is `LeaseLost`.
             (Op::Take, Pc::Take) if net_ok => self.take_record(s, i)?,
+            // `settle`: the leases seen ahead gone, then a request of ours withdrawn.
             (Op::AwaitGone, Pc::AwaitGone) if net_ok && own.is_some_and(|l| s.alive(l)) => {
                 if s.procs[i].seen.iter().any(|&l| s.alive(l)) {
                     return None;
                 }
+                if s.y.is_some_and(|y| Some(y.lease) == own) {
+                    s.y = None;
+                }
                 s.procs[i].pc = Pc::Ready;
             }
-            (Op::Force, Pc::Force { asked }) if net_ok => {
+            (Op::Force, Pc::Force) if net_ok => {
                 if new {
-                    self.request_yield(s, i, asked, false)?
+                    self.request_yield(s, i)?
                 } else {
                     self.force_old(s, i)?
                 }
             }
-            // No ack within RETRY_PERIOD: allowed at any time once asked.
-            (Op::Fence, Pc::Force { asked: true }) if new && net_ok => {
-                self.request_yield(s, i, true, true)?
-            }
-            // The fence's keep-alive (its error ignored): a step a crash or a cut can precede.
-            (Op::Anchor, Pc::FenceAnchor(runner)) => {
-                s.procs[i].pc = Pc::FenceRevoke(runner);
-            }
+            // Retried until it lands (or the fence's TTL passed: given up cut off); the fence is
+            // then renewed, which the model does not show (see "Fence").
             (Op::RevokeRunner, Pc::FenceRevoke(l)) => {
                 if net_ok {
                     s.end_lease(l);
@@ -869,19 +966,26 @@ impl Protocol {
                 let lost = !s.alive(l)
                     || key.is_none()
                     || adopted
-                    || ((new || self.legacy()) && s.h.map(|r| r.lease) != Some(l));
+                    || (self.legacy() && s.h.map(|r| r.lease) != Some(l))
+                    || (new && s.h.is_none_or(|h| h.lease != l));
                 if !lost {
                     return None;
                 }
                 s.procs[i].disowned = adopted;
                 s.procs[i].pc = Pc::Stopping;
             }
+            // The same read finds nothing of that, and another's request: the record goes to
+            // that forcer (read now: its key, if it has one), and to nobody else. Y stands.
             (Op::Yield, Pc::Leading) if new && net_ok && !spec.go => {
-                let y = s.y?;
-                if Some(y.lease) == own {
+                let l = own?;
+                let y = s.y.filter(|y| y.lease != l)?;
+                let held = s.alive(l)
+                    && Self::seat(s, i, l).is_some_and(|(_, ours)| ours)
+                    && s.h.is_some_and(|h| h.lease == l);
+                if !held {
                     return None;
                 }
-                s.y = None;
+                s.procs[i].heir = Heir::Forcer(s.key_pos(y.lease).map(|_| y.lease));
                 s.procs[i].pc = Pc::Stopping;
             }
             (Op::Quit, Pc::Leading) if new && s.quits > 0 && !spec.go => {
@@ -898,7 +1002,7 @@ impl Protocol {
                     && own.is_some()
                     && matches!(
                         pc,
-                        Pc::Wait | Pc::Take | Pc::AwaitGone | Pc::Ready | Pc::Force { .. }
+                        Pc::Wait | Pc::Take | Pc::AwaitGone | Pc::Ready | Pc::Force
                     )
                     && s.procs[i].fresh
                     && !self.counts(s, i) =>
@@ -923,6 +1027,7 @@ impl Protocol {
                 if net_ok {
                     self.hand_over(s, i);
                 }
+                s.procs[i].heir = Heir::Next;
                 s.procs[i].pc = Pc::Resigning {
                     rejoin,
                     hand_over: false,
@@ -935,6 +1040,10 @@ impl Protocol {
                     hand_over: false,
                 },
             ) if net_ok => {
+                // `resign`: an adopted seat not before `not_before`.
+                if self.may_still_run(s, i) {
+                    return None;
+                }
                 if let Some(l) = self.revokes(s, i) {
                     s.end_lease(l);
                 }
@@ -953,9 +1062,10 @@ impl Protocol {
                     s.procs[i] = Proc::fresh(Pc::Down);
                 }
             }
+            // A stranger's command is stopped with it; its lease expires, never used again.
             (Op::Crash, pc) if s.crashes > 0 && !spec.go && pc != Pc::Down && pc != Pc::Exited => {
                 s.crashes -= 1;
-                s.procs[i] = Proc::fresh(Pc::Down);
+                s.procs[i] = Proc::fresh(if spec.stranger { Pc::Exited } else { Pc::Down });
             }
             (
                 Op::CrashMidRevoke,
@@ -965,6 +1075,7 @@ impl Protocol {
             ) if self.revoke_in_flight
                 && s.crashes > 0
                 && net_ok
+                && !self.may_still_run(s, i)
                 && self.revokes(s, i).is_some() =>
             {
                 s.crashes -= 1;
@@ -972,13 +1083,23 @@ impl Protocol {
                 s.procs[i] = Proc::fresh(Pc::Down);
             }
             (Op::Cut, pc)
-                if s.cuts > 0 && net_ok && !spec.go && pc != Pc::Down && pc != Pc::Exited =>
+                if s.cuts > 0
+                    && net_ok
+                    && !spec.go
+                    && !spec.stranger
+                    && pc != Pc::Down
+                    && pc != Pc::Exited =>
             {
                 s.cuts -= 1;
                 s.procs[i].net = Net::Cut;
             }
             (Op::Stuck, pc)
-                if s.stucks > 0 && net_ok && !spec.go && pc != Pc::Down && pc != Pc::Exited =>
+                if s.stucks > 0
+                    && net_ok
+                    && !spec.go
+                    && !spec.stranger
+                    && pc != Pc::Down
+                    && pc != Pc::Exited =>
             {
                 s.stucks -= 1;
                 s.procs[i].net = Net::Stuck;
@@ -1019,6 +1140,19 @@ impl Protocol {
                 }
                 s.procs[i].pc = Pc::Stopping;
             }
+            // `waitDeletes` found nothing older than its key: it runs, whether its key (or, in
+            // the worst case, its lease) still exists or not.
+            (Op::SWait, Pc::SWait(ahead)) if ahead.is_empty() => s.procs[i].pc = Pc::SRun,
+            (Op::SDone, Pc::SRun) => s.procs[i].pc = Pc::SUnlock,
+            (Op::SUnlock, Pc::SUnlock) => {
+                let l = own?;
+                s.keys.retain(|k| k.lease != l);
+                s.procs[i].pc = Pc::SClose;
+            }
+            (Op::SClose, Pc::SClose) => {
+                s.end_lease(own?);
+                s.procs[i] = Proc::fresh(Pc::Exited);
+            }
             _ => return None,
         }
         Some(())
@@ -1051,7 +1185,16 @@ impl Protocol {
         if self.legacy() && s.h.is_some_and(|r| r.identity == me && r.lease != l) {
             s.set_h(None);
         }
-        s.procs[i].pc = self.campaign_pc(i);
+        s.procs[i].pc = self.campaign_pc(s, i);
+    }
+
+    /// A stranger's session and key (`LOCK/<its lease hex>`), and the keys created before it.
+    fn stranger_join(s: &mut State, i: usize, identity: u8) {
+        let ahead = s.keys.iter().map(|k| k.lease).collect();
+        let l = s.grant(None);
+        s.keys.push(Rec::key(l, identity, i));
+        s.procs[i].lease = Some(l);
+        s.procs[i].pc = Pc::SWait(ahead);
     }
 
     /// A lease granted and our key put on it (`Election::create`).
@@ -1062,26 +1205,25 @@ impl Protocol {
         l
     }
 
-    /// Rule (d)'s record of a holder's lease; with `remember`, a fence's deposed lease as well.
-    fn see_holder(&self, s: &mut State, i: usize, l: L) {
-        s.procs[i].see(l);
-        if let Some(d) = s.leases[l as usize].fence_of {
-            if self.remember && s.alive(d) {
-                s.procs[i].see(d);
-            }
-        }
-    }
-
     /// Our key as a seat sees it: `None` gone, `Some(false)` adopted by another process.
     fn seat(s: &State, i: usize, l: L) -> Option<(usize, bool)> {
         s.key_pos(l).map(|k| (k, s.keys[k].life == i as u8))
     }
 
-    /// NEW `Election::wait_turn`, one read and what follows it.
+    /// NEW `Election::wait_turn`, one read and what follows it (or, `handed`, the hand-over's
+    /// watch event alone).
     fn wait_turn(&self, s: &mut State, i: usize) -> Option<()> {
         let l = s.procs[i].lease?;
         if !s.alive(l) {
             Self::rejoin(s, i);
+            return Some(());
+        }
+        if std::mem::take(&mut s.procs[i].handed) {
+            // The fast path: the hand-over's txn found our key never put again and deleted our
+            // predecessor's; nothing else is read.
+            s.procs[i].seen.clear();
+            s.procs[i].elected = true;
+            s.procs[i].pc = Pc::Ready;
             return Some(());
         }
         let pos = match Self::seat(s, i, l) {
@@ -1100,49 +1242,37 @@ impl Protocol {
             }
             Some((pos, true)) => pos,
         };
-        // With `trust_hand_over`, a record handed to us is led whatever the queue ahead says:
-        // the waiter whose predecessor holds the record decides on the hand-over's watch event
-        // alone (election.rs `wait_turn`), without reading the queue.
-        let handed = s.h.is_some_and(|h| h.lease == l && h.over && !h.deposed);
-        if pos > 0 && !(self.trust_hand_over && handed) {
+        if pos > 0 {
             let pred = s.keys[pos - 1].lease;
             s.procs[i].see(pred);
             return Some(());
         }
         match s.h {
-            Some(r) if r.lease != l => {
-                self.see_holder(s, i, r.lease);
-                return Some(());
-            }
-            // Handed to us (or our previous life's, adopted, or taken by us before an error):
-            // withdraw a request of ours. Without `remember`, lead at once; with it, once the
-            // leases seen are gone, as after taking it; with `trust_hand_over`, a record put
-            // over an existing one is led at once: only its holder, its group empty, puts it
-            // over to our lease.
-            Some(r) => {
-                if s.y.is_some_and(|y| y.lease == l) {
-                    s.y = None;
-                }
+            // Its candidate key is behind ours: a forcer was handed the record over our place.
+            Some(h) if h.lease != l && s.key_pos(h.lease).is_some() => Self::give_way(s, i),
+            // A Go replica, a fence, a stranger that unlocked, ours whose key was deleted.
+            Some(h) if h.lease != l => s.procs[i].see(h.lease),
+            // `settle`: handed (put over an existing record) at once, else once the leases seen
+            // are gone (`AwaitGone` withdraws our request then).
+            Some(h) => {
                 s.procs[i].elected = true;
-                s.procs[i].pc = if self.remember && !(self.trust_hand_over && r.over) {
-                    Pc::AwaitGone
-                } else {
+                if self.guard_shared_lease && h.life != i as u8 {
+                    s.h = Some(Rec { life: i as u8, ..h });
+                }
+                if h.over {
                     s.procs[i].seen.clear();
-                    Pc::Ready
-                };
-                return Some(());
+                    if s.y.is_some_and(|y| y.lease == l) {
+                        s.y = None;
+                    }
+                    s.procs[i].pc = Pc::Ready;
+                } else {
+                    s.procs[i].pc = Pc::AwaitGone;
+                }
             }
-            None => {}
+            // A forcer behind us asked before we took the record.
+            None if s.y.is_some_and(|y| y.lease != l) => Self::give_way(s, i),
+            None => s.procs[i].pc = Pc::Take,
         }
-        if s.y.is_some_and(|y| y.lease != l) {
-            // A forcer behind us asked first: back in line behind it.
-            s.procs[i].pc = Pc::Resigning {
-                rejoin: true,
-                hand_over: false,
-            };
-            return Some(());
-        }
-        s.procs[i].pc = Pc::Take;
         Some(())
     }
 
@@ -1193,9 +1323,10 @@ impl Protocol {
         Some(())
     }
 
-    /// One pass of `force::request_yield`'s loop: a read, then the request txn, or (`timeout`,
-    /// or a runner without a candidate key) `depose`.
-    fn request_yield(&self, s: &mut State, i: usize, asked: bool, timeout: bool) -> Option<()> {
+    /// One pass of `force::request_yield`'s loop: a read, then the request txn (and read again),
+    /// or, our request standing, the runner's lease seen and (a runner without a candidate key)
+    /// the fence; then `wait_turn`.
+    fn request_yield(&self, s: &mut State, i: usize) -> Option<()> {
         let me = self.procs[i].identity;
         let l = s.procs[i].lease?;
         if !s.alive(l) {
@@ -1209,70 +1340,46 @@ impl Protocol {
         let Some(pos) = s.key_pos(l) else {
             return wait(s);
         };
-        let asked = match s.y {
-            // Another forcer asked first: a plain candidate.
-            Some(y) if y.lease != l => return wait(s),
-            // Ours (or our previous life's): pending.
-            Some(_) => true,
-            // Asked, and the request is gone: acknowledged (or deposed).
-            None if asked => return wait(s),
-            None => false,
-        };
-        let runner = match s.h {
+        let (runner, keyed) = match s.h {
+            // Ours, or a fence (by us before a restart, or by another forcer).
             Some(h) if h.lease == l || h.deposed => return wait(s),
-            Some(h) => h,
-            None if pos > 0 => s.keys[0],
+            Some(h) => (h, s.key_pos(h.lease).is_some()),
+            None if pos > 0 => (s.keys[0], true),
             None => return wait(s),
         };
-        let keyed = s.keys[..pos].iter().any(|k| k.lease == runner.lease);
-        if self.remember {
-            self.see_holder(s, i, runner.lease);
-        }
-        if !asked {
-            if timeout {
-                return None;
+        match s.y {
+            // Another forcer asked first: a plain candidate.
+            Some(y) if y.lease != l => return wait(s),
+            // Ours (or our previous life's): it stands.
+            Some(_) => {}
+            // Guarded by our key's create revision, H and Y as read.
+            None => {
+                s.y = Some(Rec::key(l, me, i));
+                return Some(());
             }
-            // The request, and the waiters between the runner and us back in line, in one txn.
-            s.y = Some(Rec::key(l, me, i));
-            let behind: Vec<L> = s.keys[..pos]
-                .iter()
-                .map(|k| k.lease)
-                .filter(|&k| k != runner.lease)
-                .collect();
-            s.keys.retain(|k| !behind.contains(&k.lease));
-            s.procs[i].pc = Pc::Force { asked: true };
-            return Some(());
         }
-        if keyed && !timeout {
-            // Waiting for the ack (or for the bound to pass).
-            s.procs[i].pc = Pc::Force { asked: true };
-            return Some(());
-        }
-        let deposal = Rec {
-            deposed: true,
-            over: true,
-            ..runner
-        };
-        s.y = None;
+        s.procs[i].see(runner.lease);
         if keyed {
-            // `depose`: H bound to the runner's own lease, its key deleted, in one txn.
-            s.keys.retain(|k| k.lease != runner.lease);
-            s.set_h(Some(deposal));
             return wait(s);
         }
-        // No candidate key (a Go replica, or ours whose key was deleted by hand): a fence lease
-        // of its TTL + 1 s, then its keep-alive and the revoke of the holder's lease.
+        // A fence lease of the runner's TTL + 1 s, H re-bound to it (same guards), then the
+        // revoke of the runner's lease.
         let f = s.grant(Some(runner.lease));
         s.set_h(Some(Rec {
             lease: f,
-            ..deposal
+            identity: runner.identity,
+            life: 0,
+            again: false,
+            deposed: true,
+            over: true,
         }));
-        s.procs[i].pc = Pc::FenceAnchor(runner.lease);
+        s.procs[i].pc = Pc::FenceRevoke(runner.lease);
         Some(())
     }
 
-    /// NEW `Election::hand_over`: our key deleted and the record bound to the next candidate's
-    /// lease, in one txn guarded by our key and the record still ours.
+    /// NEW `Election::hand_over`: our key deleted and the record bound to the heir's lease, in
+    /// one txn guarded by our key (its mod revision), the record bound to our lease and the
+    /// heir's key never put again.
     fn hand_over(&self, s: &mut State, i: usize) {
         let Some(l) = s.procs[i].lease else {
             return;
@@ -1283,14 +1390,29 @@ impl Protocol {
         if s.h.is_none_or(|h| h.lease != l) {
             return;
         }
-        let Some(next) = s.keys.get(pos + 1).copied() else {
+        let heir = match s.procs[i].heir {
+            Heir::Forcer(f) => f.and_then(|f| s.key_pos(f)),
+            Heir::Next => (pos + 1 < s.keys.len()).then_some(pos + 1),
+        };
+        let Some(next) = heir.map(|k| s.keys[k]).filter(|k| !k.again) else {
             return;
         };
         s.keys.remove(pos);
         s.set_h(Some(Rec {
             over: true,
-            ..Rec::key(next.lease, next.identity, 0)
+            ..Rec::key(next.lease, next.identity, next.life as usize)
         }));
+        // A candidate of ours (not a forcer: it reads) next in line watches the record, and
+        // leads on this event alone.
+        for (j, p) in s.procs.iter_mut().enumerate() {
+            if p.lease == Some(next.lease)
+                && next.life == j as u8
+                && p.pc == Pc::Wait
+                && !self.procs[j].force
+            {
+                p.handed = true;
+            }
+        }
     }
 
     /// OLD `depose_ahead_of`: read the keys ahead (and the legacy lock), then one at a time.
@@ -1371,14 +1493,14 @@ impl Model for Protocol {
             if self.expire_enabled(s, l) {
                 actions.push(Action::Expire(l));
             }
-            if s.deletes > 0 && s.key_pos(l).is_some() {
+            if s.deletes > 0 && self.delete_keys && s.key_pos(l).is_some() {
                 actions.push(Action::DeleteKey(l));
             }
         }
         if s.in_flight.is_some() {
             actions.push(Action::DeliverRevoke);
         }
-        if s.deletes > 0 {
+        if s.deletes > 0 && self.delete_records {
             actions.push(Action::DeleteH);
             actions.push(Action::DeleteY);
         }
@@ -1451,6 +1573,18 @@ impl Model for Protocol {
                     s.holds(d).any(Proc::command)
                 })
             }),
+            Property::sometimes(GAVE_WAY, |_, s: &State| s.procs.iter().any(|p| p.gave_way)),
+            Property::sometimes(TO_FORCER, |m: &Protocol, s: &State| {
+                m.handed_to(s, |spec| spec.force).is_some_and(|h| {
+                    let pos = s.key_pos(h.lease).unwrap_or(0);
+                    s.keys[..pos]
+                        .iter()
+                        .any(|k| m.held_by(s, k.lease, |spec| spec.stranger))
+                })
+            }),
+            Property::sometimes(TO_STRANGER, |m: &Protocol, s: &State| {
+                m.handed_to(s, |spec| spec.stranger).is_some()
+            }),
         ]
     }
 
@@ -1463,12 +1597,26 @@ impl Model for Protocol {
 }
 
 impl Protocol {
+    /// The lease is held by a process of this kind.
+    fn held_by(&self, s: &State, l: L, kind: impl Fn(&Spec) -> bool) -> bool {
+        s.procs
+            .iter()
+            .zip(&self.procs)
+            .any(|(p, spec)| kind(spec) && p.lease == Some(l))
+    }
+
+    /// H handed over (not a fence) to a process of this kind.
+    fn handed_to(&self, s: &State, kind: impl Fn(&Spec) -> bool) -> Option<Rec> {
+        s.h.filter(|h| h.over && !h.deposed && self.held_by(s, h.lease, kind))
+    }
+
     pub fn name(&self, i: usize) -> String {
         let spec = self.procs[i];
-        let kind = match (spec.go, spec.force) {
-            (true, _) => "go",
-            (false, true) => "forcer",
-            (false, false) => "wrapper",
+        let kind = match (spec.go, spec.force, spec.stranger) {
+            (true, _, _) => "go",
+            (_, _, true) => "stranger",
+            (_, true, _) => "forcer",
+            _ => "wrapper",
         };
         format!("{kind}#{i}(id {})", spec.identity)
     }
@@ -1494,7 +1642,8 @@ impl fmt::Display for State {
         };
         write!(f, "keys[")?;
         for k in &self.keys {
-            write!(f, " {}", k.identity)?;
+            let again = if k.again { "'" } else { "" };
+            write!(f, " {}{again}", k.identity)?;
         }
         write!(f, " ]")?;
         if let Some(h) = self.h {
@@ -1508,10 +1657,10 @@ impl fmt::Display for State {
             let pc = match &p.pc {
                 Pc::Depose { todo, .. } => format!("Depose({} left)", todo.len()),
                 Pc::Sleep { revoked } => format!("Sleep({} revoked)", revoked.len()),
-                Pc::FenceAnchor(_) => "FenceAnchor".to_string(),
                 Pc::FenceRevoke(_) => "FenceRevoke".to_string(),
                 Pc::Observe(_) => "Observe".to_string(),
                 Pc::Adopting { .. } => "Adopting".to_string(),
+                Pc::SWait(ahead) => format!("SWait({} older)", ahead.len()),
                 other => format!("{other:?}"),
             };
             write!(f, " | #{i} {pc}")?;
@@ -1522,6 +1671,16 @@ impl fmt::Display for State {
             }
             if p.disowned {
                 write!(f, " (key adopted)")?;
+            }
+            if p.gave_way {
+                write!(f, " (gave way)")?;
+            }
+            if p.handed {
+                write!(f, " (handed)")?;
+            }
+            if let Heir::Forcer(to) = p.heir {
+                let to = to.map_or("nobody".to_string(), name);
+                write!(f, " (heir: forcer {to})")?;
             }
             if p.net != Net::Ok {
                 write!(f, " {:?}", p.net)?;
