@@ -67,9 +67,9 @@ def handover(bench, tool, rounds, how, legacy=None):
 
 def switchover(bench, rounds, holder_tool, ttl=3):
     """A forcing candidate of ours takes over from a holder: one of ours (asked to yield: it
-    stops its command through its SIGTERM handler) or `etcdctl lock` (never answers: it is
-    deposed after RETRY_PERIOD and waited for until its lease ends; its command is ended by
-    hand, since etcdctl never stops it). The old design waited the deposed lease's TTL."""
+    stops its command through its SIGTERM handler) or `etcdctl lock` (never answers, and is not
+    deposed, as its key is not ours to delete: waited for until its lease ends; its command is
+    ended by hand, since etcdctl never stops it). The old design waited the deposed lease's TTL."""
     out = {"gap_ms": [], "request_to_stop_ms": [], "stopped_by_term": 0}
     for i in range(rounds):
         lock = bench.lockname(f"switchover-{holder_tool}")

@@ -180,7 +180,7 @@ afterwards: {', '.join(R.get('notes', {}).get('handover-sigterm-etcdctl-exit-cod
              ("force switchover: forcer launched → old command's stop", "ours",
               st("switchover_ours", "request_to_stop_ms")),
              ("force switchover, holder that never yields (`etcdctl lock`, its command ended by "
-              "hand 200 ms in): deposed, waited for until its lease ended", "ours", swp)]
+              "hand 200 ms in): not deposed, waited for until its lease ended", "ours", swp)]
     swo = g("switchover_ours")
     summary.append(["Force acquire: old command's stop → forcer's start, p50 / p95 (the old "
                     "design waited the deposed lease's TTL: 3 s here, 15 s at the defaults)",
