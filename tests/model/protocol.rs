@@ -9,9 +9,10 @@
 //! among strangers": H always; the forcer deletes no key, only puts Y, which stands until it
 //! leads; a holder that sees Y hands H to the forcer, one that does not answer is waited for;
 //! waiters of ours between them step back themselves; a fence only for a holder without a
-//! candidate key; hand-over to the next key; adoption put again; renewals confirmed. No switch
-//! changes NEW: the proposals the model weighed on the way are in the history of
-//! `tests/model.rs` (findings 3 to 6). `delete_keys` and `delete_records` narrow the
+//! candidate key; hand-over to the next key; adoption put again, waiting out the previous
+//! life's lease; a resign that leaves a lease the record is bound to once its key is gone;
+//! renewals confirmed. No switch changes NEW: the proposals the model weighed on the way are in
+//! the history of `tests/model.rs` (findings 3 to 7). `delete_keys` and `delete_records` narrow the
 //! operator's deletes.
 //!
 //! A **stranger** (`etcdctl lock`, `etcdctl elect`, client-go's `concurrency`, the Go tool
@@ -68,17 +69,19 @@
 //!   hand) does not stop it either.
 //! - **Adoption** (NEW adopt.rs): a lease is adopted once seen unrenewed for a third of its
 //!   TTL plus 2 s; a revoke its previous life left in flight has landed by then (and one sent later
-//!   lands within milliseconds: before the adopter's next step on that lease). If the previous
-//!   life held H, the adopter leads, and revokes the lease, no earlier than that lease would
-//!   have expired as seen (`Seat::not_before`): after the previous life's kill deadline and
-//!   renew deadline, unless it renewed after it was seen (`stale`). A live twin that is cut off
-//!   is not renewing either: nothing in etcd tells it from a dead life.
+//!   lands within milliseconds: before the adopter's next step on that lease). The adopter
+//!   leads, and revokes the lease, no earlier than that lease would have expired as seen
+//!   (`Seat::not_before`, whether or not H names it: an operator may have deleted it): after
+//!   the previous life's kill deadline and renew deadline. A live twin that is cut off is not
+//!   renewing either: nothing in etcd tells it from a dead life. Its `resign` (healed) never
+//!   revokes the lease once its key was put again, nor once its key is gone and H is bound to
+//!   the lease (the adopter may lead with it).
 //!
 //! # Map: model action → code
 //! | action | OLD (d8293d8) | NEW (src/) |
 //! |---|---|---|
 //! | `Join`: adopt a key of our identity, else grant + put-if-absent key | election.rs `Election::join`, `adopt`, `create` | election.rs `Election::join`, `create` |
-//! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again, read H | — (adopts at once, revokes other keys of ours) | adopt.rs `previous_life`, `liveness` |
+//! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again; leads and revokes no earlier than `not_before`, H or not | — (adopts at once, revokes other keys of ours) | adopt.rs `previous_life`, `liveness` |
 //! | `Check`: one read and the decision: a key ahead: wait for it; none, H bound to another lease: `GiveWay` if that lease has a candidate key, else wait for H; no H: `GiveWay` if another's Y stands, else `Take`; H ours: lead (handed, its version above 1: at once, the seen set cleared; else `AwaitGone`), our Y withdrawn. Or, next in line, not a forcer, our key never put again: the hand-over's watch event alone (`handed`: lead at once). `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `handed_to`, `settle`, `holder_key`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds`, `is_handed_over` |
 //! | `GiveWay` (the outcome of `Check`): resign, join again behind; a forcer does not ask again in this life (`gave_way`) | — | election.rs `Turn::GiveWay`, `elect_and_lead` |
 //! | `Force`: read; nobody to ask (H ours or a fence, or we head the queue) or another's Y: a plain candidate; no Y: put Y bound to our lease (guarded: our key's create revision, H and Y as read), read again; our Y: the runner's lease seen, then `Check`s | election.rs `depose_ahead_of` (its read) | force.rs `request_yield`, `runner`; election.rs `elect_and_lead` (`seen`) |
@@ -92,7 +95,7 @@
 //! | `Deadline` / `Stale`: no counted renewal within the renew deadline | main.rs `Wrapper::on_deadline` → `stop` | same, with election.rs `Keeper::confirm` |
 //! | `CmdExit`: SIGTERM handled, or SIGKILL at the kill deadline | main.rs `on_child_exit`, `on_deadline`, `kill_at` | same |
 //! | `HandOver`: own key deleted and H bound to the heir's lease, one txn guarded by our key's mod revision, H bound to our lease and the heir's key never put again; the heir: the forcer that asked (none if it had no key: nothing), else the first key behind ours (a stranger's too) | — | election.rs `hand_over`, `hand_to`, `Heir` |
-//! | `Revoke` (resign; an adopted seat not before its `not_before`) / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | same |
+//! | `Revoke` (resign; an adopted seat not before its `not_before`): one read of our key and H, then the revoke unless our key was put again by another process or is gone with H bound to our lease / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | election.rs `Election::resign`, `revoke`, `Revoked`; queue.rs `Seat::holds` |
 //! | `Crash`: SIGKILL, the guardian kills the command at once (a stranger's command stops with it) | supervisor.rs (guardian) | same |
 //! | `GPoll` / `GNotice`: Go replica | tests/common/old_replica.rs | same |
 //! | `Join` (stranger): grant, create `LOCK/<its lease hex>` | client-go `concurrency.NewSession`, `Mutex.Lock` / `Election.Campaign` (the put) | same |
@@ -156,13 +159,6 @@ pub struct Protocol {
     pub errors: u8,
     /// A wrapper killed while resigning may leave its revoke in flight, landing later.
     pub revoke_in_flight: bool,
-    /// Proposed change (finding 7): twins whose shared key or record an operator deleted. An
-    /// adopter leads no earlier than the previous life's lease would have expired also when
-    /// the record is absent (it may have held it); one that finds the record bound to its
-    /// adopted lease puts it again (its mod revision tells the other life it is not the record
-    /// it took); `resign` never revokes a lease the record is bound to unless the record is
-    /// the one this life took or was handed. Off: `src/` as it is.
-    pub guard_shared_lease: bool,
     /// The operator's deletes may hit candidate keys (`DeleteKey`).
     pub delete_keys: bool,
     /// The operator's deletes may hit `LOCK` and `LOCK\0yield` (`DeleteH`, `DeleteY`).
@@ -287,10 +283,10 @@ pub struct Proc {
     pub elected: bool,
     /// NEW: our key was adopted by another process: our lease is not ours to revoke.
     pub disowned: bool,
-    /// NEW: adopted a previous life that held the record: lead no earlier than its lease would
-    /// have expired. `Some(true)`: that instant is after the previous life's kill deadline;
-    /// `Some(false)`: it is not (the previous life renewed after we looked).
-    pub not_before: Option<bool>,
+    /// NEW: adopted a previous life (whether or not the record names it: an operator may have
+    /// deleted it): lead, and revoke, no earlier than its lease would have expired
+    /// (`Seat::not_before`), which is after that life's kill deadline.
+    pub not_before: bool,
     /// NEW, adopting: the previous life renewed (healed) after we saw it unrenewed.
     pub stale: bool,
     /// Its last counted renewal is within the renew deadline (`main` starts the command only
@@ -460,7 +456,7 @@ impl Proc {
             seen: Vec::new(),
             elected: false,
             disowned: false,
-            not_before: None,
+            not_before: false,
             stale: false,
             fresh: true,
             h_deleted: false,
@@ -678,7 +674,7 @@ impl Protocol {
         p.lease = None;
         p.seen.clear();
         p.elected = false;
-        p.not_before = None;
+        p.not_before = false;
         p.heir = Heir::Next;
         p.handed = false;
     }
@@ -709,27 +705,29 @@ impl Protocol {
             && (!p.runs() || s.h.is_some_and(|h| h.lease == l))
     }
 
-    /// The lease a resigning wrapper revokes: none once it knows its key was adopted.
+    /// The lease a resigning wrapper revokes (`revoke`): none once it knows its key was adopted,
+    /// else per one read of its key and the record: not if its key was put again by another
+    /// process (`Revoked::Adopted`), nor if its key is gone and the record is bound to its lease
+    /// (`Revoked::Recorded`: a twin that adopted its place may lead with it).
     fn revokes(&self, s: &State, i: usize) -> Option<L> {
         let p = &s.procs[i];
-        // `resign` reads its key first: put again by another process, the lease is not ours.
         p.lease.filter(|&l| {
             s.alive(l)
                 && !p.disowned
-                && s.key_pos(l).is_none_or(|k| s.keys[k].life == i as u8)
-                && !(self.guard_shared_lease
-                    && s.h
-                        .is_some_and(|h| h.lease == l && !(p.elected && h.life == i as u8)))
+                && match s.key_pos(l) {
+                    Some(k) => s.keys[k].life == i as u8,
+                    None => !self.new_variant() || s.h.is_none_or(|h| h.lease != l),
+                }
         })
     }
 
-    /// Adopted from a previous life that held the record, and before `not_before`: that life
-    /// may still run its command (or start it, its renew deadline not yet passed).
+    /// Adopted from a previous life, and before `not_before`: that life may still run its
+    /// command (or start it, its renew deadline not yet passed).
     fn may_still_run(&self, s: &State, i: usize) -> bool {
         let Some(l) = s.procs[i].lease else {
             return false;
         };
-        s.procs[i].not_before == Some(true)
+        s.procs[i].not_before
             && s.procs
                 .iter()
                 .enumerate()
@@ -831,16 +829,11 @@ impl Protocol {
                                 }
                             }
                         }
-                        let held = if self.guard_shared_lease {
-                            s.h.is_none_or(|h| h.lease == lease)
-                        } else {
-                            s.h.is_some_and(|h| h.lease == lease)
-                        };
                         let p = &mut s.procs[i];
                         p.lease = Some(lease);
                         // A full TTL from the put again: renewals of the other life stop
                         // counting there, so its kill deadline is before that.
-                        p.not_before = held.then_some(true);
+                        p.not_before = true;
                         s.procs[i].pc = self.campaign_pc(s, i);
                     }
                     _ => {
@@ -939,8 +932,8 @@ impl Protocol {
                 s.procs[i].pc = Pc::Wait;
             }
             (Op::StartCmd, Pc::Ready) => {
-                // An adopted previous life that held the record: not before its lease would
-                // have expired, which is after its kill deadline unless it renewed meanwhile.
+                // An adopted previous life (the record may have been deleted under it): not
+                // before its lease would have expired, which is after its kill deadline.
                 if self.may_still_run(s, i) || s.in_flight == own {
                     return None;
                 }
@@ -1256,9 +1249,6 @@ impl Protocol {
             // are gone (`AwaitGone` withdraws our request then).
             Some(h) => {
                 s.procs[i].elected = true;
-                if self.guard_shared_lease && h.life != i as u8 {
-                    s.h = Some(Rec { life: i as u8, ..h });
-                }
                 if h.over {
                     s.procs[i].seen.clear();
                     if s.y.is_some_and(|y| y.lease == l) {
