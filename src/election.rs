@@ -416,7 +416,7 @@ impl Election {
     /// lease seen ahead of us gone.
     async fn wait_turn(&mut self, seat: &Seat) -> Result<Turn> {
         let t = op_timeout(&self.cfg);
-        let mut reported_holder = None;
+        let mut reported = None;
         let mut shown = Shown::default();
         loop {
             let mut c = self.client().await?;
@@ -439,53 +439,19 @@ impl Election {
             };
             self.send(Event::Leader(leader));
             if let Some(pred) = &snap.pred {
-                self.seen.insert(pred.lease);
-                debug!("waiting for {} to go", String::from_utf8_lossy(&pred.key));
-                let from = snap.revision + 1;
-                let fast = holder.is_some_and(|h| h.lease() == pred.lease)
-                    && seat.mod_revision == seat.revision
-                    && !self.cfg.force_acquire;
-                if !fast {
-                    wait_changed(&self.etcd, &pred.key, from).await?;
-                    continue;
+                match self.wait_for_pred(seat, &snap, pred).await? {
+                    Some(turn) => return Ok(turn),
+                    None => continue,
                 }
-                // Our predecessor holds the record: its hand-over re-binds the record to us in
-                // the transaction that deletes its key, and that transaction also found our key
-                // never put again since we created it (not adopted by a twin). Seen on the
-                // record's watch, that is all a read would tell. (A forcer has its request to
-                // withdraw: it reads.)
-                self.send(Event::Next);
-                let events = next_events(&self.etcd, self.keys.holder.as_bytes(), from).await?;
-                if events.last().is_some_and(|e| handed_to(seat, e)) {
-                    self.seen.clear();
-                    return Ok(lead(seat).await);
-                }
-                continue;
             }
             if let Some(h) = holder {
-                let keyed = self.holder_key(&mut c, h.lease()).await?;
-                if keyed.is_some() {
-                    // Nothing is queued ahead of us, so its key is behind ours: a forcer was
-                    // handed the lock. We go back in line behind it.
-                    info!(
-                        "{:?} was handed the lock over our place (force acquire); going back in \
-                         line",
-                        Foreign(h.value())
-                    );
-                    return Ok(Turn::GiveWay);
+                match self
+                    .wait_for_holder(&mut c, &snap, h, &mut reported)
+                    .await?
+                {
+                    Some(turn) => return Ok(turn),
+                    None => continue,
                 }
-                self.seen.insert(h.lease());
-                if reported_holder.replace(h.lease()) != Some(h.lease()) {
-                    info!(
-                        "{:?} (an old etcd-await-election, or a holder whose key is gone) holds {} \
-                         (lease {:x}); waiting for it to stop and let go",
-                        Foreign(h.value()),
-                        self.keys.holder,
-                        h.lease()
-                    );
-                }
-                wait_changed(&self.etcd, self.keys.holder.as_bytes(), snap.revision + 1).await?;
-                continue;
             }
             if let Some(y) = snap
                 .yield_request
@@ -508,6 +474,69 @@ impl Election {
             self.settle(&mut c, seat, &snap).await?;
             return Ok(lead(seat).await);
         }
+    }
+
+    /// Waits for the candidate ahead of us to go (`None`: read again), or leads on the record
+    /// handed over by it.
+    async fn wait_for_pred(
+        &mut self,
+        seat: &Seat,
+        snap: &Snapshot,
+        pred: &Candidate,
+    ) -> Result<Option<Turn>> {
+        self.seen.insert(pred.lease);
+        debug!("waiting for {} to go", String::from_utf8_lossy(&pred.key));
+        let from = snap.revision + 1;
+        let fast = snap.holder_lease() == Some(pred.lease)
+            && seat.mod_revision == seat.revision
+            && !self.cfg.force_acquire;
+        if !fast {
+            wait_changed(&self.etcd, &pred.key, from).await?;
+            return Ok(None);
+        }
+        // Our predecessor holds the record: its hand-over re-binds the record to us in the
+        // transaction that deletes its key, and that transaction also found our key never put
+        // again since we created it (not adopted by a twin). Seen on the record's watch, that is
+        // all a read would tell. (A forcer has its request to withdraw: it reads.)
+        self.send(Event::Next);
+        let events = next_events(&self.etcd, self.keys.holder.as_bytes(), from).await?;
+        if events.last().is_some_and(|e| handed_to(seat, e)) {
+            self.seen.clear();
+            return Ok(Some(lead(seat).await));
+        }
+        Ok(None)
+    }
+
+    /// Nothing is queued ahead of us and the record is bound to another lease: goes back in line
+    /// behind a forcer handed the lock, or waits for the record to change (`None`: read again).
+    async fn wait_for_holder(
+        &mut self,
+        c: &mut Client,
+        snap: &Snapshot,
+        h: &KeyValue,
+        reported: &mut Option<i64>,
+    ) -> Result<Option<Turn>> {
+        if self.holder_key(c, h.lease()).await?.is_some() {
+            // Nothing is queued ahead of us, so its key is behind ours: a forcer was handed the
+            // lock. We go back in line behind it.
+            info!(
+                "{:?} was handed the lock over our place (force acquire); going back in line",
+                Foreign(h.value())
+            );
+            return Ok(Some(Turn::GiveWay));
+        }
+        self.seen.insert(h.lease());
+        if reported.replace(h.lease()) != Some(h.lease()) {
+            info!(
+                "{:?} (an old etcd-await-election, or a holder whose key is gone) holds {} \
+                 (lease {:x}); waiting for it to stop and let go",
+                Foreign(h.value()),
+                self.keys.holder,
+                h.lease()
+            );
+        }
+        wait_changed(&self.etcd, self.keys.holder.as_bytes(), snap.revision + 1).await?;
+        Ok(None)
     }
 
     /// The record is ours: whoever we saw ahead must be gone (unless it was handed to us), and a
