@@ -44,7 +44,9 @@ use tokio::sync::{oneshot, Notify};
 use crate::adopt::{self, Adoption};
 use crate::clock::Boot;
 use crate::config::Config;
-use crate::etcd::{next_events, op_timeout, timed, wait_changed, wait_range_changed, Etcd, Result};
+use crate::etcd::{
+    first_change, next_events, op_timeout, timed, wait_changed, wait_range_changed, Etcd, Result,
+};
 use crate::failure::{classify, is_lease_not_found, is_replaced, Cause, Failure, Startup};
 use crate::force;
 use crate::format::Foreign;
@@ -128,7 +130,8 @@ enum Revoked {
     Yes,
     /// Our key was put again by a twin: the lease is its own now.
     Adopted,
-    /// Our key is gone and the record is bound to our lease: see `Election::revoke`.
+    /// Our key was put again, then deleted, and the record is bound to our lease: see
+    /// `Election::revoke`.
     Recorded,
 }
 
@@ -732,13 +735,16 @@ impl Election {
                 debug!("handing over: {e}");
             }
         }
-        // Adopted from a previous life that held the record: should that life be alive after all
-        // and cut off, it shares this lease and may run its command until then. (If the wrapper
-        // exits first, the lease expires by itself, no earlier.)
-        if let Some(t) = seat.not_before {
-            tokio::time::sleep_until(t.into()).await;
-        }
         let lease = seat.lease;
+        // Adopted from a previous life: should it be alive after all and cut off, it shares this
+        // lease and may run its command until then. Left to expire: no earlier than that, as we
+        // renewed it when we adopted it.
+        if seat.not_before.is_some_and(|t| Instant::now() < t) {
+            return warn!(
+                "lease {lease:x}, adopted from a previous life that may still be stopping, left \
+                 to expire"
+            );
+        }
         let budget = crate::timing::resign_budget(seat.ttl);
         let give_up = Instant::now() + budget;
         loop {
@@ -749,8 +755,9 @@ impl Election {
                 }
                 Ok(Revoked::Recorded) => {
                     return warn!(
-                        "our key is gone but {} is bound to our lease (a twin adopted our place, \
-                         or our key was deleted by hand): lease {lease:x} left to expire",
+                        "our key was put again before it was deleted, and {} is bound to our \
+                         lease: a twin that adopted our place may lead with it; lease {lease:x} \
+                         left to expire",
                         self.keys.holder
                     )
                 }
@@ -767,9 +774,9 @@ impl Election {
     }
 
     /// Revokes our lease, unless another process may be using it: a twin that adopted our key
-    /// (put it again), or, our key gone, the record bound to our lease: a twin that adopted our
-    /// place may lead with it (an operator deleted the key after), and it must not be ended
-    /// under it. Then the lease expires by itself, as a vanished holder's does.
+    /// (put it again), or, our key gone and the record bound to our lease, one that adopted it
+    /// before somebody deleted it: it may lead with the lease, which must not end under it. Then
+    /// the lease expires by itself, as a vanished holder's does.
     async fn revoke(&self, seat: &Seat) -> Result<Revoked> {
         let t = op_timeout(&self.cfg);
         let mut c = self.client().await?;
@@ -785,7 +792,16 @@ impl Election {
         };
         match seat.holds(kv(0).as_ref()) {
             Some(false) => return Ok(Revoked::Adopted),
-            None if kv(1).is_some_and(|h| h.lease() == seat.lease) => return Ok(Revoked::Recorded),
+            None if kv(1).is_some_and(|h| h.lease() == seat.lease) => {
+                // Deleted straight after our own put (an operator's `etcdctl del`): nobody
+                // adopted it, nobody else uses our lease. Put again first (or not known): a
+                // twin's too.
+                let from = seat.mod_revision + 1;
+                let change = first_change(&self.etcd, seat.key.as_bytes(), from).await?;
+                if change != Some(EventType::Delete) {
+                    return Ok(Revoked::Recorded);
+                }
+            }
             _ => {}
         }
         timed(t, c.lease_revoke(seat.lease)).await?;

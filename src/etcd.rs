@@ -9,8 +9,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, Event as WatchEvent, GetOptions, Identity, TlsOptions,
-    WatchOptions,
+    Certificate, Client, ConnectOptions, Event as WatchEvent, EventType, GetOptions, Identity,
+    TlsOptions, WatchOptions,
 };
 use log::debug;
 use tokio::sync::Notify;
@@ -94,6 +94,29 @@ pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
 /// was created: read it).
 pub async fn next_events(etcd: &Etcd, key: &[u8], from: i64) -> Result<Vec<WatchEvent>> {
     wait_event(etcd, key, None, from, &|_| true).await
+}
+
+/// The kind of the first change of `key` at revision `from` or later, as etcd's history has it
+/// (`None`: none within the request bound, or compacted away).
+pub async fn first_change(etcd: &Etcd, key: &[u8], from: i64) -> Result<Option<EventType>> {
+    let mut c = etcd.client().await?;
+    let opts = WatchOptions::new().with_start_revision(from);
+    let first = async {
+        let mut stream = c.watch(key, Some(opts)).await?;
+        while let Some(resp) = stream.message().await? {
+            if resp.canceled() {
+                return Ok(None);
+            }
+            if let Some(e) = resp.events().first() {
+                return Ok(Some(e.event_type()));
+            }
+        }
+        Ok(None)
+    };
+    match timed(op_timeout(&etcd.cfg), first).await {
+        Err(e) if is_no_answer(&e) => Ok(None),
+        r => r,
+    }
 }
 
 /// Waits for a change of a key in `[key, end)` for which `relevant` holds, as [`wait_changed`]

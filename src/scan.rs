@@ -65,27 +65,27 @@ pub async fn all(c: &mut Client, keys: &Keys, t: Duration) -> Result<(i64, Vec<C
 }
 
 /// Adds the candidates of one page to `found`; returns where the next page starts, if anywhere.
+/// Keys of a branch passed over that are in this page anyway are skipped, not read again.
 fn sift(keys: &Keys, kvs: &[KeyValue], found: &mut Vec<Candidate>) -> Option<Vec<u8>> {
     let prefix = keys.prefix.as_bytes();
+    let mut skip: Option<Vec<u8>> = None;
     for kv in kvs {
-        let rest = kv.key().strip_prefix(prefix).unwrap_or_default();
-        if rest.is_empty() {
+        if skip.as_deref().is_some_and(|to| kv.key() < to) {
             continue;
         }
+        let rest = kv.key().strip_prefix(prefix).unwrap_or_default();
         let hex = rest.iter().take_while(|b| is_hex(**b)).count();
         if hex == rest.len() {
             found.extend(Candidate::of(keys, kv));
             continue;
         }
         // `LOCK/` + `rest[..=hex]`: every name in this branch has something else than a hex
-        // digit at this place. Go on past the whole branch.
-        let branch = &kv.key()[..prefix.len() + hex + 1];
-        return past(branch, &keys.end);
+        // digit at this place. Go on past the whole branch (or stop: past the lock's range).
+        skip = Some(past(&kv.key()[..prefix.len() + hex + 1], &keys.end)?);
     }
-    match kvs.last() {
-        Some(last) if kvs.len() as i64 == PAGE => Some([last.key(), &[0]].concat()),
-        _ => None,
-    }
+    let last = kvs.last().filter(|_| kvs.len() as i64 == PAGE)?;
+    let next = [last.key(), &[0]].concat();
+    Some(skip.map_or(next.clone(), |to| to.max(next)))
 }
 
 /// The first key after every key that starts with `branch`, if it is still within the lock.
