@@ -70,7 +70,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         FORCE_ACQUIRE,
         "false",
-        "depose the current leader at start (a preferred primary)",
+        "ask the current leader to yield at start (a preferred primary)",
     ),
     var(
         LEGACY_LOCK,
@@ -248,9 +248,7 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 pub const MIN_RENEW_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The accepted range of `RETRY_PERIOD`. Below 100 ms, a fleet retrying an etcd that is down is a
-/// connection storm, and a forcer gives a holder (whose answer it waits for one retry period) no
-/// time to answer; above 5 minutes, a candidate notices etcd back (and a forcer deposes a holder
-/// that does not answer) only minutes later.
+/// connection storm; above 5 minutes, a candidate notices etcd back only minutes later.
 pub const RETRY_PERIOD_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(300));
 
