@@ -10,8 +10,9 @@
 //! leads; a holder that sees Y hands H to the forcer, one that does not answer is waited for;
 //! waiters of ours between them step back themselves; a fence only for a holder without a
 //! candidate key; hand-over to the next key; adoption put again, waiting out the previous
-//! life's lease; a resign that leaves a lease the record is bound to once its key is gone;
-//! renewals confirmed. No switch changes NEW: the proposals the model weighed on the way are in
+//! life's lease (an adopted seat resigning before then leaves it to expire); a resign that
+//! leaves a lease the record is bound to once its key, put again by another, is gone; renewals
+//! confirmed. No switch changes NEW: the proposals the model weighed on the way are in
 //! the history of `tests/model.rs` (findings 3 to 7). `delete_keys` and `delete_records` narrow the
 //! operator's deletes.
 //!
@@ -72,16 +73,21 @@
 //!   lands within milliseconds: before the adopter's next step on that lease). The adopter
 //!   leads, and revokes the lease, no earlier than that lease would have expired as seen
 //!   (`Seat::not_before`, whether or not H names it: an operator may have deleted it): after
-//!   the previous life's kill deadline and renew deadline. A live twin that is cut off is not
-//!   renewing either: nothing in etcd tells it from a dead life. Its `resign` (healed) never
-//!   revokes the lease once its key was put again, nor once its key is gone and H is bound to
-//!   the lease (the adopter may lead with it).
+//!   the previous life's kill deadline and renew deadline; resigning before then (`Leave`), it
+//!   revokes nothing: the lease, renewed at the adoption, expires no earlier. A live twin that
+//!   is cut off is not renewing either: nothing in etcd tells it from a dead life. Its `resign`
+//!   (healed) never revokes the lease once its key was put again, nor once its key is gone, H
+//!   bound to the lease, and the first change of its key after its own put was a put (the
+//!   adopter may lead with it; `Proc::overtaken`). Its key deleted straight after its own put
+//!   (no put between), it revokes: nobody else holds the lease, or, adopted, it is past
+//!   `not_before`. A history `src/` cannot read (compacted, no answer) leaves the lease too:
+//!   never a revoke, so not modelled.
 //!
 //! # Map: model action → code
 //! | action | OLD (d8293d8) | NEW (src/) |
 //! |---|---|---|
 //! | `Join`: adopt a key of our identity, else grant + put-if-absent key | election.rs `Election::join`, `adopt`, `create` | election.rs `Election::join`, `create` |
-//! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again; leads and revokes no earlier than `not_before`, H or not | — (adopts at once, revokes other keys of ours) | adopt.rs `previous_life`, `liveness` |
+//! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again; leads and revokes no earlier than `not_before`, H or not; resigning before it: `Leave` | — (adopts at once, revokes other keys of ours) | adopt.rs `previous_life`, `liveness` |
 //! | `Check`: one read and the decision: a key ahead: wait for it; none, H bound to another lease: `GiveWay` if that lease has a candidate key, else wait for H; no H: `GiveWay` if another's Y stands, else `Take`; H ours: lead (handed, its version above 1: at once, the seen set cleared; else `AwaitGone`), our Y withdrawn. Or, next in line, not a forcer, our key never put again: the hand-over's watch event alone (`handed`: lead at once). `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `handed_to`, `settle`, `holder_key`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds`, `is_handed_over` |
 //! | `GiveWay` (the outcome of `Check`): resign, join again behind; a forcer does not ask again in this life (`gave_way`) | — | election.rs `Turn::GiveWay`, `elect_and_lead` |
 //! | `Force`: read; nobody to ask (H ours or a fence, or we head the queue) or another's Y: a plain candidate; no Y: put Y bound to our lease (guarded: our key's create revision, H and Y as read), read again; our Y: the runner's lease seen, then `Check`s | election.rs `depose_ahead_of` (its read) | force.rs `request_yield`, `runner`; election.rs `elect_and_lead` (`seen`) |
@@ -95,7 +101,7 @@
 //! | `Deadline` / `Stale`: no counted renewal within the renew deadline | main.rs `Wrapper::on_deadline` → `stop` | same, with election.rs `Keeper::confirm` |
 //! | `CmdExit`: SIGTERM handled, or SIGKILL at the kill deadline | main.rs `on_child_exit`, `on_deadline`, `kill_at` | same |
 //! | `HandOver`: own key deleted and H bound to the heir's lease, one txn guarded by our key's mod revision, H bound to our lease and the heir's key never put again; the heir: the forcer that asked (none if it had no key: nothing), else the first key behind ours (a stranger's too) | — | election.rs `hand_over`, `hand_to`, `Heir` |
-//! | `Revoke` (resign; an adopted seat not before its `not_before`): one read of our key and H, then the revoke unless our key was put again by another process or is gone with H bound to our lease / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | election.rs `Election::resign`, `revoke`, `Revoked`; queue.rs `Seat::holds` |
+//! | `Revoke` (resign; an adopted seat not before its `not_before`): one read of our key and H, then the revoke unless our key was put again by another process (`Adopted`) or is gone with H bound to our lease and its first change after our own last put a put (`Recorded`; a delete: revoked) / `Leave` (an adopted seat before `not_before`: nothing revoked, the lease and key expire) / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | election.rs `Election::resign`, `revoke`, `Revoked`; etcd.rs `first_change`; queue.rs `Seat::holds` |
 //! | `Crash`: SIGKILL, the guardian kills the command at once (a stranger's command stops with it) | supervisor.rs (guardian) | same |
 //! | `GPoll` / `GNotice`: Go replica | tests/common/old_replica.rs | same |
 //! | `Join` (stranger): grant, create `LOCK/<its lease hex>` | client-go `concurrency.NewSession`, `Mutex.Lock` / `Election.Campaign` (the put) | same |
@@ -287,6 +293,9 @@ pub struct Proc {
     /// deleted it): lead, and revoke, no earlier than its lease would have expired
     /// (`Seat::not_before`), which is after that life's kill deadline.
     pub not_before: bool,
+    /// NEW: our key was put again by another process (adopted) after our own last put, which
+    /// etcd's history keeps after the key is deleted (`revoke`'s `first_change`: a put).
+    pub overtaken: bool,
     /// NEW, adopting: the previous life renewed (healed) after we saw it unrenewed.
     pub stale: bool,
     /// Its last counted renewal is within the renew deadline (`main` starts the command only
@@ -348,6 +357,7 @@ pub enum Op {
     CmdExit,
     HandOver,
     Revoke,
+    Leave,
     Abandon,
     Crash,
     CrashMidRevoke,
@@ -362,7 +372,7 @@ pub enum Op {
     SClose,
 }
 
-const OPS: [Op; 34] = [
+const OPS: [Op; 35] = [
     Op::Start,
     Op::Join,
     Op::Observe,
@@ -385,6 +395,7 @@ const OPS: [Op; 34] = [
     Op::CmdExit,
     Op::HandOver,
     Op::Revoke,
+    Op::Leave,
     Op::Abandon,
     Op::Crash,
     Op::CrashMidRevoke,
@@ -425,7 +436,9 @@ fn may_apply(op: Op, p: &Proc) -> bool {
                 Op::Notice | Op::Yield | Op::Quit | Op::Deadline | Op::GNotice
             ),
             Pc::Stopping => op == Op::CmdExit,
-            Pc::Resigning { .. } => matches!(op, Op::HandOver | Op::Revoke | Op::Abandon),
+            Pc::Resigning { .. } => {
+                matches!(op, Op::HandOver | Op::Revoke | Op::Leave | Op::Abandon)
+            }
             Pc::Exited => false,
             Pc::GPoll => op == Op::GPoll,
             Pc::SWait(_) => op == Op::SWait,
@@ -457,6 +470,7 @@ impl Proc {
             elected: false,
             disowned: false,
             not_before: false,
+            overtaken: false,
             stale: false,
             fresh: true,
             h_deleted: false,
@@ -675,8 +689,20 @@ impl Protocol {
         p.seen.clear();
         p.elected = false;
         p.not_before = false;
+        p.overtaken = false;
         p.heir = Heir::Next;
         p.handed = false;
+    }
+
+    /// After `resign`: join again, or exit.
+    fn resigned(s: &mut State, i: usize, rejoin: bool, go: bool) {
+        if rejoin {
+            Self::rejoin(s, i);
+        } else if go {
+            s.procs[i].pc = Pc::Exited;
+        } else {
+            s.procs[i] = Proc::fresh(Pc::Down);
+        }
     }
 
     /// `Turn::GiveWay`: resign, then join again behind the forcer.
@@ -707,8 +733,9 @@ impl Protocol {
 
     /// The lease a resigning wrapper revokes (`revoke`): none once it knows its key was adopted,
     /// else per one read of its key and the record: not if its key was put again by another
-    /// process (`Revoked::Adopted`), nor if its key is gone and the record is bound to its lease
-    /// (`Revoked::Recorded`: a twin that adopted its place may lead with it).
+    /// process (`Revoked::Adopted`), nor if its key is gone, the record is bound to its lease
+    /// and the first change of its key after its own put was another's put (`Revoked::Recorded`:
+    /// a twin that adopted its place may lead with it).
     fn revokes(&self, s: &State, i: usize) -> Option<L> {
         let p = &s.procs[i];
         p.lease.filter(|&l| {
@@ -716,7 +743,7 @@ impl Protocol {
                 && !p.disowned
                 && match s.key_pos(l) {
                     Some(k) => s.keys[k].life == i as u8,
-                    None => !self.new_variant() || s.h.is_none_or(|h| h.lease != l),
+                    None => !self.new_variant() || s.h.is_none_or(|h| h.lease != l) || !p.overtaken,
                 }
         })
     }
@@ -822,6 +849,9 @@ impl Protocol {
                     Some(k) if s.alive(lease) => {
                         s.keys[k].life = i as u8;
                         s.keys[k].again = true;
+                        for (j, q) in s.procs.iter_mut().enumerate() {
+                            q.overtaken |= j != i && q.lease == Some(lease);
+                        }
                         for q in &mut s.procs {
                             if let Pc::Adopting { lease: o, current } = &mut q.pc {
                                 if *o == lease {
@@ -1033,21 +1063,23 @@ impl Protocol {
                     hand_over: false,
                 },
             ) if net_ok => {
-                // `resign`: an adopted seat not before `not_before`.
+                // `resign`: an adopted seat past `not_before` (else `Leave`), then `revoke`.
                 if self.may_still_run(s, i) {
                     return None;
                 }
                 if let Some(l) = self.revokes(s, i) {
                     s.end_lease(l);
                 }
-                if rejoin {
-                    Self::rejoin(s, i);
-                } else if spec.go {
-                    s.procs[i].pc = Pc::Exited;
-                } else {
-                    s.procs[i] = Proc::fresh(Pc::Down);
-                }
+                Self::resigned(s, i, rejoin, spec.go);
             }
+            // `resign`: an adopted seat before `not_before` returns at once, no request sent.
+            (
+                Op::Leave,
+                Pc::Resigning {
+                    rejoin,
+                    hand_over: false,
+                },
+            ) if s.procs[i].not_before => Self::resigned(s, i, rejoin, spec.go),
             (Op::Abandon, Pc::Resigning { rejoin, .. }) if !net_ok => {
                 if rejoin {
                     Self::rejoin(s, i);
@@ -1661,6 +1693,9 @@ impl fmt::Display for State {
             }
             if p.disowned {
                 write!(f, " (key adopted)")?;
+            }
+            if p.overtaken {
+                write!(f, " (key put by another)")?;
             }
             if p.gave_way {
                 write!(f, " (gave way)")?;
