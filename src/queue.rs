@@ -13,9 +13,9 @@
 //!   Go tool's lock key, with the same meaning, so old replicas respect it). It is bound to the
 //!   holder's lease, and a holder revokes its lease only once its command's group is empty, so
 //!   the record vanishes only when its holder can no longer run: a candidate key vanishing says
-//!   nothing of the kind (an operator's `etcdctl del`, a forcer). Whoever finds it bound to
-//!   another lease waits. A forcer deposing a holder that did not yield re-binds it to a fence
-//!   lease nobody renews, which outlives what the deposed holder may still run.
+//!   nothing of the kind (an operator's `etcdctl del`). Whoever finds it bound to another lease
+//!   waits. A forcer fencing a holder without a candidate key (a Go replica) re-binds it to a
+//!   fence lease nobody renews, which outlives what the fenced holder may still run.
 //! - **The yield request** `LOCK\0yield`, bound to a forcer's lease until it leads. No valid lock
 //!   name contains a control character, so no lock's key has this name, and it lies outside
 //!   `LOCK/`, where `etcdctl elect` and `etcdctl lock` never look.
@@ -253,8 +253,7 @@ pub fn unchanged(key: impl Into<Vec<u8>>, kv: Option<&KeyValue>) -> Compare {
 
 /// The holder record, found bound to our lease, was handed to us: put over an existing record
 /// (its version above 1) rather than created where it was absent, as `take_record` does. Nothing
-/// else puts it over to a lease with a candidate key still standing: a deposal deletes the
-/// deposed key in the same transaction, and a fence binds it to the fence's own lease.
+/// else puts it over to a lease with a candidate key: a fence binds it to the fence's own lease.
 pub fn is_handed_over(holder: &KeyValue) -> bool {
     holder.version() > 1
 }
