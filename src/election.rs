@@ -573,12 +573,9 @@ impl Election {
         Ok(())
     }
 
-    /// The candidate key of the holder with this lease, if it has one (a Go replica has none).
+    /// The candidate key of this lease, if it has one (see `queue::key_of_lease`).
     async fn holder_key(&self, c: &mut Client, lease: i64) -> Result<Option<KeyValue>> {
-        let key = self.keys.candidate_key(lease);
-        Ok(queue::with_value(c, key.as_bytes(), op_timeout(&self.cfg))
-            .await?
-            .filter(|kv| kv.lease() == lease))
+        queue::key_of_lease(c, &self.keys, lease, op_timeout(&self.cfg)).await
     }
 
     /// Puts the holder record for our lease, if it is still absent, our key still ours and no

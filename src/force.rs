@@ -111,10 +111,7 @@ async fn runner(
         if h.lease() == seat.lease || is_deposal(h) {
             return Ok(None);
         }
-        let key = keys.candidate_key(h.lease());
-        let keyed = queue::with_value(c, key.as_bytes(), t)
-            .await?
-            .is_some_and(|kv| kv.lease() == h.lease());
+        let keyed = queue::key_of_lease(c, keys, h.lease(), t).await?.is_some();
         return Ok(Some(Runner {
             lease: h.lease(),
             identity: identity_of(h),

@@ -210,6 +210,20 @@ pub async fn with_value(c: &mut Client, key: &[u8], t: Duration) -> Result<Optio
         .next())
 }
 
+/// The candidate key of the lease `lease`, with its value, if it has one (a Go replica, or a
+/// holder whose key was deleted, has none).
+pub async fn key_of_lease(
+    c: &mut Client,
+    keys: &Keys,
+    lease: i64,
+    t: Duration,
+) -> Result<Option<KeyValue>> {
+    let key = keys.candidate_key(lease);
+    Ok(with_value(c, key.as_bytes(), t)
+        .await?
+        .filter(|kv| kv.lease() == lease))
+}
+
 /// Every candidate whose value is `identity` (a restart looking for its previous life), oldest
 /// first. etcd compares the values: nobody's value is read, however large.
 pub async fn with_identity(
