@@ -163,12 +163,12 @@ fn uuid_named_data_is_read_a_page_at_a_time() {
             c.txn(Txn::new().and_then(ops)).await.expect("put data");
         }
     });
-    let before = ranges(&s);
+    let before = s.etcd.handled(&["Range", "Txn"]);
     let t0 = Instant::now();
     let mut a = s.candidate("a", 3, "2s", "250ms").spawn();
     s.mon.wait_for_start(Some("a"), T);
     let took = t0.elapsed();
-    let reads = ranges(&s) - before;
+    let reads = s.etcd.handled(&["Range", "Txn"]) - before;
     a.signal(libc::SIGTERM);
     a.expect_exit(T);
     // A few scans to join and lead (its previous life, its place), 16 pages each.
@@ -177,18 +177,6 @@ fn uuid_named_data_is_read_a_page_at_a_time() {
         "{reads} reads (Range + Txn) and {took:?} for a lone candidate to lead beside 2000 \
          uuid-named keys"
     );
-}
-
-fn ranges(s: &Scene) -> f64 {
-    let url = format!("http://127.0.0.1:{}/metrics", s.etcd.client_port());
-    let (_, body) = common::http("GET", &url, Duration::from_secs(5)).expect("metrics");
-    body.lines()
-        .filter(|l| {
-            l.starts_with("grpc_server_handled_total{")
-                && (l.contains("grpc_method=\"Range\"") || l.contains("grpc_method=\"Txn\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// ~300 candidates (lease-bound keys named after their chosen lease ids), a page boundary

@@ -244,22 +244,7 @@ fn the_jobs_data_under_the_prefix_does_not_stop_the_election() {
 
 /// Transactions etcd has answered (every read of the queue, every confirmation of a renewal).
 fn txns(etcd: &Etcd) -> f64 {
-    handled(etcd, "Txn")
-}
-
-/// Requests of this gRPC method etcd has answered.
-fn handled(etcd: &Etcd, method: &str) -> f64 {
-    let url = format!("http://127.0.0.1:{}/metrics", etcd.client_port());
-    let (code, body) =
-        common::http("GET", &url, Duration::from_secs(5)).expect("etcd /metrics answers");
-    assert_eq!(code, 200);
-    body.lines()
-        .filter(|l| {
-            l.starts_with("grpc_server_handled_total{")
-                && l.contains(&format!("grpc_method=\"{method}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    etcd.handled(&["Txn"])
 }
 
 /// The job writing its data under the prefix while a candidate leads does not make the leader
@@ -298,10 +283,10 @@ fn thirty_thousand_keys_of_data_cost_a_candidate_a_few_reads() {
     let ep = s.etcd.endpoint();
     put_data(&ep, &format!("{}/data/", s.lock), 30_000, 8, 100);
     put_data(&ep, &format!("{}/cron/", s.lock), 1_000, 8, 100);
-    let before = handled(&s.etcd, "Range") + txns(&s.etcd);
+    let before = s.etcd.handled(&["Range", "Txn"]);
     let mut a = cand(&s, "a").spawn();
     start_of(&s.mon, "a");
-    let reads = handled(&s.etcd, "Range") + txns(&s.etcd) - before;
+    let reads = s.etcd.handled(&["Range", "Txn"]) - before;
     ended(&mut a);
     assert!(
         reads <= 30.0,

@@ -334,6 +334,24 @@ impl Etcd {
             .collect()
     }
 
+    /// Requests of these gRPC methods (`"Range"`, `"Txn"`, ...) this server has answered, from
+    /// its Prometheus metrics on the client URL.
+    pub fn handled(&self, methods: &[&str]) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.client_port());
+        let (code, body) =
+            super::http("GET", &url, Duration::from_secs(5)).expect("etcd /metrics answers");
+        assert_eq!(code, 200);
+        body.lines()
+            .filter(|l| l.starts_with("grpc_server_handled_total{"))
+            .filter(|l| {
+                methods
+                    .iter()
+                    .any(|m| l.contains(&format!("grpc_method=\"{m}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Number of live leases (`etcdctl lease list`).
     pub fn lease_count(&self) -> usize {
         let out = self.etcdctl(&["lease", "list"]);
