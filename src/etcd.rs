@@ -1,26 +1,113 @@
-//! The connection to etcd: building the client (endpoints, TLS, credentials), bounding every
-//! request in time, replacing connections that failed, and watching for a change. What an
-//! error means (retry or give up) is `failure`'s concern.
+//! The gateway to etcd: the one way the election talks to it. It builds the client (endpoints,
+//! TLS, credentials), bounds every request in time, replaces connections that failed, watches
+//! for changes, and turns every failure into an [`Error`] of the wrapper's own. What an error
+//! means (retry or give up) is `failure`'s concern; what the keys mean is the election's.
 //!
-//! It knows nothing of elections; `election` builds the recipe on top of it.
+//! Callers never hold a raw client: each method takes the current connection, applies the
+//! request bound ([`op_timeout`]) and, on a failure that may be the connection's, drops it so
+//! that the next request talks to the next member.
 
 use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, Event as WatchEvent, EventType, GetOptions, Identity,
-    TlsOptions, WatchOptions,
+    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, LeaseGrantResponse,
+    LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveResponse, TlsOptions, Txn, TxnResponse,
 };
 use log::debug;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::failure::{describe, is_no_answer, no_answer, replaced};
 
-pub type Result<T> = std::result::Result<T, etcd_client::Error>;
+mod watch;
 
-async fn connect(cfg: &Config, endpoint: &str) -> Result<Client> {
+/// Why a request to etcd failed.
+#[derive(Debug)]
+pub enum Error {
+    /// etcd, the connection or the TLS stack refused or failed it, in their own words.
+    Etcd(etcd_client::Error),
+    /// No answer within this bound: the connection may be blackholed.
+    NoAnswer(Duration),
+    /// A watch given up because its connection was replaced: nothing to log or wait for.
+    Replaced,
+    /// A watch or keep-alive stream ended, or etcd canceled it.
+    Interrupted(String),
+    /// The lease is gone (expired or revoked): not a failure to retry, an answer.
+    LeaseGone,
+    /// etcd's answer lacks what the request asked for.
+    Malformed(&'static str),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<etcd_client::Error> for Error {
+    fn from(e: etcd_client::Error) -> Error {
+        let gone = match &e {
+            etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
+            etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
+            _ => false,
+        };
+        if gone {
+            Error::LeaseGone
+        } else {
+            Error::Etcd(e)
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Etcd(e) => f.write_str(&describe(e)),
+            Error::NoAnswer(limit) => write!(f, "no answer within {limit:?}"),
+            Error::Replaced => f.write_str("connection replaced"),
+            Error::Interrupted(why) => f.write_str(why),
+            Error::LeaseGone => f.write_str("lease not found"),
+            Error::Malformed(what) => write!(f, "etcd's answer lacks {what}"),
+        }
+    }
+}
+
+impl Error {
+    /// A failure that may be the connection's rather than the request's: a timed-out request may
+    /// mean a blackholed connection, a connection error one that tonic keeps reporting after the
+    /// server is back.
+    fn of_connection(&self) -> bool {
+        match self {
+            Error::Etcd(etcd_client::Error::TransportError(_)) | Error::NoAnswer(_) => true,
+            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => s.code() == tonic::Code::Unavailable,
+            _ => false,
+        }
+    }
+}
+
+/// The whole chain of causes: tonic's own message is only "transport error", and the useful
+/// part (connection refused, unknown certificate issuer, ...) is in the sources.
+fn describe(e: &etcd_client::Error) -> String {
+    let mut out = match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    };
+    // etcd_client::Error keeps its cause inside the variant, without `source()`.
+    let mut source = match e {
+        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
+        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+        _ => None,
+    };
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = cause.source();
+    }
+    out
+}
+
+async fn connect(cfg: &Config, endpoint: &str) -> std::result::Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new()
         .with_auto_token_refresh(true)
         // A member cut off from the raft leader fails requests and watches at once instead of
@@ -72,138 +159,13 @@ pub fn op_timeout(cfg: &Config) -> Duration {
     Duration::from_secs(cfg.lease_ttl as u64).clamp(Duration::from_secs(2), Duration::from_secs(5))
 }
 
-pub async fn timed<T>(
-    limit: Duration,
-    f: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    match tokio::time::timeout(limit, f).await {
-        Ok(r) => r,
-        Err(_) => Err(no_answer(limit)),
-    }
-}
-
-/// Waits for any change of `key` (deleted, or put again: a holder record re-bound to a fence),
-/// watching from `from` so that a change between our read and the watch is not missed. An error
-/// means the stream broke, or its connection was replaced (a watch on a dead connection would
-/// otherwise wait for tonic's HTTP/2 ping to notice): the caller reads again.
-pub async fn wait_changed(etcd: &Etcd, key: &[u8], from: i64) -> Result<()> {
-    next_events(etcd, key, from).await.map(drop)
-}
-
-/// As [`wait_changed`], returning the changes seen (none when the key changed before the watch
-/// was created: read it).
-pub async fn next_events(etcd: &Etcd, key: &[u8], from: i64) -> Result<Vec<WatchEvent>> {
-    wait_event(etcd, key, None, from, &|_| true).await
-}
-
-/// The kind of the first change of `key` at revision `from` or later, as etcd's history has it
-/// (`None`: none within the request bound, or compacted away).
-pub async fn first_change(etcd: &Etcd, key: &[u8], from: i64) -> Result<Option<EventType>> {
-    let mut c = etcd.client().await?;
-    let opts = WatchOptions::new().with_start_revision(from);
-    let first = async {
-        let mut stream = c.watch(key, Some(opts)).await?;
-        while let Some(resp) = stream.message().await? {
-            if resp.canceled() {
-                return Ok(None);
-            }
-            if let Some(e) = resp.events().first() {
-                return Ok(Some(e.event_type()));
-            }
-        }
-        Ok(None)
-    };
-    match timed(op_timeout(&etcd.cfg), first).await {
-        Err(e) if is_no_answer(&e) => Ok(None),
-        r => r,
-    }
-}
-
-/// Waits for a change of a key in `[key, end)` for which `relevant` holds, as [`wait_changed`]
-/// does for one key, except that when the store moved on before the watch was created it returns
-/// at once: the caller reads again. Changes of other keys in the range (the job's own data under
-/// a lock's prefix) are passed over on the same stream.
-pub async fn wait_range_changed(
-    etcd: &Etcd,
-    key: &[u8],
-    end: &[u8],
-    from: i64,
-    relevant: &dyn Fn(&WatchEvent) -> bool,
-) -> Result<()> {
-    wait_event(etcd, key, Some(end), from, relevant)
-        .await
-        .map(drop)
-}
-
-async fn wait_event(
-    etcd: &Etcd,
-    key: &[u8],
-    end: Option<&[u8]>,
-    from: i64,
-    relevant: &dyn Fn(&WatchEvent) -> bool,
-) -> Result<Vec<WatchEvent>> {
-    let new_connection = etcd.replaced.notified();
-    let watch = async {
-        let mut opts = WatchOptions::new().with_start_revision(from);
-        if let Some(end) = end {
-            opts = opts.with_range(end);
-        }
-        let mut c = etcd.client().await?;
-        let mut stream = c.watch(key, Some(opts)).await?;
-        while let Some(resp) = stream.message().await? {
-            if resp.canceled() {
-                return Err(etcd_client::Error::WatchError(format!(
-                    "watch canceled: {}",
-                    resp.cancel_reason()
-                )));
-            }
-            let events = resp.events();
-            if events.iter().any(relevant) {
-                return Ok(events.to_vec());
-            }
-            // A watch that starts in the past is caught up by etcd's sync loop, every 100 ms:
-            // when the store moved on before the watch was created, look at the key at once.
-            let moved = resp.header().is_some_and(|h| h.revision() >= from);
-            if resp.created() && moved {
-                let changed = match end {
-                    Some(_) => true,
-                    None => changed_since(etcd, &mut c, key, from).await?,
-                };
-                if changed {
-                    return Ok(Vec::new());
-                }
-            }
-        }
-        Err(etcd_client::Error::WatchError("watch stream ended".into()))
-    };
-    tokio::select! {
-        r = watch => r,
-        _ = new_connection => Err(replaced()),
-    }
-}
-
-/// Whether `key` was put or deleted at revision `from` or later.
-async fn changed_since(etcd: &Etcd, c: &mut Client, key: &[u8], from: i64) -> Result<bool> {
-    let t = op_timeout(&etcd.cfg);
-    let keys_only = || Some(GetOptions::new().with_keys_only());
-    if let Some(kv) = timed(t, c.get(key, keys_only())).await?.kvs().first() {
-        return Ok(kv.mod_revision() >= from);
-    }
-    // Gone now: was it there before `from`? (Compacted: assume it changed, and read again.)
-    let before = GetOptions::new().with_keys_only().with_revision(from - 1);
-    Ok(match timed(t, c.get(key, Some(before))).await {
-        Ok(r) => !r.kvs().is_empty(),
-        Err(_) => true,
-    })
-}
-
-/// The client, shared by the campaign and the keep-alive loop, built on first use (with etcd
+/// The connection, shared by the campaign and the keep-alive loop, built on first use (with etcd
 /// authentication, building it is a request) and dropped by either when its connections fail:
 /// a blackholed TCP connection is noticed only by our timeouts, and tonic would keep sending on
 /// it until its HTTP/2 ping fails.
 #[derive(Clone)]
 pub struct Etcd {
-    pub cfg: Rc<Config>,
+    cfg: Rc<Config>,
     client: Rc<RefCell<Option<Client>>>,
     /// Index into the endpoints of the member the next client talks to.
     member: Rc<Cell<usize>>,
@@ -221,43 +183,137 @@ impl Etcd {
         }
     }
 
+    /// The bound of one request.
+    pub fn limit(&self) -> Duration {
+        op_timeout(&self.cfg)
+    }
+
+    pub async fn get(
+        &self,
+        key: impl Into<Vec<u8>>,
+        opts: Option<GetOptions>,
+    ) -> Result<GetResponse> {
+        let key = key.into();
+        self.call(|mut c| async move { c.get(key, opts).await })
+            .await
+    }
+
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.call(|mut c| async move { c.txn(txn).await }).await
+    }
+
+    pub async fn grant(&self, ttl: i64) -> Result<LeaseGrantResponse> {
+        self.call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await
+    }
+
+    /// Renews a lease once.
+    pub async fn renew(&self, lease: i64) -> Result<()> {
+        self.call(|mut c| async move { c.lease_keep_alive(lease).await.map(drop) })
+            .await
+    }
+
+    /// Opens a keep-alive stream for a lease; it was renewed once on the way (etcd_client sends a
+    /// keep-alive and checks its answer).
+    pub async fn keep_alive(&self, lease: i64) -> Result<KeepAlive> {
+        let (keeper, stream) = self
+            .call(|mut c| async move { c.lease_keep_alive(lease).await })
+            .await?;
+        Ok(KeepAlive { keeper, stream })
+    }
+
+    /// What is left of a lease (`None`: gone, expired or revoked).
+    pub async fn time_to_live(&self, lease: i64) -> Result<Option<LeaseTimeToLiveResponse>> {
+        let ttl = self.call(|mut c| async move { c.lease_time_to_live(lease, None).await });
+        match ttl.await {
+            Ok(r) if r.ttl() >= 0 => Ok(Some(r)),
+            Ok(_) | Err(Error::LeaseGone) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Revokes a lease ([`Error::LeaseGone`]: it was gone already).
+    pub async fn revoke(&self, lease: i64) -> Result<()> {
+        self.call(|mut c| async move { c.lease_revoke(lease).await.map(drop) })
+            .await
+    }
+
+    /// `f` on the current connection, within the request bound.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let request = async { Ok(f(self.client().await?).await?) };
+        self.within(self.limit(), request).await
+    }
+
+    /// `f` within `limit`, with the bookkeeping of a failure: for requests made of several (a
+    /// renewal and its confirmation) that share one bound.
+    pub async fn within<T>(
+        &self,
+        limit: Duration,
+        f: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let r = match tokio::time::timeout(limit, f).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::NoAnswer(limit)),
+        };
+        r.inspect_err(|e| self.after_failure(e))
+    }
+
     /// A client of one member at a time. tonic's balancer would spread requests over all
     /// endpoints, but it cannot tell a blackholed member (TCP accepted, nothing answered) from
     /// a healthy one and keeps choosing it; a wrapper makes a request every few seconds and
     /// needs failover, not balance. After a failure, the next client talks to the next member.
-    pub async fn client(&self) -> Result<Client> {
+    async fn client(&self) -> Result<Client> {
         let existing = self.client.borrow().clone();
         if let Some(c) = existing {
             return Ok(c);
         }
         let endpoints = &self.cfg.endpoints;
         let endpoint = &endpoints[self.member.get() % endpoints.len()];
-        let c = match timed(op_timeout(&self.cfg), connect(&self.cfg, endpoint)).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.member.set(self.member.get() + 1);
-                return Err(e);
-            }
+        let connecting = async { Ok(connect(&self.cfg, endpoint).await?) };
+        let c = match tokio::time::timeout(self.limit(), connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(self.next_member(e)),
+            Err(_) => return Err(self.next_member(Error::NoAnswer(self.limit()))),
         };
         debug!("talking to etcd at {endpoint}");
         *self.client.borrow_mut() = Some(c.clone());
         Ok(c)
     }
 
-    pub fn after_failure(&self, e: &etcd_client::Error) {
-        // A timed-out request may mean a blackholed connection; a connection error may be one
-        // that tonic keeps reporting after the server is back. Either way: start afresh.
-        let connection = match e {
-            etcd_client::Error::TransportError(_) => true,
-            etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
-            e => is_no_answer(e),
-        };
-        if connection {
+    fn next_member(&self, e: Error) -> Error {
+        self.member.set(self.member.get() + 1);
+        e
+    }
+
+    /// Starts afresh after a failure that may be the connection's.
+    fn after_failure(&self, e: &Error) {
+        if e.of_connection() && self.client.borrow_mut().take().is_some() {
             debug!("dropping etcd connections after: {e}");
-            if self.client.borrow_mut().take().is_some() {
-                self.member.set(self.member.get() + 1);
-                self.replaced.notify_waiters();
-            }
+            self.member.set(self.member.get() + 1);
+            self.replaced.notify_waiters();
+        }
+    }
+}
+
+/// A lease's keep-alive stream, one renewal in flight at a time.
+pub struct KeepAlive {
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+impl KeepAlive {
+    /// Renews once; returns the TTL etcd reset the lease to (seconds). Unbounded: the caller
+    /// bounds it with the confirmation that follows ([`Etcd::within`]).
+    pub async fn renew(&mut self) -> Result<i64> {
+        self.keeper.keep_alive().await?;
+        match self.stream.message().await? {
+            Some(r) if r.ttl() > 0 => Ok(r.ttl()),
+            Some(_) => Err(Error::LeaseGone),
+            None => Err(Error::Interrupted("keep-alive stream ended".into())),
         }
     }
 }

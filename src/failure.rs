@@ -3,22 +3,22 @@
 //! without a raft leader, busy: retrying cures it) or permanent (a certificate that cannot be
 //! verified or is rejected, credentials or rights etcd refuses, a request etcd will always
 //! refuse: only a changed configuration cures it), with the variable a user has to fix. It also
-//! owns the errors the wrapper makes up itself (no answer in time, a watch given up for a new
-//! connection) and their description in logs, and when a permanent failure ends the wrapper at
-//! start-up ([`Startup`]). It decides nothing else: `election` retries or gives up, `status`
-//! reports.
+//! decides when a permanent failure ends the wrapper at start-up ([`Startup`]). It decides
+//! nothing else: `etcd` makes the errors, `election` retries or gives up, `status` reports.
 //!
-//! tonic reports TLS failures under whatever gRPC code the connection was in (`Unavailable`,
-//! `Unknown`, `Cancelled`), with rustls's words only in the message or the error's sources, so
-//! TLS failures are recognised by those words in the whole chain of causes.
+//! The wrapper's own failures (no answer in time, a stream ended) are variants of
+//! [`etcd::Error`]. etcd's are read from its gRPC code and words; tonic reports TLS failures under
+//! whatever gRPC code the connection was in (`Unavailable`, `Unknown`, `Cancelled`), with rustls's
+//! words only in the message or the error's sources, so TLS failures are recognised by those
+//! words in the whole chain of causes.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use etcd_client::Error;
 use tonic::Code;
 
 use crate::config;
+use crate::etcd::Error;
 use crate::format::cut;
 
 /// Why an etcd request failed. The first six are transient, the rest permanent.
@@ -159,7 +159,7 @@ impl fmt::Display for Failure {
 const MAX_DETAIL: usize = 1024;
 
 pub fn classify(e: &Error) -> Failure {
-    let text = describe(e);
+    let text = e.to_string();
     Failure {
         cause: cause_of(e, &text),
         detail: cut(&text, MAX_DETAIL).into_owned(),
@@ -184,32 +184,36 @@ fn cause_of(e: &Error, text: &str) -> Cause {
         .iter()
         .any(|m| text.contains(m))
     };
-    match e {
-        Error::GRpcStatus(s) => match s.code() {
-            Code::OutOfRange if message("lease TTL") => Cause::LeaseTtl,
-            Code::OutOfRange if message("message length too large") => Cause::TooLarge,
-            Code::InvalidArgument | Code::FailedPrecondition
-                if message("authentication failed")
-                    || message("user name is empty")
-                    || message("user name not found") =>
-            {
-                Cause::Credentials
-            }
-            Code::FailedPrecondition if message("authentication is not enabled") => {
-                Cause::AuthNotEnabled
-            }
-            Code::InvalidArgument => Cause::InvalidRequest,
-            Code::PermissionDenied => Cause::PermissionDenied,
-            Code::Unavailable if message("no leader") => Cause::NoLeader,
-            Code::DeadlineExceeded => Cause::Timeout,
-            _ if connection() => Cause::Unreachable,
-            Code::Unavailable | Code::ResourceExhausted => Cause::Unavailable,
-            _ => Cause::Other,
-        },
-        e if is_no_answer(e) => Cause::Timeout,
-        e if is_replaced(e) => Cause::Interrupted,
-        Error::WatchError(_) | Error::LeaseKeepAliveError(_) => Cause::Interrupted,
-        Error::TransportError(_) | Error::IoError(_) => Cause::Unreachable,
+    let status = match e {
+        Error::NoAnswer(_) => return Cause::Timeout,
+        Error::Replaced | Error::Interrupted(_) => return Cause::Interrupted,
+        Error::LeaseGone | Error::Malformed(_) => return Cause::Other,
+        Error::Etcd(etcd_client::Error::GRpcStatus(s)) => s,
+        Error::Etcd(etcd_client::Error::WatchError(_))
+        | Error::Etcd(etcd_client::Error::LeaseKeepAliveError(_)) => return Cause::Interrupted,
+        Error::Etcd(etcd_client::Error::TransportError(_))
+        | Error::Etcd(etcd_client::Error::IoError(_)) => return Cause::Unreachable,
+        Error::Etcd(_) => return Cause::Other,
+    };
+    match status.code() {
+        Code::OutOfRange if message("lease TTL") => Cause::LeaseTtl,
+        Code::OutOfRange if message("message length too large") => Cause::TooLarge,
+        Code::InvalidArgument | Code::FailedPrecondition
+            if message("authentication failed")
+                || message("user name is empty")
+                || message("user name not found") =>
+        {
+            Cause::Credentials
+        }
+        Code::FailedPrecondition if message("authentication is not enabled") => {
+            Cause::AuthNotEnabled
+        }
+        Code::InvalidArgument => Cause::InvalidRequest,
+        Code::PermissionDenied => Cause::PermissionDenied,
+        Code::Unavailable if message("no leader") => Cause::NoLeader,
+        Code::DeadlineExceeded => Cause::Timeout,
+        _ if connection() => Cause::Unreachable,
+        Code::Unavailable | Code::ResourceExhausted => Cause::Unavailable,
         _ => Cause::Other,
     }
 }
@@ -244,61 +248,6 @@ fn tls_cause(text: &str) -> Option<Cause> {
         return Some(Cause::NotTls);
     }
     text.contains("peer is incompatible").then_some(Cause::Tls)
-}
-
-/// The whole chain of causes: tonic's own message is only "transport error", and the useful
-/// part (connection refused, unknown certificate issuer, ...) is in the sources.
-pub fn describe(e: &Error) -> String {
-    let mut out = match e {
-        Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
-        other => other.to_string(),
-    };
-    // etcd_client::Error keeps its cause inside the variant, without `source()`.
-    let mut source = match e {
-        Error::TransportError(t) => std::error::Error::source(t),
-        Error::GRpcStatus(s) => std::error::Error::source(s),
-        _ => None,
-    };
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out = format!("{out}: {text}");
-        }
-        source = cause.source();
-    }
-    out
-}
-
-const REPLACED: &str = "connection replaced";
-const NO_ANSWER: &str = "no answer";
-
-/// The error of a watch given up because its connection was replaced.
-pub fn replaced() -> Error {
-    Error::WatchError(REPLACED.into())
-}
-
-/// The error of a request not answered within `limit`.
-pub fn no_answer(limit: Duration) -> Error {
-    Error::Internal(format!("{NO_ANSWER} within {limit:?}"))
-}
-
-/// A watch given up because its connection was replaced: nothing to log or wait for.
-pub fn is_replaced(e: &Error) -> bool {
-    matches!(e, Error::WatchError(m) if m == REPLACED)
-}
-
-/// A request that timed out: the connection may be blackholed.
-pub fn is_no_answer(e: &Error) -> bool {
-    matches!(e, Error::Internal(m) if m.starts_with(NO_ANSWER))
-}
-
-/// The lease is gone (expired or revoked): not a failure to retry, an answer.
-pub fn is_lease_not_found(e: &Error) -> bool {
-    match e {
-        Error::LeaseKeepAliveError(m) => m.contains("not found"),
-        Error::GRpcStatus(s) => s.message().contains("lease not found"),
-        _ => false,
-    }
 }
 
 /// A permanent failure ends the wrapper only at start-up: before it ever joined the election,
@@ -362,7 +311,9 @@ mod tests {
     use super::*;
 
     fn status(code: Code, message: &str) -> Error {
-        Error::GRpcStatus(tonic::Status::new(code, message))
+        Error::Etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(
+            code, message,
+        )))
     }
 
     fn cause(e: Error) -> Cause {
@@ -410,7 +361,10 @@ mod tests {
 
     #[test]
     fn timeout() {
-        assert_eq!(cause(no_answer(Duration::from_secs(2))), Cause::Timeout);
+        assert_eq!(
+            cause(Error::NoAnswer(Duration::from_secs(2))),
+            Cause::Timeout
+        );
         assert_eq!(
             cause(status(
                 Code::DeadlineExceeded,
@@ -447,9 +401,9 @@ mod tests {
 
     #[test]
     fn interrupted() {
-        assert_eq!(cause(replaced()), Cause::Interrupted);
+        assert_eq!(cause(Error::Replaced), Cause::Interrupted);
         assert_eq!(
-            cause(Error::WatchError("watch stream ended".into())),
+            cause(Error::Interrupted("watch stream ended".into())),
             Cause::Interrupted
         );
     }
@@ -587,8 +541,11 @@ mod tests {
 
     #[test]
     fn lease_not_found_is_an_answer() {
-        let e = status(Code::NotFound, "etcdserver: requested lease not found");
-        assert!(is_lease_not_found(&e));
+        let e = etcd_client::Error::GRpcStatus(tonic::Status::new(
+            Code::NotFound,
+            "etcdserver: requested lease not found",
+        ));
+        assert!(matches!(Error::from(e), Error::LeaseGone));
     }
 
     #[test]

@@ -1,25 +1,34 @@
 //! `etcd-await-election CMD [ARGS...]`: run CMD only while this instance leads an etcd election.
 //!
-//! `main` owns the state machine (awaiting → leading → stopping → exit) and enforces the renew
-//! deadline, applying the rules of `timing` on `CLOCK_BOOTTIME` (`clock`). It reads one channel of
-//! events from the election thread, the signal thread and the alarm thread, and decides: start the
-//! child, forward a signal, stop the child's group before the lease can expire on the server,
-//! resign, exit. It never talks to etcd itself.
+//! `main` holds the start-up steps, in tini's order: block every signal (so none is lost before
+//! the signal thread exists), parse the command line, start logging, read the configuration
+//! (without any, `exec` the command), check TLS, then hand over to the state machine (`machine`).
+//!
+//! # Layout
+//!
+//! - Start-up: `cli` (the command line, `--help`), `config` (the `ETCD_AWAIT_ELECTION_*`
+//!   settings), `code` (exit codes, below), `logging`.
+//! - The state machine: `machine` (awaiting → leading → stopping → resigning → exit, the renew
+//!   deadline), with `timing` (its pure rules) on `clock` (`CLOCK_BOOTTIME`, the alarm).
+//! - The election thread: `election` (the recipe, in rooms: join, session, campaign, force,
+//!   leading, retry, queue, scan, adopt) on `etcd` (the gateway: bounded requests, watches, typed
+//!   errors), with `failure` (what an error means: retry or give up).
+//! - The child: `supervisor` (its process group, the guardian, `waitpid`), `launch` (resolving
+//!   and starting the program), `signals` (the signal thread).
+//! - Reporting: `status` (the HTTP status endpoint and metrics) on `http`, and `format` (escaping
+//!   what others chose).
 
-mod adopt;
 mod cli;
 mod clock;
 mod config;
 mod election;
 mod etcd;
 mod failure;
-mod force;
 mod format;
 mod http;
 mod launch;
 mod logging;
-mod queue;
-mod scan;
+mod machine;
 mod signals;
 mod status;
 mod supervisor;
@@ -27,16 +36,11 @@ mod timing;
 
 use std::ffi::OsString;
 use std::process::exit;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use log::{debug, error, info, warn};
+use log::error;
 
-use clock::Boot;
 use config::Config;
-use status::Phase;
-use supervisor::{Child, Wait};
-use timing::{Due, Renewal, Stop};
 
 /// Exit codes of the wrapper itself; otherwise it exits with the child's code (128+N for a
 /// child killed by signal N).
@@ -63,24 +67,11 @@ mod code {
     pub const CONFIG: i32 = 78;
 }
 
-/// Everything `main` waits for, on one channel.
-#[derive(Debug)]
-pub enum Event {
-    Election(election::Event),
-    Signal(i32),
-    /// The deadline set on the [`clock::Alarm`] came, maybe during a suspend.
-    Alarm,
-}
-
 const USAGE: &str = "usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...] (see --help)";
 
 /// How long an exiting wrapper waits on a write of its last log lines that does not return. Bounded:
 /// a stderr nobody reads must not keep the process — and its lease — alive.
 const LOG_FLUSH: Duration = Duration::from_millis(250);
-
-/// How often a group being stopped is checked: its members need not be our children, so their
-/// deaths may not be reported to us.
-const POLL: Duration = Duration::from_millis(10);
 
 /// Exits once the queued log lines are out, or a write of them has been stuck for
 /// [`LOG_FLUSH`].
@@ -93,7 +84,41 @@ fn main() {
     // Before anything else, so that no signal is lost or acted on by default before the signal
     // thread exists (see `signals`).
     signals::block();
-    let (options, command) = match cli::parse(std::env::args_os().skip(1)) {
+    let (options, command) = command_line();
+    // A flag wins over its variable.
+    let get = |name: &str| {
+        let option = options.iter().rev().find(|(n, _)| *n == name);
+        option
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    };
+    start_logging(&get);
+    let cfg = match config::from_env(get) {
+        Ok(Some(cfg)) => cfg,
+        // Not configured: the command itself, in our place.
+        Ok(None) => {
+            let e = supervisor::exec(&command);
+            error!("cannot run {:?}: {e}", command[0]);
+            quit(e.exit_code());
+        }
+        Err(e) => {
+            error!("{e}");
+            quit(code::CONFIG);
+        }
+    };
+    check_tls(&cfg);
+    match machine::Wrapper::start(cfg, command) {
+        Ok(wrapper) => quit(wrapper.run()),
+        Err(e) => {
+            error!("{e}");
+            quit(code::INTERNAL);
+        }
+    }
+}
+
+/// The options given as flags, and the command; exits for `--help`, `--version` and usage errors.
+fn command_line() -> (Vec<(&'static str, String)>, Vec<OsString>) {
+    match cli::parse(std::env::args_os().skip(1)) {
         Ok(cli::Action::Help) => {
             print!("{}", cli::help());
             exit(0);
@@ -111,15 +136,14 @@ fn main() {
             eprintln!("etcd-await-election: {e}\n{USAGE}");
             exit(code::USAGE);
         }
-    };
-    let get = |name: &str| {
-        let option = options.iter().rev().find(|(n, _)| *n == name);
-        option
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
-    };
-    let level = get(config::LOG_LEVEL);
-    match logging::init(level.as_deref(), get(config::LOG_FORMAT).as_deref()) {
+    }
+}
+
+fn start_logging(get: &dyn Fn(&str) -> Option<String>) {
+    match logging::init(
+        get(config::LOG_LEVEL).as_deref(),
+        get(config::LOG_FORMAT).as_deref(),
+    ) {
         Ok(()) => {}
         Err(e @ logging::Error::Format(_)) => {
             eprintln!("etcd-await-election: {}: {e}", config::LOG_FORMAT);
@@ -130,22 +154,11 @@ fn main() {
             exit(code::INTERNAL);
         }
     }
-    let cfg = match config::from_env(get) {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            error!("{e}");
-            quit(code::CONFIG);
-        }
-    };
-    let Some(cfg) = cfg else {
-        let e = supervisor::exec(&command);
-        error!("cannot run {:?}: {e}", command[0]);
-        quit(match e {
-            supervisor::SpawnError::Exec { code, .. } => code,
-            supervisor::SpawnError::Guardian(_) => code::INTERNAL,
-        });
-    };
-    if let Err(e) = etcd::check_tls(&cfg) {
+}
+
+/// A TLS setup that can never work is a configuration error, found before anything starts.
+fn check_tls(cfg: &Config) {
+    if let Err(e) = etcd::check_tls(cfg) {
         error!(
             "{}/{}/{}: unusable TLS configuration: {e}",
             config::CERT,
@@ -153,516 +166,5 @@ fn main() {
             config::CACERT
         );
         quit(code::CONFIG);
-    }
-    quit(Wrapper::start(cfg, command).run());
-}
-
-enum State {
-    Awaiting,
-    Leading(Child),
-    /// Leadership is lost, or the child exited and left processes in its group: the group got
-    /// SIGTERM and gets SIGKILL at its kill deadline. Once the child has exited, `exited` holds the
-    /// code to resign with when the whole group is gone. A group still not empty a kill budget
-    /// after its SIGKILL cannot be emptied: the wrapper exits without resigning.
-    Stopping {
-        child: Child,
-        stop: Stop,
-        exited: Option<i32>,
-    },
-    /// Waiting for the election thread to revoke the lease, then exit with this code.
-    Resigning {
-        code: i32,
-        until: Boot,
-    },
-    Done(i32),
-}
-
-struct Wrapper {
-    cfg: Config,
-    cmd: Vec<OsString>,
-    events: mpsc::Receiver<Event>,
-    election: election::Handle,
-    status: status::Shared,
-    /// The last successful renewal: the lease lives on the server until at least `sent + ttl`,
-    /// counted on `CLOCK_BOOTTIME` as the server counts it, suspends included.
-    renewal: Option<Renewal>,
-    /// Wakes `main` at its deadline on `CLOCK_BOOTTIME`, also right after a resume.
-    alarm: clock::Alarm,
-    /// Next in line: the command's guardian, forked ahead.
-    standby: Option<supervisor::Guardian>,
-    /// Elected while the last renewal was older than the renew deadline (an etcd outage just
-    /// ended): the command starts with the next renewal. Key, revision, lease.
-    pending: Option<(String, i64, i64)>,
-}
-
-impl Wrapper {
-    fn start(cfg: Config, cmd: Vec<OsString>) -> Wrapper {
-        let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
-            error!("{what}: {e}");
-            quit(code::INTERNAL)
-        };
-        supervisor::become_subreaper();
-        let (tx, events) = mpsc::channel();
-        signals::spawn(tx.clone()).unwrap_or_else(|e| fail("cannot handle signals", &e));
-        let alarm = clock::Alarm::spawn(tx.clone(), || Event::Alarm)
-            .unwrap_or_else(|e| fail("cannot start the CLOCK_BOOTTIME timer", &e));
-        let status = status::Shared::new(
-            &cfg.identity,
-            &cfg.lock_name,
-            cfg.renew_deadline,
-            cfg.retry_period,
-        );
-        if let Some(addr) = &cfg.status_endpoint {
-            status::serve(addr, status.clone())
-                .unwrap_or_else(|e| fail(config::STATUS_ENDPOINT, &e));
-        }
-        let election = election::spawn(cfg.clone(), tx)
-            .unwrap_or_else(|e| fail("cannot start the election thread", &e));
-        info!(
-            "lock={} identity={}: awaiting leadership",
-            cfg.lock_name, cfg.identity
-        );
-        Wrapper {
-            cfg,
-            cmd,
-            events,
-            election,
-            status,
-            renewal: None,
-            alarm,
-            standby: None,
-            pending: None,
-        }
-    }
-
-    fn run(mut self) -> i32 {
-        let mut state = State::Awaiting;
-        loop {
-            // The deadline the state has, and whether a group being stopped is polled: leftovers
-            // of an exited child that are not our children die without a SIGCHLD to us, and so
-            // does a killed group.
-            let (due, poll) = match &state {
-                State::Awaiting => (None, false),
-                State::Leading(_) => (self.renew_deadline(), false),
-                State::Stopping { stop, exited, .. } => match stop.due(Boot::now()) {
-                    Due::Nothing(at) => (Some(at), stop.is_killed() || exited.is_some()),
-                    _ => (Some(Boot::now()), false),
-                },
-                State::Resigning { until, .. } => (Some(*until), false),
-                State::Done(code) => return *code,
-            };
-            // The wait below runs on the monotonic clock, which never gets ahead of the boottime
-            // one: it ends no earlier than the deadline. A suspend stops it; the alarm, a timer
-            // on the boottime clock, ends it on resume instead. (Waits capped at short slices
-            // would do too, but would wake a leader many times a second for all its life.)
-            self.alarm.set(due);
-            let left = due.map(|d| d.saturating_duration_since(Boot::now()));
-            let wait = if poll {
-                left.map(|l| l.min(POLL))
-            } else {
-                left
-            };
-            // A passed deadline wins over queued events: a storm of signals must not delay it.
-            let event = match wait {
-                Some(w) if w.is_zero() => Err(RecvTimeoutError::Timeout),
-                None => self
-                    .events
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-                Some(w) => self.events.recv_timeout(w),
-            };
-            state = match (state, event) {
-                (state, Err(RecvTimeoutError::Disconnected)) => {
-                    let next = self.abandon(state, code::INTERNAL);
-                    error!("internal channel closed");
-                    next
-                }
-                (state, Err(RecvTimeoutError::Timeout)) => self.on_deadline(state),
-                // Looked at again with the time now, at the top of the loop.
-                (state, Ok(Event::Alarm)) => state,
-                (state, Ok(Event::Signal(sig))) => self.on_signal(state, sig),
-                (state, Ok(Event::Election(e))) => self.on_election(state, e),
-            };
-        }
-    }
-
-    fn renew_deadline(&self) -> Option<Boot> {
-        let renewal = self.renewal?;
-        Some(renewal.renew_deadline(self.cfg.renew_deadline))
-    }
-
-    /// Stopping the group from now on: SIGKILL at the kill deadline of the lease held, given up
-    /// one kill budget after it.
-    fn stopping(&self, child: Child, exited: Option<i32>) -> State {
-        State::Stopping {
-            child,
-            stop: Stop::new(self.renewal, self.cfg.renew_deadline, Boot::now()),
-            exited,
-        }
-    }
-
-    fn on_deadline(&mut self, state: State) -> State {
-        match state {
-            State::Leading(child) => {
-                let due = self.renewal.map_or(Due::Kill, |r| {
-                    timing::leading(r, self.cfg.renew_deadline, Boot::now())
-                });
-                match due {
-                    Due::Nothing(_) => State::Leading(child),
-                    Due::Kill => self.stop(
-                        child,
-                        "no lease renewal before the kill deadline (was the host suspended?); \
-                         SIGKILL follows at once",
-                    ),
-                    _ => self.stop(child, "no lease renewal within the renew deadline"),
-                }
-            }
-            State::Stopping { .. } => self.supervise_stop(state),
-            State::Resigning { code, .. } => {
-                warn!("the election thread did not confirm resigning; the lease expires by itself");
-                State::Done(code)
-            }
-            other => other,
-        }
-    }
-
-    fn on_signal(&mut self, state: State, sig: i32) -> State {
-        if sig == libc::SIGCHLD {
-            return self.on_child_exit(state);
-        }
-        match state {
-            State::Leading(ref child) | State::Stopping { ref child, .. } => {
-                // Once the child is gone, what it left gets the signal.
-                let to = if let State::Stopping {
-                    exited: Some(_), ..
-                } = state
-                {
-                    child.signal_group(sig);
-                    "group"
-                } else {
-                    child.forward(sig);
-                    "child"
-                };
-                // A terminal being resized sends SIGWINCH in bursts: not worth a line each.
-                let level = if sig == libc::SIGWINCH {
-                    log::Level::Debug
-                } else {
-                    log::Level::Info
-                };
-                log::log!(level, "forwarded signal {sig} to {to} {}", child.pid);
-                state
-            }
-            State::Awaiting if sig == libc::SIGTERM || sig == libc::SIGINT => {
-                let next = self.resign(code::WITHDRAWN);
-                info!("signal {sig} while awaiting leadership: withdrawing");
-                next
-            }
-            other => other,
-        }
-    }
-
-    fn on_child_exit(&mut self, state: State) -> State {
-        let mut child = match state {
-            State::Leading(child) => child,
-            State::Stopping { .. } => return self.supervise_stop(state),
-            other => {
-                supervisor::reap_orphans();
-                return other;
-            }
-        };
-        // SIGCHLD also comes for the guardian (replaced by `reap` if it died) and for
-        // reparented orphans.
-        let status = match child.reap() {
-            Some(Wait::Exited(status)) => status,
-            Some(Wait::Stopped(sig)) => {
-                // Ctrl-Z or SIGSTOP: a stopped leader would hold the lease doing nothing, and
-                // could be resumed by anyone after it lost it. Resume it at once; stopping the
-                // wrapper (SIGTERM, Ctrl-C) is how a leader is put aside.
-                child.signal_group(libc::SIGCONT);
-                warn!(
-                    "child {} was stopped by signal {sig}; resumed its group (a leader cannot be \
-                     suspended: stop the wrapper instead)",
-                    child.pid
-                );
-                return self.check_guardian(child);
-            }
-            None => return self.check_guardian(child),
-        };
-        self.status.update(|s| s.child_exit_code = Some(status));
-        let (lock, identity) = (self.cfg.lock_name.clone(), self.cfg.identity.clone());
-        let pid = child.pid;
-        if !child.group_alive() {
-            child.release();
-            let next = self.resign(status);
-            info!("lock={lock} identity={identity}: child {pid} exited with {status}; resigning");
-            return next;
-        }
-        // What the child left is stopped like a lost leader's group: SIGTERM now, SIGKILL at the
-        // kill deadline, so it can shut down cleanly and still never outlives the lease.
-        child.signal_group(libc::SIGTERM);
-        child.signal_group(libc::SIGCONT);
-        self.set_phase(Phase::Stopping);
-        let next = self.stopping(child, Some(status));
-        info!(
-            "lock={lock} identity={identity}: child {pid} exited with {status}; \
-             stopping what it left in its group"
-        );
-        next
-    }
-
-    /// No guardian, no command: a leader whose dead guardian could not be replaced stops.
-    fn check_guardian(&mut self, child: Child) -> State {
-        if child.guarded() {
-            State::Leading(child)
-        } else {
-            self.stop(child, "no guardian")
-        }
-    }
-
-    /// The group is being stopped: learn whether the child exited, resign once the group is
-    /// empty, SIGKILL it at the kill deadline, give up on it one kill budget later.
-    fn supervise_stop(&mut self, state: State) -> State {
-        let State::Stopping {
-            mut child,
-            mut stop,
-            mut exited,
-        } = state
-        else {
-            return state;
-        };
-        let reaped = child.reap();
-        if let Some(Wait::Stopped(_)) = reaped {
-            // So that the SIGTERM it got can take effect.
-            child.signal_group(libc::SIGCONT);
-        }
-        let mut exit_seen = None;
-        if let (None, Some(Wait::Exited(status))) = (exited, &reaped) {
-            exited = Some(code::LOST);
-            exit_seen = Some(*status);
-            self.status.update(|s| s.child_exit_code = Some(*status));
-        }
-        if let Some(code) = exited {
-            if !child.group_alive() {
-                let pid = child.pid;
-                child.release();
-                let next = self.resign(code);
-                if let Some(status) = exit_seen {
-                    info!("child {pid} exited with {status}; resigning");
-                } else {
-                    info!("group {pid} is empty; resigning");
-                }
-                return next;
-            }
-        }
-        if stop.due(Boot::now()) == Due::Kill {
-            child.signal_group(libc::SIGKILL);
-            stop.kill(Boot::now());
-            warn!(
-                "group {} still running as the lease nears expiry: SIGKILL",
-                child.pid
-            );
-        }
-        if stop.due(Boot::now()) == Due::GiveUp {
-            // Nothing more can be done from here: a process in uninterruptible sleep dies when
-            // it wakes, a zombie whose parent left the group is only the parent's to reap.
-            // Exiting stops the renewals, so the lease expires by itself; the guardian, woken by
-            // our exit, sends the group one last SIGKILL.
-            error!(
-                "lock={} identity={}: group {} cannot be emptied; left: {}; exiting without \
-                 resigning, the lease expires within its TTL",
-                self.cfg.lock_name,
-                self.cfg.identity,
-                child.pid,
-                child.remaining().join(", ")
-            );
-            return State::Done(code::STUCK);
-        }
-        State::Stopping {
-            child,
-            stop,
-            exited,
-        }
-    }
-
-    fn on_election(&mut self, state: State, e: election::Event) -> State {
-        use election::Event as E;
-        match e {
-            E::Renewed { sent, ttl } => {
-                if self.renewal.is_none_or(|last| sent > last.sent) {
-                    self.renewal = Some(Renewal { sent, ttl });
-                }
-                let wall = SystemTime::now()
-                    .checked_sub(sent.elapsed())
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                self.status.update(|s| {
-                    s.renewals += 1;
-                    s.last_renewal = Some((wall, sent));
-                    s.failing_since = None;
-                });
-                match (state, self.pending.take()) {
-                    (State::Awaiting, Some((key, revision, lease))) => {
-                        self.lead(key, revision, lease)
-                    }
-                    (state, _) => state,
-                }
-            }
-            E::Failed { renewal, failure } => {
-                self.status.etcd_failed(failure, renewal);
-                state
-            }
-            E::Reachable => {
-                self.status.etcd_answered();
-                state
-            }
-            E::Next => {
-                if matches!(state, State::Awaiting) && self.standby.is_none() {
-                    // Failing here is only slower: `lead` forks one then.
-                    self.standby = supervisor::Guardian::standby()
-                        .inspect_err(|e| debug!("cannot fork a guardian ahead: {e}"))
-                        .ok();
-                }
-                state
-            }
-            E::Leader(leader) => {
-                if let Some(l) = &leader {
-                    if matches!(state, State::Awaiting) {
-                        // Quoted: another client chose it, and bare it could pass for more
-                        // fields of the line.
-                        info!(
-                            "lock={} identity={}: leader is {l:?}",
-                            self.cfg.lock_name, self.cfg.identity
-                        );
-                    }
-                }
-                self.status.update(|s| s.leader = leader);
-                state
-            }
-            E::Elected {
-                key,
-                revision,
-                lease,
-            } => match state {
-                State::Awaiting => self.lead(key, revision, lease),
-                other => other,
-            },
-            E::Lost(why) => match state {
-                State::Leading(child) => self.stop(child, &why),
-                State::Awaiting if self.pending.take().is_some() => {
-                    let next = self.resign(code::LOST);
-                    warn!("elected, but lost it before a renewal came ({why})");
-                    next
-                }
-                other => other,
-            },
-            E::Fatal(why) => {
-                let next = self.abandon(state, code::REFUSED);
-                error!("{why}");
-                next
-            }
-            E::Twin(why) => {
-                let next = self.abandon(state, code::TWIN);
-                error!("{why}");
-                next
-            }
-            E::Resigned => match state {
-                State::Resigning { code, .. } => State::Done(code),
-                other => other,
-            },
-        }
-    }
-
-    fn lead(&mut self, key: String, revision: i64, lease: i64) -> State {
-        if self.renew_deadline().is_none_or(|d| d <= Boot::now()) {
-            // The keep-alive renews at once once elected if a renewal is overdue: start then,
-            // or give up if the lease turns out to be gone (`Lost`).
-            warn!(
-                "elected, but the lease was not renewed within the renew deadline; starting \
-                 once it is"
-            );
-            self.pending = Some((key, revision, lease));
-            return State::Awaiting;
-        }
-        let env = [
-            ("ETCD_AWAIT_ELECTION_LEADER_KEY", key.clone()),
-            ("ETCD_AWAIT_ELECTION_LEADER_REVISION", revision.to_string()),
-        ];
-        match supervisor::spawn(&self.cmd, &env, self.standby.take()) {
-            Ok(child) => {
-                self.status.update(|s| {
-                    s.transitions += 1;
-                    s.child_starts += 1;
-                    s.lease_id = Some(lease);
-                    s.revision = Some(revision);
-                });
-                info!(
-                    "lock={} identity={} leader={}: leading as {key} (revision {revision}); started child {}",
-                    self.cfg.lock_name, self.cfg.identity, self.cfg.identity, child.pid
-                );
-                self.set_phase(Phase::Running);
-                State::Leading(child)
-            }
-            Err(e) => {
-                let code = match e {
-                    supervisor::SpawnError::Exec { code, .. } => code,
-                    supervisor::SpawnError::Guardian(_) => code::INTERNAL,
-                };
-                let next = self.resign(code);
-                error!("cannot run {:?}: {e}", self.cmd[0]);
-                next
-            }
-        }
-    }
-
-    fn stop(&mut self, child: Child, why: &str) -> State {
-        // SIGCONT too, so that a stopped group handles its SIGTERM.
-        child.signal_group(libc::SIGTERM);
-        child.signal_group(libc::SIGCONT);
-        self.set_phase(Phase::Stopping);
-        let pid = child.pid;
-        let next = self.stopping(child, None);
-        warn!(
-            "lock={} identity={}: leadership lost ({why}); stopped child {pid} (SIGTERM)",
-            self.cfg.lock_name, self.cfg.identity
-        );
-        next
-    }
-
-    /// Ends in whatever state: the child's group (if any) is killed outright, and we resign
-    /// once it is empty.
-    fn abandon(&mut self, state: State, code: i32) -> State {
-        match state {
-            State::Leading(child) | State::Stopping { child, .. } => {
-                child.signal_group(libc::SIGKILL);
-                self.set_phase(Phase::Stopping);
-                State::Stopping {
-                    child,
-                    stop: Stop::killed_now(self.renewal, self.cfg.renew_deadline, Boot::now()),
-                    exited: Some(code),
-                }
-            }
-            State::Resigning { .. } | State::Awaiting | State::Done(_) => State::Done(code),
-        }
-    }
-
-    fn resign(&mut self, code: i32) -> State {
-        self.set_phase(Phase::Awaiting);
-        self.election.resign();
-        // The election thread gives up revoking within 8 s; this is only a backstop in case
-        // that thread is gone.
-        State::Resigning {
-            code,
-            until: Boot::now().saturating_add(Duration::from_secs(10)),
-        }
-    }
-
-    fn set_phase(&self, phase: Phase) {
-        let identity = &self.cfg.identity;
-        self.status.update(|s| {
-            s.phase = phase;
-            s.since = SystemTime::now();
-            if phase == Phase::Running {
-                s.leader = Some(identity.clone());
-            }
-        });
     }
 }

@@ -76,9 +76,9 @@ pub fn restore_in_child() {
     }
 }
 
-/// Starts the thread that turns blocked signals into [`crate::Event::Signal`]s; signals that
+/// Starts the thread that sends blocked signals to `tx`, each as `event(signal)`; signals that
 /// arrived since [`block`] are delivered at once.
-pub fn spawn(tx: Sender<crate::Event>) -> std::io::Result<()> {
+pub fn spawn<E: Send + 'static>(tx: Sender<E>, event: fn(i32) -> E) -> std::io::Result<()> {
     let set = waited();
     std::thread::Builder::new()
         .name("signals".into())
@@ -90,7 +90,7 @@ pub fn spawn(tx: Sender<crate::Event>) -> std::io::Result<()> {
                 // EINTR (a stop and continue of the whole process under a debugger).
                 continue;
             }
-            if tx.send(crate::Event::Signal(sig)).is_err() {
+            if tx.send(event(sig)).is_err() {
                 return;
             }
         })?;

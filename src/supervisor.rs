@@ -72,6 +72,16 @@ pub enum SpawnError {
     Guardian(io::Error),
 }
 
+impl SpawnError {
+    /// What the wrapper exits with when the command cannot be started.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::Exec { code, .. } => *code,
+            SpawnError::Guardian(_) => crate::code::INTERNAL,
+        }
+    }
+}
+
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {

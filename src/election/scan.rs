@@ -14,12 +14,10 @@
 //! of the first, so the scan shows one state of the queue. This module only reads; `queue`
 //! decides what the candidates found mean.
 
-use std::time::Duration;
+use etcd_client::{GetOptions, KeyValue, TxnOp};
 
-use etcd_client::{Client, GetOptions, KeyValue, TxnOp};
-
-use crate::etcd::{timed, Result};
-use crate::queue::{Candidate, Keys};
+use super::queue::{Candidate, Keys};
+use crate::etcd::{Etcd, Result};
 
 /// Keys per page: names only, a few KiB.
 const PAGE: i64 = 128;
@@ -38,11 +36,10 @@ fn page(keys: &Keys) -> GetOptions {
 
 /// Every candidate, oldest first: from `first` (the first page, read at `revision`) on.
 pub async fn candidates(
-    c: &mut Client,
+    etcd: &Etcd,
     keys: &Keys,
     first: Vec<KeyValue>,
     revision: i64,
-    t: Duration,
 ) -> Result<Vec<Candidate>> {
     let mut found = Vec::new();
     let mut kvs = first;
@@ -50,17 +47,17 @@ pub async fn candidates(
         let next = sift(keys, &kvs, &mut found);
         let Some(from) = next else { break };
         let opts = page(keys).with_revision(revision);
-        kvs = timed(t, c.get(from, Some(opts))).await?.take_kvs();
+        kvs = etcd.get(from, Some(opts)).await?.take_kvs();
     }
     found.sort_by_key(|cand| cand.create_revision);
     Ok(found)
 }
 
 /// Every candidate now, oldest first, with the revision it was read at.
-pub async fn all(c: &mut Client, keys: &Keys, t: Duration) -> Result<(i64, Vec<Candidate>)> {
-    let mut resp = timed(t, c.get(keys.prefix.as_str(), Some(page(keys)))).await?;
+pub async fn all(etcd: &Etcd, keys: &Keys) -> Result<(i64, Vec<Candidate>)> {
+    let mut resp = etcd.get(keys.prefix.as_str(), Some(page(keys))).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
-    let found = candidates(c, keys, resp.take_kvs(), revision, t).await?;
+    let found = candidates(etcd, keys, resp.take_kvs(), revision).await?;
     Ok((revision, found))
 }
 

@@ -1,8 +1,8 @@
 //! The lock's keys in etcd, and what they say: who is in the queue, who holds the lock, and who
 //! asked the holder to yield.
 //!
-//! This module owns the layout; `election` owns the recipe that moves through it, `force` the
-//! request to yield. Three kinds of keys, all under the range starting with `LOCK`:
+//! This module owns the layout; the campaign and the leader own the recipe that moves through
+//! it, `force` the request to yield, `scan` the reading of the queue past other keys. Three kinds of keys, all under the range starting with `LOCK`:
 //!
 //! - **Candidate keys** `LOCK/<hex lease id>`, bound to that lease, holding the identity: etcd's
 //!   election recipe, so `etcdctl elect -l LOCK` names our leader and `etcdctl lock` interoperates.
@@ -27,12 +27,10 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 
-use crate::etcd::{timed, Result};
-use crate::scan;
+use super::scan;
+use crate::etcd::{Error, Etcd, Result};
 
 /// The names of one lock's keys.
 pub struct Keys {
@@ -155,14 +153,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub async fn read(c: &mut Client, keys: &Keys, seat: &Seat, t: Duration) -> Result<Snapshot> {
+    pub async fn read(etcd: &Etcd, keys: &Keys, seat: &Seat) -> Result<Snapshot> {
         let ops = vec![
             scan::first_page(keys),
             TxnOp::get(seat.key.as_str(), Some(GetOptions::new().with_keys_only())),
             TxnOp::get(keys.holder.as_str(), None),
             TxnOp::get(keys.yield_request.clone(), None),
         ];
-        let resp = timed(t, c.txn(Txn::new().and_then(ops))).await?;
+        let resp = etcd.txn(Txn::new().and_then(ops)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
             TxnOpResponse::Get(mut g) => Some(g.take_kvs()),
@@ -170,7 +168,7 @@ impl Snapshot {
         });
         let mut next = || {
             gets.next()
-                .ok_or_else(|| etcd_client::Error::Internal("short txn response".into()))
+                .ok_or(Error::Malformed("a read of the snapshot"))
         };
         let first = next()?;
         let own = next()?
@@ -178,7 +176,7 @@ impl Snapshot {
             .find(|kv| kv.create_revision() == seat.revision);
         let holder = next()?.into_iter().next();
         let yield_request = next()?.into_iter().next();
-        let queue = scan::candidates(c, keys, first, revision, t).await?;
+        let queue = scan::candidates(etcd, keys, first, revision).await?;
         let ahead = |cand: &&Candidate| cand.create_revision < seat.revision;
         Ok(Snapshot {
             revision,
@@ -202,44 +200,30 @@ impl Snapshot {
 
 /// A key as it is now, with its value (`None`: gone). One key: its value is bounded by etcd's
 /// request size, whatever else the prefix holds.
-pub async fn with_value(c: &mut Client, key: &[u8], t: Duration) -> Result<Option<KeyValue>> {
-    Ok(timed(t, c.get(key, None))
-        .await?
-        .take_kvs()
-        .into_iter()
-        .next())
+pub async fn with_value(etcd: &Etcd, key: &[u8]) -> Result<Option<KeyValue>> {
+    Ok(etcd.get(key, None).await?.take_kvs().into_iter().next())
 }
 
 /// The candidate key of the lease `lease`, with its value, if it has one (a Go replica, or a
 /// holder whose key was deleted, has none).
-pub async fn key_of_lease(
-    c: &mut Client,
-    keys: &Keys,
-    lease: i64,
-    t: Duration,
-) -> Result<Option<KeyValue>> {
+pub async fn key_of_lease(etcd: &Etcd, keys: &Keys, lease: i64) -> Result<Option<KeyValue>> {
     let key = keys.candidate_key(lease);
-    Ok(with_value(c, key.as_bytes(), t)
+    Ok(with_value(etcd, key.as_bytes())
         .await?
         .filter(|kv| kv.lease() == lease))
 }
 
 /// Every candidate whose value is `identity` (a restart looking for its previous life), oldest
 /// first. etcd compares the values: nobody's value is read, however large.
-pub async fn with_identity(
-    c: &mut Client,
-    keys: &Keys,
-    identity: &str,
-    t: Duration,
-) -> Result<Vec<Candidate>> {
-    let (_, all) = scan::all(c, keys, t).await?;
+pub async fn with_identity(etcd: &Etcd, keys: &Keys, identity: &str) -> Result<Vec<Candidate>> {
+    let (_, all) = scan::all(etcd, keys).await?;
     let mut found = Vec::new();
     for chunk in all.chunks(CHUNK) {
         let ops: Vec<TxnOp> = chunk
             .iter()
             .map(|cand| same_value(cand, identity))
             .collect();
-        let resp = timed(t, c.txn(Txn::new().and_then(ops))).await?;
+        let resp = etcd.txn(Txn::new().and_then(ops)).await?;
         for (cand, r) in chunk.iter().zip(resp.op_responses()) {
             if matches!(r, TxnOpResponse::Txn(inner) if inner.succeeded()) {
                 found.push(cand.clone());

@@ -27,14 +27,13 @@
 
 use std::time::Instant;
 
-use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
 use log::{info, warn};
 
+use super::queue::{self, identity_of, unchanged, Keys, Seat, Snapshot};
 use crate::config::Config;
-use crate::etcd::{op_timeout, timed, Etcd, Result};
-use crate::failure::is_lease_not_found;
+use crate::etcd::{Error, Etcd, Result};
 use crate::format::Foreign;
-use crate::queue::{self, identity_of, unchanged, Keys, Seat, Snapshot};
 
 /// Puts the yield request unless another forcer's stands, and fences out a holder without a
 /// candidate key. Returns the lease of whoever it asked, if anybody: the campaign then waits for
@@ -45,14 +44,12 @@ pub async fn request_yield(
     cfg: &Config,
     seat: &Seat,
 ) -> Result<Option<i64>> {
-    let t = op_timeout(cfg);
     loop {
-        let mut c = etcd.client().await?;
-        let snap = Snapshot::read(&mut c, keys, seat, t).await?;
+        let snap = Snapshot::read(etcd, keys, seat).await?;
         if snap.own.is_none() {
             return Ok(None);
         }
-        let Some(runner) = runner(&mut c, keys, seat, &snap, t).await? else {
+        let Some(runner) = runner(etcd, keys, seat, &snap).await? else {
             return Ok(None);
         };
         match &snap.yield_request {
@@ -66,7 +63,7 @@ pub async fn request_yield(
             // Our request (or our previous life's) stands.
             Some(_) => {
                 if !runner.keyed {
-                    fence(&mut c, keys, cfg, seat, &snap, &runner).await?;
+                    fence(etcd, keys, cfg, seat, &snap, &runner).await?;
                 }
                 return Ok(Some(runner.lease));
             }
@@ -80,7 +77,7 @@ pub async fn request_yield(
                 cfg.identity.as_str(),
                 Some(PutOptions::new().with_lease(seat.lease)),
             )]);
-        if timed(t, c.txn(ask)).await?.succeeded() {
+        if etcd.txn(ask).await?.succeeded() {
             warn!(
                 "force acquire: asked {:?} to yield",
                 Foreign(runner.identity.as_bytes())
@@ -99,19 +96,13 @@ struct Runner {
 
 /// The runner to ask, if any: nobody when the record is ours or a deposal's, or the queue ahead
 /// of us is empty.
-async fn runner(
-    c: &mut Client,
-    keys: &Keys,
-    seat: &Seat,
-    snap: &Snapshot,
-    t: std::time::Duration,
-) -> Result<Option<Runner>> {
+async fn runner(etcd: &Etcd, keys: &Keys, seat: &Seat, snap: &Snapshot) -> Result<Option<Runner>> {
     if let Some(h) = &snap.holder {
         // Ours, or deposed already (by us, before a restart, or by another forcer).
         if h.lease() == seat.lease || is_deposal(h) {
             return Ok(None);
         }
-        let keyed = queue::key_of_lease(c, keys, h.lease(), t).await?.is_some();
+        let keyed = queue::key_of_lease(etcd, keys, h.lease()).await?.is_some();
         return Ok(Some(Runner {
             lease: h.lease(),
             identity: identity_of(h),
@@ -124,7 +115,7 @@ async fn runner(
     if head.lease == seat.lease {
         return Ok(None);
     }
-    let identity = queue::with_value(c, &head.key, t)
+    let identity = queue::with_value(etcd, &head.key)
         .await?
         .map_or_else(String::new, |kv| identity_of(&kv));
     Ok(Some(Runner {
@@ -157,26 +148,24 @@ fn is_deposal(kv: &KeyValue) -> bool {
 /// a fence lease nobody renews, of its TTL plus a second, and its lease revoked. No key under the
 /// prefix changes, so no participant of etcd's recipe is released.
 async fn fence(
-    c: &mut Client,
+    etcd: &Etcd,
     keys: &Keys,
     cfg: &Config,
     seat: &Seat,
     snap: &Snapshot,
     runner: &Runner,
 ) -> Result<()> {
-    let t = op_timeout(cfg);
     // Whatever the holder's value held, the record stays an identity's size.
     let holder = crate::format::cut(&runner.identity, crate::format::SHOWN);
     let record = format!("{holder}{DEPOSED}{})", cfg.identity);
-    let ttl = timed(t, c.lease_time_to_live(runner.lease, None)).await?;
-    if ttl.ttl() < 0 {
+    let Some(ttl) = etcd.time_to_live(runner.lease).await? else {
         // Gone meanwhile, and the record with it.
         return Ok(());
-    }
+    };
     // A second above its full TTL: etcd reports whole seconds, and what is left of a lease can
     // read 0 with most of a second to go.
     let granted = ttl.granted_ttl() + 1;
-    let fence = timed(t, c.lease_grant(granted, None)).await?;
+    let fence = etcd.grant(granted).await?;
     let txn = Txn::new()
         .when(unchanged_since(keys, seat, snap))
         .and_then([TxnOp::put(
@@ -184,21 +173,21 @@ async fn fence(
             record,
             Some(PutOptions::new().with_lease(fence.id())),
         )]);
-    if !timed(t, c.txn(txn)).await?.succeeded() {
+    if !etcd.txn(txn).await?.succeeded() {
         // Changed under us: the fence lease is ours and unused.
-        let _ = timed(t, c.lease_revoke(fence.id())).await;
+        let _ = etcd.revoke(fence.id()).await;
         return Ok(());
     }
     // The Go replica stops only once its lease is revoked: retried until it is, then the fence
     // renewed, so that it counts from the revoke, not from the grant.
     let until = Instant::now() + std::time::Duration::from_secs(granted as u64);
-    while let Err(e) = timed(t, c.lease_revoke(runner.lease)).await {
-        if is_lease_not_found(&e) || Instant::now() >= until {
+    while let Err(e) = etcd.revoke(runner.lease).await {
+        if matches!(e, Error::LeaseGone) || Instant::now() >= until {
             break;
         }
-        tokio::time::sleep(cfg.retry_period.min(t)).await;
+        tokio::time::sleep(cfg.retry_period.min(etcd.limit())).await;
     }
-    let _ = timed(t, c.lease_keep_alive(fence.id())).await;
+    let _ = etcd.renew(fence.id()).await;
     warn!(
         "force acquire: {:?} holds {} without a candidate key (a Go replica): its lease revoked, \
          the lock fenced for {granted}s",

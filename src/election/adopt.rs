@@ -11,13 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use log::info;
 
+use super::queue::{self, Candidate, Keys, Seat};
 use crate::clock::Boot;
 use crate::config::Config;
-use crate::etcd::{op_timeout, timed, Result};
-use crate::queue::{self, Keys, Seat};
+use crate::etcd::{Etcd, Result};
 use crate::timing;
 
 pub enum Adoption {
@@ -40,12 +40,11 @@ enum Life {
     Gone,
 }
 
-pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<Adoption> {
-    let t = op_timeout(cfg);
-    let ours = queue::with_identity(c, keys, &cfg.identity, t).await?;
+pub async fn previous_life(etcd: &Etcd, keys: &Keys, cfg: &Config) -> Result<Adoption> {
+    let ours = queue::with_identity(etcd, keys, &cfg.identity).await?;
     let mut adopted = None;
-    for kv in ours {
-        let granted = match liveness(c, kv.lease, t).await? {
+    for cand in ours {
+        let granted = match liveness(etcd, cand.lease).await? {
             Life::Twin => return Ok(Adoption::Twin),
             Life::Gone => continue,
             Life::Dead { granted } => granted,
@@ -56,66 +55,72 @@ pub async fn previous_life(c: &mut Client, keys: &Keys, cfg: &Config) -> Result<
             Duration::from_secs(granted.unsigned_abs()),
             cfg.renew_deadline,
         );
-        if adopted.is_some() || !usable {
-            continue;
+        if adopted.is_none() && usable {
+            adopted = adopt(etcd, cfg, &cand, granted).await?;
         }
-        // Renewed first, as the grant does for a new lease: `main` times the renew deadline
-        // from a renewal.
-        let sent = Boot::now();
-        timed(t, c.lease_keep_alive(kv.lease)).await?;
-        // Put again, unchanged but for its mod revision: should the previous life be alive after
-        // all (a twin cut off from etcd), it sees that and lets go without revoking the lease.
-        let key = String::from_utf8_lossy(&kv.key).into_owned();
-        let again = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                kv.mod_revision,
-            )])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                cfg.identity.as_str(),
-                Some(PutOptions::new().with_lease(kv.lease)),
-            )]);
-        let resp = timed(t, c.txn(again)).await?;
-        if !resp.succeeded() {
-            continue;
-        }
-        // It may have been running the command (whether or not the record still says so: an
-        // operator may have deleted it). Alive after all and cut off, it stops it before its
-        // lease could expire as its last counted renewal left it; its renewals stop counting at
-        // our put again: a full TTL from now is past that.
-        let expiry = Instant::now() + Duration::from_secs(granted.unsigned_abs() + 1);
-        info!(
-            "adopting {key} left by our previous life (lease {:x}); leading no earlier than a TTL \
-             from now",
-            kv.lease,
-        );
-        adopted = Some(Adoption::Adopted {
-            seat: Seat {
-                lease: kv.lease,
-                ttl: Duration::from_secs(granted as u64),
-                key,
-                revision: kv.create_revision,
-                mod_revision: resp.header().map_or(0, |h| h.revision()),
-                not_before: Some(expiry),
-            },
-            sent,
-        });
     }
     Ok(adopted.unwrap_or(Adoption::Nothing))
 }
 
+/// Takes over a dead previous life's seat, unless its key changed meanwhile.
+async fn adopt(
+    etcd: &Etcd,
+    cfg: &Config,
+    cand: &Candidate,
+    granted: i64,
+) -> Result<Option<Adoption>> {
+    // Renewed first, as the grant does for a new lease: `main` times the renew deadline from a
+    // renewal.
+    let sent = Boot::now();
+    etcd.renew(cand.lease).await?;
+    // Put again, unchanged but for its mod revision: should the previous life be alive after all
+    // (a twin cut off from etcd), it sees that and lets go without revoking the lease.
+    let key = String::from_utf8_lossy(&cand.key).into_owned();
+    let again = Txn::new()
+        .when([Compare::mod_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            cand.mod_revision,
+        )])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            cfg.identity.as_str(),
+            Some(PutOptions::new().with_lease(cand.lease)),
+        )]);
+    let resp = etcd.txn(again).await?;
+    if !resp.succeeded() {
+        return Ok(None);
+    }
+    // It may have been running the command (whether or not the record still says so: an
+    // operator may have deleted it). Alive after all and cut off, it stops it before its lease
+    // could expire as its last counted renewal left it; its renewals stop counting at our put
+    // again: a full TTL from now is past that.
+    let expiry = Instant::now() + Duration::from_secs(granted.unsigned_abs() + 1);
+    info!(
+        "adopting {key} left by our previous life (lease {:x}); leading no earlier than a TTL \
+         from now",
+        cand.lease,
+    );
+    let seat = Seat {
+        lease: cand.lease,
+        ttl: Duration::from_secs(granted as u64),
+        key,
+        revision: cand.create_revision,
+        mod_revision: resp.header().map_or(0, |h| h.revision()),
+        not_before: Some(expiry),
+    };
+    Ok(Some(Adoption::Adopted { seat, sent }))
+}
+
 /// Watches a lease's remaining TTL once a second until it tells a live holder from a dead one.
-async fn liveness(c: &mut Client, lease: i64, t: Duration) -> Result<Life> {
+async fn liveness(etcd: &Etcd, lease: i64) -> Result<Life> {
     let start = Instant::now();
     let mut last = None;
     loop {
-        let r = timed(t, c.lease_time_to_live(lease, None)).await?;
-        let (granted, left) = (r.granted_ttl(), r.ttl());
-        if left < 0 {
+        let Some(r) = etcd.time_to_live(lease).await? else {
             return Ok(Life::Gone);
-        }
+        };
+        let (granted, left) = (r.granted_ttl(), r.ttl());
         // Whole seconds, rounded down: without a renewal it never rises.
         if last.is_some_and(|prev| left > prev) {
             return Ok(Life::Twin);

@@ -1,0 +1,288 @@
+//! The campaign: waiting for our turn once we have a seat. We lead when no candidate key is ahead
+//! of ours, the holder record is ours (taken where absent, or handed to us by the holder before
+//! us), and every lease seen ahead of us is gone. Meanwhile we watch only what can change that:
+//! our predecessor's key, or the record. A forcer first asks the holder to yield (`force`).
+
+use std::time::Duration;
+
+use etcd_client::{
+    Compare, CompareOp, Event as WatchEvent, EventType, KeyValue, PutOptions, Txn, TxnOp,
+};
+use log::{debug, info};
+
+use super::force;
+use super::queue::{self, is_handed_over, unchanged, Candidate, Seat, Snapshot};
+use super::{Election, Event};
+use crate::etcd::{Etcd, Result};
+use crate::format::Foreign;
+
+/// How a campaign ended.
+pub enum Turn {
+    Lead,
+    /// Our key is gone: join again.
+    Rejoin,
+    /// A forcer goes first: join again behind it. A forcer ourselves, we do not ask again in
+    /// this life (the first request stands).
+    GiveWay,
+    /// Another process with our identity adopted our key.
+    Adopted,
+}
+
+impl Election {
+    /// Asks the holder to yield if we force the lock (once a life), then waits for our turn.
+    pub(super) async fn campaign(&mut self, seat: &Seat) -> Result<Turn> {
+        if self.cfg.force_acquire && !self.gave_way {
+            let (etcd, keys, cfg) = (&self.etcd, &self.keys, &self.cfg);
+            let runner = Box::pin(force::request_yield(etcd, keys, cfg, seat)).await?;
+            self.seen.extend(runner);
+        }
+        Box::pin(self.wait_turn(seat)).await
+    }
+
+    /// Waits until we may lead: no candidate key ahead of ours, the holder record ours, and every
+    /// lease seen ahead of us gone.
+    async fn wait_turn(&mut self, seat: &Seat) -> Result<Turn> {
+        let mut reported = None;
+        let mut shown = Shown::default();
+        loop {
+            let snap = Snapshot::read(&self.etcd, &self.keys, seat).await?;
+            if let Some(turn) = standing(seat, &snap) {
+                return Ok(turn);
+            }
+            let holder = snap.holder.as_ref().filter(|h| h.lease() != seat.lease);
+            let leader = match holder {
+                Some(h) => Some(Foreign(h.value()).to_string()),
+                None => shown.head(&self.etcd, snap.head.as_ref()).await?,
+            };
+            (self.report)(Event::Leader(leader));
+            let turn = if let Some(pred) = &snap.pred {
+                self.wait_for_pred(seat, &snap, pred).await?
+            } else if let Some(h) = holder {
+                self.wait_for_holder(&snap, h, &mut reported).await?
+            } else {
+                self.take_turn(seat, &snap).await?
+            };
+            if let Some(turn) = turn {
+                return Ok(turn);
+            }
+        }
+    }
+
+    /// Waits for the candidate ahead of us to go (`None`: read again), or leads on the record
+    /// handed over by it.
+    async fn wait_for_pred(
+        &mut self,
+        seat: &Seat,
+        snap: &Snapshot,
+        pred: &Candidate,
+    ) -> Result<Option<Turn>> {
+        self.seen.insert(pred.lease);
+        debug!("waiting for {} to go", String::from_utf8_lossy(&pred.key));
+        let from = snap.revision + 1;
+        let fast = snap.holder_lease() == Some(pred.lease)
+            && seat.mod_revision == seat.revision
+            && !self.cfg.force_acquire;
+        if !fast {
+            self.etcd.wait_changed(&pred.key, from).await?;
+            return Ok(None);
+        }
+        // Our predecessor holds the record: its hand-over re-binds the record to us in the
+        // transaction that deletes its key, and that transaction also found our key never put
+        // again since we created it (not adopted by a twin). Seen on the record's watch, that is
+        // all a read would tell. (A forcer has its request to withdraw: it reads.)
+        (self.report)(Event::Next);
+        let events = self
+            .etcd
+            .next_events(self.keys.holder.as_bytes(), from)
+            .await?;
+        if events.last().is_some_and(|e| handed_to(seat, e)) {
+            self.seen.clear();
+            return Ok(Some(ready(seat).await));
+        }
+        Ok(None)
+    }
+
+    /// Nothing is queued ahead of us and the record is bound to another lease: goes back in line
+    /// behind a forcer handed the lock, or waits for the record to change (`None`: read again).
+    async fn wait_for_holder(
+        &mut self,
+        snap: &Snapshot,
+        h: &KeyValue,
+        reported: &mut Option<i64>,
+    ) -> Result<Option<Turn>> {
+        if queue::key_of_lease(&self.etcd, &self.keys, h.lease())
+            .await?
+            .is_some()
+        {
+            // Nothing is queued ahead of us, so its key is behind ours: a forcer was handed the
+            // lock. We go back in line behind it.
+            info!(
+                "{:?} was handed the lock over our place (force acquire); going back in line",
+                Foreign(h.value())
+            );
+            return Ok(Some(Turn::GiveWay));
+        }
+        self.seen.insert(h.lease());
+        if reported.replace(h.lease()) != Some(h.lease()) {
+            info!(
+                "{:?} (an old etcd-await-election, or a holder whose key is gone) holds {} \
+                 (lease {:x}); waiting for it to stop and let go",
+                Foreign(h.value()),
+                self.keys.holder,
+                h.lease()
+            );
+        }
+        let from = snap.revision + 1;
+        self.etcd
+            .wait_changed(self.keys.holder.as_bytes(), from)
+            .await?;
+        Ok(None)
+    }
+
+    /// Nothing is queued ahead of us and nobody else holds the record: we go back in line behind
+    /// a forcer that asked for the lock before we took it, or take the record (`None`: it changed
+    /// meanwhile, read again) and lead.
+    async fn take_turn(&mut self, seat: &Seat, snap: &Snapshot) -> Result<Option<Turn>> {
+        if snap.holder.is_none() {
+            let forcer = snap.yield_request.as_ref();
+            if let Some(y) = forcer.filter(|y| y.lease() != seat.lease) {
+                // Rather than start only to be asked to yield at once.
+                info!(
+                    "{:?} forces the lock; going back in line",
+                    Foreign(y.value())
+                );
+                return Ok(Some(Turn::GiveWay));
+            }
+            if !self.take_record(seat, snap).await? {
+                return Ok(None);
+            }
+        }
+        self.settle(seat, snap).await?;
+        Ok(Some(ready(seat).await))
+    }
+
+    /// The record is ours: whoever we saw ahead must be gone (unless it was handed to us), and a
+    /// request to yield we made is withdrawn.
+    async fn settle(&mut self, seat: &Seat, snap: &Snapshot) -> Result<()> {
+        if snap.holder.as_ref().is_some_and(is_handed_over) {
+            // Handed to us: only its holder puts the record over to another lease, and only once
+            // its command's group is empty; whoever was queued between us let go of its own key
+            // after its command (etcd's recipe) or went back in line without running (ours).
+            self.seen.clear();
+        } else {
+            // Taken by us (maybe before a failed request): a key vanishing proves nothing, so
+            // whoever we saw ahead must be gone.
+            self.seen.remove(&seat.lease);
+            for lease in self.seen.clone() {
+                await_lease_gone(&self.etcd, lease, self.cfg.retry_period).await?;
+            }
+        }
+        if snap.holder.is_some() {
+            let request = snap.yield_request.as_ref();
+            if let Some(y) = request.filter(|y| y.lease() == seat.lease) {
+                let withdraw = Txn::new()
+                    .when([unchanged(self.keys.yield_request.clone(), Some(y))])
+                    .and_then([TxnOp::delete(self.keys.yield_request.clone(), None)]);
+                self.etcd.txn(withdraw).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the holder record for our lease, if it is still absent, our key still ours and no
+    /// forcer asked for the lock in between (a request of our own is withdrawn with it).
+    async fn take_record(&mut self, seat: &Seat, snap: &Snapshot) -> Result<bool> {
+        let keys = &self.keys;
+        let mut ops = vec![TxnOp::put(
+            keys.holder.as_str(),
+            self.cfg.identity.as_str(),
+            Some(PutOptions::new().with_lease(seat.lease)),
+        )];
+        if snap.yield_request.is_some() {
+            ops.push(TxnOp::delete(keys.yield_request.clone(), None));
+        }
+        let txn = Txn::new()
+            .when([
+                // Not create revision: a twin that adopted our key put it again, and this
+                // must then fail.
+                Compare::mod_revision(seat.key.as_str(), CompareOp::Equal, seat.mod_revision),
+                unchanged(keys.holder.as_str(), None),
+                unchanged(keys.yield_request.clone(), snap.yield_request.as_ref()),
+            ])
+            .and_then(ops);
+        Ok(self.etcd.txn(txn).await?.succeeded())
+    }
+}
+
+/// Whether our key is still ours (`None`), and if not, how the campaign ends.
+fn standing(seat: &Seat, snap: &Snapshot) -> Option<Turn> {
+    match seat.holds(snap.own.as_ref()) {
+        None => {
+            info!(
+                "our key {} was deleted while we waited; joining again",
+                seat.key
+            );
+            Some(Turn::Rejoin)
+        }
+        Some(false) => Some(Turn::Adopted),
+        Some(true) => None,
+    }
+}
+
+/// Waits until `lease` is gone (its holder revoked it, or it expired): a key of it deleted by
+/// hand leaves its holder running until it notices.
+async fn await_lease_gone(etcd: &Etcd, lease: i64, retry_period: Duration) -> Result<()> {
+    // A holder whose key was deleted revokes its lease once its command has stopped: look again
+    // soon, then less often.
+    let mut pause = Duration::from_millis(2);
+    let most = retry_period.min(Duration::from_millis(100));
+    while etcd.time_to_live(lease).await?.is_some() {
+        if pause == most {
+            debug!("lease {lease:x} seen ahead of us still lives; waiting for it to end");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(most);
+    }
+    Ok(())
+}
+
+/// The head of the queue as last shown (when no record names who runs): its identity is read only
+/// when the head changes, and kept as shown (see `Foreign`).
+#[derive(Default)]
+struct Shown {
+    head: Option<(Vec<u8>, Option<String>)>,
+}
+
+impl Shown {
+    async fn head(&mut self, etcd: &Etcd, head: Option<&Candidate>) -> Result<Option<String>> {
+        let Some(head) = head else {
+            return Ok(None);
+        };
+        if let Some((key, identity)) = &self.head {
+            if *key == head.key {
+                return Ok(identity.clone());
+            }
+        }
+        let identity = queue::with_value(etcd, &head.key)
+            .await?
+            .map(|kv| Foreign(kv.value()).to_string());
+        self.head = Some((head.key.clone(), identity.clone()));
+        Ok(identity)
+    }
+}
+
+/// The record put over to our lease: handed to us (see `queue::is_handed_over`).
+fn handed_to(seat: &Seat, e: &WatchEvent) -> bool {
+    e.event_type() == EventType::Put
+        && e.kv()
+            .is_some_and(|h| h.lease() == seat.lease && is_handed_over(h))
+}
+
+/// Our turn: at once, or for a seat adopted from a previous life that held the record, once that
+/// life's lease would have expired.
+async fn ready(seat: &Seat) -> Turn {
+    if let Some(t) = seat.not_before {
+        tokio::time::sleep_until(t.into()).await;
+    }
+    Turn::Lead
+}

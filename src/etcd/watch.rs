@@ -1,0 +1,118 @@
+//! Waiting for a change: watches that start at a revision already read, so that a change
+//! between the read and the watch is not missed, and that give up when their connection is
+//! replaced (a watch on a dead connection would otherwise wait for tonic's HTTP/2 ping to
+//! notice). What a change means is the caller's.
+
+use etcd_client::{Event as WatchEvent, EventType, GetOptions, WatchOptions};
+
+use super::{Error, Etcd, Result};
+
+impl Etcd {
+    /// Waits for any change of `key` (deleted, or put again: a holder record re-bound to a
+    /// fence), watching from `from`. An error means the stream broke, or its connection was
+    /// replaced: the caller reads again.
+    pub async fn wait_changed(&self, key: &[u8], from: i64) -> Result<()> {
+        self.next_events(key, from).await.map(drop)
+    }
+
+    /// As [`Etcd::wait_changed`], returning the changes seen (none when the key changed before
+    /// the watch was created: read it).
+    pub async fn next_events(&self, key: &[u8], from: i64) -> Result<Vec<WatchEvent>> {
+        self.wait_event(key, None, from, &|_| true).await
+    }
+
+    /// Waits for a change of a key in `[key, end)` for which `relevant` holds, as
+    /// [`Etcd::wait_changed`] does for one key, except that when the store moved on before the
+    /// watch was created it returns at once: the caller reads again. Changes of other keys in the
+    /// range (the job's own data under a lock's prefix) are passed over on the same stream.
+    pub async fn wait_range_changed(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        from: i64,
+        relevant: &dyn Fn(&WatchEvent) -> bool,
+    ) -> Result<()> {
+        self.wait_event(key, Some(end), from, relevant)
+            .await
+            .map(drop)
+    }
+
+    /// The kind of the first change of `key` at revision `from` or later, as etcd's history has
+    /// it (`None`: none within the request bound, or compacted away).
+    pub async fn first_change(&self, key: &[u8], from: i64) -> Result<Option<EventType>> {
+        let opts = WatchOptions::new().with_start_revision(from);
+        let first = async {
+            let mut stream = self.client().await?.watch(key, Some(opts)).await?;
+            while let Some(resp) = stream.message().await? {
+                if resp.canceled() {
+                    return Ok(None);
+                }
+                if let Some(e) = resp.events().first() {
+                    return Ok(Some(e.event_type()));
+                }
+            }
+            Ok(None)
+        };
+        // No change within the bound is an answer here, not a failure of the connection.
+        match tokio::time::timeout(self.limit(), first).await {
+            Ok(r) => r.inspect_err(|e| self.after_failure(e)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn wait_event(
+        &self,
+        key: &[u8],
+        end: Option<&[u8]>,
+        from: i64,
+        relevant: &dyn Fn(&WatchEvent) -> bool,
+    ) -> Result<Vec<WatchEvent>> {
+        let new_connection = self.replaced.notified();
+        let watch = async {
+            let mut opts = WatchOptions::new().with_start_revision(from);
+            if let Some(end) = end {
+                opts = opts.with_range(end);
+            }
+            let mut stream = self.client().await?.watch(key, Some(opts)).await?;
+            while let Some(resp) = stream.message().await? {
+                if resp.canceled() {
+                    let why = format!("watch canceled: {}", resp.cancel_reason());
+                    return Err(Error::Interrupted(why));
+                }
+                let events = resp.events();
+                if events.iter().any(relevant) {
+                    return Ok(events.to_vec());
+                }
+                // A watch that starts in the past is caught up by etcd's sync loop, every 100
+                // ms: when the store moved on before the watch was created, look at once.
+                let moved = resp.header().is_some_and(|h| h.revision() >= from);
+                if resp.created()
+                    && moved
+                    && (end.is_some() || self.changed_since(key, from).await?)
+                {
+                    return Ok(Vec::new());
+                }
+            }
+            Err(Error::Interrupted("watch stream ended".into()))
+        };
+        let r = tokio::select! {
+            r = watch => r,
+            _ = new_connection => Err(Error::Replaced),
+        };
+        r.inspect_err(|e| self.after_failure(e))
+    }
+
+    /// Whether `key` was put or deleted at revision `from` or later.
+    async fn changed_since(&self, key: &[u8], from: i64) -> Result<bool> {
+        let keys_only = || Some(GetOptions::new().with_keys_only());
+        if let Some(kv) = self.get(key, keys_only()).await?.kvs().first() {
+            return Ok(kv.mod_revision() >= from);
+        }
+        // Gone now: was it there before `from`? (Compacted: assume it changed, and read again.)
+        let before = GetOptions::new().with_keys_only().with_revision(from - 1);
+        Ok(match self.get(key, Some(before)).await {
+            Ok(r) => !r.kvs().is_empty(),
+            Err(_) => true,
+        })
+    }
+}
