@@ -189,19 +189,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
     no_control_characters(IDENTITY, &identity)?;
     let endpoints_raw = required(ENDPOINTS)?;
 
-    let lease_ttl = match get(LEASE_DURATION) {
-        None => 15,
-        Some(v) => parse_whole_seconds(&v).map_err(|p| err(LEASE_DURATION, p))?,
-    };
-    let renew_deadline = match get(RENEW_DEADLINE) {
-        None => Duration::from_secs(10),
-        Some(v) => parse_duration(&v).map_err(|p| err(RENEW_DEADLINE, p))?,
-    };
-    let retry_period = match get(RETRY_PERIOD) {
-        None => Duration::from_secs(2),
-        Some(v) => parse_duration(&v).map_err(|p| err(RETRY_PERIOD, p))?,
-    };
-    check_timing(lease_ttl, renew_deadline, retry_period)?;
+    let (lease_ttl, renew_deadline, retry_period) = read_timing(&get)?;
 
     let tls = read_tls(&get)?;
     let endpoints = parse_endpoints(&endpoints_raw, tls.is_some())?;
@@ -234,6 +222,26 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         tls,
         force_acquire,
     }))
+}
+
+/// The lease TTL (seconds), the renew deadline and the retry period, checked together.
+fn read_timing(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(i64, Duration, Duration), ConfigError> {
+    let lease_ttl = match get(LEASE_DURATION) {
+        None => 15,
+        Some(v) => parse_whole_seconds(&v).map_err(|p| err(LEASE_DURATION, p))?,
+    };
+    let renew_deadline = match get(RENEW_DEADLINE) {
+        None => Duration::from_secs(10),
+        Some(v) => parse_duration(&v).map_err(|p| err(RENEW_DEADLINE, p))?,
+    };
+    let retry_period = match get(RETRY_PERIOD) {
+        None => Duration::from_secs(2),
+        Some(v) => parse_duration(&v).map_err(|p| err(RETRY_PERIOD, p))?,
+    };
+    check_timing(lease_ttl, renew_deadline, retry_period)?;
+    Ok((lease_ttl, renew_deadline, retry_period))
 }
 
 /// The accepted range of `LEASE_DURATION`, in seconds. 2: the least that leaves a renew deadline of

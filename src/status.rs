@@ -211,91 +211,119 @@ fn to_json(s: &Snapshot) -> String {
     )
 }
 
+/// One metric: its name after the prefix, its type, its help, and its samples (labels, value).
+struct Metric {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(String, String)>,
+}
+
+fn one(name: &'static str, kind: &'static str, help: &'static str, v: String) -> Metric {
+    let samples = vec![(String::new(), v)];
+    Metric {
+        name,
+        kind,
+        help,
+        samples,
+    }
+}
+
 fn metrics(s: &Snapshot) -> String {
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-        let _ = writeln!(out, "# HELP etcd_await_election_{name} {help}");
-        let _ = writeln!(out, "# TYPE etcd_await_election_{name} {kind}");
-        for (labels, value) in samples {
+    for m in command_metrics(s).into_iter().chain(etcd_metrics(s)) {
+        let name = m.name;
+        let _ = writeln!(out, "# HELP etcd_await_election_{name} {}", m.help);
+        let _ = writeln!(out, "# TYPE etcd_await_election_{name} {}", m.kind);
+        for (labels, value) in m.samples {
             let _ = writeln!(out, "etcd_await_election_{name}{labels} {value}");
         }
-    };
-    let one = |v: String| [(String::new(), v)];
-    metric(
-        "leader",
-        "gauge",
-        "1 while this instance runs the command.",
-        &one(u8::from(s.phase == Phase::Running).to_string()),
-    );
-    metric(
-        "leadership_transitions_total",
-        "counter",
-        "Times this instance became leader.",
-        &one(s.transitions.to_string()),
-    );
-    metric(
-        "renewals_total",
-        "counter",
-        "Successful lease renewals.",
-        &one(s.renewals.to_string()),
-    );
-    metric(
-        "renewal_failures_total",
-        "counter",
-        "Failed lease keep-alive attempts.",
-        &one(s.renewal_failures.to_string()),
-    );
-    if let Some((_, t)) = s.last_renewal {
-        metric(
+    }
+    out
+}
+
+/// Leadership, renewals and the command.
+fn command_metrics(s: &Snapshot) -> Vec<Metric> {
+    let mut v = vec![
+        one(
+            "leader",
+            "gauge",
+            "1 while this instance runs the command.",
+            u8::from(s.phase == Phase::Running).to_string(),
+        ),
+        one(
+            "leadership_transitions_total",
+            "counter",
+            "Times this instance became leader.",
+            s.transitions.to_string(),
+        ),
+        one(
+            "renewals_total",
+            "counter",
+            "Successful lease renewals.",
+            s.renewals.to_string(),
+        ),
+        one(
+            "renewal_failures_total",
+            "counter",
+            "Failed lease keep-alive attempts.",
+            s.renewal_failures.to_string(),
+        ),
+    ];
+    v.extend(s.last_renewal.map(|(_, t)| {
+        one(
             "seconds_since_renewal",
             "gauge",
             "Seconds since the send time of the last successful renewal.",
-            &one(format!("{:.3}", t.elapsed().as_secs_f64())),
-        );
-    }
-    metric(
+            format!("{:.3}", t.elapsed().as_secs_f64()),
+        )
+    }));
+    v.push(one(
         "child_starts_total",
         "counter",
         "Times the command was started.",
-        &one(s.child_starts.to_string()),
-    );
-    if let Some(code) = s.child_exit_code {
-        metric(
+        s.child_starts.to_string(),
+    ));
+    v.extend(s.child_exit_code.map(|code| {
+        one(
             "child_exit_code",
             "gauge",
             "Exit code of the command's last run (128+N for signal N).",
-            &one(code.to_string()),
-        );
-    }
-    let errors: Vec<_> = s
-        .etcd_errors
-        .iter()
-        .map(|(cause, n)| (cause_labels(*cause), n.to_string()))
-        .collect();
-    metric(
-        "etcd_errors_total",
-        "counter",
-        "Failed etcd requests, by cause; permanent ones need a configuration change.",
-        &errors,
-    );
-    metric(
-        "log_lines_dropped_total",
-        "counter",
-        "Log lines dropped because stderr did not take them in time.",
-        &one(crate::logging::dropped().to_string()),
-    );
-    let refused: Vec<_> = s
-        .permanent
-        .iter()
-        .map(|f| (cause_labels(f.cause), "1".to_string()))
-        .collect();
-    metric(
-        "etcd_permanent_failure",
-        "gauge",
-        "1 from a permanent etcd failure until etcd answers again (/healthz names what to fix).",
-        &refused,
-    );
-    out
+            code.to_string(),
+        )
+    }));
+    v
+}
+
+/// etcd's failures, and the log's.
+fn etcd_metrics(s: &Snapshot) -> Vec<Metric> {
+    let errors = s.etcd_errors.iter();
+    let refused = s.permanent.iter();
+    vec![
+        Metric {
+            name: "etcd_errors_total",
+            kind: "counter",
+            help: "Failed etcd requests, by cause; permanent ones need a configuration change.",
+            samples: errors
+                .map(|(cause, n)| (cause_labels(*cause), n.to_string()))
+                .collect(),
+        },
+        one(
+            "log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because stderr did not take them in time.",
+            crate::logging::dropped().to_string(),
+        ),
+        Metric {
+            name: "etcd_permanent_failure",
+            kind: "gauge",
+            help: "1 from a permanent etcd failure until etcd answers again (/healthz names what \
+                   to fix).",
+            samples: refused
+                .map(|f| (cause_labels(f.cause), "1".to_string()))
+                .collect(),
+        },
+    ]
 }
 
 fn cause_labels(cause: Cause) -> String {
