@@ -51,6 +51,7 @@ use crate::failure::{classify, is_lease_not_found, is_replaced, Cause, Failure, 
 use crate::force;
 use crate::format::Foreign;
 use crate::queue::{self, is_handed_over, unchanged, Candidate, Keys, Seat, Snapshot};
+use crate::rights;
 use crate::scan;
 
 /// What the election thread tells `main`.
@@ -338,6 +339,9 @@ impl Election {
     /// twin renews a key under our identity.
     async fn join(&mut self) -> Result<Option<Seat>> {
         let mut c = self.client().await?;
+        if !self.startup.has_joined() {
+            rights::prove(&mut c, &self.keys, &self.cfg).await?;
+        }
         if let Some(seat) = self.seat.clone() {
             // After a failure: the seat of this life, if it still holds, is ours without the
             // look a previous life gets (which would stop renewing it meanwhile).
@@ -713,8 +717,14 @@ impl Election {
             e.kv()
                 .is_some_and(|kv| keys.concerns(kv, e.event_type(), &seat.key))
         };
-        let (start, end) = (keys.holder.as_bytes(), &keys.end);
-        wait_range_changed(&self.etcd, start, end, snap.revision + 1, &relevant).await
+        // The lock's two ranges, not the one from `LOCK` to the prefix's end: other locks' keys
+        // lie between them, and the smallest grant does not cover those (see `rights`).
+        let (etcd, from) = (&self.etcd, snap.revision + 1);
+        let (record, prefix) = (keys.holder.as_bytes(), keys.prefix.as_bytes());
+        tokio::select! {
+            r = Box::pin(wait_range_changed(etcd, record, &keys.record_end, from, &relevant)) => r,
+            r = Box::pin(wait_range_changed(etcd, prefix, &keys.end, from, &relevant)) => r,
+        }
     }
 
     /// Gives up our place: a leader hands the record to the next candidate (see `hand_over`),

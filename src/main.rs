@@ -19,6 +19,7 @@ mod http;
 mod launch;
 mod logging;
 mod queue;
+mod rights;
 mod scan;
 mod signals;
 mod status;
