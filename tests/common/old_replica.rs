@@ -183,7 +183,7 @@ impl OldReplica {
         OldReplica {
             shared,
             thread: Some(thread),
-            identity: identity.into(),
+            identity,
         }
     }
 
