@@ -181,10 +181,21 @@ mod tests {
     #[test]
     fn reads_come_first_and_every_key_written_is_read() {
         let rights = needed(&Keys::new("app"));
-        let first_write = rights.iter().position(|r| r.access == Access::Write);
-        assert!(rights[first_write.unwrap_or(0)..]
+        let reads = rights
             .iter()
-            .all(|r| r.access == Access::Write));
+            .take_while(|r| r.access == Access::Read)
+            .count();
+        let (read, written) = rights.split_at(reads);
+        assert!(written.iter().all(|r| r.access == Access::Write));
+        for w in written {
+            let readable = read
+                .iter()
+                .any(|r| r.key <= w.key && r.end.as_ref().is_some_and(|end| w.key < *end));
+            assert!(
+                readable,
+                "{w}: its proof compares a key not proven readable"
+            );
+        }
     }
 
     #[test]
