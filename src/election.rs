@@ -709,7 +709,8 @@ impl Election {
         Ok(snap)
     }
 
-    /// One watch for our key, the record, a yield request and who queues behind us; what else
+    /// Watches (one per range of the lock) for our key, the record, a yield request and who
+    /// queues behind us; what else
     /// lives under the prefix (the job's own data) changes nothing we read, and does not wake us.
     async fn await_change(&self, snap: &Snapshot, seat: &Seat) -> Result<()> {
         let keys = &self.keys;
