@@ -278,6 +278,10 @@ impl Startup {
         self.permanent = None;
     }
 
+    pub fn has_joined(&self) -> bool {
+        self.joined
+    }
+
     /// Notes a failure; returns why to give up, if it is time to. A permanent cause seen once
     /// counts even if later attempts fail otherwise: a rejected client certificate often shows
     /// only as a closed connection (with TLS 1.3 the server's alert races the close).

@@ -10,6 +10,7 @@ use log::debug;
 
 use super::adopt::{self, Adoption};
 use super::queue::Seat;
+use super::rights;
 use super::session::renewed;
 use super::Election;
 use crate::clock::Boot;
@@ -18,6 +19,9 @@ use crate::etcd::Result;
 impl Election {
     /// Takes a seat. `None`: a live twin renews a key under our identity.
     pub(super) async fn join(&mut self) -> Result<Option<Seat>> {
+        if !self.retry.has_joined() {
+            rights::prove(&self.etcd, &self.keys, &self.cfg).await?;
+        }
         if let Some(seat) = self.seat.clone() {
             // After a failure: the seat of this life, if it still holds, is ours without the
             // look a previous life gets (which would stop renewing it meanwhile).

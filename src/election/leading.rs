@@ -126,18 +126,23 @@ impl Election {
         Ok(snap)
     }
 
-    /// One watch for our key, the record, a yield request and who queues behind us; what else
-    /// lives under the prefix (the job's own data) changes nothing we read, and does not wake us.
+    /// Watches (one per range of the lock) for our key, the record, a yield request and who
+    /// queues behind us; what else lives under the prefix (the job's own data) changes nothing we
+    /// read, and does not wake us.
     async fn await_change(&self, snap: &Snapshot, seat: &Seat) -> Result<()> {
         let keys = &self.keys;
         let relevant = |e: &WatchEvent| {
             e.kv()
                 .is_some_and(|kv| keys.concerns(kv, e.event_type(), &seat.key))
         };
-        let (start, end) = (keys.holder.as_bytes(), &keys.end);
-        self.etcd
-            .wait_range_changed(start, end, snap.revision + 1, &relevant)
-            .await
+        // The lock's two ranges, not the one from `LOCK` to the prefix's end: other locks' keys
+        // lie between them, and the smallest grant does not cover those (see `rights`).
+        let (etcd, from) = (&self.etcd, snap.revision + 1);
+        let (record, prefix) = (keys.holder.as_bytes(), keys.prefix.as_bytes());
+        tokio::select! {
+            r = Box::pin(etcd.wait_range_changed(record, &keys.record_end, from, &relevant)) => r,
+            r = Box::pin(etcd.wait_range_changed(prefix, &keys.end, from, &relevant)) => r,
+        }
     }
 
     /// In one transaction, our key deleted and the record bound to our heir's lease: its watch

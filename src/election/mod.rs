@@ -13,7 +13,7 @@
 //! Each step has its room:
 //!
 //! - `join`: a seat in the queue, adopted from a dead previous life (`adopt`) or a new lease
-//!   and our key.
+//!   and our key; before the first, every right on etcd a candidate uses proven (`rights`).
 //! - `session`: the lease: kept alive at its pace, each renewal confirmed, revoked on resigning.
 //! - `campaign`: waiting for our turn: the predecessor, the holder, the record taken or handed.
 //! - `force`: a forcer's request to the holder to yield.
@@ -62,6 +62,7 @@ mod join;
 mod leading;
 mod queue;
 mod retry;
+mod rights;
 mod scan;
 mod session;
 

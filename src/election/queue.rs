@@ -2,7 +2,8 @@
 //! asked the holder to yield.
 //!
 //! This module owns the layout; the campaign and the leader own the recipe that moves through
-//! it, `force` the request to yield, `scan` the reading of the queue past other keys. Three kinds of keys, all under the range starting with `LOCK`:
+//! it, `force` the request to yield, `scan` the reading of the queue past other keys. Three kinds
+//! of keys, in two ranges (`Keys::record_end`, `Keys::end`):
 //!
 //! - **Candidate keys** `LOCK/<hex lease id>`, bound to that lease, holding the identity: etcd's
 //!   election recipe, so `etcdctl elect -l LOCK` names our leader and `etcdctl lock` interoperates.
@@ -40,9 +41,13 @@ pub struct Keys {
     pub holder: String,
     /// `LOCK\0yield`: a forcer's request to the holder.
     pub yield_request: Vec<u8>,
-    /// The end of the range `[LOCK, end)` that holds all of the above (and neighbours' keys such
-    /// as `LOCK-x` or `LOCK/cron/...`, which a reader filters out).
+    /// The end of the candidates' range `[LOCK/, end)` (which also holds neighbours' keys such
+    /// as `LOCK/cron/...`, which a reader filters out).
     pub end: Vec<u8>,
+    /// The end of the range `[LOCK, record_end)`: the record and the yield request, and no key
+    /// of any other lock (no lock name holds a control character). Between it and the prefix
+    /// lie other locks' keys (`LOCK-x`): the lock's keys are these two ranges, not one.
+    pub record_end: Vec<u8>,
 }
 
 impl Keys {
@@ -53,6 +58,8 @@ impl Keys {
             yield_request: format!("{lock}\0yield").into_bytes(),
             // `/` + 1: past every key under the prefix.
             end: format!("{lock}0").into_bytes(),
+            // `\0` + 1: past every key `LOCK\0...`.
+            record_end: format!("{lock}\u{1}").into_bytes(),
         }
     }
 
@@ -273,12 +280,24 @@ mod tests {
     }
 
     #[test]
-    fn the_lock_range_holds_every_key_of_the_lock() {
+    fn the_lock_ranges_hold_every_key_of_the_lock_and_no_neighbours() {
         let k = Keys::new("app");
-        let range = k.holder.as_bytes().to_vec()..k.end.clone();
-        assert!(range.contains(&k.holder.as_bytes().to_vec()));
-        assert!(range.contains(&k.yield_request));
-        assert!(range.contains(&k.candidate_key(i64::MAX).into_bytes()));
-        assert!(!range.contains(&b"app0".to_vec()) && !range.contains(&b"ap".to_vec()));
+        let record = k.holder.as_bytes().to_vec()..k.record_end.clone();
+        let prefix = k.prefix.as_bytes().to_vec()..k.end.clone();
+        let ours = |key: &[u8]| record.contains(&key.to_vec()) || prefix.contains(&key.to_vec());
+        assert!(record.contains(&k.holder.as_bytes().to_vec()));
+        assert!(record.contains(&k.yield_request));
+        assert!(prefix.contains(&k.candidate_key(i64::MAX).into_bytes()));
+        for neighbour in [
+            &b"app0"[..],
+            b"ap",
+            b"app-x",
+            b"app.x",
+            b"app\x01",
+            b"appx",
+            b"apq",
+        ] {
+            assert!(!ours(neighbour), "{}", String::from_utf8_lossy(neighbour));
+        }
     }
 }

@@ -37,6 +37,10 @@ impl Retry {
         self.startup.joined();
     }
 
+    pub fn has_joined(&self) -> bool {
+        self.startup.has_joined()
+    }
+
     /// etcd answered: a failure logged before is over.
     pub fn reachable(&mut self) {
         if !self.failing.is_empty() {

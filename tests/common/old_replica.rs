@@ -22,8 +22,8 @@
 
 use super::child::{child_bin, monotonic_ns};
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, WatchOptions,
 };
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -96,6 +96,8 @@ struct Cfg {
     retry: Duration,
     force: bool,
     log: PathBuf,
+    /// etcd user and password, with etcd authentication on.
+    user: Option<(String, String)>,
 }
 
 pub struct OldReplica {
@@ -123,7 +125,35 @@ impl OldReplica {
             retry,
             force,
             log: log.to_path_buf(),
+            user: None,
         };
+        Self::launch(cfg)
+    }
+
+    /// An old replica (not forcing, retrying every 200 ms) that authenticates as `user` (name,
+    /// password).
+    pub fn start_as(
+        endpoint: &str,
+        lock: &str,
+        identity: &str,
+        lease_secs: i64,
+        user: (&str, &str),
+        log: &Path,
+    ) -> OldReplica {
+        Self::launch(Cfg {
+            endpoint: endpoint.into(),
+            lock: lock.into(),
+            identity: identity.into(),
+            lease_secs,
+            retry: Duration::from_millis(200),
+            force: false,
+            log: log.to_path_buf(),
+            user: Some((user.0.into(), user.1.into())),
+        })
+    }
+
+    fn launch(cfg: Cfg) -> OldReplica {
+        let identity = cfg.identity.clone();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             kill: AtomicBool::new(false),
@@ -153,7 +183,7 @@ impl OldReplica {
         OldReplica {
             shared,
             thread: Some(thread),
-            identity: identity.into(),
+            identity,
         }
     }
 
@@ -267,7 +297,11 @@ impl KeepAlive {
 }
 
 async fn run(cfg: &Cfg, sh: &Shared, child: &mut Option<Child>) -> Result<(), String> {
-    let mut c = timed("connect", Client::connect([cfg.endpoint.as_str()], None)).await?;
+    let opts = cfg
+        .user
+        .as_ref()
+        .map(|(user, password)| ConnectOptions::new().with_user(user, password));
+    let mut c = timed("connect", Client::connect([cfg.endpoint.as_str()], opts)).await?;
     let grant = timed("lease grant", c.lease_grant(cfg.lease_secs, None)).await?;
     let lease = grant.id();
     sh.update(|s| s.lease = Some(lease));
