@@ -297,11 +297,11 @@ fn new_finding_4_twins_and_a_forcer() {
 /// leads: the first twin, healed, read its key gone and went back in line; `resign` could not
 /// tell a deleted key from its own, revoked the lease the adopter leads with, joined again,
 /// took the record and started while the adopter's command still stopped. Closed in `src/` by
-/// every adopted seat waiting out the previous life's lease, record or not (adopt.rs
+/// every adopted seat waiting out the previous life's lease, record or not (election/adopt.rs
 /// `previous_life`: `not_before`, which `lead` waits for and `resign` before it answers by
 /// leaving the lease to expire), and by `revoke` leaving a lease the record is bound to once
 /// our key is gone and etcd's history has another's put as its first change after our own put
-/// (election.rs `Revoked::Recorded`, etcd.rs `first_change`; a delete first: revoked). Without
+/// (election/session.rs `Revoked::Recorded`, etcd/watch.rs `first_change`; a delete first: revoked). Without
 /// either rule (a revoke whatever the history; an adopted seat revoking before `not_before`)
 /// the first configuration below fails. Checked once and holding since cd1c106, left out for
 /// time (27 s to 2.5 min each): their key deleted with a quit; twins + forcer, 1 cut, 1 delete;

@@ -37,12 +37,12 @@
 //!
 //! # Time
 //! Time is not counted; it enters only as enabling conditions, each the model of one deadline:
-//! - **Renew deadline** (timing.rs `Renewal::kill_at`, `leading`; main.rs `on_deadline`, `lead`):
+//! - **Renew deadline** (timing.rs `Renewal::kill_at`, `leading`; machine.rs `on_deadline`, `lead`):
 //!   a wrapper kills its command before the lease it renewed can expire on the server (counted
 //!   on `CLOCK_BOOTTIME`, as the server counts it), and starts it only with a
 //!   counted renewal within the renew deadline (`fresh`). So a lease's `Expire` is enabled only
 //!   when nobody renews it AND every wrapper holding it has its command stopped (and is not
-//!   about to start one). A renewal counts (election.rs `Keeper::confirm`) only if a
+//!   about to start one). A renewal counts (election/session.rs `Keeper::confirm`) only if a
 //!   linearizable read after it finds our key unchanged and, leading, H bound to our lease;
 //!   without one, `Deadline` (leading) or `Stale` (not yet) may happen at any time. A member that
 //!   answers keep-alives but cannot commit (`Net::Stuck`, etcd-io/etcd#15247) breaks the
@@ -50,7 +50,7 @@
 //!   the command runs on; in NEW the read cannot be answered, so a stuck member is a cut-off
 //!   and is not modelled separately. A holder that does not answer a yield request (cut off)
 //!   is waited for: its key and H go with its lease.
-//! - **Fence** (force.rs `fence`): only a holder without a candidate key (a Go replica, or ours
+//! - **Fence** (election/force.rs `fence`): only a holder without a candidate key (a Go replica, or ours
 //!   whose key was deleted by hand) is deposed: H re-bound to a fence lease of its TTL + 1 s,
 //!   marked deposed, then its own lease revoked (`RevokeRunner`, retried) and the fence renewed
 //!   once after it. The fence may expire once the deposed command can no longer run: a Go
@@ -68,7 +68,7 @@
 //!   on after its lease, a hole of its own that no protocol of ours can close. Its lease
 //!   revoked by our fence (only a keyless runner's, and a stranger's key is deleted only by
 //!   hand) does not stop it either.
-//! - **Adoption** (NEW adopt.rs): a lease is adopted once seen unrenewed for a third of its
+//! - **Adoption** (NEW election/adopt.rs): a lease is adopted once seen unrenewed for a third of its
 //!   TTL plus 2 s; a revoke its previous life left in flight has landed by then (and one sent later
 //!   lands within milliseconds: before the adopter's next step on that lease). The adopter
 //!   leads, and revokes the lease, no earlier than that lease would have expired as seen
@@ -86,22 +86,22 @@
 //! # Map: model action → code
 //! | action | OLD (d8293d8) | NEW (src/) |
 //! |---|---|---|
-//! | `Join`: adopt a key of our identity, else grant + put-if-absent key | election.rs `Election::join`, `adopt`, `create` | election.rs `Election::join`, `create` |
-//! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again; leads and revokes no earlier than `not_before`, H or not; resigning before it: `Leave` | — (adopts at once, revokes other keys of ours) | adopt.rs `previous_life`, `liveness` |
-//! | `Check`: one read and the decision: a key ahead: wait for it; none, H bound to another lease: `GiveWay` if that lease has a candidate key, else wait for H; no H: `GiveWay` if another's Y stands, else `Take`; H ours: lead (handed, its version above 1: at once, the seen set cleared; else `AwaitGone`), our Y withdrawn. Or, next in line, not a forcer, our key never put again: the hand-over's watch event alone (`handed`: lead at once). `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election.rs `wait_turn`, `handed_to`, `settle`, `holder_key`, `take_record`, `await_lease_gone`; queue.rs `Snapshot::read`, `Seat::holds`, `is_handed_over` |
-//! | `GiveWay` (the outcome of `Check`): resign, join again behind; a forcer does not ask again in this life (`gave_way`) | — | election.rs `Turn::GiveWay`, `elect_and_lead` |
-//! | `Force`: read; nobody to ask (H ours or a fence, or we head the queue) or another's Y: a plain candidate; no Y: put Y bound to our lease (guarded: our key's create revision, H and Y as read), read again; our Y: the runner's lease seen, then `Check`s | election.rs `depose_ahead_of` (its read) | force.rs `request_yield`, `runner`; election.rs `elect_and_lead` (`seen`) |
-//! | `Force` with our Y and a runner without a candidate key (the fence): H re-bound to a fence lease marked deposed (same guards); `RevokeRunner` | — | force.rs `fence` |
+//! | `Join`: adopt a key of our identity, else grant + put-if-absent key | election.rs `Election::join`, `adopt`, `create` | election/join.rs `Election::join`, `create` |
+//! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again; leads and revokes no earlier than `not_before`, H or not; resigning before it: `Leave` | — (adopts at once, revokes other keys of ours) | election/adopt.rs `previous_life`, `liveness` |
+//! | `Check`: one read and the decision: a key ahead: wait for it; none, H bound to another lease: `GiveWay` if that lease has a candidate key, else wait for H; no H: `GiveWay` if another's Y stands, else `Take`; H ours: lead (handed, its version above 1: at once, the seen set cleared; else `AwaitGone`), our Y withdrawn. Or, next in line, not a forcer, our key never put again: the hand-over's watch event alone (`handed`: lead at once). `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election/campaign.rs `wait_turn`, `handed_to`, `take_turn`, `settle`, `take_record`, `await_lease_gone`; election/queue.rs `key_of_lease`, `Snapshot::read`, `Seat::holds`, `is_handed_over` |
+//! | `GiveWay` (the outcome of `Check`): resign, join again behind; a forcer does not ask again in this life (`gave_way`) | — | election/campaign.rs `Turn::GiveWay`; election/mod.rs `elect_and_lead` |
+//! | `Force`: read; nobody to ask (H ours or a fence, or we head the queue) or another's Y: a plain candidate; no Y: put Y bound to our lease (guarded: our key's create revision, H and Y as read), read again; our Y: the runner's lease seen, then `Check`s | election.rs `depose_ahead_of` (its read) | election/force.rs `request_yield`, `runner`; election/campaign.rs `campaign` (`seen`) |
+//! | `Force` with our Y and a runner without a candidate key (the fence): H re-bound to a fence lease marked deposed (same guards); `RevokeRunner` | — | election/force.rs `fence` |
 //! | `Depose` (revoke one key ahead) / `SleepDone` | election.rs `depose_ahead_of` (loop, `sleep_until`) | — |
-//! | `LeaseLost`: lease gone → join again | election.rs `keep_alive`, `elect_and_lead` | same |
-//! | `StartCmd` (or resign: not renewed within the renew deadline) | main.rs `Wrapper::lead`, supervisor.rs `spawn` | same, after a renewal that counts if the last one was too old |
-//! | `Notice`: own key deleted or adopted, H gone or bound to another lease (renewals stop counting then) | election.rs `watch_own_key` | election.rs `watch_own_key`, `Keeper::confirm` |
-//! | `Yield`: none of that, and another's Y: stop; the heir is that forcer (its key, if it has one) | — | election.rs `watch_own_key` (`Heir::Forcer`) |
-//! | `Quit`: the command exits by itself, or the wrapper gets SIGTERM | main.rs `on_child_exit`, `stop` | same |
-//! | `Deadline` / `Stale`: no counted renewal within the renew deadline | main.rs `Wrapper::on_deadline` → `stop` | same, with election.rs `Keeper::confirm` |
-//! | `CmdExit`: SIGTERM handled, or SIGKILL at the kill deadline | main.rs `on_child_exit`, `on_deadline`, `kill_at` | same |
-//! | `HandOver`: own key deleted and H bound to the heir's lease, one txn guarded by our key's mod revision, H bound to our lease and the heir's key never put again; the heir: the forcer that asked (none if it had no key: nothing), else the first key behind ours (a stranger's too) | — | election.rs `hand_over`, `hand_to`, `Heir` |
-//! | `Revoke` (resign; an adopted seat not before its `not_before`): one read of our key and H, then the revoke unless our key was put again by another process (`Adopted`) or is gone with H bound to our lease and its first change after our own last put a put (`Recorded`; a delete: revoked) / `Leave` (an adopted seat before `not_before`: nothing revoked, the lease and key expire) / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | election.rs `Election::resign`, `revoke`, `Revoked`; etcd.rs `first_change`; queue.rs `Seat::holds` |
+//! | `LeaseLost`: lease gone → join again | election.rs `keep_alive`, `elect_and_lead` | election/session.rs `keep_alive`; election/mod.rs `elect_and_lead` |
+//! | `StartCmd` (or resign: not renewed within the renew deadline) | main.rs `Wrapper::lead`, supervisor.rs `spawn` | machine.rs `Wrapper::lead`, supervisor.rs `spawn`, after a renewal that counts if the last one was too old |
+//! | `Notice`: own key deleted or adopted, H gone or bound to another lease (renewals stop counting then) | election.rs `watch_own_key` | election/leading.rs `hold`, `still_leading`; election/session.rs `Keeper::confirm` |
+//! | `Yield`: none of that, and another's Y: stop; the heir is that forcer (its key, if it has one) | — | election/leading.rs `still_leading` (`Heir::Forcer`) |
+//! | `Quit`: the command exits by itself, or the wrapper gets SIGTERM | main.rs `on_child_exit`, `stop` | machine.rs `on_child_exit`, `stop` |
+//! | `Deadline` / `Stale`: no counted renewal within the renew deadline | main.rs `Wrapper::on_deadline` → `stop` | machine.rs `Wrapper::on_deadline` → `stop`, with election/session.rs `Keeper::confirm` |
+//! | `CmdExit`: SIGTERM handled, or SIGKILL at the kill deadline | main.rs `on_child_exit`, `on_deadline`, `kill_at` | machine.rs `on_child_exit`, `on_deadline`; timing.rs `kill_at` |
+//! | `HandOver`: own key deleted and H bound to the heir's lease, one txn guarded by our key's mod revision, H bound to our lease and the heir's key never put again; the heir: the forcer that asked (none if it had no key: nothing), else the first key behind ours (a stranger's too) | — | election/leading.rs `hand_over`, `hand_to`, `Heir` |
+//! | `Revoke` (resign; an adopted seat not before its `not_before`): one read of our key and H, then the revoke unless our key was put again by another process (`Adopted`) or is gone with H bound to our lease and its first change after our own last put a put (`Recorded`; a delete: revoked) / `Leave` (an adopted seat before `not_before`: nothing revoked, the lease and key expire) / `Abandon` (give up; the lease expires) | election.rs `Election::resign` | election/session.rs `Election::resign`, `revoke`, `Revoked`; etcd/watch.rs `first_change`; election/queue.rs `Seat::holds` |
 //! | `Crash`: SIGKILL, the guardian kills the command at once (a stranger's command stops with it) | supervisor.rs (guardian) | same |
 //! | `GPoll` / `GNotice`: Go replica | tests/common/old_replica.rs | same |
 //! | `Join` (stranger): grant, create `LOCK/<its lease hex>` | client-go `concurrency.NewSession`, `Mutex.Lock` / `Election.Campaign` (the put) | same |
@@ -171,7 +171,7 @@ pub struct Protocol {
     pub delete_records: bool,
 }
 
-/// Whom a leader hands the record to (election.rs `Heir`).
+/// Whom a leader hands the record to (election/leading.rs `Heir`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Heir {
     /// The first candidate key behind ours at the hand-over.
@@ -1222,7 +1222,7 @@ impl Protocol {
         s.procs[i].pc = Pc::SWait(ahead);
     }
 
-    /// A lease granted and our key put on it (`Election::create`).
+    /// A lease granted and our key put on it (election/join.rs `Election::create`).
     fn create(&self, s: &mut State, i: usize) -> L {
         let l = s.grant(None);
         s.keys.push(Rec::key(l, self.procs[i].identity, i));
