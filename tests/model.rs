@@ -301,8 +301,8 @@ fn new_finding_4_twins_and_a_forcer() {
 /// `previous_life`: `not_before`, which `lead` waits for and `resign` before it answers by
 /// leaving the lease to expire), and by `revoke` leaving a lease the record is bound to once
 /// our key is gone and etcd's history has another's put as its first change after our own put
-/// (election/session.rs `Revoked::Recorded`, etcd/watch.rs `first_change`; a delete first: revoked). Without
-/// either rule (a revoke whatever the history; an adopted seat revoking before `not_before`)
+/// (election/session.rs `Revoked::Recorded`, etcd/watch.rs `first_change`; a delete first:
+/// revoked). Without either rule (a revoke whatever the history; an adopted seat revoking before `not_before`)
 /// the first configuration below fails. Checked once and holding since cd1c106, left out for
 /// time (27 s to 2.5 min each): their key deleted with a quit; twins + forcer, 1 cut, 1 delete;
 /// twins + wrapper, 1 delete with 2 cuts, or with 1 cut and 1 crash in flight.

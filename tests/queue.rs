@@ -1,8 +1,9 @@
-//! The queue at its edges: the scan of candidates past other keys under the prefix (src/election/scan.rs:
-//! hundreds of candidates with decoys, a skip at a page boundary, names that cannot be leapt
-//! over), and letting go of a lease with our key gone or our seat adopted (src/election/session.rs
-//! `resign`/`revoke`, src/election/adopt.rs). Real etcd, real wrappers, proofs from the children's records
-//! and the wrappers' exits. (From a review that tried to break them.)
+//! The queue at its edges: the scan of candidates past other keys under the prefix
+//! (src/election/scan.rs: hundreds of candidates with decoys, a skip at a page boundary, names
+//! that cannot be leapt over), and letting go of a lease with our key gone or our seat adopted
+//! (src/election/session.rs `resign`/`revoke`, src/election/adopt.rs). Real etcd, real wrappers,
+//! proofs from the children's records and the wrappers' exits. (From a review that tried to break
+//! them.)
 
 mod common;
 
