@@ -12,6 +12,7 @@ mod clock;
 mod config;
 mod election;
 mod etcd;
+mod exit;
 mod failure;
 mod force;
 mod format;
@@ -37,31 +38,6 @@ use config::Config;
 use status::Phase;
 use supervisor::{Child, Wait};
 use timing::{Due, Renewal, Stop};
-
-/// Exit codes of the wrapper itself; otherwise it exits with the child's code (128+N for a
-/// child killed by signal N).
-mod code {
-    /// Withdrew from the election on SIGTERM/SIGINT before leading.
-    pub const WITHDRAWN: i32 = 0;
-    /// No command given.
-    pub const USAGE: i32 = 64;
-    /// The wrapper's own failure: cannot start a thread, bind the status endpoint, start the
-    /// guardian ...
-    pub const INTERNAL: i32 = 70;
-    /// The command's process group could not be emptied by the kill deadline (a process in
-    /// uninterruptible sleep, a zombie whose parent left the group): the wrapper exits without
-    /// revoking, so its lease expires by itself.
-    pub const STUCK: i32 = 71;
-    /// Leadership was lost (renew deadline passed, lease expired, key deleted): the command was
-    /// stopped.
-    pub const LOST: i32 = 75;
-    /// Another live candidate renews a key under our identity: identities must be unique.
-    pub const TWIN: i32 = 76;
-    /// A permanent etcd failure at start-up (certificates, credentials, rights, ...).
-    pub const REFUSED: i32 = 77;
-    /// A configuration variable is missing or invalid.
-    pub const CONFIG: i32 = 78;
-}
 
 /// Everything `main` waits for, on one channel.
 #[derive(Debug)]
@@ -105,11 +81,11 @@ fn main() {
         Ok(cli::Action::Run { options, command }) if !command.is_empty() => (options, command),
         Ok(cli::Action::Run { .. }) => {
             eprintln!("{USAGE}");
-            exit(code::USAGE);
+            exit(exit::USAGE);
         }
         Err(e) => {
             eprintln!("etcd-await-election: {e}\n{USAGE}");
-            exit(code::USAGE);
+            exit(exit::USAGE);
         }
     };
     let get = |name: &str| {
@@ -123,18 +99,18 @@ fn main() {
         Ok(()) => {}
         Err(e @ logging::Error::Format(_)) => {
             eprintln!("etcd-await-election: {}: {e}", config::LOG_FORMAT);
-            exit(code::CONFIG);
+            exit(exit::CONFIG);
         }
         Err(e) => {
             eprintln!("etcd-await-election: {e}");
-            exit(code::INTERNAL);
+            exit(exit::INTERNAL);
         }
     }
     let cfg = match config::from_env(get) {
         Ok(cfg) => cfg,
         Err(e) => {
             error!("{e}");
-            quit(code::CONFIG);
+            quit(exit::CONFIG);
         }
     };
     let Some(cfg) = cfg else {
@@ -142,7 +118,7 @@ fn main() {
         error!("cannot run {:?}: {e}", command[0]);
         quit(match e {
             supervisor::SpawnError::Exec { code, .. } => code,
-            supervisor::SpawnError::Guardian(_) => code::INTERNAL,
+            supervisor::SpawnError::Guardian(_) => exit::INTERNAL,
         });
     };
     if let Err(e) = etcd::check_tls(&cfg) {
@@ -152,7 +128,7 @@ fn main() {
             config::KEY,
             config::CACERT
         );
-        quit(code::CONFIG);
+        quit(exit::CONFIG);
     }
     quit(Wrapper::start(cfg, command).run());
 }
@@ -199,7 +175,7 @@ impl Wrapper {
     fn start(cfg: Config, cmd: Vec<OsString>) -> Wrapper {
         let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
             error!("{what}: {e}");
-            quit(code::INTERNAL)
+            quit(exit::INTERNAL)
         };
         supervisor::become_subreaper();
         let (tx, events) = mpsc::channel();
@@ -273,7 +249,7 @@ impl Wrapper {
             };
             state = match (state, event) {
                 (state, Err(RecvTimeoutError::Disconnected)) => {
-                    let next = self.abandon(state, code::INTERNAL);
+                    let next = self.abandon(state, exit::INTERNAL);
                     error!("internal channel closed");
                     next
                 }
@@ -353,7 +329,7 @@ impl Wrapper {
                 state
             }
             State::Awaiting if sig == libc::SIGTERM || sig == libc::SIGINT => {
-                let next = self.resign(code::WITHDRAWN);
+                let next = self.resign(exit::WITHDRAWN);
                 info!("signal {sig} while awaiting leadership: withdrawing");
                 next
             }
@@ -437,7 +413,7 @@ impl Wrapper {
         }
         let mut exit_seen = None;
         if let (None, Some(Wait::Exited(status))) = (exited, &reaped) {
-            exited = Some(code::LOST);
+            exited = Some(exit::LOST);
             exit_seen = Some(*status);
             self.status.update(|s| s.child_exit_code = Some(*status));
         }
@@ -475,7 +451,7 @@ impl Wrapper {
                 child.pid,
                 child.remaining().join(", ")
             );
-            return State::Done(code::STUCK);
+            return State::Done(exit::STUCK);
         }
         State::Stopping {
             child,
@@ -548,19 +524,19 @@ impl Wrapper {
             E::Lost(why) => match state {
                 State::Leading(child) => self.stop(child, &why),
                 State::Awaiting if self.pending.take().is_some() => {
-                    let next = self.resign(code::LOST);
+                    let next = self.resign(exit::LOST);
                     warn!("elected, but lost it before a renewal came ({why})");
                     next
                 }
                 other => other,
             },
             E::Fatal(why) => {
-                let next = self.abandon(state, code::REFUSED);
+                let next = self.abandon(state, exit::REFUSED);
                 error!("{why}");
                 next
             }
             E::Twin(why) => {
-                let next = self.abandon(state, code::TWIN);
+                let next = self.abandon(state, exit::TWIN);
                 error!("{why}");
                 next
             }
@@ -604,7 +580,7 @@ impl Wrapper {
             Err(e) => {
                 let code = match e {
                     supervisor::SpawnError::Exec { code, .. } => code,
-                    supervisor::SpawnError::Guardian(_) => code::INTERNAL,
+                    supervisor::SpawnError::Guardian(_) => exit::INTERNAL,
                 };
                 let next = self.resign(code);
                 error!("cannot run {:?}: {e}", self.cmd[0]);
