@@ -13,9 +13,12 @@
 # a build cache shared between checkouts must not mix them up.
 #
 # Usage: scripts/target-dir.sh     (prints an absolute path)
-# Needs: cargo, python3.
+# Needs: cargo, sed (no python3: the Makefile runs this before `make deps`).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
+json="$(cargo metadata --format-version 1 --no-deps)"
+# JSON escapes only quotes, backslashes and control characters: a path without them is as is.
+dir="$(sed -n 's/.*"target_directory":"\([^"\\]*\)".*/\1/p' <<<"$json")"
+[ -n "$dir" ] || { echo "$0: cargo metadata names no usable target_directory" >&2; exit 1; }
+echo "$dir"
