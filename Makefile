@@ -38,11 +38,14 @@ OTHER_ETCDS := $(CURDIR)/target/etcd-3.5/etcd:$(ETCDCTL35) $(CURDIR)/target/etcd
 NO_ETCD_SUITES := model passthrough
 ETCD_SUITES := $(filter-out $(NO_ETCD_SUITES),$(basename $(notdir $(wildcard tests/*.rs))))
 
+# Where cargo builds, CARGO_TARGET_DIR honoured (scripts/target-dir.sh, which says what stays in
+# the checkout's target/ whatever it is: the etcds above, the image archive).
+BUILD_DIR := $(shell scripts/target-dir.sh)
 MUSL_TARGET := x86_64-unknown-linux-musl
 BIN_NAME := etcd-await-election
-RELEASE_BIN := target/$(MUSL_TARGET)/release/$(BIN_NAME)
+RELEASE_BIN := $(BUILD_DIR)/$(MUSL_TARGET)/release/$(BIN_NAME)
 AARCH64_TARGET := aarch64-unknown-linux-musl
-AARCH64_BIN := $(or $(CARGO_TARGET_DIR),target)/$(AARCH64_TARGET)/release/$(BIN_NAME)
+AARCH64_BIN := $(BUILD_DIR)/$(AARCH64_TARGET)/release/$(BIN_NAME)
 IMAGE_ARCHIVE := target/image/$(BIN_NAME)-oci.tar
 
 banner = @printf '\n==================== %s ====================\n' "$(1)"

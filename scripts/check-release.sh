@@ -21,7 +21,8 @@
 #
 # Usage: scripts/check-release.sh
 # Env:   BIN=path/to/etcd-await-election
-#            (default target/x86_64-unknown-linux-musl/release/etcd-await-election)
+#            (default: x86_64-unknown-linux-musl/release/etcd-await-election in
+#            scripts/target-dir.sh's directory)
 #        SIZE_BUDGET=bytes (default 3145728)
 #        ROOT_DIR=dir: run step 3 in this root (an unpacked image holding
 #            /etcd-await-election) instead of a fresh one holding a copy of BIN
@@ -38,7 +39,7 @@ fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/etcd.sh
 source scripts/etcd.sh
-BIN="${BIN:-target/x86_64-unknown-linux-musl/release/etcd-await-election}"
+BIN="${BIN:-$(scripts/target-dir.sh)/x86_64-unknown-linux-musl/release/etcd-await-election}"
 SIZE_BUDGET="${SIZE_BUDGET:-3145728}"
 NAME=etcd-await-election
 export ETCDCTL_API=3

@@ -9,7 +9,8 @@
 #   5. stop everything and remove the temp dir (also on Ctrl-C / errors)
 #
 # Usage: scripts/demo.sh        (or `make demo`, which builds first)
-# Env:   BIN=path/to/etcd-await-election  (default target/debug/etcd-await-election)
+# Env:   BIN=path/to/etcd-await-election  (default: debug/etcd-await-election in
+#                                         scripts/target-dir.sh's directory)
 #        RUST_LOG=info                    (wrapper log level)
 # Needs: etcd, etcdctl (scripts/install-deps.sh), python3; curl is optional.
 set -euo pipefail
@@ -21,7 +22,7 @@ fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/etcd.sh
 source scripts/etcd.sh
-BIN="${BIN:-target/debug/etcd-await-election}"
+BIN="${BIN:-$(scripts/target-dir.sh)/debug/etcd-await-election}"
 export RUST_LOG="${RUST_LOG:-info}"
 export ETCDCTL_API=3
 

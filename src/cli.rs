@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use lexopt::Arg::{Long, Short, Value};
 
 use crate::config::{self, Var, VARIABLES};
+use crate::exit;
 
 /// What `--version` prints: the version and the git commit the binary was built from (see
 /// build.rs).
@@ -112,30 +113,53 @@ Options (each is also an environment variable; options win):
             out.push_str(&format!("      range: {range}\n"));
         }
     }
-    out.push_str(
+    out.push_str(&format!(
         "  -h, --help       this help
   -V, --version    the version and the git commit it was built from
 
 Durations: a plain number is seconds; RENEW_DEADLINE and RETRY_PERIOD also take 500ms, 1.5s, 2m.
-A value out of its range is refused (exit 78); the README says why each range is what it is.
+A value out of its range is refused (exit {}); the README says why each range is what it is.
 
 Exit codes:
-  the command's own code, or 128+N if it died of signal N
-  0    withdrew from the election on SIGTERM/SIGINT before leading
-  64   usage error (no command, unknown option)
-  70   the wrapper's own failure (e.g. cannot listen on the status endpoint)
-  75   leadership lost (renew deadline passed, lease expired, deposed): the command was stopped
-  77   etcd refused our credentials
-  78   invalid configuration (the message names the variable)
-  126  the command was found but could not be executed
-  127  the command was not found
-
+",
+        exit::CONFIG
+    ));
+    for e in exit::TABLE {
+        out.push_str(&row(&e.label(), e.when));
+    }
+    out.push_str(
+        "
 Example:
   ETCD_AWAIT_ELECTION_LOCK_NAME=my-job ETCD_AWAIT_ELECTION_IDENTITY=$HOSTNAME \\
   ETCD_AWAIT_ELECTION_ENDPOINTS=10.0.0.1:2379,10.0.0.2:2379 \\
   etcd-await-election my-job --serve
 ",
     );
+    out
+}
+
+/// How wide `--help`'s generated paragraphs are.
+const WIDTH: usize = 100;
+
+/// One row of a two-column list: `label`, then `text` wrapped at [`WIDTH`] columns under it.
+fn row(label: &str, text: &str) -> String {
+    const INDENT: usize = 7;
+    let mut out = String::new();
+    let mut line = format!("  {label:<w$}", w = INDENT - 2);
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.len() + 1 + word.len() > WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line = " ".repeat(INDENT);
+        } else if !line.ends_with(' ') {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
     out
 }
 
@@ -179,6 +203,31 @@ mod tests {
         for v in VARIABLES {
             assert!(h.contains(v.name), "{}", v.name);
         }
+    }
+
+    #[test]
+    fn help_lists_every_exit_code() {
+        let h = help();
+        let codes = h.split("\nExit codes:").nth(1).unwrap();
+        for e in exit::TABLE {
+            assert!(
+                codes.contains(&format!("\n  {:<5}", e.label())),
+                "{} in:\n{h}",
+                e.label()
+            );
+        }
+        for line in h.lines() {
+            assert!(line.len() <= WIDTH, "longer than {WIDTH}: {line}");
+        }
+    }
+
+    /// The option is only checked to be a boolean: the record `LOCK_NAME` is held either way.
+    #[test]
+    fn help_says_legacy_lock_changes_nothing() {
+        let h = help();
+        let at = h.find(config::LEGACY_LOCK).unwrap();
+        let meaning = h[at..].lines().nth(1).unwrap();
+        assert!(meaning.contains("changes nothing"), "{meaning}");
     }
 
     #[test]

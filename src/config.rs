@@ -75,7 +75,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         LEGACY_LOCK,
         "true",
-        "also hold the Go tool's plain LOCK_NAME key (rolling upgrades)",
+        "changes nothing: LOCK_NAME is always held (kept for the Go tool's users)",
     ),
     Var {
         election: false,

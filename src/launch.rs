@@ -63,8 +63,8 @@ impl Failure {
     /// The shell's convention: 127 when there is nothing to run, 126 when it cannot be run.
     pub fn code(self) -> i32 {
         match self {
-            Failure::Exec(libc::ENOENT) => 127,
-            _ => 126,
+            Failure::Exec(libc::ENOENT) => crate::exit::NOT_FOUND,
+            _ => crate::exit::CANNOT_EXECUTE,
         }
     }
 }

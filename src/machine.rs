@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime};
 use log::{debug, error, info, warn};
 
 use crate::clock::{self, Boot};
-use crate::code;
 use crate::config::{self, Config};
 use crate::election;
+use crate::exit;
 use crate::signals;
 use crate::status::{self, Phase};
 use crate::supervisor::{self, Child, Wait};
@@ -147,7 +147,7 @@ impl Wrapper {
             };
             state = match (state, event) {
                 (state, Err(RecvTimeoutError::Disconnected)) => {
-                    let next = self.abandon(state, code::INTERNAL);
+                    let next = self.abandon(state, exit::INTERNAL);
                     error!("internal channel closed");
                     next
                 }
@@ -227,7 +227,7 @@ impl Wrapper {
                 state
             }
             State::Awaiting if sig == libc::SIGTERM || sig == libc::SIGINT => {
-                let next = self.resign(code::WITHDRAWN);
+                let next = self.resign(exit::WITHDRAWN);
                 info!("signal {sig} while awaiting leadership: withdrawing");
                 next
             }
@@ -311,7 +311,7 @@ impl Wrapper {
         }
         let mut exit_seen = None;
         if let (None, Some(Wait::Exited(status))) = (exited, &reaped) {
-            exited = Some(code::LOST);
+            exited = Some(exit::LOST);
             exit_seen = Some(*status);
             self.status.update(|s| s.child_exit_code = Some(*status));
         }
@@ -354,7 +354,7 @@ impl Wrapper {
                 child.pid,
                 child.remaining().join(", ")
             );
-            return State::Done(code::STUCK);
+            return State::Done(exit::STUCK);
         }
         State::Stopping {
             child,
@@ -395,12 +395,12 @@ impl Wrapper {
             },
             E::Lost(why) => self.on_lost(state, &why),
             E::Fatal(why) => {
-                let next = self.abandon(state, code::REFUSED);
+                let next = self.abandon(state, exit::REFUSED);
                 error!("{why}");
                 next
             }
             E::Twin(why) => {
-                let next = self.abandon(state, code::TWIN);
+                let next = self.abandon(state, exit::TWIN);
                 error!("{why}");
                 next
             }
@@ -450,7 +450,7 @@ impl Wrapper {
         match state {
             State::Leading(child) => self.stop(child, why),
             State::Awaiting if self.pending.take().is_some() => {
-                let next = self.resign(code::LOST);
+                let next = self.resign(exit::LOST);
                 warn!("elected, but lost it before a renewal came ({why})");
                 next
             }

@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - Start-up: `cli` (the command line, `--help`), `config` (the `ETCD_AWAIT_ELECTION_*`
-//!   settings), `code` (exit codes, below), `logging`.
+//!   settings), `exit` (the exit codes, one table for `main`, `--help` and the README),
+//!   `logging`.
 //! - The state machine: `machine` (awaiting → leading → stopping → resigning → exit, the renew
 //!   deadline), with `timing` (its pure rules) on `clock` (`CLOCK_BOOTTIME`, the alarm).
 //! - The election thread: `election` (the recipe, in rooms: join, session, campaign, force,
@@ -26,6 +27,7 @@ mod clock;
 mod config;
 mod election;
 mod etcd;
+mod exit;
 mod failure;
 mod format;
 mod http;
@@ -44,31 +46,6 @@ use std::time::Duration;
 use log::error;
 
 use config::Config;
-
-/// Exit codes of the wrapper itself; otherwise it exits with the child's code (128+N for a
-/// child killed by signal N).
-mod code {
-    /// Withdrew from the election on SIGTERM/SIGINT before leading.
-    pub const WITHDRAWN: i32 = 0;
-    /// No command given.
-    pub const USAGE: i32 = 64;
-    /// The wrapper's own failure: cannot start a thread, bind the status endpoint, start the
-    /// guardian ...
-    pub const INTERNAL: i32 = 70;
-    /// The command's process group could not be emptied by the kill deadline (a process in
-    /// uninterruptible sleep, a zombie whose parent left the group): the wrapper exits without
-    /// revoking, so its lease expires by itself.
-    pub const STUCK: i32 = 71;
-    /// Leadership was lost (renew deadline passed, lease expired, key deleted): the command was
-    /// stopped.
-    pub const LOST: i32 = 75;
-    /// Another live candidate renews a key under our identity: identities must be unique.
-    pub const TWIN: i32 = 76;
-    /// A permanent etcd failure at start-up (certificates, credentials, rights, ...).
-    pub const REFUSED: i32 = 77;
-    /// A configuration variable is missing or invalid.
-    pub const CONFIG: i32 = 78;
-}
 
 const USAGE: &str = "usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...] (see --help)";
 
@@ -106,7 +83,7 @@ fn main() {
         }
         Err(e) => {
             error!("{e}");
-            quit(code::CONFIG);
+            quit(exit::CONFIG);
         }
     };
     check_tls(&cfg);
@@ -114,7 +91,7 @@ fn main() {
         Ok(wrapper) => quit(wrapper.run()),
         Err(e) => {
             error!("{e}");
-            quit(code::INTERNAL);
+            quit(exit::INTERNAL);
         }
     }
 }
@@ -133,11 +110,11 @@ fn command_line() -> (Vec<(&'static str, String)>, Vec<OsString>) {
         Ok(cli::Action::Run { options, command }) if !command.is_empty() => (options, command),
         Ok(cli::Action::Run { .. }) => {
             eprintln!("{USAGE}");
-            exit(code::USAGE);
+            exit(exit::USAGE);
         }
         Err(e) => {
             eprintln!("etcd-await-election: {e}\n{USAGE}");
-            exit(code::USAGE);
+            exit(exit::USAGE);
         }
     }
 }
@@ -150,11 +127,11 @@ fn start_logging(get: &dyn Fn(&str) -> Option<String>) {
         Ok(()) => {}
         Err(e @ logging::Error::Format(_)) => {
             eprintln!("etcd-await-election: {}: {e}", config::LOG_FORMAT);
-            exit(code::CONFIG);
+            exit(exit::CONFIG);
         }
         Err(e) => {
             eprintln!("etcd-await-election: {e}");
-            exit(code::INTERNAL);
+            exit(exit::INTERNAL);
         }
     }
 }
@@ -168,6 +145,6 @@ fn check_tls(cfg: &Config) {
             config::KEY,
             config::CACERT
         );
-        quit(code::CONFIG);
+        quit(exit::CONFIG);
     }
 }

@@ -77,7 +77,7 @@ impl SpawnError {
     pub fn exit_code(&self) -> i32 {
         match self {
             SpawnError::Exec { code, .. } => *code,
-            SpawnError::Guardian(_) => crate::code::INTERNAL,
+            SpawnError::Guardian(_) => crate::exit::INTERNAL,
         }
     }
 }
@@ -148,7 +148,10 @@ fn start(
     // SAFETY: getpid and getpgrp have no preconditions.
     let (parent, parent_group) = unsafe { (libc::getpid(), libc::getpgrp()) };
     let pipe = guardian.pipe.as_raw_fd();
-    // Runs in the child between the clone and the exec, on our memory: system calls only.
+    // Runs in the child between the clone and the exec, on our memory, so async-signal-safe
+    // calls only: getpid, setpgid, prctl, getppid, signal, write (to the guardian's pipe),
+    // _exit; isatty, tcgetpgrp, tcsetpgrp (`hand_terminal`); signal, sigemptyset on a local set
+    // and sigprocmask (`signals::restore_in_child`). Then `launch` tries the execs.
     let before_exec = move || {
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };

@@ -10,12 +10,12 @@
 mod common;
 
 use common::candidate::{Candidate, CandidateBuilder};
-use common::child::{monotonic_ns, Kind, Record};
 use common::etcd::{json_uint, Cluster, Etcd};
 use common::invariant::{Monitor, Proc};
 use common::old_replica::OldReplica;
 use common::proxy::{Mode, Proxy};
-use common::scene::Scene;
+use common::records::{monotonic_ns, Kind, Record};
+use common::scene::{Cast, Scene};
 use common::{wait_for, wait_until, TempDir};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -35,48 +35,6 @@ const EXIT_TWIN: i32 = 76;
 const EXIT_LOST: i32 = 75;
 /// How long a slow holder's command takes to stop after SIGTERM.
 const SLOW_STOP_MS: &str = "700";
-
-/// The wrappers of one test: on a panic, their stderr is printed (dropped before the scene, so
-/// their process trees go first).
-#[derive(Default)]
-struct Cast(Vec<Candidate>);
-
-impl Cast {
-    fn add(&mut self, b: CandidateBuilder) -> usize {
-        self.0.push(b.spawn());
-        self.0.len() - 1
-    }
-}
-
-impl std::ops::Index<usize> for Cast {
-    type Output = Candidate;
-    fn index(&self, i: usize) -> &Candidate {
-        &self.0[i]
-    }
-}
-
-impl std::ops::IndexMut<usize> for Cast {
-    fn index_mut(&mut self, i: usize) -> &mut Candidate {
-        &mut self.0[i]
-    }
-}
-
-impl Drop for Cast {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for c in &self.0 {
-            eprintln!(
-                "---- stderr of {} (wrapper pid {}, exit {:?}) ----\n{}",
-                c.identity(),
-                c.pid(),
-                c.exit_status(),
-                c.stderr_text()
-            );
-        }
-    }
-}
 
 /// One key as etcd holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,7 +282,6 @@ fn two_forcers_at_once_take_turns_without_overlap() {
     let mut last = first;
     for _ in 0..2 {
         let i = cast
-            .0
             .iter()
             .position(|c| c.identity() == last.identity)
             .unwrap();
@@ -533,7 +490,7 @@ fn out_of_band_delete(legacy: bool, waiter: bool) {
     assert_eq!(cast[ca].expect_exit(T).code(), Some(EXIT_LOST));
     if waiter {
         assert!(starts_of(&s.mon, "c").is_empty(), "c ran beside b");
-        let b = cast.0.iter().position(|x| x.identity() == "b").unwrap();
+        let b = cast.iter().position(|x| x.identity() == "b").unwrap();
         assert_eq!(term_and_wait(&mut cast[b]), Some(143));
         let rc = s.mon.wait_for_start(Some("c"), T);
         assert!(end_of(&s.mon, next.pid) < rc.ns);
@@ -781,7 +738,7 @@ fn neighbouring_elections_app_and_app_cron_do_not_interfere() {
     s.mon.assert_no_overlap();
 
     // And the cron lock still hands over on its own, with its own exclusion.
-    let ca = cast.0.iter().position(|c| c.identity() == "hostA").unwrap();
+    let ca = cast.iter().position(|c| c.identity() == "hostA").unwrap();
     cast[ca].signal(libc::SIGTERM);
     let rcb = cron_mon.wait_for_start(Some("cronB"), T);
     assert!(end_of(&cron_mon, rca.pid) < rcb.ns);

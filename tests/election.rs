@@ -7,9 +7,9 @@
 mod common;
 
 use common::candidate::{Candidate, CandidateBuilder};
-use common::child::{monotonic_ns, Kind, Record};
 use common::etcd::{assert_success, json_uint, Etcd};
 use common::invariant::Monitor;
+use common::records::{monotonic_ns, Kind, Record};
 use common::scene::Scene;
 use common::{free_port, wait_for, wait_until};
 use std::io::{BufRead, BufReader};

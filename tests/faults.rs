@@ -9,13 +9,13 @@
 mod common;
 
 use common::candidate::{Candidate, CandidateBuilder};
-use common::child::{monotonic_ns, Kind};
-use common::etcd::{Cluster, Etcd};
-use common::invariant::{Monitor, Proc};
+use common::etcd::Etcdctl;
+use common::invariant::Proc;
 use common::proxy::{Mode, Proxy};
-use common::{wait_for, wait_until, TempDir};
+use common::records::{monotonic_ns, Kind};
+use common::scene::Scene;
+use common::{wait_for, wait_until};
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// `ETCD_AWAIT_ELECTION_LEASE_DURATION` of every candidate unless a test says otherwise.
@@ -25,73 +25,31 @@ const RENEW: &str = "2s";
 const RENEW_DEADLINE: Duration = Duration::from_secs(2);
 const RETRY: &str = "250ms";
 const LOCK: &str = "eae-faults";
-/// The wrapper's "leadership lost" exit code (`code::LOST` in src/main.rs).
+/// The wrapper's "leadership lost" exit code (`exit::LOST` in src/exit.rs).
 const EXIT_LOST: i32 = 75;
 /// Generous bound for things that should take about a second.
 const T: Duration = Duration::from_secs(15);
 
-/// One test's world. Fields drop in order: candidates (and their process trees) first, then the
-/// monitor, the proxies, etcd and the temp dir.
-struct Scene {
-    cands: Vec<Candidate>,
-    mon: Monitor,
-    proxies: Vec<Proxy>,
-    etcd: Option<Etcd>,
-    cluster: Option<Cluster>,
-    log: PathBuf,
-    /// Monitor start (its timeline's zero) and the phase marks dumped on failure: label, time,
-    /// and how far each candidate's stderr had got.
-    marks: Vec<(String, u64, Vec<usize>)>,
-    _dir: TempDir,
+/// A scene around one etcd, with `proxies` fault proxies in front of it.
+fn single(tag: &str, proxies: usize) -> Scene {
+    let mut s = Scene::new(&format!("faults-{tag}"), LOCK);
+    let ep = s.etcd.endpoint();
+    s.proxies = (0..proxies).map(|_| Proxy::start(&ep)).collect();
+    s
 }
 
-impl Scene {
-    fn single(tag: &str, proxies: usize) -> Scene {
-        let etcd = Etcd::start();
-        let proxies = (0..proxies)
-            .map(|_| Proxy::start(&etcd.endpoint()))
-            .collect();
-        Self::new(tag, Some(etcd), None, proxies)
-    }
+/// This file's helpers on a [`Scene`], around one etcd or a cluster.
+trait FaultScene {
+    fn cand(&self, id: &str, endpoints: &str) -> CandidateBuilder;
+    fn cand_via(&self, id: &str, i: usize) -> CandidateBuilder;
+    fn lock_keys(&self) -> Option<Vec<String>>;
+    fn wait_queued(&self, n: usize);
+    fn proc_of(&self, pid: u32) -> Proc;
+    fn procs_of(&self, identity: &str) -> Vec<Proc>;
+    fn stable_single_leader(&self, timeout: Duration, window: Duration) -> (String, u32);
+}
 
-    fn cluster(tag: &str, n: usize) -> Scene {
-        Self::new(tag, None, Some(Cluster::start(n)), Vec::new())
-    }
-
-    fn new(tag: &str, etcd: Option<Etcd>, cluster: Option<Cluster>, proxies: Vec<Proxy>) -> Scene {
-        let dir = TempDir::new(&format!("faults-{tag}"));
-        let log = dir.join("children.log");
-        let mon = Monitor::start(&log);
-        Scene {
-            cands: Vec::new(),
-            mon,
-            proxies,
-            etcd,
-            cluster,
-            log,
-            marks: Vec::new(),
-            _dir: dir,
-        }
-    }
-
-    /// Note a phase (a fault injected, healed, ...): printed into the candidates' stderr dumps
-    /// on failure, and to the test's output.
-    fn mark(&mut self, label: &str) -> u64 {
-        let now = monotonic_ns();
-        let at = self.cands.iter().map(|c| c.stderr_text().len()).collect();
-        eprintln!("[{}] {label}", self.mon.rel(now));
-        self.marks.push((label.to_string(), now, at));
-        now
-    }
-
-    fn etcd(&mut self) -> &mut Etcd {
-        self.etcd.as_mut().expect("single-member scene")
-    }
-
-    fn cluster_mut(&mut self) -> &mut Cluster {
-        self.cluster.as_mut().expect("cluster scene")
-    }
-
+impl<S: Etcdctl> FaultScene for Scene<S> {
     /// A candidate with the standard timings, logging to this scene's log.
     fn cand(&self, id: &str, endpoints: &str) -> CandidateBuilder {
         Candidate::new(id)
@@ -108,19 +66,6 @@ impl Scene {
         self.cand(id, &self.proxies[i].endpoint())
     }
 
-    fn spawn(&mut self, b: CandidateBuilder) -> usize {
-        self.cands.push(b.spawn());
-        self.cands.len() - 1
-    }
-
-    fn cand_by_id(&mut self, id: &str) -> &mut Candidate {
-        self.cands
-            .iter_mut()
-            .rev()
-            .find(|c| c.identity() == id)
-            .unwrap_or_else(|| panic!("no candidate {id}"))
-    }
-
     /// Keys under the lock prefix (one per queued candidate), read with etcdctl from whatever
     /// server is running; `None` if no server answered.
     fn lock_keys(&self) -> Option<Vec<String>> {
@@ -135,11 +80,7 @@ impl Scene {
             "--keys-only",
             prefix.as_str(),
         ];
-        let out = match (&self.etcd, &self.cluster) {
-            (Some(e), _) => e.etcdctl(&args),
-            (None, Some(c)) => c.etcdctl(&args),
-            _ => unreachable!(),
-        };
+        let out = Etcdctl::etcdctl(&self.etcd, &args);
         out.status.success().then(|| {
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -209,37 +150,6 @@ impl Scene {
     }
 }
 
-impl Drop for Scene {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        eprintln!("---- monitor timeline ----\n{}", self.mon.timeline());
-        for (i, c) in self.cands.iter().enumerate() {
-            let text = c.stderr_text();
-            let mut out = String::new();
-            let mut pos = 0;
-            for (label, ns, at) in &self.marks {
-                let Some(&off) = at.get(i) else { continue };
-                let off = off.clamp(pos, text.len());
-                out.push_str(&text[pos..off]);
-                out.push_str(&format!(
-                    "======== [{}] {label} ========\n",
-                    self.mon.rel(*ns)
-                ));
-                pos = off;
-            }
-            out.push_str(&text[pos..]);
-            eprintln!(
-                "---- stderr of candidate {} (wrapper pid {}, exit {:?}) ----\n{out}",
-                c.identity(),
-                c.pid(),
-                c.exit_status(),
-            );
-        }
-    }
-}
-
 /// Sleep until CLOCK_MONOTONIC reaches `ns` (a fault's planned duration, not a wait for a result).
 fn sleep_until_ns(ns: u64) {
     std::thread::sleep(Duration::from_nanos(ns.saturating_sub(monotonic_ns())));
@@ -269,7 +179,7 @@ fn leader_and_follower(s: &mut Scene, a_args: &[&str], a_procs: usize) -> u32 {
 /// Fault 1: the leader's link to etcd is cut. Its command stops before the lease can expire,
 /// the follower starts within about the TTL, and the cut wrapper exits with "leadership lost".
 fn leader_cut(mode: Mode) {
-    let mut s = Scene::single(&format!("cut-{mode:?}"), 2);
+    let mut s = single(&format!("cut-{mode:?}"), 2);
     let a_pid = leader_and_follower(&mut s, &[], 1);
 
     let cut = s.mark(&format!("cut a: {mode:?}"));
@@ -297,7 +207,7 @@ fn leader_cut(mode: Mode) {
         "b started {handover:?} after the cut"
     );
 
-    let st = s.cands[0].expect_exit(T);
+    let st = s.cast[0].expect_exit(T);
     assert_eq!(st.code(), Some(EXIT_LOST), "exit status of the cut leader");
     s.mon.assert_no_overlap();
     eprintln!(
@@ -346,7 +256,7 @@ fn assert_stopped_before(s: &Scene, pids: &[u32], b_start_ns: u64, ignore_term: 
 /// grandchildren: every process of the tree is dead (observed, not merely "stop" written)
 /// before the follower starts; processes that ignore SIGTERM are SIGKILLed in time.
 fn cut_with_child(args: &[&str], procs: usize, ignore_term: bool) {
-    let mut s = Scene::single("cut-child", 2);
+    let mut s = single("cut-child", 2);
     leader_and_follower(&mut s, args, procs);
     let a_pids: Vec<u32> = s.procs_of("a").iter().map(|p| p.pid).collect();
 
@@ -371,7 +281,7 @@ fn cut_with_child(args: &[&str], procs: usize, ignore_term: bool) {
         "b started {:?} after the cut",
         since(cut, rb.ns)
     );
-    let st = s.cands[0].expect_exit(T);
+    let st = s.cast[0].expect_exit(T);
     assert_eq!(st.code(), Some(EXIT_LOST));
     s.mon.assert_no_overlap();
 }
@@ -395,7 +305,7 @@ fn cut_leader_with_sigterm_ignoring_grandchildren_whole_tree_is_killed() {
 /// (and SIGKILL in time if they ignore it), the command's exit code becomes the wrapper's, and
 /// the follower starts only once every one of them is dead.
 fn leftovers_of_exited_command(args: &[&str], ignore_term: bool) {
-    let mut s = Scene::single("leftovers", 2);
+    let mut s = single("leftovers", 2);
     let a_pid = leader_and_follower(&mut s, args, 3);
     let grandchildren: Vec<u32> = s
         .procs_of("a")
@@ -415,7 +325,7 @@ fn leftovers_of_exited_command(args: &[&str], ignore_term: bool) {
     }
     s.mon.assert_no_overlap();
     assert_stopped_before(&s, &grandchildren, rb.ns, ignore_term);
-    let st = s.cands[0].expect_exit(T);
+    let st = s.cast[0].expect_exit(T);
     assert_eq!(st.code(), Some(128 + libc::SIGKILL), "the command's code");
     s.mon.assert_no_overlap();
 }
@@ -435,9 +345,9 @@ fn leftovers_of_an_exited_command_that_ignore_sigterm_are_killed_in_time() {
 /// follower starts only once the lease expired, about the TTL later.
 #[test]
 fn sigkilled_leader_wrapper_leaves_no_orphans() {
-    let mut s = Scene::single("kill9", 2);
+    let mut s = single("kill9", 2);
     leader_and_follower(&mut s, &["--fork", "2"], 3);
-    let wrapper = s.cands[0].pid();
+    let wrapper = s.cast[0].pid();
     let tree = common::procfs::descendants(wrapper);
     let logged: HashSet<u32> = s.procs_of("a").iter().map(|p| p.pid).collect();
     // Child, 2 grandchildren, guardian (and nothing unexpected missing from the log).
@@ -452,7 +362,7 @@ fn sigkilled_leader_wrapper_leaves_no_orphans() {
     std::thread::sleep(Duration::from_millis(50));
 
     let killed = s.mark("kill -9 a's wrapper");
-    s.cands[0].kill9();
+    s.cast[0].kill9();
     for pid in &tree {
         let death = s.mon.wait_until_dead(*pid, Duration::from_secs(3));
         assert!(
@@ -475,10 +385,10 @@ fn sigkilled_leader_wrapper_leaves_no_orphans() {
 /// Fault 5: the leader's wrapper gets SIGTERM or SIGINT: forwarded to the command, then a
 /// clean resignation (lease revoked) and a fast handover.
 fn signalled_leader(sig: i32) {
-    let mut s = Scene::single(&format!("sig{sig}"), 2);
+    let mut s = single(&format!("sig{sig}"), 2);
     let a_pid = leader_and_follower(&mut s, &[], 1);
     let sent = s.mark(&format!("signal {sig} to a's wrapper"));
-    assert!(s.cands[0].signal(sig));
+    assert!(s.cast[0].signal(sig));
     let rb = s.mon.wait_for_start(Some("b"), T);
     s.mon.assert_no_overlap();
     let handover = since(sent, rb.ns);
@@ -488,7 +398,7 @@ fn signalled_leader(sig: i32) {
     );
     let pa = s.proc_of(a_pid);
     assert!(pa.end_ns().unwrap() < rb.ns);
-    let st = s.cands[0].expect_exit(T);
+    let st = s.cast[0].expect_exit(T);
     if sig == libc::SIGTERM {
         // The test child writes term+stop on SIGTERM and exits 143; the wrapper passes it on.
         assert!(!pa.term_ns.is_empty() && pa.stop_ns.is_some(), "{pa:?}");
@@ -522,7 +432,7 @@ fn sigint_to_leader_is_forwarded_and_hands_over_fast() {
 /// for an endpoint that was down earlier (seen in the cluster test).
 #[test]
 fn sigterm_during_network_blip_still_resigns_promptly() {
-    let mut s = Scene::single("blip", 2);
+    let mut s = single("blip", 2);
     // Long TTL, so that "revoked" and "expired" are far apart.
     let a = s.cand_via("a", 0).lease(6).renew("5s");
     s.spawn(a);
@@ -534,14 +444,14 @@ fn sigterm_during_network_blip_still_resigns_promptly() {
     s.mark("reset a's connections");
     s.proxies[0].set_mode(Mode::Reset);
     let sent = s.mark("SIGTERM to a's wrapper");
-    assert!(s.cands[0].signal(libc::SIGTERM));
+    assert!(s.cast[0].signal(libc::SIGTERM));
     s.mon.wait_until_dead(a_pid, T);
     sleep_until_ns(sent + 300_000_000);
     s.proxies[0].set_mode(Mode::Pass);
     let healed = s.mark("healed a's connections");
     let rb = s.mon.wait_for_start(Some("b"), 6 * LEASE + T);
     s.mon.assert_no_overlap();
-    let st = s.cands[0].expect_exit(T);
+    let st = s.cast[0].expect_exit(T);
     assert_eq!(st.code(), Some(143));
     assert!(
         since(healed, rb.ns) < Duration::from_secs(2),
@@ -557,9 +467,9 @@ fn sigterm_during_network_blip_still_resigns_promptly() {
 /// command keeps running, same process, never signalled; at the end a handover still works.
 #[test]
 fn cluster_member_loss_keeps_the_leader_running() {
-    let mut s = Scene::cluster("cluster", 3);
-    let raft_leader = s.cluster_mut().raft_leader_index();
-    let eps = s.cluster_mut().endpoints();
+    let mut s = Scene::cluster("faults-cluster", LOCK, 3);
+    let raft_leader = s.etcd.raft_leader_index();
+    let eps = s.etcd.endpoints();
     // a talks to a follower first.
     let first = (raft_leader + 1) % 3;
     let mut order = vec![eps[first].clone()];
@@ -578,14 +488,14 @@ fn cluster_member_loss_keeps_the_leader_running() {
 
     // Windows long enough for a stalled keep-alive to run into the renew deadline.
     s.mark(&format!("kill member {first} ({})", eps[first]));
-    s.cluster_mut().kill_member(first);
+    s.etcd.kill_member(first);
     s.mon.assert_undisturbed(
         a_pid,
         renew + Duration::from_secs(1),
         "follower member killed",
         String::new,
     );
-    s.cluster_mut().restart_member(first);
+    s.etcd.restart_member(first);
     s.mark(&format!("member {first} restarted"));
     s.mon.assert_undisturbed(
         a_pid,
@@ -594,19 +504,19 @@ fn cluster_member_loss_keeps_the_leader_running() {
         String::new,
     );
 
-    let raft_leader = s.cluster_mut().raft_leader_index();
+    let raft_leader = s.etcd.raft_leader_index();
     s.mark(&format!(
         "kill raft leader {raft_leader} ({})",
         eps[raft_leader]
     ));
-    s.cluster_mut().kill_member(raft_leader);
+    s.etcd.kill_member(raft_leader);
     s.mon.assert_undisturbed(
         a_pid,
         renew + Duration::from_secs(1),
         "raft leader killed",
         String::new,
     );
-    s.cluster_mut().restart_member(raft_leader);
+    s.etcd.restart_member(raft_leader);
     s.mark(&format!("member {raft_leader} restarted"));
     s.mon.assert_undisturbed(
         a_pid,
@@ -617,7 +527,7 @@ fn cluster_member_loss_keeps_the_leader_running() {
 
     // The election still works: a resigns, b takes over at once.
     let sent = s.mark("SIGTERM to a's wrapper");
-    assert!(s.cands[0].signal(libc::SIGTERM));
+    assert!(s.cast[0].signal(libc::SIGTERM));
     let rb = s.mon.wait_for_start(Some("b"), T);
     s.mon.assert_no_overlap();
     // Usually well under a second; but a's client may hold a stale connect error for the member
@@ -632,7 +542,7 @@ fn cluster_member_loss_keeps_the_leader_running() {
         "cluster: handover after the member faults took {:?}",
         since(sent, rb.ns)
     );
-    assert_eq!(s.cands[0].expect_exit(T).code(), Some(143));
+    assert_eq!(s.cast[0].expect_exit(T).code(), Some(143));
 }
 
 /// Fault 7: etcd frozen (SIGSTOP). Shorter than the renew deadline minus one keep-alive period:
@@ -640,8 +550,8 @@ fn cluster_member_loss_keeps_the_leader_running() {
 /// frozen; after SIGCONT exactly one other candidate runs again, within a bound.
 #[test]
 fn etcd_paused_short_keeps_leader_long_hands_over() {
-    let mut s = Scene::single("pause", 0);
-    let ep = s.etcd().endpoint();
+    let mut s = single("pause", 0);
+    let ep = s.etcd.endpoint();
     let a = s.cand("a", &ep);
     s.spawn(a);
     let a_pid = s.mon.wait_for_start(Some("a"), T).pid;
@@ -653,9 +563,9 @@ fn etcd_paused_short_keeps_leader_long_hands_over() {
 
     // Short pause: a keep-alive caught in it is answered within its own timeout.
     s.mark("pause etcd (500 ms)");
-    s.etcd().pause();
+    s.etcd.pause();
     std::thread::sleep(Duration::from_millis(500));
-    s.etcd().resume();
+    s.etcd.resume();
     s.mark("resumed etcd");
     s.mon.assert_undisturbed(
         a_pid,
@@ -666,7 +576,7 @@ fn etcd_paused_short_keeps_leader_long_hands_over() {
 
     // Long pause: past the TTL.
     let paused = s.mark("pause etcd (TTL + 1 s)");
-    s.etcd().pause();
+    s.etcd.pause();
     let a_death = s.mon.wait_until_dead(a_pid, LEASE + Duration::from_secs(2));
     assert!(
         since(paused, a_death) < LEASE,
@@ -681,7 +591,7 @@ fn etcd_paused_short_keeps_leader_long_hands_over() {
         s.mon.starts().iter().all(|r| r.identity == "a"),
         "someone started while etcd was frozen"
     );
-    s.etcd().resume();
+    s.etcd.resume();
     let resumed = s.mark("resumed etcd");
 
     let next = s.mon.wait_for_start_after(None, resumed, LEASE + T);
@@ -689,7 +599,7 @@ fn etcd_paused_short_keeps_leader_long_hands_over() {
     let (leader, _) = s.stable_single_leader(T, LEASE);
     assert_eq!(leader, next.identity);
     s.mon.assert_no_overlap();
-    let st = s.cands[0].expect_exit(T);
+    let st = s.cast[0].expect_exit(T);
     assert_eq!(st.code(), Some(EXIT_LOST));
     eprintln!(
         "pause > TTL: a stopped {:?} into the pause, {} started {:?} after resume",
@@ -704,18 +614,18 @@ fn etcd_paused_short_keeps_leader_long_hands_over() {
 /// deadline. Each time they reconnect and settle on exactly one leader; never an overlap.
 #[test]
 fn etcd_restarted_candidates_reconnect_and_elect_one() {
-    let mut s = Scene::single("restart", 0);
-    let ep = s.etcd().endpoint();
+    let mut s = single("restart", 0);
+    let ep = s.etcd.endpoint();
 
     // 1. Candidates start while etcd is down.
-    s.etcd().kill();
+    s.etcd.kill();
     for id in ["a", "b"] {
         let c = s.cand(id, &ep);
         s.spawn(c);
     }
     std::thread::sleep(Duration::from_secs(1)); // the outage they start into
     assert!(s.mon.starts().is_empty());
-    s.etcd().restart();
+    s.etcd.restart();
     s.mark("etcd restarted (1)");
     let (leader, pid) = s.stable_single_leader(T, RENEW_DEADLINE);
     s.wait_queued(2);
@@ -724,8 +634,8 @@ fn etcd_restarted_candidates_reconnect_and_elect_one() {
     // 2. Short outage while one leads. Whether the leader survives it is decided within the
     // TTL of the kill (its command is gone by then if it lost): judge after that.
     let killed = s.mark("kill etcd (2)");
-    s.etcd().kill();
-    s.etcd().restart();
+    s.etcd.kill();
+    s.etcd.restart();
     s.mark("etcd restarted (2)");
     sleep_until_ns(killed + LEASE.as_nanos() as u64);
     let (leader, pid) = s.stable_single_leader(LEASE + T, LEASE);
@@ -733,7 +643,7 @@ fn etcd_restarted_candidates_reconnect_and_elect_one() {
     s.mon.assert_no_overlap();
     // Keep two candidates in the race.
     let mut live = 0;
-    for c in s.cands.iter_mut() {
+    for c in s.cast.iter_mut() {
         live += usize::from(c.is_running());
     }
     if live < 2 {
@@ -744,17 +654,17 @@ fn etcd_restarted_candidates_reconnect_and_elect_one() {
 
     // 3. Outage past the renew deadline: the leader must stop its command while etcd is down.
     let down = s.mark("kill etcd (3)");
-    s.etcd().kill();
+    s.etcd.kill();
     let death = s.mon.wait_until_dead(pid, LEASE + Duration::from_secs(2));
     assert!(since(down, death) < LEASE, "{:?}", since(down, death));
     std::thread::sleep(Duration::from_millis(500));
     assert!(s.mon.running().is_empty(), "{:?}", s.mon.running());
-    s.etcd().restart();
+    s.etcd.restart();
     s.mark("etcd restarted (3)");
     let (next, _) = s.stable_single_leader(LEASE + T, LEASE);
     eprintln!("after restart 3: {next} leads");
     s.mon.assert_no_overlap();
-    let st = s.cand_by_id(&leader).expect_exit(T);
+    let st = s.cast.by_id(&leader).expect_exit(T);
     assert_eq!(st.code(), Some(EXIT_LOST));
     let recs = s.mon.records();
     assert!(recs
@@ -769,13 +679,8 @@ fn etcd_restarted_candidates_reconnect_and_elect_one() {
 /// signalled) and the follower never starts. After healing, a SIGTERM still hands over fast.
 #[test]
 fn one_blackholed_member_of_three_keeps_the_leader_running() {
-    let cluster = Cluster::start(3);
-    let proxies = cluster
-        .endpoints()
-        .iter()
-        .map(|e| Proxy::start(e))
-        .collect();
-    let mut s = Scene::new("cluster-blackhole", None, Some(cluster), proxies);
+    let mut s = Scene::cluster("faults-cluster-blackhole", LOCK, 3);
+    s.proxies = s.etcd.endpoints().iter().map(|e| Proxy::start(e)).collect();
     let eps: Vec<String> = s.proxies.iter().map(Proxy::endpoint).collect();
     let eps = eps.join(",");
     let renew = Duration::from_secs(4);
@@ -800,13 +705,13 @@ fn one_blackholed_member_of_three_keeps_the_leader_running() {
         "someone else started while one member was blackholed:\n{}",
         s.mon.timeline()
     );
-    assert!(s.cands[0].is_running() && s.cands[1].is_running());
+    assert!(s.cast[0].is_running() && s.cast[1].is_running());
     s.proxies[0].set_mode(Mode::Pass);
     let healed = s.mark("healed proxy 0");
-    let failures = s.cands[0].stderr_text().matches("keep-alive:").count();
+    let failures = s.cast[0].stderr_text().matches("keep-alive:").count();
 
     let sent = s.mark("SIGTERM to a's wrapper");
-    assert!(s.cands[0].signal(libc::SIGTERM));
+    assert!(s.cast[0].signal(libc::SIGTERM));
     let rb = s.mon.wait_for_start(Some("b"), T);
     s.mon.assert_no_overlap();
     let pa = s.proc_of(a_pid);
@@ -817,7 +722,7 @@ fn one_blackholed_member_of_three_keeps_the_leader_running() {
         "b started {handover:?} after the SIGTERM (healed {:?} before it)",
         since(healed, sent)
     );
-    assert_eq!(s.cands[0].expect_exit(T).code(), Some(143));
+    assert_eq!(s.cast[0].expect_exit(T).code(), Some(143));
     s.mon.assert_no_overlap();
     eprintln!(
         "one member blackholed for {:?}: a kept running ({failures} keep-alive failures \

@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::child::{child_bin, monotonic_ns, read_records, Kind};
 use common::etcd::{Cluster, Etcd};
 use common::invariant::Monitor;
 use common::proxy::{Mode, Proxy};
+use common::records::{child_bin, monotonic_ns, read_records, Kind};
 use common::{wait_until, TempDir};
 use std::io::{Read, Write};
 use std::net::TcpStream;

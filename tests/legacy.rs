@@ -10,9 +10,9 @@
 mod common;
 
 use common::candidate::{Candidate, CandidateBuilder};
-use common::child::{Kind, Record};
 use common::etcd::{assert_success, json_uint};
 use common::old_replica::OldReplica;
+use common::records::{Kind, Record};
 use common::scene::Scene;
 use common::{free_port, wait_for, wait_until};
 use std::process::{Child, Command, Stdio};
@@ -31,7 +31,7 @@ const OLD_RETRY: Duration = Duration::from_millis(500);
 const FAST: Duration = Duration::from_secs(1);
 /// Bound of the window the old tool's force acquire opens (aim: well under 50 ms).
 const FORCE_WINDOW: Duration = Duration::from_millis(500);
-/// Exit code of the wrapper when leadership was lost (src/main.rs `code::LOST`).
+/// Exit code of the wrapper when leadership was lost (`exit::LOST` in src/exit.rs).
 const LOST: i32 = 75;
 
 /// This file's helpers on a [`Scene`]: our wrappers, old replicas, and the legacy key.

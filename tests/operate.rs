@@ -129,7 +129,7 @@ fn options_win_over_the_environment() {
         .args(["--endpoints", &etcd.endpoint(), "--lease-duration", "3"])
         .args(["--renew-deadline", "2s", "--retry-period=300ms"])
         .args(["--status-endpoint", &format!("127.0.0.1:{port}"), "--"])
-        .args([common::child::child_bin(), "--exit-after", "300"]);
+        .args([common::records::child_bin(), "--exit-after", "300"]);
     let status = cmd.status().expect("run the wrapper");
     assert!(status.success(), "{status:?}");
     // The child inherits the environment, not the options: its records carry the env identity.

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::child::monotonic_ns;
+use common::records::monotonic_ns;
 use common::scene::Scene;
 use common::wait_for;
 use etcd_client::{Client, GetOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp};

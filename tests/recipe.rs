@@ -9,11 +9,11 @@
 mod common;
 
 use common::candidate::{Candidate, CandidateBuilder};
-use common::child::Record;
 use common::etcd::Etcd;
 use common::invariant::Monitor;
 use common::proxy::{Mode, Proxy};
 use common::recipe::LockClient;
+use common::records::Record;
 use common::scene::Scene;
 use common::wait_for;
 use std::time::Duration;
@@ -344,7 +344,7 @@ fn a_forcer_killed_mid_hand_over_among_strangers_and_waiters() {
     wait_keys(&s.etcd, &s.lock, 3);
     let mut f1 = cand(&s, "f").force(true).args(&["--id", "f.1"]).spawn();
     s.mon.wait_for_record("SIGTERM to h's command", T, |r| {
-        r.kind == common::child::Kind::Term && r.pid == rh.pid
+        r.kind == common::records::Kind::Term && r.pid == rh.pid
     });
     f1.kill9();
     let mut f2 = cand(&s, "f")

@@ -26,7 +26,7 @@ const USERNAME: &str = "ETCD_AWAIT_ELECTION_USERNAME";
 const PASSWORD: &str = "ETCD_AWAIT_ELECTION_PASSWORD";
 const ROOT: &str = "root:root-pw-0000";
 const SECRET: &str = "s3cr3t-Pa55-7e1d9";
-/// Exit codes of the wrapper (src/main.rs `code`).
+/// Exit codes of the wrapper (src/exit.rs).
 const REFUSED: i32 = 77;
 const TWIN: i32 = 76;
 

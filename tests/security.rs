@@ -33,7 +33,7 @@ const USERNAME: &str = "ETCD_AWAIT_ELECTION_USERNAME";
 const PASSWORD: &str = "ETCD_AWAIT_ELECTION_PASSWORD";
 const PASSWORD_FILE: &str = "ETCD_AWAIT_ELECTION_PASSWORD_FILE";
 
-/// Exit code of the wrapper on a permanent etcd failure at start-up (`code::REFUSED`).
+/// Exit code of the wrapper on a permanent etcd failure at start-up (`exit::REFUSED` in src/exit.rs).
 const REFUSED: i32 = 77;
 /// The start-up grace before a permanent failure ends the wrapper (`failure::grace`), for
 /// retry periods up to 1.6 s.

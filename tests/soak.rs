@@ -21,10 +21,10 @@
 mod common;
 
 use common::candidate::{kill_logged_test_children, Candidate};
-use common::child::monotonic_ns;
 use common::etcd::Etcd;
 use common::invariant::{compute_overlaps, Monitor};
 use common::proxy::{Mode, Proxy};
+use common::records::monotonic_ns;
 use common::TempDir;
 use std::collections::HashSet;
 use std::fmt::Write as _;

@@ -10,14 +10,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use common::candidate::{Candidate, CandidateBuilder};
-use common::child::monotonic_ns;
-use common::etcd::Etcd;
-use common::invariant::Monitor;
 use common::proxy::{Mode, Proxy};
-use common::{wait_for, wait_until, TempDir};
+use common::records::monotonic_ns;
+use common::scene::Scene;
+use common::{wait_for, wait_until};
 
 const LOCK: &str = "eae-stalled";
-/// The wrapper's "leadership lost" exit code (`code::LOST` in src/main.rs).
+/// The wrapper's "leadership lost" exit code (`exit::LOST` in src/exit.rs).
 const EXIT_LOST: i32 = 75;
 /// Generous bound for things that should take about a second.
 const T: Duration = Duration::from_secs(15);
@@ -67,31 +66,21 @@ impl Unread {
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
-struct Scene {
-    cands: Vec<Candidate>,
-    mon: Monitor,
-    proxies: Vec<Proxy>,
-    etcd: Etcd,
-    log: std::path::PathBuf,
-    _dir: TempDir,
+/// A scene around one etcd with two proxies in front of it, one per candidate.
+fn scene(tag: &str) -> Scene {
+    let mut s = Scene::new(&format!("stalled-{tag}"), LOCK);
+    let ep = s.etcd.endpoint();
+    s.proxies = (0..2).map(|_| Proxy::start(&ep)).collect();
+    s
 }
 
-impl Scene {
-    fn new(tag: &str) -> Scene {
-        let etcd = Etcd::start();
-        let proxies = (0..2).map(|_| Proxy::start(&etcd.endpoint())).collect();
-        let dir = TempDir::new(&format!("stalled-{tag}"));
-        let log = dir.join("children.log");
-        Scene {
-            cands: Vec::new(),
-            mon: Monitor::start(&log),
-            proxies,
-            etcd,
-            log,
-            _dir: dir,
-        }
-    }
+/// This file's helpers on a [`Scene`].
+trait StalledScene {
+    fn cand(&self, id: &str, proxy: usize, lease: u64, renew: &str) -> CandidateBuilder;
+    fn leader_and_follower(&mut self, a: CandidateBuilder, b: CandidateBuilder) -> u32;
+}
 
+impl StalledScene for Scene {
     fn cand(&self, id: &str, proxy: usize, lease: u64, renew: &str) -> CandidateBuilder {
         Candidate::new(id)
             .lock(LOCK)
@@ -104,9 +93,9 @@ impl Scene {
 
     /// `a` leads with its stderr on `pipe`, `b` waits behind it; returns a's child pid.
     fn leader_and_follower(&mut self, a: CandidateBuilder, b: CandidateBuilder) -> u32 {
-        self.cands.push(a.spawn());
+        self.spawn(a);
         let ra = self.mon.wait_for_start(Some("a"), T);
-        self.cands.push(b.spawn());
+        self.spawn(b);
         wait_until(T, "b queued behind a", || {
             self.etcd.get_prefix_keys(&format!("{LOCK}/")).len() == 2
         });
@@ -114,23 +103,11 @@ impl Scene {
     }
 }
 
-impl Drop for Scene {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("timeline:\n{}", self.mon.timeline());
-            for c in &self.cands {
-                eprintln!("--- {} stderr:\n{}", c.identity(), c.stderr_text());
-            }
-        }
-        self.cands.clear();
-    }
-}
-
 /// The leader's stderr is full when its link to etcd is cut: its command is still stopped (and
 /// dead) before the follower's starts, and the wrapper exits with "leadership lost".
 #[test]
 fn cut_leader_with_a_stalled_stderr_stops_before_the_follower_starts() {
-    let mut s = Scene::new("cut");
+    let mut s = scene("cut");
     let pipe = Unread::new();
     let a = s.cand("a", 0, 3, "2s").stderr(pipe.writer());
     let b = s.cand("b", 1, 3, "2s");
@@ -157,7 +134,7 @@ fn cut_leader_with_a_stalled_stderr_stops_before_the_follower_starts() {
         Duration::from_nanos(a_death - cut) < Duration::from_secs(3),
         "a's child outlived the TTL after the cut"
     );
-    let st = s.cands[0].expect_exit(T);
+    let st = s.cast[0].expect_exit(T);
     assert_eq!(st.code(), Some(EXIT_LOST), "exit status of the cut leader");
     s.mon.assert_no_overlap();
 }
@@ -167,7 +144,7 @@ fn cut_leader_with_a_stalled_stderr_stops_before_the_follower_starts() {
 /// a fraction of the TTL, not after the lease expired.
 #[test]
 fn a_command_that_exits_with_a_stalled_stderr_still_resigns() {
-    let mut s = Scene::new("exit");
+    let mut s = scene("exit");
     let pipe = Unread::new();
     let port = common::free_port();
     let a = s
@@ -182,7 +159,7 @@ fn a_command_that_exits_with_a_stalled_stderr_still_resigns() {
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let dropped = wait_for(T, "log lines dropped", || {
         for _ in 0..200 {
-            s.cands[0].signal(libc::SIGWINCH);
+            s.cast[0].signal(libc::SIGWINCH);
         }
         let (_, body) = common::http("GET", &metrics, Duration::from_secs(1))?;
         common::metric(&body, "etcd_await_election_log_lines_dropped_total").filter(|n| *n > 0)
@@ -194,7 +171,7 @@ fn a_command_that_exits_with_a_stalled_stderr_still_resigns() {
         "a's command is gone"
     );
     let stop = s.mon.wait_for_record("a's stop", T, |r| {
-        r.pid == a_pid && r.kind == common::child::Kind::Stop
+        r.pid == a_pid && r.kind == common::records::Kind::Stop
     });
     let rb = s.mon.wait_for_start(Some("b"), T);
     s.mon.assert_no_overlap();
@@ -203,6 +180,6 @@ fn a_command_that_exits_with_a_stalled_stderr_still_resigns() {
         handover < Duration::from_secs(2),
         "b started {handover:?} after a's command exited: a did not resign (TTL 10 s)"
     );
-    let st = s.cands[0].expect_exit(T);
+    let st = s.cast[0].expect_exit(T);
     assert_eq!(st.code(), Some(143), "the command's code");
 }

@@ -255,7 +255,7 @@ fn a_setuid_command_dies_with_its_sigkilled_wrapper() {
     let bin = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("eae-test-child-setuid-{}", std::process::id()));
     let _ = std::fs::remove_file(&bin);
-    std::fs::copy(common::child::child_bin(), &bin).expect("copy the test child");
+    std::fs::copy(common::records::child_bin(), &bin).expect("copy the test child");
     let _cleanup = RemoveOnDrop(bin.clone());
     use std::os::unix::fs::PermissionsExt;
     std::os::unix::fs::chown(&bin, Some(65534), Some(65534)).expect("chown to nobody");
@@ -276,7 +276,7 @@ fn a_setuid_command_dies_with_its_sigkilled_wrapper() {
 
     let wrapper = a.pid();
     // Taken before the kill: the command may die before a timestamp taken after it.
-    let killed = common::child::monotonic_ns();
+    let killed = common::records::monotonic_ns();
     // SAFETY: kill(2) on the wrapper's process group (the candidate leads its own).
     assert_eq!(unsafe { libc::kill(-(wrapper as i32), libc::SIGKILL) }, 0);
     a.kill9();
@@ -437,7 +437,7 @@ fn sigttou_cannot_stop_the_wrapper() {
     let shell = format!(
         "set -m; stty tostop; {} {} --exit-after 1000; echo rc=$?",
         wrapper_bin(),
-        common::child::child_bin()
+        common::records::child_bin()
     );
     let mut cmd = Command::new("script");
     cmd.args(["-qec", &format!("sh -c '{shell}'"), "/dev/null"])
@@ -557,7 +557,7 @@ fn a_dead_guardians_recycled_pid_is_never_signalled() {
         script,
     ])
     .env("WRAPPER", wrapper_bin())
-    .env("CHILD", common::child::child_bin())
+    .env("CHILD", common::records::child_bin())
     .env("ETCD_AWAIT_ELECTION_LOCK_NAME", "recycled")
     .env("ETCD_AWAIT_ELECTION_IDENTITY", "ns")
     .env("ETCD_AWAIT_ELECTION_ENDPOINTS", etcd.endpoint())

@@ -4,13 +4,17 @@ every figure is made of."""
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EAE = os.path.join(ROOT, "target", "release", "etcd-await-election")
-CHILD = os.path.join(ROOT, "target", "release", "eae-test-child")
-MUSL = os.path.join(ROOT, "target", "x86_64-unknown-linux-musl", "release", "etcd-await-election")
+# Where cargo builds, CARGO_TARGET_DIR honoured: scripts/target-dir.sh, as for make and the scripts.
+BUILD = subprocess.run([os.path.join(ROOT, "scripts", "target-dir.sh")], check=True,
+                       stdout=subprocess.PIPE, text=True).stdout.strip()
+EAE = os.path.join(BUILD, "release", "etcd-await-election")
+CHILD = os.path.join(BUILD, "release", "eae-test-child")
+MUSL = os.path.join(BUILD, "x86_64-unknown-linux-musl", "release", "etcd-await-election")
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 MS = 1e6  # ns per ms

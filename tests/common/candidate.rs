@@ -6,7 +6,7 @@
 //! still alive (even ones that escaped into another process group). An exited wrapper is left
 //! unreaped until then, so that its process group id cannot meanwhile become a stranger's.
 
-use super::child::{child_bin, read_records, Kind};
+use super::records::{child_bin, read_records, Kind};
 use super::TempDir;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

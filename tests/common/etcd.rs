@@ -582,3 +582,20 @@ impl Cluster {
         assert_success(&out, &format!("etcdctl put {key} (cluster)"));
     }
 }
+
+/// What `etcdctl` runs against: one server, or a cluster (every member an endpoint).
+pub trait Etcdctl {
+    fn etcdctl(&self, args: &[&str]) -> Output;
+}
+
+impl Etcdctl for Etcd {
+    fn etcdctl(&self, args: &[&str]) -> Output {
+        Etcd::etcdctl(self, args)
+    }
+}
+
+impl Etcdctl for Cluster {
+    fn etcdctl(&self, args: &[&str]) -> Output {
+        Cluster::etcdctl(self, args)
+    }
+}

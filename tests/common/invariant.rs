@@ -7,7 +7,7 @@
 //! different identities were alive at once; [`Monitor::assert_no_overlap`] panics with a readable
 //! timeline. Dropping the monitor stops the thread and closes all pidfds.
 
-use super::child::{monotonic_ns, Kind, Record};
+use super::records::{monotonic_ns, Kind, Record};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Read;

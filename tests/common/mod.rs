@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 pub mod candidate;
-pub mod child;
 pub mod etcd;
 pub mod invariant;
 pub mod old_replica;
@@ -13,6 +12,7 @@ pub mod ports;
 pub mod procfs;
 pub mod proxy;
 pub mod recipe;
+pub mod records;
 pub mod scene;
 
 // Not every test binary asks for a port.
@@ -36,7 +36,7 @@ impl TempDir {
             "eae-{tag}-{}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed),
-            child::monotonic_ns()
+            records::monotonic_ns()
         ));
         std::fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));

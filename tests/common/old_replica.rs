@@ -20,7 +20,7 @@
 //! [`OldStatus`]. Dropping an [`OldReplica`] SIGKILLs and reaps its command, revokes the lease
 //! and joins the thread.
 
-use super::child::{child_bin, monotonic_ns};
+use super::records::{child_bin, monotonic_ns};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp, WatchOptions,

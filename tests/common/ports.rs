@@ -58,7 +58,7 @@ pub fn lease() -> PortLease {
     let _ = std::fs::set_permissions(LOCK_DIR, std::fs::Permissions::from_mode(0o1777));
     let span = to - from;
     // Spread concurrent callers over the range; the locks, not the start, make it safe.
-    let start = (std::process::id() as u64 ^ super::child::monotonic_ns()) % span as u64;
+    let start = (std::process::id() as u64 ^ super::records::monotonic_ns()) % span as u64;
     for i in 0..span {
         let port = (from + (start as u32 + i) % span) as u16;
         if let Some(lease) = try_lease(port) {

@@ -7,7 +7,7 @@
 //!
 //! Dropping a [`LockClient`] kills its process group (etcdctl and its command) and reaps it.
 
-use super::child::child_bin;
+use super::records::child_bin;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
