@@ -148,35 +148,7 @@ fn start(
     // SAFETY: getpid and getpgrp have no preconditions.
     let (parent, parent_group) = unsafe { (libc::getpid(), libc::getpgrp()) };
     let pipe = guardian.pipe.as_raw_fd();
-    // Runs in the child between the clone and the exec, on our memory, so async-signal-safe
-    // calls only: getpid, setpgid, prctl, getppid, signal, write (to the guardian's pipe),
-    // _exit; isatty, tcgetpgrp, tcsetpgrp (`hand_terminal`); signal, sigemptyset on a local set
-    // and sigprocmask (`signals::restore_in_child`). Then `launch` tries the execs.
-    let before_exec = move || {
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
-        // SAFETY: async-signal-safe system calls on values copied before the clone.
-        unsafe {
-            libc::setpgid(0, 0);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            // The wrapper may have died before the death signal was armed.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            // From here on the guardian knows the group, before an exec (setuid, file
-            // capabilities) can clear the death signal. Our copy of the pipe closes at exec.
-            // SIGPIPE is ignored (as in the wrapper) until `restore_in_child`: a dead guardian
-            // is an error, not a death.
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            let n = libc::write(pipe, (&me as *const libc::pid_t).cast(), size_of_val(&me));
-            if n != size_of_val(&me) as isize {
-                return Err(libc::EPIPE);
-            }
-        }
-        hand_terminal(parent_group, me);
-        crate::signals::restore_in_child();
-        Ok(())
-    };
+    let before_exec = move || in_child(parent, parent_group, pipe);
     let pid = match launch::spawn(argv, env, &before_exec) {
         Ok(pid) => pid,
         Err(failure) => {
@@ -201,6 +173,35 @@ fn start(
         exit: None,
         guardian: Some(guardian),
     })
+}
+
+/// Runs in the child between the clone and the exec, on our memory, so async-signal-safe calls
+/// only: getpid, setpgid, prctl, getppid, signal, write (to the guardian's pipe), _exit; isatty,
+/// tcgetpgrp, tcsetpgrp (`hand_terminal`); signal, sigemptyset on a local set and sigprocmask
+/// (`signals::restore_in_child`). Then `launch` tries the execs.
+fn in_child(parent: libc::pid_t, parent_group: libc::pid_t, pipe: RawFd) -> Result<(), i32> {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    // SAFETY: async-signal-safe system calls on values copied before the clone.
+    unsafe {
+        libc::setpgid(0, 0);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        // The wrapper may have died before the death signal was armed.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        // From here on the guardian knows the group, before an exec (setuid, file capabilities)
+        // can clear the death signal. Our copy of the pipe closes at exec. SIGPIPE is ignored
+        // (as in the wrapper) until `restore_in_child`: a dead guardian is an error, not a death.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        let n = libc::write(pipe, (&me as *const libc::pid_t).cast(), size_of_val(&me));
+        if n != size_of_val(&me) as isize {
+            return Err(libc::EPIPE);
+        }
+    }
+    hand_terminal(parent_group, me);
+    crate::signals::restore_in_child();
+    Ok(())
 }
 
 /// Moves the terminal's foreground from group `from` to group `to`, if `from` has it: to the
