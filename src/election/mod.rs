@@ -33,8 +33,8 @@
 //!    of the queue takes the record only if it is absent, and starts only then; a lease it saw
 //!    ahead of it must be gone as well (keys deleted by hand). A leader whose group is empty hands
 //!    the record to the next candidate (or to the forcer that asked it to yield) in the
-//!    transaction that deletes its key, and the next
-//!    starts on seeing it, without waiting for any lease: a handover costs one write.
+//!    transaction that deletes its key, and the next starts on seeing it, without waiting for
+//!    any lease: a handover costs one write.
 //! 2. Nobody deletes a key but its own. Participants of etcd's own recipe on the lock (`etcdctl
 //!    lock`) start once every key created before theirs is gone: a candidate's key goes only when
 //!    that candidate cannot be running, or never ran.
