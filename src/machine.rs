@@ -240,7 +240,7 @@ impl Wrapper {
             State::Leading(child) => child,
             State::Stopping { .. } => return self.supervise_stop(state),
             other => {
-                supervisor::reap_orphans();
+                supervisor::reap_orphans(&mut self.standby);
                 return other;
             }
         };
