@@ -30,6 +30,7 @@ mod etcd;
 mod exit;
 mod failure;
 mod format;
+mod health;
 mod http;
 mod launch;
 mod logging;
