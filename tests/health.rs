@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::candidate::{Candidate, CandidateBuilder};
+use common::candidate::{wrapper_bin, Candidate, CandidateBuilder};
 use common::records::Kind;
 use common::scene::Scene;
 use common::{free_port, http, metric, wait_for, wait_until};
@@ -353,5 +353,45 @@ fn without_health_settings_nothing_new_shows() {
     });
     assert!(!body.contains("healthy"), "{body}");
     let m = metrics(&a);
-    assert!(!m.contains("election_health") && !m.contains("healthy"), "{m}");
+    assert!(
+        !m.contains("election_health") && !m.contains("healthy"),
+        "{m}"
+    );
+}
+
+/// Each setting has its flag, and is checked before anything is asked of etcd (exit 78, naming
+/// the variable).
+#[test]
+fn health_settings_are_checked_at_start_up() {
+    let run = |args: &[&str]| {
+        let out = common::clean_command(wrapper_bin())
+            .args([
+                "--lock-name",
+                "l",
+                "--identity",
+                "i",
+                "--endpoints",
+                "127.0.0.1:1",
+            ])
+            .args(args)
+            .arg("true")
+            .output()
+            .expect("run the wrapper");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--health-cmd", "true", "--health-fall", "0"]);
+    assert_eq!(code, Some(78));
+    assert!(err.contains("ETCD_AWAIT_ELECTION_HEALTH_FALL"), "{err}");
+    let (code, err) = run(&["--health-url", "https://h/"]);
+    assert_eq!(code, Some(78));
+    assert!(err.contains("ETCD_AWAIT_ELECTION_HEALTH_URL"), "{err}");
+    let (code, err) = run(&["--health-timeout", "1s"]);
+    assert_eq!(code, Some(78));
+    assert!(err.contains("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT"), "{err}");
+    let (code, err) = run(&["--wait-timeout", "never"]);
+    assert_eq!(code, Some(78));
+    assert!(err.contains("ETCD_AWAIT_ELECTION_WAIT_TIMEOUT"), "{err}");
 }

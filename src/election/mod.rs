@@ -9,7 +9,9 @@
 //!
 //! # Rooms
 //!
-//! This file holds the thread, its events and the loop of one life: join, campaign, lead, resign.
+//! This file holds the thread, its events and its lives: out of the queue until `main` asks it to
+//! join, then one life (join, campaign, lead) until `main` asks it to resign, then out again; a
+//! candidate standing aside while unhealthy lives again later.
 //! Each step has its room:
 //!
 //! - `join`: a seat in the queue, adopted from a dead previous life (`adopt`) or a new lease
