@@ -760,7 +760,6 @@ fn check_shell(cmd: String) -> Result<String, ConfigError> {
             ),
         ));
     }
-    no_control_characters(HEALTH_CMD, cmd.trim_end_matches('\n'))?;
     Ok(cmd)
 }
 
