@@ -220,6 +220,11 @@ impl Election {
     async fn live(&mut self, orders: &mut mpsc::UnboundedReceiver<Order>) -> bool {
         // A new life asks a holder to yield again, if we force.
         self.gave_way = false;
+        if !self.retry.has_joined() {
+            // The start-up grace counts from the first attempt to join, not from the start: a
+            // health check may have kept us out of the queue until now.
+            self.retry = Retry::new(&self.cfg, self.report.clone());
+        }
         let outcome = tokio::select! {
             biased;
             _ = resign_order(orders) => None,
