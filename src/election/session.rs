@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use log::{debug, info, warn};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use super::queue::{Keys, Seat};
 use super::{Election, Event, Report};
@@ -83,15 +83,15 @@ impl Election {
 
     /// Leadership lost: `main` resigns once the child's group is empty; until then the lease
     /// stays ours (and with it the record that keeps everyone else waiting).
-    pub(super) async fn renew_until(&self, resign: &mut oneshot::Receiver<()>) {
+    pub(super) async fn renew_until(&self, resign: impl std::future::Future<Output = ()>) {
+        let mut resign = std::pin::pin!(resign);
         let Some(seat) = &self.seat else {
-            let _ = resign.await;
-            return;
+            return resign.await;
         };
         let renew = Box::pin(keep_alive(self.keeper(seat)));
         tokio::select! {
-            _ = &mut *resign => {}
-            _ = renew => { let _ = resign.await; }
+            _ = &mut resign => {}
+            _ = renew => resign.await,
         }
     }
 
