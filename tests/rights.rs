@@ -301,3 +301,92 @@ fn proving_the_rights_changes_nothing_and_disturbs_no_leader() {
     assert!(mon.running().iter().any(|(_, pid)| *pid == ra.pid) && a.is_running());
     assert_nothing_refused(&[&a, &twin]);
 }
+
+/// The lines of the README's `sh` block after `heading`, but its first (which a user edits to set
+/// `LOCK`, `ROLE` and `ETCD_USER`): the lines a user pastes, literally.
+fn readme_grant(heading: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let section = &readme[readme.find(heading).expect(heading)..];
+    let block = &section[section.find("```sh\n").expect("an sh block") + "```sh\n".len()..];
+    let block = &block[..block.find("```").expect("the block's end")];
+    block.lines().skip(1).collect::<Vec<_>>().join("\n")
+}
+
+/// Pastes `lines` into `shell` as root, with `LOCK`, `ROLE` and `ETCD_USER` set, and the
+/// fixture's `etcdctl` (`EAE_ETCDCTL_BIN`, as `tests/common/etcd.rs` picks it) as `etcdctl`.
+fn paste(etcd: &Etcd, shell: &str, lines: &str, lock: &str, role: &str, user: &str) -> String {
+    let ctl = std::env::var("EAE_ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".into());
+    let mut cmd = common::clean_command(shell);
+    cmd.arg("-c")
+        .arg(format!(
+            "etcdctl() {{ command \"$EAE_CTL\" \"$@\"; }}\n{lines}"
+        ))
+        .env("EAE_CTL", ctl)
+        .env("ETCDCTL_API", "3")
+        .env("ETCDCTL_ENDPOINTS", etcd.endpoint())
+        .env("ETCDCTL_USER", ROOT)
+        .env("ETCDCTL_COMMAND_TIMEOUT", "30s")
+        .env("LOCK", lock)
+        .env("ROLE", role)
+        .env("ETCD_USER", user);
+    let run = common::run(cmd, T);
+    format!("{}{}", run.stdout, run.stderr)
+}
+
+/// The README's grant lines, pasted literally into `sh` and `bash` for lock names the
+/// configuration accepts (spaces, quotes, `%`, a backslash, unicode, a leading `/`, a leading
+/// `-`): each candidate, with that grant alone, leads. A name the shell lines do not pass to
+/// etcdctl as it is (`-x` read as an option) leaves the user without the grant, and the
+/// candidate ends with 77.
+#[test]
+fn the_readmes_grant_pasted_into_a_shell_lets_a_candidate_lead() {
+    let names = [
+        "my job",
+        "it's \"quoted\"",
+        "50%s%d",
+        "back\\slash",
+        "ünïcødé-ジョブ",
+        "/abs/app",
+        "-leading-dash",
+    ];
+    let users: Vec<String> = (0..names.len()).map(|i| format!("u{i}")).collect();
+    let etcd = auth_etcd(
+        &users
+            .iter()
+            .map(|u| (u.as_str(), vec![]))
+            .collect::<Vec<_>>(),
+    );
+    let candidate_lines = readme_grant("### The grant a candidate needs");
+    let dir = TempDir::new("rights-readme");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut cands = Vec::new();
+    for (i, (lock, user)) in names.iter().zip(&users).enumerate() {
+        let shell = ["sh", "bash"][i % 2];
+        let out = paste(&etcd, shell, &candidate_lines, lock, &format!("r{i}"), user);
+        let id = format!("c{i}");
+        cands.push((
+            candidate(&etcd, &id, user, lock, &log).spawn(),
+            id,
+            *lock,
+            out,
+        ));
+    }
+    for (c, id, lock, out) in &mut cands {
+        let started = common::wait_for(T, &format!("{id} to start or exit"), || {
+            if mon.starts().iter().any(|r| r.identity == *id) {
+                Some(true)
+            } else {
+                c.wait_timeout(Duration::from_millis(50)).map(|_| false)
+            }
+        });
+        assert!(
+            started,
+            "lock {lock:?}: the README's lines did not grant what a candidate needs\n\
+             pasted, etcdctl said:\n{out}\nthe candidate said:\n{}",
+            c.stderr_text()
+        );
+    }
+    mon.assert_no_overlap();
+}
