@@ -7,6 +7,8 @@
 //! disturbs no leader.
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
 use common::candidate::{Candidate, CandidateBuilder};
 use common::etcd::{assert_success, json_uint, Etcd};
@@ -389,4 +391,69 @@ fn the_readmes_grant_pasted_into_a_shell_lets_a_candidate_lead() {
         );
     }
     mon.assert_no_overlap();
+}
+
+/// Client-certificate authentication: etcd takes the user from the certificate's CN
+/// (`elector`), and no USERNAME or password is given. With the smallest grant it leads; on a
+/// lock it has no grant for, it ends at start-up with 77 naming the right refused.
+#[test]
+fn a_client_certificate_user_with_the_smallest_grant_leads() {
+    const LOCK: &str = "rights-cn";
+    let pki = pki::Pki::generate();
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let (scert, skey) = (pki.path("server.pem"), pki.path("server.key"));
+    let etcd = Etcd::builder()
+        .client_scheme("https")
+        .args(&["--cert-file", &scert, "--key-file", &skey])
+        .args(&["--client-cert-auth", "--trusted-ca-file", &ca])
+        .etcdctl_args(&["--cacert", &ca, "--cert", &cert, "--key", &key])
+        .start();
+    let ok = |args: &[&str]| assert_success(&etcd.etcdctl(args), &format!("etcdctl {args:?}"));
+    ok(&["user", "add", ROOT, "--interactive=false"]);
+    ok(&["role", "add", "root"]);
+    ok(&["user", "grant-role", "root", "root"]);
+    ok(&["role", "add", "elector-role"]);
+    for grant in smallest(LOCK) {
+        let mut args = vec!["role", "grant-permission", "elector-role"];
+        args.extend(grant.iter().map(String::as_str));
+        ok(&args);
+    }
+    ok(&["user", "add", "elector:unused-pw-0", "--interactive=false"]);
+    ok(&["user", "grant-role", "elector", "elector-role"]);
+    ok(&["auth", "enable"]);
+    let dir = TempDir::new("rights-cn");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let by_cert = |id: &str, lock: &str| {
+        Candidate::new(id)
+            .lock(lock)
+            .endpoints(&format!("https://{}", etcd.endpoint()))
+            .lease(3)
+            .renew("2s")
+            .retry("300ms")
+            .log(&log)
+            .env("ETCD_AWAIT_ELECTION_CACERT", &ca)
+            .env("ETCD_AWAIT_ELECTION_CERT", &cert)
+            .env("ETCD_AWAIT_ELECTION_KEY", &key)
+    };
+    let a = by_cert("a", LOCK).spawn();
+    mon.wait_for_start(Some("a"), T);
+    let mut other = by_cert("other", "rights-cn-elsewhere").spawn();
+    let code = other.expect_exit(GRACE + EXIT_SLACK).code();
+    let stderr = other.stderr_text();
+    assert_eq!(code, Some(REFUSED), "{stderr}");
+    assert!(
+        stderr.contains(r#"the user of the client certificate may not read the range ["rights-cn-elsewhere", "rights-cn-elsewhere\u{1}")"#),
+        "{stderr}"
+    );
+    assert!(
+        mon.starts().iter().all(|r| r.identity == "a"),
+        "{}",
+        mon.timeline()
+    );
+    assert_nothing_refused(&[&a]);
 }
