@@ -457,3 +457,41 @@ fn a_client_certificate_user_with_the_smallest_grant_leads() {
     );
     assert_nothing_refused(&[&a]);
 }
+
+/// A right revoked while running is retried, as documented: a standby whose role is revoked
+/// stays in line (no exit, its command never started), `/healthz` 503 naming the variables; its
+/// rights restored, it leads when the leader (another user, untouched) steps down.
+#[test]
+fn a_right_revoked_from_a_standby_is_retried_not_fatal() {
+    const LOCK: &str = "rights-revoked";
+    let etcd = auth_etcd(&[("leader", smallest(LOCK)), ("standby", smallest(LOCK))]);
+    let dir = TempDir::new("rights-revoked");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut a = candidate(&etcd, "a", "leader", LOCK, &log).spawn();
+    let ra = mon.wait_for_start(Some("a"), T);
+    let port = common::free_port();
+    let mut b = candidate(&etcd, "b", "standby", LOCK, &log)
+        .status_port(port)
+        .spawn();
+    common::wait_until(T, "b to queue", || queue(&etcd, LOCK).len() == 2);
+    let root = |args: &[&str]| {
+        let mut all = vec!["--user", ROOT];
+        all.extend(args);
+        assert_success(&etcd.etcdctl(&all), &format!("etcdctl {args:?}"));
+    };
+    root(&["user", "revoke-role", "standby", "standby-role"]);
+    let healthz = || common::http("GET", &b.status_url("/healthz"), Duration::from_secs(2));
+    let (_, body) = common::wait_for(T, "b's /healthz to fail", || {
+        healthz().filter(|(code, _)| *code == 503)
+    });
+    assert!(body.contains("ETCD_AWAIT_ELECTION_USERNAME"), "{body}");
+    // Three lease TTLs (3 s): a standby ending on a permanent failure would have done so.
+    let ended = b.wait_timeout(Duration::from_secs(9));
+    assert!(ended.is_none(), "b ended {ended:?}:\n{}", b.stderr_text());
+    root(&["user", "grant-role", "standby", "standby-role"]);
+    assert!(a.signal(libc::SIGTERM));
+    mon.wait_for_start_after(Some("b"), ra.ns, T);
+    a.expect_exit(T);
+    mon.assert_no_overlap();
+}
