@@ -353,13 +353,16 @@ fn the_readmes_grant_pasted_into_a_shell_lets_a_candidate_lead() {
         "-leading-dash",
     ];
     let users: Vec<String> = (0..names.len()).map(|i| format!("u{i}")).collect();
+    let observers: Vec<String> = (0..names.len()).map(|i| format!("o{i}")).collect();
     let etcd = auth_etcd(
         &users
             .iter()
+            .chain(&observers)
             .map(|u| (u.as_str(), vec![]))
             .collect::<Vec<_>>(),
     );
     let candidate_lines = readme_grant("### The grant a candidate needs");
+    let observer_lines = readme_grant("An observer that only reads who leads");
     let dir = TempDir::new("rights-readme");
     let log = dir.join("log");
     let mon = Monitor::start(&log);
@@ -389,6 +392,22 @@ fn the_readmes_grant_pasted_into_a_shell_lets_a_candidate_lead() {
              pasted, etcdctl said:\n{out}\nthe candidate said:\n{}",
             c.stderr_text()
         );
+    }
+    // The observer's lines: its user reads who holds the record, and the candidates' keys.
+    for (i, (_, id, lock, _)) in cands.iter().enumerate() {
+        let (user, shell) = (&observers[i], ["bash", "sh"][i % 2]);
+        let out = paste(&etcd, shell, &observer_lines, lock, &format!("or{i}"), user);
+        let creds = format!("{user}:{SECRET}");
+        let prefix = format!("{lock}/");
+        let record = etcd.etcdctl(&["--user", &creds, "get", "--", lock]);
+        let queue = etcd.etcdctl(&["--user", &creds, "get", "--prefix", "--", &prefix]);
+        let said = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            record.status.success() && queue.status.success() && said(&queue).contains(id),
+            "lock {lock:?}: the README's observer lines do not let it read\npasted: {out}\n\
+             record: {record:?}\nqueue: {queue:?}"
+        );
+        assert!(said(&record).contains(id), "{record:?}");
     }
 }
 
