@@ -74,14 +74,24 @@ impl fmt::Display for Error {
 impl Error {
     /// A failure that may be the connection's rather than the request's: a timed-out request may
     /// mean a blackholed connection, a connection error one that tonic keeps reporting after the
-    /// server is back.
+    /// server is back, and a token issued before a change of etcd's users or roles (JWT tokens
+    /// carry the auth revision) is refused until the client authenticates again, which a new
+    /// connection does (etcd_client refreshes only an expired token).
     fn of_connection(&self) -> bool {
         match self {
             Error::Etcd(etcd_client::Error::TransportError(_)) | Error::NoAnswer(_) => true,
-            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => s.code() == tonic::Code::Unavailable,
+            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+                s.code() == tonic::Code::Unavailable || is_old_auth_revision(s)
+            }
             _ => false,
         }
     }
+}
+
+/// etcd's refusal of a token issued before the last change of its users or roles.
+pub fn is_old_auth_revision(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::InvalidArgument
+        && s.message().contains("revision of auth store is old")
 }
 
 /// The whole chain of causes: tonic's own message is only "transport error", and the useful

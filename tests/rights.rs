@@ -11,7 +11,7 @@ mod common;
 mod pki;
 
 use common::candidate::{Candidate, CandidateBuilder};
-use common::etcd::{assert_success, json_uint, Etcd};
+use common::etcd::{assert_success, json_uint, Etcd, EtcdBuilder};
 use common::invariant::Monitor;
 use common::old_replica::OldReplica;
 use common::TempDir;
@@ -53,7 +53,11 @@ fn smallest(lock: &str) -> Vec<Grant> {
 /// etcd with authentication on: `root`, and for each entry a user of that name (password
 /// [`SECRET`]) whose role holds exactly those grants.
 fn auth_etcd(users: &[(&str, Vec<Grant>)]) -> Etcd {
-    let etcd = Etcd::start();
+    auth_etcd_with(Etcd::builder(), users)
+}
+
+fn auth_etcd_with(builder: EtcdBuilder, users: &[(&str, Vec<Grant>)]) -> Etcd {
+    let etcd = builder.start();
     let ok = |args: &[&str]| assert_success(&etcd.etcdctl(args), &format!("etcdctl {args:?}"));
     ok(&["user", "add", ROOT, "--interactive=false"]);
     ok(&["role", "add", "root"]);
@@ -511,5 +515,60 @@ fn a_right_revoked_from_a_standby_is_retried_not_fatal() {
     assert!(a.signal(libc::SIGTERM));
     mon.wait_for_start_after(Some("b"), ra.ns, T);
     a.expect_exit(T);
+    mon.assert_no_overlap();
+}
+
+/// An ES256 key pair for etcd's JWT tokens, made with openssl in `dir`: (private, public).
+fn jwt_keys(dir: &Path) -> (String, String) {
+    let (key, public) = (dir.join("jwt.key"), dir.join("jwt.pub"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let (k, p) = (key.to_string_lossy(), public.to_string_lossy());
+    run(&[
+        "ecparam",
+        "-genkey",
+        "-name",
+        "prime256v1",
+        "-noout",
+        "-out",
+        &k,
+    ]);
+    run(&["ec", "-in", &k, "-pubout", "-out", &p]);
+    (k.into_owned(), p.into_owned())
+}
+
+/// With JWT tokens, which carry the auth revision they were issued at, any change of a user or a
+/// role makes etcd refuse every request made with an older token ("revision of auth store is
+/// old") until the client authenticates again. A leader must not lose its place to an unrelated
+/// role being added, and the hand-over after it must work.
+#[test]
+fn an_auth_change_under_jwt_tokens_costs_no_leader_its_place() {
+    const LOCK: &str = "rights-jwt";
+    let dir = TempDir::new("rights-jwt");
+    let (key, public) = jwt_keys(dir.path());
+    let token = format!("jwt,pub-key={public},priv-key={key},sign-method=ES256,ttl=10m");
+    let builder = Etcd::builder().args(&["--auth-token", &token]);
+    let etcd = auth_etcd_with(builder, &[("elector", smallest(LOCK))]);
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut a = candidate(&etcd, "a", "elector", LOCK, &log).spawn();
+    let ra = mon.wait_for_start(Some("a"), T);
+    let mut b = candidate(&etcd, "b", "elector", LOCK, &log).spawn();
+    common::wait_until(T, "b to queue", || queue(&etcd, LOCK).len() == 2);
+    let out = etcd.etcdctl(&["--user", ROOT, "role", "add", "unrelated"]);
+    assert_success(&out, "etcdctl role add unrelated");
+    // Three lease TTLs (3 s): a leader whose renewals stopped counting has stopped by then.
+    let ended = a.wait_timeout(Duration::from_secs(9));
+    assert!(ended.is_none(), "a ended {ended:?}:\n{}", a.stderr_text());
+    assert!(a.signal(libc::SIGTERM));
+    mon.wait_for_start_after(Some("b"), ra.ns, T);
+    a.expect_exit(T);
+    assert!(b.signal(libc::SIGTERM));
+    b.expect_exit(T);
     mon.assert_no_overlap();
 }
