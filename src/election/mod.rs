@@ -135,6 +135,9 @@ impl Handle {
     }
 }
 
+/// The election thread's stack.
+const ELECTION_STACK: usize = 8 << 20;
+
 /// Starts the election thread, out of the queue until [`Handle::join`]; its events reach `tx` as
 /// `wrap(event)`.
 pub fn spawn<E: Send + 'static>(
@@ -148,11 +151,14 @@ pub fn spawn<E: Send + 'static>(
         .build()?;
     std::thread::Builder::new()
         .name("election".into())
+        // The recipe's futures nest deeply (a life, its campaign, a watch), and a debug build's
+        // frames for them are large: the default 2 MiB overflowed. Only the pages used count.
+        .stack_size(ELECTION_STACK)
         .spawn(move || {
             let report: Report = Rc::new(move |e| {
                 let _ = tx.send(wrap(e));
             });
-            rt.block_on(run(Election::new(cfg, report), orders_rx))
+            rt.block_on(Box::pin(run(Election::new(cfg, report), orders_rx)))
         })?;
     Ok(Handle { orders })
 }
