@@ -46,8 +46,12 @@ fn leader_cmd(endpoints: &str, lock: &str, extra: &[&str]) -> Command {
 /// One `--leader`: its exit code and its line.
 fn ask(endpoints: &str, lock: &str) -> (i32, Value) {
     let r = run(leader_cmd(endpoints, lock, &[]), T);
-    let line: Value = serde_json::from_str(r.stdout.trim())
-        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {:?}; stderr {}", r.stdout, r.stderr));
+    let line: Value = serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON line ({e}): {:?}; stderr {}",
+            r.stdout, r.stderr
+        )
+    });
     assert_eq!(r.stdout.lines().count(), 1, "{:?}", r.stdout);
     (r.status.code().expect("an exit code"), line)
 }
@@ -117,7 +121,12 @@ impl Watcher {
     }
 
     fn lines(&self) -> Vec<Value> {
-        self.seen.lock().unwrap().iter().map(|s| s.line.clone()).collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.line.clone())
+            .collect()
     }
 
     /// Waits for the `n`th line (from 1) and returns it with when it arrived and the records.
@@ -171,7 +180,9 @@ fn leader_prints_the_holder_its_address_and_revision() {
     let addr = Some("http://127.0.0.1:8080/a");
     assert_eq!(ask(&ep, &s.lock), (0, line("a", addr, Some(rev))));
     // Readable with etcdctl, bound to the leader's lease, beside the record.
-    let shown = s.etcd.etcdctl(&["get", &s.lock, &format!("{}\u{1}", s.lock)]);
+    let shown = s
+        .etcd
+        .etcdctl(&["get", &s.lock, &format!("{}\u{1}", s.lock)]);
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     assert!(
         shown.contains(&format!("{}\0address\nhttp://127.0.0.1:8080/a\n", s.lock)),
@@ -208,13 +219,14 @@ fn watch_sees_a_hand_over_only_after_the_old_command_stopped() {
         .env("ETCD_AWAIT_ELECTION_ADVERTISE", "10.0.0.2:5432")
         .args(&["--print-env"]);
     s.spawn(b);
-    wait_for(T, "b queued", || {
-        (s.etcd.get_prefix_keys(&format!("{}/", s.lock)).len() == 2).then_some(())
-    });
+    wait_queued(&s.etcd, &s.lock, 2);
     let w = Watcher::start(&s.etcd.endpoint(), &s.lock, &s.log);
     let a_rev = revision_of(&mut s, "a");
     let (_, first, _) = w.nth(1);
-    assert_eq!(first, line("a", Some("http://127.0.0.1:8080/a"), Some(a_rev)));
+    assert_eq!(
+        first,
+        line("a", Some("http://127.0.0.1:8080/a"), Some(a_rev))
+    );
     s.mark("SIGTERM a");
     s.cast.by_id("a").signal(libc::SIGTERM);
     let (at, second, records) = w.nth(2);
@@ -257,6 +269,7 @@ fn watch_survives_an_etcd_restart_and_compaction() {
     s.mark("etcd restarts");
     s.etcd.restart();
     s.spawn(cand(&s, "b"));
+    wait_queued(&s.etcd, &s.lock, 2);
     s.cast.by_id("a").signal(libc::SIGTERM);
     s.mon.wait_for_start(Some("b"), T);
     assert_eq!(w.nth(3).1["leader"], "b");
@@ -275,9 +288,17 @@ fn watch_survives_an_etcd_restart_and_compaction() {
     w.stop();
 }
 
+/// Waits until `n` candidates stand in the queue, so that the leader has an heir.
+fn wait_queued(etcd: &Etcd, lock: &str, n: usize) {
+    wait_for(T, &format!("{n} keys under {lock}/"), || {
+        (etcd.get_prefix_keys(&format!("{lock}/")).len() == n).then_some(())
+    });
+}
+
 fn etcd_revision(etcd: &Etcd) -> u64 {
-    let out = etcd.etcdctl(&["endpoint", "status", "-w", "json"]);
-    common::etcd::json_uint(&String::from_utf8_lossy(&out.stdout), "revision")
+    let out = etcd.etcdctl(&["get", "-w", "json", "any"]);
+    common::etcd::assert_success(&out, "etcdctl get -w json");
+    common::etcd::json_uint(&String::from_utf8_lossy(&out.stdout), "\"revision\":")
         .expect("etcd's revision")
 }
 
@@ -296,6 +317,16 @@ fn watch_survives_the_loss_of_its_member() {
     s.mark("member 0 killed");
     s.etcd.kill_member(0);
     s.spawn(s.candidate_on(&eps, "b"));
+    wait_for(T, "b queued", || {
+        let out = s
+            .etcd
+            .etcdctl(&["get", "--prefix", "--keys-only", &format!("{}/", s.lock)]);
+        let keys = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count();
+        (keys == 2).then_some(())
+    });
     s.cast.by_id("a").signal(libc::SIGTERM);
     s.mon.wait_for_start(Some("b"), T);
     assert_eq!(w.nth(3).1["leader"], "b");
@@ -329,19 +360,33 @@ fn leader_names_strangers_by_their_value() {
     let mut lock = LockClient::start(&ep, &s.lock, "x", &s.log, &["--exit-after", "3000"]);
     s.mon.wait_for_start(Some("x"), T);
     let (code, l) = ask(&ep, &s.lock);
-    assert_eq!((code, &l["leader"], &l["address"]), (0, &Value::from(""), &Value::Null));
+    assert_eq!(
+        (code, &l["leader"], &l["address"]),
+        (0, &Value::from(""), &Value::Null)
+    );
     assert!(l["revision"].as_i64().is_some_and(|r| r > 0), "{l}");
     lock.expect_exit(T);
-    let mut elect = elect(&s.etcd, &s.lock, "the-proposal");
+    let mut elect = Reaped(elect(&s.etcd, &s.lock, "the-proposal"));
+    let elect = &mut elect.0;
     let l = wait_for(T, "etcdctl elect leading", || {
         let (code, l) = ask(&ep, &s.lock);
         (code == 0).then_some(l)
     });
     assert_eq!(l["leader"], "the-proposal", "{l}");
     assert!(l["revision"].as_i64().is_some_and(|r| r > 0), "{l}");
-    common::kill_and_wait(&mut elect);
+    // SIGTERM: it resigns (SIGKILL would leave its key for its session's 60 s).
+    assert!(common::signal_pid(elect.id(), libc::SIGTERM));
+    common::wait_child(elect, T).expect("etcdctl elect exits on SIGTERM");
     wait_for(T, "nobody", || (ask(&ep, &s.lock).0 == 3).then_some(()));
-    let go = OldReplica::start(&ep, &s.lock, "go", 3, Duration::from_millis(200), false, &s.log);
+    let go = OldReplica::start(
+        &ep,
+        &s.lock,
+        "go",
+        3,
+        Duration::from_millis(200),
+        false,
+        &s.log,
+    );
     s.mon.wait_for_start(Some("go"), T);
     assert_eq!(ask(&ep, &s.lock), (0, line("go", None, None)));
     drop(go);
@@ -361,13 +406,30 @@ fn elect(etcd: &Etcd, lock: &str, proposal: &str) -> Child {
         .expect("run etcdctl elect")
 }
 
+/// Kills `etcdctl elect` if a test failed before it ended it.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        common::kill_and_wait(&mut self.0);
+    }
+}
+
 /// A forcer fencing a Go replica: while the fence stands the replica's command may run, and the
 /// watcher names the replica; the forcer only once the replica's command has stopped.
 #[test]
 fn watch_names_a_fenced_holder_until_its_command_stopped() {
     let mut s = Scene::new("leader-fence", "leader-fence");
     let ep = s.etcd.endpoint();
-    let go = OldReplica::start(&ep, &s.lock, "go", 3, Duration::from_millis(200), false, &s.log);
+    let go = OldReplica::start(
+        &ep,
+        &s.lock,
+        "go",
+        3,
+        Duration::from_millis(200),
+        false,
+        &s.log,
+    );
     let go_start = s.mon.wait_for_start(Some("go"), T);
     let w = Watcher::start(&ep, &s.lock, &s.log);
     assert_eq!(w.nth(1).1, line("go", None, None));
@@ -376,9 +438,10 @@ fn watch_names_a_fenced_holder_until_its_command_stopped() {
     let f_start = s.mon.wait_for_start(Some("f"), T);
     let (at, l, records) = w.nth(2);
     assert_eq!(l["leader"], "f", "{:?}", w.lines());
-    let stop = s.mon.death_ns(go_start.pid).or_else(|| {
-        record(&records, Kind::Stop, go_start.pid).map(|r| r.ns)
-    });
+    let stop = s
+        .mon
+        .death_ns(go_start.pid)
+        .or_else(|| record(&records, Kind::Stop, go_start.pid).map(|r| r.ns));
     assert!(
         stop.is_some_and(|ns| ns < at),
         "f printed before go's command stopped:\n{}",
@@ -410,9 +473,15 @@ fn status_leader_redirects_to_the_leader() {
         head.contains("http://127.0.0.1:8080/a").then_some(head)
     });
     assert!(head.starts_with("HTTP/1.1 307 "), "{head}");
-    assert!(head.contains("\r\nLocation: http://127.0.0.1:8080/a\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nLocation: http://127.0.0.1:8080/a\r\n"),
+        "{head}"
+    );
     let (_, body) = get(pb, "/").expect("b's /");
-    assert!(body.contains(r#""leader_address":"http://127.0.0.1:8080/a""#), "{body}");
+    assert!(
+        body.contains(r#""leader_address":"http://127.0.0.1:8080/a""#),
+        "{body}"
+    );
     s.cast.by_id("a").signal(libc::SIGTERM);
     s.mon.wait_for_start(Some("b"), T);
     let (head, body) = wait_for(T, "b's /leader naming b", || {
