@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::clock::Boot;
 use crate::failure::{Cause, Failure};
-use crate::format::{cut, escaped, json_string, rfc3339};
+use crate::format::{cut, escaped, json_string, rfc3339, Foreign};
 use crate::http;
 use crate::leader::{self, Leader};
 
@@ -223,7 +223,10 @@ fn to_json(s: &Snapshot) -> String {
             r#""lease_id":{},"revision":{},"since":"{}","last_renewal":{},"leader_address":{}}}"#
         ),
         s.phase.as_str(),
-        string(s.leader.as_ref().map_or("unknown", |l| l.identity.as_str())),
+        // Shown as the logs show it (escaped, cut): `/leader` gives the value as it is.
+        string(&s.leader.as_ref().map_or("unknown".into(), |l| {
+            Foreign(l.identity.as_bytes()).to_string()
+        })),
         string(&s.identity),
         string(&s.lock),
         opt(s.lease_id.map(|l| string(&format!("{l:x}")))),
@@ -413,7 +416,7 @@ mod tests {
         });
         let (_, _, body) = answer("GET", "/", &s);
         assert!(body.len() < 3 * MAX_STRING, "{}", body.len());
-        assert!(body.contains(r#""leader":"a\u000ab"#), "{body}");
+        assert!(body.contains(r#""leader":"a\\nb"#), "{body}");
         assert!(!body.chars().any(char::is_control), "{body}");
     }
 

@@ -454,11 +454,12 @@ fn watch_names_a_fenced_holder_until_its_command_stopped() {
 }
 
 /// `/leader` on a candidate that waits: 307 to the leader's http address; `/` shows it as
-/// `leader_address`; once the leader advertises a non-URL address, 200 with the line.
+/// `leader_address`; once the leader advertises a non-URL address, 200 with the line, also on a
+/// candidate queued behind the new leader, which the hand-over did not wake to lead.
 #[test]
 fn status_leader_redirects_to_the_leader() {
     let mut s = Scene::new("leader-status", "leader-status");
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let a = cand(&s, "a")
         .status_port(pa)
         .env("ETCD_AWAIT_ELECTION_ADVERTISE", "http://127.0.0.1:8080/a");
@@ -468,6 +469,9 @@ fn status_leader_redirects_to_the_leader() {
         .status_port(pb)
         .env("ETCD_AWAIT_ELECTION_ADVERTISE", "10.0.0.2:5432");
     s.spawn(b);
+    wait_queued(&s.etcd, &s.lock, 2);
+    s.spawn(cand(&s, "c").status_port(pc));
+    wait_queued(&s.etcd, &s.lock, 3);
     let head = wait_for(T, "b's /leader naming a", || {
         let (head, _) = get(pb, "/leader")?;
         head.contains("http://127.0.0.1:8080/a").then_some(head)
@@ -490,6 +494,11 @@ fn status_leader_redirects_to_the_leader() {
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     let l: Value = serde_json::from_str(&body).expect("a JSON line");
     assert_eq!(l["address"], "10.0.0.2:5432");
+    let (head, c_body) = wait_for(T, "c's /leader naming b", || {
+        get(pc, "/leader").filter(|(_, body)| body.contains(r#""leader":"b""#))
+    });
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(c_body, body);
 }
 
 /// `(head, body)` of `GET path` on the status port, without following a redirect.

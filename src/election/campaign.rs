@@ -89,7 +89,13 @@ impl Election {
             && seat.mod_revision == seat.revision
             && !self.cfg.force_acquire;
         if !fast {
-            self.etcd.wait_changed(&pred.key, from).await?;
+            // The record too: who leads (and where, see `/leader`) changes with it, also when
+            // it is handed over between candidates ahead of our predecessor.
+            let (etcd, holder) = (&self.etcd, self.keys.holder.as_bytes());
+            tokio::select! {
+                r = Box::pin(etcd.wait_changed(&pred.key, from)) => r?,
+                r = Box::pin(etcd.wait_changed(holder, from)) => r?,
+            }
             return Ok(None);
         }
         // Our predecessor holds the record: its hand-over re-binds the record to us in the
