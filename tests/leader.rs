@@ -15,6 +15,7 @@ use common::scene::Scene;
 use common::{clean_command, free_port, run, wait_for};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -240,11 +241,17 @@ fn watch_sees_a_hand_over_only_after_the_old_command_stopped() {
     );
     let b_start = s.mon.wait_for_start(Some("b"), T);
     eprintln!(
-        "b's line {} after b's command started",
+        "b's line {}",
         if at >= b_start.ns {
-            format!("{:.1} ms", (at - b_start.ns) as f64 / 1e6)
+            format!(
+                "{:.1} ms after b's command started",
+                (at - b_start.ns) as f64 / 1e6
+            )
         } else {
-            format!("{:.1} ms before", (b_start.ns - at) as f64 / 1e6)
+            format!(
+                "{:.1} ms before b's command started",
+                (b_start.ns - at) as f64 / 1e6
+            )
         }
     );
     s.cast.by_id("b").signal(libc::SIGTERM);
@@ -263,13 +270,15 @@ fn watch_survives_an_etcd_restart_and_compaction() {
     let mut s = Scene::new("leader-restart", "leader-restart");
     let w = Watcher::start(&s.etcd.endpoint(), &s.lock, &s.log);
     assert_eq!(w.nth(1).1, nobody());
-    s.spawn(cand(&s, "a"));
+    // Leases that outlast a slow restart: the leader does not change by itself.
+    let patient = |s: &Scene, id: &str| s.candidate(id, 10, "8s", RETRY);
+    s.spawn(patient(&s, "a"));
     s.mon.wait_for_start(Some("a"), T);
     assert_eq!(w.nth(2).1["leader"], "a");
+    s.spawn(patient(&s, "b"));
+    wait_queued(&s.etcd, &s.lock, 2);
     s.mark("etcd restarts");
     s.etcd.restart();
-    s.spawn(cand(&s, "b"));
-    wait_queued(&s.etcd, &s.lock, 2);
     s.cast.by_id("a").signal(libc::SIGTERM);
     s.mon.wait_for_start(Some("b"), T);
     assert_eq!(w.nth(3).1["leader"], "b");
@@ -343,8 +352,9 @@ impl OnCluster for Scene<common::etcd::Cluster> {
         common::candidate::Candidate::new(id)
             .endpoints(eps)
             .lock(&self.lock)
-            .lease(TTL)
-            .renew(RENEW)
+            // Leases that outlast the loss of a member: the leader does not change by itself.
+            .lease(10)
+            .renew("8s")
             .retry(RETRY)
             .log(&self.log)
     }
@@ -510,4 +520,188 @@ fn get(port: u16, path: &str) -> Option<(String, String)> {
     c.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
     Some((head.to_string() + "\r\n", body.to_string()))
+}
+
+/// A network namespace of our own to move the virtual IP in (`unshare -n`, as root, else
+/// `unshare -rn`), held by a process that sleeps in it; `Err(why)` where the machine allows none.
+struct Netns {
+    holder: Child,
+    /// `nsenter` and its flags, to run a command in it.
+    enter: Vec<String>,
+}
+
+impl Netns {
+    fn new() -> Result<Netns, String> {
+        let mut last = String::new();
+        for flags in ["-n", "-rn"] {
+            match Netns::try_with(flags) {
+                Ok(ns) => return Ok(ns),
+                Err(why) => last = format!("unshare {flags}: {why}"),
+            }
+        }
+        Err(last)
+    }
+
+    fn try_with(flags: &str) -> Result<Netns, String> {
+        let mut holder = Command::new("unshare")
+            .args([
+                flags,
+                "sh",
+                "-c",
+                "ip link set lo up && echo ready && exec sleep 600",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut ready = String::new();
+        let out = holder.stdout.take().expect("stdout");
+        let _ = BufReader::new(out).read_line(&mut ready);
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        let pid = holder.id().to_string();
+        // Never act on the host's own namespace: only once the holder is in a new one.
+        if ready.trim() != "ready" || ns(&pid).is_none() || ns(&pid) == ns("self") {
+            common::kill_and_wait(&mut holder);
+            let mut err = String::new();
+            if let Some(mut e) = holder.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(format!("no namespace of its own ({})", err.trim()));
+        }
+        let mut enter = vec!["nsenter".to_string(), "-t".into(), pid, "-n".into()];
+        if flags == "-rn" {
+            enter.extend(["-U".into(), "--preserve-credentials".into()]);
+        }
+        Ok(Netns { holder, enter })
+    }
+
+    /// The addresses of `lo` in the namespace.
+    fn addresses(&self) -> String {
+        let out = Command::new(&self.enter[0])
+            .args(&self.enter[1..])
+            .args(["ip", "-o", "addr", "show", "dev", "lo"])
+            .output()
+            .expect("nsenter ip addr");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        common::kill_and_wait(&mut self.holder);
+    }
+}
+
+/// `examples/leader-notify.sh` end to end: `--leader --watch` runs the notify script on every
+/// change (MASTER, BACKUP, NONE, with leader, address and revision), and `examples/move-vip.sh`
+/// moves a virtual IP in a network namespace of the test's own where the machine allows one
+/// (else the test says so and checks the script's runs alone).
+#[test]
+fn leader_notify_example_moves_a_virtual_ip() {
+    let mut s = Scene::new("leader-notify", "leader-notify");
+    let dir = common::TempDir::new("leader-notify");
+    let runs = dir.join("runs");
+    let netns = Netns::new();
+    let vip = "10.200.0.1";
+    let moves = match &netns {
+        Ok(ns) => format!(
+            "VIP={vip}/32 DEV=lo {} sh {}/examples/move-vip.sh \"$@\"",
+            ns.enter.join(" "),
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        Err(why) => {
+            eprintln!("NO NETWORK NAMESPACE here ({why}): running leader-notify.sh without moving an address");
+            "true".to_string()
+        }
+    };
+    let notify = dir.join("notify");
+    std::fs::write(
+        &notify,
+        format!("#!/bin/sh\necho \"$*\" >> {}\n{moves}\n", runs.display()),
+    )
+    .expect("write the notify script");
+    std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the notify script");
+    let bin_dir = Path::new(wrapper_bin())
+        .parent()
+        .expect("the wrapper's directory");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut consumer = clean_command(&format!(
+        "{}/examples/leader-notify.sh",
+        env!("CARGO_MANIFEST_DIR")
+    ));
+    let consumer = consumer
+        .arg(&notify)
+        .env("PATH", path)
+        .env("ETCD_AWAIT_ELECTION_IDENTITY", "a")
+        .env("ETCD_AWAIT_ELECTION_LOCK_NAME", &s.lock)
+        .env("ETCD_AWAIT_ELECTION_ENDPOINTS", s.etcd.endpoint())
+        .env("ETCD_AWAIT_ELECTION_RETRY_PERIOD", RETRY)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("run leader-notify.sh");
+    let group = Group(consumer);
+    let ran = |n: usize| {
+        wait_for(T, &format!("{n} runs of the notify script"), || {
+            let text = std::fs::read_to_string(&runs).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            (lines.len() >= n).then_some(lines)
+        })
+    };
+    assert_eq!(ran(1), ["NONE   "]);
+    let has_vip = |ns: &Netns| ns.addresses().contains(&format!("inet {vip}/32"));
+    s.spawn(
+        cand(&s, "a")
+            .env("ETCD_AWAIT_ELECTION_ADVERTISE", "10.0.0.1:5432")
+            .args(&["--print-env"]),
+    );
+    s.mon.wait_for_start(Some("a"), T);
+    let a_rev = revision_of(&mut s, "a");
+    assert_eq!(ran(2)[1], format!("MASTER a 10.0.0.1:5432 {a_rev}"));
+    if let Ok(ns) = &netns {
+        wait_for(T, "the VIP on a", || has_vip(ns).then_some(()));
+    }
+    s.spawn(cand(&s, "b").args(&["--print-env"]));
+    wait_queued(&s.etcd, &s.lock, 2);
+    s.cast.by_id("a").signal(libc::SIGTERM);
+    s.mon.wait_for_start(Some("b"), T);
+    let b_rev = revision_of(&mut s, "b");
+    assert_eq!(ran(3)[2], format!("BACKUP b  {b_rev}"));
+    if let Ok(ns) = &netns {
+        wait_for(T, "the VIP gone", || (!has_vip(ns)).then_some(()));
+    }
+    s.cast.by_id("b").signal(libc::SIGTERM);
+    assert_eq!(ran(4)[3], "NONE   ");
+    assert!(
+        !Command::new("ip")
+            .args(["-o", "addr"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(vip))
+            .unwrap_or(false),
+        "the VIP reached the host's own namespace"
+    );
+    drop(group);
+    assert_eq!(ran(4).len(), 4);
+}
+
+/// The consumer's process group (the shell, `etcd-await-election --leader --watch`, a script
+/// run): SIGTERM, then SIGKILL, on drop.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = self.0.id() as i32;
+        // SAFETY: kill(2) on the group this test created.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        if common::wait_child(&mut self.0, Duration::from_secs(5)).is_none() {
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -78,15 +78,26 @@ impl Observer {
     }
 
     /// With no record, the head of the queue: its value is its identity, its key's create
-    /// revision the one etcd's recipe fences with.
+    /// revision the one etcd's recipe fences with, and its address the one it advertises (a
+    /// candidate of ours, about to take the record: the line does not change when it does).
     async fn head(&self, head: Option<&Candidate>, revision: i64) -> Result<Option<Leader>> {
         let Some(head) = head else { return Ok(None) };
-        let kv = self
-            .at(&String::from_utf8_lossy(&head.key), revision)
-            .await?;
+        let at = || Some(GetOptions::new().with_revision(revision));
+        let ops = [
+            TxnOp::get(head.key.clone(), at()),
+            TxnOp::get(self.keys.address_of(head.lease), at()),
+        ];
+        let resp = self.etcd.txn(Txn::new().and_then(ops)).await?;
+        let mut gets = resp.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(mut g) => {
+                g.take_kvs().into_iter().find(|kv| kv.lease() == head.lease)
+            }
+            _ => None,
+        });
+        let (kv, address) = (gets.next().flatten(), gets.next().flatten());
         Ok(kv.map(|kv| Leader {
             identity: identity_of(&kv),
-            address: None,
+            address: address.as_ref().map(identity_of),
             revision: Some(head.create_revision),
         }))
     }
