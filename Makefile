@@ -3,7 +3,7 @@
 #   make test      install deps, then fmt check, clippy, all tests, release, image
 #                  and example checks, and the demo (what CI runs)
 #   make unit-test all tests against Debian's etcd 3.4, and the integration tests against 3.5, 3.6,
-#                  side by side
+#                  side by side; the supervisor and election suites also as on the minimum kernel
 #   make build     debug build (host target)
 #   make release   static musl release binary
 #   make release-check   release, then static/size/empty-root checks of it
@@ -37,6 +37,9 @@ OTHER_ETCDS := $(CURDIR)/target/etcd-3.5/etcd:$(ETCDCTL35) $(CURDIR)/target/etcd
 # Integration suites that start no etcd: run once, not once per etcd version.
 NO_ETCD_SUITES := model passthrough
 ETCD_SUITES := $(filter-out $(NO_ETCD_SUITES),$(basename $(notdir $(wildcard tests/*.rs))))
+# The suites that exercise the supervisor and the election, run once more as on the oldest kernel
+# supported (README: Minimum kernel): every system call newer than it fails with ENOSYS.
+FLOOR_SUITES := election supervise faults
 
 # Where cargo builds, CARGO_TARGET_DIR honoured (scripts/target-dir.sh, which says what stays in
 # the checkout's target/ whatever it is: the etcds above, the image archive).
@@ -117,6 +120,9 @@ unit-test:
 	fi; \
 	run "cargo test (etcd 3.4; test threads: $(TEST_THREADS))" \
 		$(CARGO) test -- --test-threads=$(TEST_THREADS); \
+	run "cargo test, supervisor and election suites at the kernel floor (etcd 3.4; test threads: $(TEST_THREADS))" \
+		env EAE_KERNEL_FLOOR=1 $(CARGO) test $(addprefix --test ,$(FLOOR_SUITES)) \
+		-- --test-threads=$(TEST_THREADS); \
 	for other in $$others; do \
 		version="$${other%%:*}"; pair="$${other#*:}"; \
 		run "cargo test, etcd suites (etcd $$version; test threads: $(TEST_THREADS))" \

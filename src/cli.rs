@@ -149,7 +149,8 @@ Options (each is also an environment variable; options win):
   -h, --help       this help
   -V, --version    the version and the git commit it was built from
 
-Durations: a plain number is seconds; RENEW_DEADLINE and RETRY_PERIOD also take 500ms, 1.5s, 2m.
+Durations: a plain number is seconds; RENEW_DEADLINE, RETRY_PERIOD, WAIT_TIMEOUT and the HEALTH_
+durations also take 500ms, 1.5s, 2m.
 A value out of its range is refused (exit {}); the README says why each range is what it is.
 
 Exit codes:

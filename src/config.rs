@@ -82,6 +82,37 @@ pub const VARIABLES: &[Var] = &[
         "true",
         "changes nothing: LOCK_NAME is always held (kept for the Go tool's users)",
     ),
+    var(
+        WAIT_TIMEOUT,
+        "(none)",
+        "give up (exit 73) unless leading within this; 0: try once",
+    ),
+    var(
+        HEALTH_CMD,
+        "(none)",
+        "health check: a command run with /bin/sh -c, exit 0 is healthy",
+    ),
+    var(
+        HEALTH_URL,
+        "(none)",
+        "health check: an http:// URL, a 2xx answer is healthy",
+    ),
+    var(HEALTH_INTERVAL, "5s", "time between two health checks"),
+    var(
+        HEALTH_TIMEOUT,
+        "2s",
+        "a check running longer is killed (its process group) and fails",
+    ),
+    var(
+        HEALTH_FALL,
+        "3",
+        "consecutive failed checks that make the candidate unhealthy",
+    ),
+    var(
+        HEALTH_RISE,
+        "2",
+        "consecutive passed checks that make it healthy again",
+    ),
     Var {
         election: false,
         ..var(
@@ -116,6 +147,13 @@ pub const USERNAME: &str = "ETCD_AWAIT_ELECTION_USERNAME";
 pub const PASSWORD: &str = "ETCD_AWAIT_ELECTION_PASSWORD";
 pub const PASSWORD_FILE: &str = "ETCD_AWAIT_ELECTION_PASSWORD_FILE";
 pub const LEGACY_LOCK: &str = "ETCD_AWAIT_ELECTION_LEGACY_LOCK";
+pub const WAIT_TIMEOUT: &str = "ETCD_AWAIT_ELECTION_WAIT_TIMEOUT";
+pub const HEALTH_CMD: &str = "ETCD_AWAIT_ELECTION_HEALTH_CMD";
+pub const HEALTH_URL: &str = "ETCD_AWAIT_ELECTION_HEALTH_URL";
+pub const HEALTH_INTERVAL: &str = "ETCD_AWAIT_ELECTION_HEALTH_INTERVAL";
+pub const HEALTH_TIMEOUT: &str = "ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT";
+pub const HEALTH_FALL: &str = "ETCD_AWAIT_ELECTION_HEALTH_FALL";
+pub const HEALTH_RISE: &str = "ETCD_AWAIT_ELECTION_HEALTH_RISE";
 pub const LOG_LEVEL: &str = "ETCD_AWAIT_ELECTION_LOG_LEVEL";
 pub const LOG_FORMAT: &str = "ETCD_AWAIT_ELECTION_LOG_FORMAT";
 
@@ -135,6 +173,38 @@ pub struct Config {
     pub force_acquire: bool,
     /// etcd user name and password.
     pub user: Option<(String, Secret)>,
+    /// Not leading within this: withdraw (`Some(ZERO)`: unless leading at the first try).
+    pub wait_timeout: Option<Duration>,
+    pub health: Option<Health>,
+}
+
+/// The health check and its rhythm (`health` runs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that make a healthy candidate unhealthy.
+    pub fall: u32,
+    /// Consecutive successes that make an unhealthy candidate healthy.
+    pub rise: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Run with `/bin/sh -c`.
+    Command(String),
+    Url(HttpUrl),
+}
+
+/// An `http://` URL, taken apart for a plain GET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// As given, for the log.
+    pub text: String,
+    /// `host:port` (`[v6]:port`), as `Host:` and for resolving.
+    pub authority: String,
+    pub path: String,
 }
 
 /// A password: never printed, not even by `{:?}`.
@@ -253,6 +323,8 @@ fn read(get: impl Fn(&str) -> Option<String>, role: Role) -> Result<Option<Confi
         retry_period,
         tls,
         force_acquire,
+        wait_timeout: read_wait_timeout(&get)?,
+        health: read_health(&get)?,
     }))
 }
 
@@ -305,6 +377,12 @@ pub fn range(var: &str) -> Option<String> {
         ADVERTISE => Some(format!(
             "at most {MAX_ADVERTISE} bytes, no control characters"
         )),
+        HEALTH_INTERVAL => Some(format!(
+            "{:?} to {:?}",
+            HEALTH_INTERVAL_RANGE.0, HEALTH_INTERVAL_RANGE.1
+        )),
+        HEALTH_TIMEOUT => Some(format!("{MIN_HEALTH_TIMEOUT:?} to {HEALTH_INTERVAL}")),
+        HEALTH_FALL | HEALTH_RISE => Some(format!("1 to {MAX_HEALTH_COUNT}")),
         _ => None,
     }
 }
@@ -646,6 +724,144 @@ fn read_pem(var: &'static str, path: &str, kind: &str) -> Result<Vec<u8>, Config
     Ok(bytes)
 }
 
+/// `0` (in any unit) tries once; any other duration is how long a candidate waits to lead.
+fn read_wait_timeout(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(v) = get(WAIT_TIMEOUT).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let number = v.trim().trim_end_matches(['m', 's']);
+    if !number.is_empty() && number.bytes().all(|b| b == b'0' || b == b'.') {
+        return Ok(Some(Duration::ZERO));
+    }
+    parse_duration(&v)
+        .map(Some)
+        .map_err(|p| err(WAIT_TIMEOUT, p))
+}
+
+/// The accepted range of `HEALTH_INTERVAL`: as `RETRY_PERIOD`'s, the least is no storm of
+/// processes, the most still notices a sick service within the hour.
+pub const HEALTH_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+/// The least `HEALTH_TIMEOUT`; the most is `HEALTH_INTERVAL`: one check at a time.
+pub const MIN_HEALTH_TIMEOUT: Duration = Duration::from_millis(10);
+pub const MAX_HEALTH_COUNT: u32 = 100;
+
+/// The health check: `HEALTH_CMD` or `HEALTH_URL` (not both), and its rhythm, which means
+/// nothing without one.
+fn read_health(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Health>, ConfigError> {
+    let set = |var: &'static str| get(var).filter(|v| !v.trim().is_empty());
+    let check = match (set(HEALTH_CMD), set(HEALTH_URL)) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                HEALTH_URL,
+                format!("set either {HEALTH_CMD} or {HEALTH_URL}, not both"),
+            ))
+        }
+        (Some(cmd), None) => Check::Command(check_shell(cmd)?),
+        (None, Some(url)) => Check::Url(parse_http_url(url.trim())?),
+        (None, None) => {
+            let rhythm = [HEALTH_INTERVAL, HEALTH_TIMEOUT, HEALTH_FALL, HEALTH_RISE];
+            return match rhythm.into_iter().find(|v| set(v).is_some()) {
+                Some(var) => Err(err(
+                    var,
+                    format!("means nothing without {HEALTH_CMD} or {HEALTH_URL}"),
+                )),
+                None => Ok(None),
+            };
+        }
+    };
+    let duration = |var: &'static str, default: Duration| match set(var) {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).map_err(|p| err(var, p)),
+    };
+    let interval = duration(HEALTH_INTERVAL, Duration::from_secs(5))?;
+    let timeout = duration(HEALTH_TIMEOUT, Duration::from_secs(2))?;
+    let (min, max) = HEALTH_INTERVAL_RANGE;
+    if !(min..=max).contains(&interval) {
+        let p = format!("{interval:?} is out of range: {min:?} to {max:?}");
+        return Err(err(HEALTH_INTERVAL, p));
+    }
+    if !(MIN_HEALTH_TIMEOUT..=interval).contains(&timeout) {
+        let p = format!(
+            "{timeout:?} is out of range: {MIN_HEALTH_TIMEOUT:?} to {HEALTH_INTERVAL} \
+             ({interval:?}): one check runs at a time"
+        );
+        return Err(err(HEALTH_TIMEOUT, p));
+    }
+    let count = |var: &'static str, default: u32| match set(var) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (1..=MAX_HEALTH_COUNT).contains(&n) => Ok(n),
+            _ => Err(err(
+                var,
+                format!("{v:?} is not a count from 1 to {MAX_HEALTH_COUNT}"),
+            )),
+        },
+    };
+    Ok(Some(Health {
+        check,
+        interval,
+        timeout,
+        fall: count(HEALTH_FALL, 3)?,
+        rise: count(HEALTH_RISE, 2)?,
+    }))
+}
+
+/// A command check needs a shell: found missing here rather than at the first check.
+fn check_shell(cmd: String) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shell = std::fs::metadata(crate::health::SHELL);
+    if !shell.is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+        return Err(err(
+            HEALTH_CMD,
+            format!(
+                "needs {} in the image (or use {HEALTH_URL}, which needs nothing)",
+                crate::health::SHELL
+            ),
+        ));
+    }
+    Ok(cmd)
+}
+
+/// `http://host[:port][/path]`: no TLS, no user info (a check goes over loopback or a pod's
+/// network to the service itself).
+fn parse_http_url(v: &str) -> Result<HttpUrl, ConfigError> {
+    let bad = |p: String| err(HEALTH_URL, format!("{v:?}: {p}"));
+    let rest = v
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("only http:// URLs are checked".into()))?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    if path.chars().any(|c| c.is_control() || c == ' ') || authority.contains('@') {
+        return Err(bad(
+            "a path with spaces or control characters, or user info".into(),
+        ));
+    }
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !p.contains(']') && !h.is_empty());
+    let authority = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    check_host_port(&authority).map_err(bad)?;
+    Ok(HttpUrl {
+        text: v.to_string(),
+        authority,
+        path,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -947,5 +1163,97 @@ mod tests {
             with(&[(STATUS_ENDPOINT, "localhost")]).unwrap_err().var,
             STATUS_ENDPOINT
         );
+    }
+
+    #[test]
+    fn wait_timeout() {
+        assert_eq!(with(&[]).unwrap().unwrap().wait_timeout, None);
+        for zero in ["0", "0s", "0ms", "0.0"] {
+            let c = with(&[(WAIT_TIMEOUT, zero)]).unwrap().unwrap();
+            assert_eq!(c.wait_timeout, Some(Duration::ZERO), "{zero}");
+        }
+        let c = with(&[(WAIT_TIMEOUT, "1.5s")]).unwrap().unwrap();
+        assert_eq!(c.wait_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            with(&[(WAIT_TIMEOUT, "soon")]).unwrap_err().var,
+            WAIT_TIMEOUT
+        );
+        assert_eq!(with(&[(WAIT_TIMEOUT, "-1")]).unwrap_err().var, WAIT_TIMEOUT);
+    }
+
+    #[test]
+    fn health_defaults_and_checks() {
+        assert_eq!(with(&[]).unwrap().unwrap().health, None);
+        let h = with(&[(HEALTH_CMD, "test -e /ok")]).unwrap().unwrap();
+        let h = h.health.unwrap();
+        assert_eq!(h.check, Check::Command("test -e /ok".into()));
+        assert_eq!(
+            (h.interval, h.timeout, h.fall, h.rise),
+            (Duration::from_secs(5), Duration::from_secs(2), 3, 2)
+        );
+        let url = |u: &'static str| match with(&[(HEALTH_URL, u)]) {
+            Ok(Some(Config {
+                health:
+                    Some(Health {
+                        check: Check::Url(u),
+                        ..
+                    }),
+                ..
+            })) => Ok((u.authority, u.path)),
+            Ok(_) => panic!("no URL check"),
+            Err(e) => Err(e.var),
+        };
+        assert_eq!(
+            url("http://127.0.0.1:8080/healthz"),
+            Ok(("127.0.0.1:8080".into(), "/healthz".into()))
+        );
+        assert_eq!(url("http://svc"), Ok(("svc:80".into(), "/".into())));
+        assert_eq!(
+            url("http://[::1]/x?y=1"),
+            Ok(("[::1]:80".into(), "/x?y=1".into()))
+        );
+        assert_eq!(
+            url("http://h:8080?ready"),
+            Ok(("h:8080".into(), "/?ready".into()))
+        );
+        for bad in [
+            "https://h/",
+            "h:80/x",
+            "http://",
+            "http://h:99999/",
+            "http://u@h/",
+            "http://h/a b",
+        ] {
+            assert_eq!(url(bad), Err(HEALTH_URL), "{bad}");
+        }
+    }
+
+    #[test]
+    fn health_settings_are_checked() {
+        let e = |extra: &[(&'static str, &'static str)]| {
+            let mut v = vec![(HEALTH_CMD, "true")];
+            v.extend_from_slice(extra);
+            with(&v).map(|_| ()).map_err(|e| e.var)
+        };
+        assert_eq!(
+            with(&[(HEALTH_CMD, "true"), (HEALTH_URL, "http://h/")])
+                .unwrap_err()
+                .var,
+            HEALTH_URL
+        );
+        // Its rhythm means nothing without a check.
+        assert_eq!(with(&[(HEALTH_RISE, "2")]).unwrap_err().var, HEALTH_RISE);
+        assert_eq!(e(&[(HEALTH_INTERVAL, "50ms")]), Err(HEALTH_INTERVAL));
+        assert_eq!(e(&[(HEALTH_INTERVAL, "2h")]), Err(HEALTH_INTERVAL));
+        assert_eq!(
+            e(&[(HEALTH_INTERVAL, "100ms"), (HEALTH_TIMEOUT, "100ms")]),
+            Ok(())
+        );
+        assert_eq!(e(&[(HEALTH_TIMEOUT, "6s")]), Err(HEALTH_TIMEOUT));
+        assert_eq!(e(&[(HEALTH_TIMEOUT, "5ms")]), Err(HEALTH_TIMEOUT));
+        assert_eq!(e(&[(HEALTH_FALL, "0")]), Err(HEALTH_FALL));
+        assert_eq!(e(&[(HEALTH_RISE, "101")]), Err(HEALTH_RISE));
+        assert_eq!(e(&[(HEALTH_RISE, "x")]), Err(HEALTH_RISE));
+        assert_eq!(e(&[(HEALTH_FALL, "1"), (HEALTH_RISE, "100")]), Ok(()));
     }
 }

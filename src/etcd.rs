@@ -74,14 +74,24 @@ impl fmt::Display for Error {
 impl Error {
     /// A failure that may be the connection's rather than the request's: a timed-out request may
     /// mean a blackholed connection, a connection error one that tonic keeps reporting after the
-    /// server is back.
+    /// server is back, and a token issued before a change of etcd's users or roles (JWT tokens
+    /// carry the auth revision) is refused until the client authenticates again, which a new
+    /// connection does (etcd_client refreshes only an expired token).
     fn of_connection(&self) -> bool {
         match self {
             Error::Etcd(etcd_client::Error::TransportError(_)) | Error::NoAnswer(_) => true,
-            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => s.code() == tonic::Code::Unavailable,
+            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+                s.code() == tonic::Code::Unavailable || is_old_auth_revision(s)
+            }
             _ => false,
         }
     }
+}
+
+/// etcd's refusal of a token issued before the last change of its users or roles.
+pub fn is_old_auth_revision(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::InvalidArgument
+        && s.message().contains("revision of auth store is old")
 }
 
 /// The whole chain of causes: tonic's own message is only "transport error", and the useful
@@ -166,7 +176,12 @@ pub fn op_timeout(cfg: &Config) -> Duration {
 #[derive(Clone)]
 pub struct Etcd {
     cfg: Rc<Config>,
+    /// The bound of one request.
+    limit: Duration,
     client: Rc<RefCell<Option<Client>>>,
+    /// Held while a client is built: two requests finding none build one, not two (with
+    /// authentication, each build is a request, and each failed one moves to the next member).
+    building: Rc<tokio::sync::Mutex<()>>,
     /// Index into the endpoints of the member the next client talks to.
     member: Rc<Cell<usize>>,
     /// Wakes watches still running on the dropped client's connections.
@@ -176,8 +191,10 @@ pub struct Etcd {
 impl Etcd {
     pub fn new(cfg: Rc<Config>) -> Etcd {
         Etcd {
+            limit: op_timeout(&cfg),
             cfg,
             client: Rc::new(RefCell::new(None)),
+            building: Rc::new(tokio::sync::Mutex::new(())),
             member: Rc::new(Cell::new(0)),
             replaced: Rc::new(Notify::new()),
         }
@@ -185,7 +202,16 @@ impl Etcd {
 
     /// The bound of one request.
     pub fn limit(&self) -> Duration {
-        op_timeout(&self.cfg)
+        self.limit
+    }
+
+    /// The same connection, each request bounded by `limit` instead: for requests that share a
+    /// bound of their own ([`Etcd::within`]), such as a renewal and its confirmation.
+    pub fn bounded(&self, limit: Duration) -> Etcd {
+        Etcd {
+            limit,
+            ..self.clone()
+        }
     }
 
     pub async fn get(
@@ -271,13 +297,19 @@ impl Etcd {
         if let Some(c) = existing {
             return Ok(c);
         }
+        let _building = self.building.lock().await;
+        let existing = self.client.borrow().clone();
+        if let Some(c) = existing {
+            return Ok(c);
+        }
         let endpoints = &self.cfg.endpoints;
         let endpoint = &endpoints[self.member.get() % endpoints.len()];
         let connecting = async { Ok(connect(&self.cfg, endpoint).await?) };
-        let c = match tokio::time::timeout(self.limit(), connecting).await {
+        let bound = op_timeout(&self.cfg);
+        let c = match tokio::time::timeout(bound, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(self.next_member(e)),
-            Err(_) => return Err(self.next_member(Error::NoAnswer(self.limit()))),
+            Err(_) => return Err(self.next_member(Error::NoAnswer(bound))),
         };
         debug!("talking to etcd at {endpoint}");
         *self.client.borrow_mut() = Some(c.clone());

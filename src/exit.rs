@@ -15,6 +15,9 @@ pub const USAGE: i32 = 64;
 pub const INTERNAL: i32 = 70;
 /// The command's process group could not be emptied by the kill deadline.
 pub const STUCK: i32 = 71;
+/// Not leading within `WAIT_TIMEOUT`: withdrew, the command never started (sysexits'
+/// `EX_CANTCREAT`: the lock could not be taken).
+pub const WAIT_TIMEOUT: i32 = 73;
 /// Leadership was lost: the command was stopped.
 pub const LOST: i32 = 75;
 /// Another live candidate uses our identity.
@@ -84,6 +87,12 @@ pub const TABLE: &[Exit] = &[
         "The command's process group could not be emptied by the kill deadline (a process in \
          uninterruptible sleep, a zombie whose parent left the group with setsid): the wrapper \
          logs the pids left and exits without resigning, so its lease expires by itself.",
+    ),
+    exit(
+        WAIT_TIMEOUT,
+        "Not leading within WAIT_TIMEOUT (0: another candidate was queued ahead or held the \
+         lock at the first try): withdrew from the election (key deleted, lease revoked); the \
+         command never started.",
     ),
     exit(
         LOST,
@@ -174,6 +183,7 @@ mod tests {
             USAGE,
             INTERNAL,
             STUCK,
+            WAIT_TIMEOUT,
             LOST,
             TWIN,
             REFUSED,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 use crate::config;
-use crate::etcd::Error;
+use crate::etcd::{is_old_auth_revision, Error};
 use crate::format::cut;
 
 /// Why an etcd request failed. The first six are transient, the rest permanent.
@@ -208,6 +208,9 @@ fn cause_of(e: &Error, text: &str) -> Cause {
         Code::FailedPrecondition if message("authentication is not enabled") => {
             Cause::AuthNotEnabled
         }
+        // Our token predates a change of etcd's users or roles: a new connection authenticates
+        // again.
+        _ if is_old_auth_revision(status) => Cause::Unavailable,
         Code::InvalidArgument => Cause::InvalidRequest,
         Code::PermissionDenied => Cause::PermissionDenied,
         Code::Unavailable if message("no leader") => Cause::NoLeader,
@@ -503,6 +506,15 @@ mod tests {
         let f = classify(&e);
         assert_eq!(f.cause, Cause::LeaseTtl);
         assert!(f.to_string().contains("ETCD_AWAIT_ELECTION_LEASE_DURATION"));
+    }
+
+    #[test]
+    fn an_old_token_is_transient() {
+        let e = status(
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old",
+        );
+        assert_eq!(cause(e), Cause::Unavailable);
     }
 
     #[test]

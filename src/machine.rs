@@ -1,9 +1,11 @@
-//! The state machine: awaiting → leading → stopping → resigning → exit. It enforces the renew
-//! deadline, applying the rules of `timing` on `CLOCK_BOOTTIME` (`clock`). It reads one channel of
-//! events from the election thread, the signal thread and the alarm thread, and decides: start the
-//! child, forward a signal, stop the child's group before the lease can expire on the server,
-//! resign, exit. It never talks to etcd itself (`election` does), and never waits on a process
-//! but through `supervisor`.
+//! The state machine: awaiting → leading → stopping → resigning → exit, and, with a health check,
+//! standing aside (out of the queue until healthy again). It enforces the renew deadline, applying
+//! the rules of `timing` on `CLOCK_BOOTTIME` (`clock`), and `WAIT_TIMEOUT`. It reads one channel
+//! of events from the election thread, the signal thread, the alarm thread and the health thread,
+//! and decides: start the child, forward a signal, stop the child's group before the lease can
+//! expire on the server, resign, stand aside, join again, exit. It never talks to etcd itself
+//! (`election` does), never runs a health check (`health` does), and never waits on a process but
+//! through `supervisor`.
 
 use std::ffi::OsString;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -15,6 +17,7 @@ use crate::clock::{self, Boot};
 use crate::config::{self, Config};
 use crate::election;
 use crate::exit;
+use crate::health::{self, Verdict};
 use crate::leader::Leader;
 use crate::signals;
 use crate::status::{self, Phase};
@@ -28,6 +31,7 @@ pub enum Event {
     Signal(i32),
     /// The deadline set on the [`clock::Alarm`] came, maybe during a suspend.
     Alarm,
+    Health(Verdict),
 }
 
 /// How often a group being stopped is checked: its members need not be our children, so their
@@ -51,6 +55,11 @@ enum State {
         code: i32,
         until: Boot,
     },
+    /// Out of the queue while unhealthy (`resigned`: the election thread confirmed it); joins
+    /// again once healthy.
+    Aside {
+        resigned: bool,
+    },
     Done(i32),
 }
 
@@ -70,6 +79,19 @@ pub struct Wrapper {
     /// Elected while the last renewal was older than the renew deadline (an etcd outage just
     /// ended): the command starts with the next renewal. Key, revision, lease.
     pending: Option<(String, i64, i64)>,
+    /// The health check's verdict (true without a check; false until its first verdict).
+    healthy: bool,
+    /// Leading: a candidate waits behind us, as last reported.
+    successor: bool,
+    /// Leading while unhealthy with nobody to hand over to: said once in the log.
+    said_staying: bool,
+    /// The group is being stopped to hand over for health: once it is empty we stand aside
+    /// instead of exiting.
+    stepping_down: bool,
+    /// The command was started at least once: `WAIT_TIMEOUT` is met.
+    led: bool,
+    /// Not leading by then: withdraw (`WAIT_TIMEOUT` above zero).
+    wait_until: Option<Boot>,
 }
 
 impl Wrapper {
@@ -91,13 +113,34 @@ impl Wrapper {
             status::serve(addr, status.clone())
                 .map_err(|e| format!("{}: {e}", config::STATUS_ENDPOINT))?;
         }
+        if let Some(h) = &cfg.health {
+            health::spawn(h.clone(), tx.clone(), Event::Health)
+                .map_err(fail("cannot start the health thread"))?;
+            status.update(|s| s.health = Some(status::Health::default()));
+        }
         let election = election::spawn(cfg.clone(), tx, Event::Election)
             .map_err(fail("cannot start the election thread"))?;
+        if cfg.health.is_none() {
+            election.join();
+        }
         info!(
-            "lock={} identity={}: awaiting leadership",
-            cfg.lock_name, cfg.identity
+            "lock={} identity={}: awaiting leadership{}",
+            cfg.lock_name,
+            cfg.identity,
+            if cfg.health.is_some() {
+                " once healthy"
+            } else {
+                ""
+            }
         );
+        let wait_until = cfg.wait_timeout.filter(|w| !w.is_zero());
         Ok(Wrapper {
+            healthy: cfg.health.is_none(),
+            successor: false,
+            said_staying: false,
+            stepping_down: false,
+            led: false,
+            wait_until: wait_until.map(|w| Boot::now().saturating_add(w)),
             cfg,
             cmd,
             events,
@@ -111,13 +154,18 @@ impl Wrapper {
     }
 
     pub fn run(mut self) -> i32 {
-        let mut state = State::Awaiting;
+        // With a health check, the queue is joined on its first healthy verdict.
+        let mut state = if self.cfg.health.is_some() {
+            State::Aside { resigned: true }
+        } else {
+            State::Awaiting
+        };
         loop {
             // The deadline the state has, and whether a group being stopped is polled: leftovers
             // of an exited child that are not our children die without a SIGCHLD to us, and so
             // does a killed group.
             let (due, poll) = match &state {
-                State::Awaiting => (None, false),
+                State::Awaiting | State::Aside { .. } => (self.wait_deadline(), false),
                 State::Leading(_) => (self.renew_deadline(), false),
                 State::Stopping { stop, exited, .. } => match stop.due(Boot::now()) {
                     Due::Nothing(at) => (Some(at), stop.is_killed() || exited.is_some()),
@@ -157,6 +205,7 @@ impl Wrapper {
                 (state, Ok(Event::Alarm)) => state,
                 (state, Ok(Event::Signal(sig))) => self.on_signal(state, sig),
                 (state, Ok(Event::Election(e))) => self.on_election(state, e),
+                (state, Ok(Event::Health(v))) => self.on_health(state, v),
             };
         }
     }
@@ -197,6 +246,11 @@ impl Wrapper {
                 warn!("the election thread did not confirm resigning; the lease expires by itself");
                 State::Done(code)
             }
+            State::Awaiting | State::Aside { .. }
+                if self.wait_deadline().is_some_and(|d| d <= Boot::now()) =>
+            {
+                self.give_up(state)
+            }
             other => other,
         }
     }
@@ -204,6 +258,10 @@ impl Wrapper {
     fn on_signal(&mut self, state: State, sig: i32) -> State {
         if sig == libc::SIGCHLD {
             return self.on_child_exit(state);
+        }
+        if sig == libc::SIGTERM || sig == libc::SIGINT {
+            // Stopping the wrapper: a hand-over for health under way ends in an exit.
+            self.stepping_down = false;
         }
         match state {
             State::Leading(ref child) | State::Stopping { ref child, .. } => {
@@ -232,6 +290,10 @@ impl Wrapper {
                 info!("signal {sig} while awaiting leadership: withdrawing");
                 next
             }
+            State::Aside { resigned } if sig == libc::SIGTERM || sig == libc::SIGINT => {
+                info!("signal {sig} while out of the queue: exiting");
+                self.leave_aside(resigned, exit::WITHDRAWN)
+            }
             other => other,
         }
     }
@@ -241,7 +303,7 @@ impl Wrapper {
             State::Leading(child) => child,
             State::Stopping { .. } => return self.supervise_stop(state),
             other => {
-                supervisor::reap_orphans();
+                supervisor::reap_orphans(&mut self.standby);
                 return other;
             }
         };
@@ -391,9 +453,12 @@ impl Wrapper {
                 revision,
                 lease,
             } => match state {
+                // Never leads while unhealthy: the record goes on to the next.
+                State::Awaiting if !self.healthy => self.stand_aside(),
                 State::Awaiting => self.lead(key, revision, lease),
                 other => other,
             },
+            E::Queued | E::Successor(_) => self.on_queue(state, &e),
             E::Lost(why) => self.on_lost(state, &why),
             E::Fatal(why) => {
                 let next = self.abandon(state, exit::REFUSED);
@@ -407,6 +472,8 @@ impl Wrapper {
             }
             E::Resigned => match state {
                 State::Resigning { code, .. } => State::Done(code),
+                State::Aside { resigned: false } if self.healthy => self.rejoin(),
+                State::Aside { resigned: false } => State::Aside { resigned: true },
                 other => other,
             },
         }
@@ -486,6 +553,7 @@ impl Wrapper {
                     "lock={} identity={} leader={}: leading as {key} (revision {revision}); started child {}",
                     self.cfg.lock_name, self.cfg.identity, self.cfg.identity, child.pid
                 );
+                self.led = true;
                 self.set_phase(Phase::Running);
                 State::Leading(child)
             }
@@ -514,6 +582,7 @@ impl Wrapper {
     /// Ends in whatever state: the child's group (if any) is killed outright, and we resign
     /// once it is empty.
     fn abandon(&mut self, state: State, code: i32) -> State {
+        self.stepping_down = false;
         match state {
             State::Leading(child) | State::Stopping { child, .. } => {
                 child.signal_group(libc::SIGKILL);
@@ -524,11 +593,16 @@ impl Wrapper {
                     exited: Some(code),
                 }
             }
-            State::Resigning { .. } | State::Awaiting | State::Done(_) => State::Done(code),
+            State::Resigning { .. } | State::Awaiting | State::Aside { .. } | State::Done(_) => {
+                State::Done(code)
+            }
         }
     }
 
     fn resign(&mut self, code: i32) -> State {
+        if std::mem::take(&mut self.stepping_down) {
+            return self.stand_aside();
+        }
         self.set_phase(Phase::Awaiting);
         self.election.resign();
         // The election thread gives up revoking within 8 s; this is only a backstop in case
@@ -552,5 +626,152 @@ impl Wrapper {
                 });
             }
         });
+    }
+}
+
+/// Health, and waiting with a limit.
+impl Wrapper {
+    /// When a candidate that has not led gives up (`WAIT_TIMEOUT` above zero).
+    fn wait_deadline(&self) -> Option<Boot> {
+        self.wait_until.filter(|_| !self.led)
+    }
+
+    /// `WAIT_TIMEOUT=0` and not led yet: a candidate that cannot lead at once gives up.
+    fn tries_once(&self) -> bool {
+        self.cfg.wait_timeout.is_some_and(|w| w.is_zero()) && !self.led
+    }
+
+    /// Not leading within `WAIT_TIMEOUT`: withdraws, never to start the command.
+    fn give_up(&mut self, state: State) -> State {
+        let next = match state {
+            State::Aside { resigned } => self.leave_aside(resigned, exit::WAIT_TIMEOUT),
+            _ => self.resign(exit::WAIT_TIMEOUT),
+        };
+        info!(
+            "lock={} identity={}: not leading within {} ({:?}); withdrawing",
+            self.cfg.lock_name,
+            self.cfg.identity,
+            config::WAIT_TIMEOUT,
+            self.cfg.wait_timeout.unwrap_or_default()
+        );
+        next
+    }
+
+    /// Exits from out of the queue, once the election thread confirmed it resigned.
+    fn leave_aside(&mut self, resigned: bool, code: i32) -> State {
+        if resigned {
+            return State::Done(code);
+        }
+        State::Resigning {
+            code,
+            until: Boot::now().saturating_add(Duration::from_secs(10)),
+        }
+    }
+
+    /// What the queue says: somebody ahead of us (a try-once candidate gives up), or behind us
+    /// while we lead (an unhealthy leader hands over to it).
+    fn on_queue(&mut self, state: State, e: &election::Event) -> State {
+        match (state, e) {
+            (State::Awaiting, election::Event::Queued) if self.tries_once() => {
+                self.give_up(State::Awaiting)
+            }
+            (State::Leading(child), election::Event::Successor(waits)) => {
+                self.successor = *waits;
+                self.unless_healthy(child)
+            }
+            (state, _) => state,
+        }
+    }
+
+    fn on_health(&mut self, state: State, v: Verdict) -> State {
+        self.status.update(|s| {
+            let h = s.health.get_or_insert_with(Default::default);
+            h.checks += 1;
+            h.failures += u64::from(!v.passed);
+            h.transitions += u64::from(v.changed && h.healthy.is_some());
+            h.healthy = Some(v.healthy);
+        });
+        if !v.passed {
+            debug!("health check failed: {}", v.detail);
+        }
+        if !v.changed {
+            return state;
+        }
+        self.healthy = v.healthy;
+        let (lock, identity) = (&self.cfg.lock_name, &self.cfg.identity);
+        if v.healthy {
+            self.said_staying = false;
+            info!("lock={lock} identity={identity}: healthy ({})", v.detail);
+            match state {
+                State::Aside { resigned: true } => self.rejoin(),
+                other => other,
+            }
+        } else {
+            warn!("lock={lock} identity={identity}: unhealthy ({})", v.detail);
+            self.on_sick(state)
+        }
+    }
+
+    /// Turned unhealthy: a leader hands over if somebody waits; a waiter leaves the queue.
+    fn on_sick(&mut self, state: State) -> State {
+        match state {
+            State::Awaiting | State::Aside { .. } if self.tries_once() => self.give_up(state),
+            State::Leading(child) => self.unless_healthy(child),
+            State::Awaiting => {
+                self.pending = None;
+                self.stand_aside()
+            }
+            other => other,
+        }
+    }
+
+    /// A leader that is unhealthy stops its command to hand over, if a candidate waits; if none
+    /// does, it keeps leading (a sick service beats none), and says so once.
+    fn unless_healthy(&mut self, child: Child) -> State {
+        if self.healthy {
+            return State::Leading(child);
+        }
+        let (lock, identity) = (&self.cfg.lock_name, &self.cfg.identity);
+        if !self.successor {
+            if !std::mem::replace(&mut self.said_staying, true) {
+                warn!(
+                    "lock={lock} identity={identity}: unhealthy, but no other candidate waits: \
+                     leading on"
+                );
+            }
+            return State::Leading(child);
+        }
+        child.signal_group(libc::SIGTERM);
+        child.signal_group(libc::SIGCONT);
+        self.stepping_down = true;
+        self.set_phase(Phase::Stopping);
+        let pid = child.pid;
+        let next = self.stopping(child, None);
+        warn!(
+            "lock={lock} identity={identity}: unhealthy while another candidate waits: stopped \
+             child {pid} (SIGTERM) to hand over"
+        );
+        next
+    }
+
+    /// Leaves the queue (a leader: once its group is empty, handing the record on) until healthy.
+    fn stand_aside(&mut self) -> State {
+        self.set_phase(Phase::Awaiting);
+        self.election.resign();
+        info!(
+            "lock={} identity={}: unhealthy: out of the queue until healthy again",
+            self.cfg.lock_name, self.cfg.identity
+        );
+        State::Aside { resigned: false }
+    }
+
+    fn rejoin(&mut self) -> State {
+        self.successor = false;
+        self.election.join();
+        info!(
+            "lock={} identity={}: joining the queue",
+            self.cfg.lock_name, self.cfg.identity
+        );
+        State::Awaiting
     }
 }

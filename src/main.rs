@@ -17,6 +17,7 @@
 //!   errors), with `failure` (what an error means: retry or give up).
 //! - The child: `supervisor` (its process group, the guardian, `waitpid`), `launch` (resolving
 //!   and starting the program), `signals` (the signal thread).
+//! - The health check: `health` (its thread, the check, FALL/RISE counted into a verdict).
 //! - Reporting: `status` (the HTTP status endpoint and metrics) on `http`, `leader` (who leads, as
 //!   `--leader` and `/leader` show it), and `format` (escaping what others chose).
 
@@ -31,6 +32,7 @@ mod etcd;
 mod exit;
 mod failure;
 mod format;
+mod health;
 mod http;
 mod launch;
 mod leader;

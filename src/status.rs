@@ -61,6 +61,17 @@ pub struct Snapshot {
     pub child_starts: u64,
     pub child_exit_code: Option<i32>,
     pub etcd_errors: BTreeMap<Cause, u64>,
+    /// Only with a health check configured.
+    pub health: Option<Health>,
+}
+
+/// The health check's counts, and its verdict once there is one.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub healthy: Option<bool>,
+    pub checks: u64,
+    pub failures: u64,
+    pub transitions: u64,
 }
 
 #[derive(Clone)]
@@ -87,6 +98,7 @@ impl Shared {
             child_starts: 0,
             child_exit_code: None,
             etcd_errors: BTreeMap::new(),
+            health: None,
         })))
     }
 
@@ -217,7 +229,12 @@ fn health_problem(s: &Snapshot) -> Option<String> {
 
 fn to_json(s: &Snapshot) -> String {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "null".into());
-    format!(
+    // Added only with a health check: without one, the document is as it always was.
+    let health = s.health.as_ref().map_or_else(String::new, |h| {
+        let healthy = opt(h.healthy.map(|b| b.to_string()));
+        format!(r#","healthy":{healthy}"#)
+    });
+    let mut json = format!(
         concat!(
             r#"{{"status":"ok","phase":"{}","leader":{},"identity":{},"lock":{},"#,
             r#""lease_id":{},"revision":{},"since":"{}","last_renewal":{},"leader_address":{}}}"#
@@ -238,7 +255,9 @@ fn to_json(s: &Snapshot) -> String {
             .as_ref()
             .and_then(|l| l.address.as_deref())
             .map(string)),
-    )
+    );
+    json.insert_str(json.len() - 1, &health);
+    json
 }
 
 /// One metric: its name after the prefix, its type, its help, and its samples (labels, value).
@@ -261,7 +280,12 @@ fn one(name: &'static str, kind: &'static str, help: &'static str, v: String) ->
 
 fn metrics(s: &Snapshot) -> String {
     let mut out = String::new();
-    for m in command_metrics(s).into_iter().chain(etcd_metrics(s)) {
+    let health = s.health.as_ref().map(health_metrics).unwrap_or_default();
+    for m in command_metrics(s)
+        .into_iter()
+        .chain(health)
+        .chain(etcd_metrics(s))
+    {
         let name = m.name;
         let _ = writeln!(out, "# HELP etcd_await_election_{name} {}", m.help);
         let _ = writeln!(out, "# TYPE etcd_await_election_{name} {}", m.kind);
@@ -323,6 +347,36 @@ fn command_metrics(s: &Snapshot) -> Vec<Metric> {
         )
     }));
     v
+}
+
+/// The health check's, when there is one.
+fn health_metrics(h: &Health) -> Vec<Metric> {
+    vec![
+        one(
+            "healthy",
+            "gauge",
+            "1 while the health check says healthy (0 before its first verdict).",
+            u8::from(h.healthy == Some(true)).to_string(),
+        ),
+        one(
+            "health_checks_total",
+            "counter",
+            "Health checks run.",
+            h.checks.to_string(),
+        ),
+        one(
+            "health_check_failures_total",
+            "counter",
+            "Health checks failed (a timeout included).",
+            h.failures.to_string(),
+        ),
+        one(
+            "health_transitions_total",
+            "counter",
+            "Times the verdict changed (HEALTH_FALL failures or HEALTH_RISE passes in a row).",
+            h.transitions.to_string(),
+        ),
+    ]
 }
 
 /// etcd's failures, and the log's.

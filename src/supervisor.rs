@@ -469,10 +469,19 @@ impl Child {
 }
 
 /// For states without a child: reaps and discards whatever exited (reparented orphans, a
-/// dismissed guardian).
-pub fn reap_orphans() {
+/// dismissed guardian). A guardian forked ahead (`standby`) that died is let go with its pid:
+/// kept, it would be killed by that pid once dismissed, and the pid may be somebody else's by
+/// then (without a pidfd, before Linux 5.3, nothing else stops that signal). `spawn` forks
+/// another.
+pub fn reap_orphans(standby: &mut Option<Guardian>) {
     while let Some((pid, status)) = wait_any() {
-        if !libc::WIFSTOPPED(status) {
+        if libc::WIFSTOPPED(status) {
+            continue;
+        }
+        if standby.as_ref().is_some_and(|g| g.proc.pid == pid) {
+            *standby = None;
+            debug!("guardian {pid} forked ahead died ({})", describe(status));
+        } else {
             debug!("reaped {pid}");
         }
     }

@@ -239,6 +239,8 @@ mod tests {
             tls: None,
             force_acquire: false,
             user: None,
+            wait_timeout: None,
+            health: None,
         }
     }
 

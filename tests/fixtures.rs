@@ -440,3 +440,64 @@ fn an_exited_child_is_seen_without_being_reaped() {
     assert_eq!(st.signal(), Some(libc::SIGKILL));
     assert_eq!(c.wait().unwrap(), st);
 }
+
+/// `eae-kernel-floor` (what `EAE_KERNEL_FLOOR` runs every wrapper under) answers the system calls
+/// newer than the minimum kernel with ENOSYS, as that kernel does, in the wrapper's command and
+/// its children too, and leaves the older ones alone; without it the same calls are known.
+#[test]
+fn the_kernel_floor_makes_newer_system_calls_unknown() {
+    // Numbers from 424 up are the same on every architecture (the kernel's unified table).
+    let probe = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def report(name, call):
+    try:
+        call()
+        print(name, "ok")
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+def syscall(nr, *args):
+    def call():
+        if libc.syscall(nr, *[ctypes.c_long(a) for a in args]) < 0:
+            raise OSError(ctypes.get_errno(), "")
+    return call
+report("pidfd_send_signal", syscall(424, -1, 0, 0, 0))
+report("pidfd_open", syscall(434, os.getpid(), 0))
+report("clone3", syscall(435, 0, 0))
+report("close_range", syscall(436, 1000, 1000, 0))
+report("getrandom", lambda: os.getrandom(1))
+report("pipe2", lambda: os.pipe2(os.O_CLOEXEC))
+"#;
+    let results = |mut cmd: Command| {
+        // Through `sh`, so the probe is a child of the command, not the command itself.
+        cmd.args(["sh", "-c", "exec python3 -c \"$0\"", probe]);
+        let r = common::run(cmd, T);
+        assert!(r.status.success(), "{}", r.stderr);
+        r.stdout
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(call, result)| (call.to_string(), result.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let newer = [
+        "pidfd_send_signal",
+        "pidfd_open",
+        "clone3",
+        "close_range",
+        "getrandom",
+    ];
+    // Without the filter: this machine's kernel knows them all.
+    let host = results(common::clean_command("env"));
+    assert_eq!(host.len(), newer.len() + 1, "{host:?}");
+    for (call, result) in &host {
+        assert_ne!(result, "ENOSYS", "{call} without the filter: {host:?}");
+    }
+    // Through the wrapper (no election: it execs the command), as the fixtures start it.
+    let floor = results(common::clean_command(common::candidate::floor_wrapper_bin()));
+    let expected: Vec<(String, String)> = newer
+        .iter()
+        .map(|c| (c.to_string(), "ENOSYS".to_string()))
+        .chain([("pipe2".to_string(), "ok".to_string())])
+        .collect();
+    assert_eq!(floor, expected);
+}

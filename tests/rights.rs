@@ -8,9 +8,11 @@
 //! (`--leader`).
 
 mod common;
+#[path = "common/pki.rs"]
+mod pki;
 
 use common::candidate::{Candidate, CandidateBuilder};
-use common::etcd::{assert_success, json_uint, Etcd};
+use common::etcd::{assert_success, json_uint, Etcd, EtcdBuilder};
 use common::invariant::Monitor;
 use common::old_replica::OldReplica;
 use common::TempDir;
@@ -52,7 +54,11 @@ fn smallest(lock: &str) -> Vec<Grant> {
 /// etcd with authentication on: `root`, and for each entry a user of that name (password
 /// [`SECRET`]) whose role holds exactly those grants.
 fn auth_etcd(users: &[(&str, Vec<Grant>)]) -> Etcd {
-    let etcd = Etcd::start();
+    auth_etcd_with(Etcd::builder(), users)
+}
+
+fn auth_etcd_with(builder: EtcdBuilder, users: &[(&str, Vec<Grant>)]) -> Etcd {
+    let etcd = builder.start();
     let ok = |args: &[&str]| assert_success(&etcd.etcdctl(args), &format!("etcdctl {args:?}"));
     ok(&["user", "add", ROOT, "--interactive=false"]);
     ok(&["role", "add", "root"]);
@@ -322,4 +328,269 @@ fn proving_the_rights_changes_nothing_and_disturbs_no_leader() {
     assert_eq!(mon.starts().len(), 1, "{}", mon.timeline());
     assert!(mon.running().iter().any(|(_, pid)| *pid == ra.pid) && a.is_running());
     assert_nothing_refused(&[&a, &twin]);
+}
+
+/// The lines of the README's `sh` block after `heading`, but its first (which a user edits to set
+/// `LOCK`, `ROLE` and `ETCD_USER`): the lines a user pastes, literally.
+fn readme_grant(heading: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let section = &readme[readme.find(heading).expect(heading)..];
+    let block = &section[section.find("```sh\n").expect("an sh block") + "```sh\n".len()..];
+    let block = &block[..block.find("```").expect("the block's end")];
+    block.lines().skip(1).collect::<Vec<_>>().join("\n")
+}
+
+/// Pastes `lines` into `shell` as root, with `LOCK`, `ROLE` and `ETCD_USER` set, and the
+/// fixture's `etcdctl` (`EAE_ETCDCTL_BIN`, as `tests/common/etcd.rs` picks it) as `etcdctl`.
+fn paste(etcd: &Etcd, shell: &str, lines: &str, lock: &str, role: &str, user: &str) -> String {
+    let ctl = std::env::var("EAE_ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".into());
+    let mut cmd = common::clean_command(shell);
+    cmd.arg("-c")
+        .arg(format!(
+            "etcdctl() {{ command \"$EAE_CTL\" \"$@\"; }}\n{lines}"
+        ))
+        .env("EAE_CTL", ctl)
+        .env("ETCDCTL_API", "3")
+        .env("ETCDCTL_ENDPOINTS", etcd.endpoint())
+        .env("ETCDCTL_USER", ROOT)
+        .env("ETCDCTL_COMMAND_TIMEOUT", "30s")
+        .env("LOCK", lock)
+        .env("ROLE", role)
+        .env("ETCD_USER", user);
+    let run = common::run(cmd, T);
+    format!("{}{}", run.stdout, run.stderr)
+}
+
+/// The README's grant lines, pasted literally into `sh` and `bash` for lock names the
+/// configuration accepts (spaces, quotes, `%`, a backslash, unicode, a leading `/`, a leading
+/// `-`): each candidate, with that grant alone, leads. A name the shell lines do not pass to
+/// etcdctl as it is (`-x` read as an option) leaves the user without the grant, and the
+/// candidate ends with 77.
+#[test]
+fn the_readmes_grant_pasted_into_a_shell_lets_a_candidate_lead() {
+    let names = [
+        "my job",
+        "it's \"quoted\"",
+        "50%s%d",
+        "back\\slash",
+        "ünïcødé-ジョブ",
+        "/abs/app",
+        "-leading-dash",
+    ];
+    let users: Vec<String> = (0..names.len()).map(|i| format!("u{i}")).collect();
+    let observers: Vec<String> = (0..names.len()).map(|i| format!("o{i}")).collect();
+    let etcd = auth_etcd(
+        &users
+            .iter()
+            .chain(&observers)
+            .map(|u| (u.as_str(), vec![]))
+            .collect::<Vec<_>>(),
+    );
+    let candidate_lines = readme_grant("### The grant a candidate needs");
+    let observer_lines = readme_grant("An observer that only reads who leads");
+    let dir = TempDir::new("rights-readme");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut cands = Vec::new();
+    for (i, (lock, user)) in names.iter().zip(&users).enumerate() {
+        let shell = ["sh", "bash"][i % 2];
+        let out = paste(&etcd, shell, &candidate_lines, lock, &format!("r{i}"), user);
+        let id = format!("c{i}");
+        cands.push((
+            candidate(&etcd, &id, user, lock, &log).spawn(),
+            id,
+            *lock,
+            out,
+        ));
+    }
+    for (c, id, lock, out) in &mut cands {
+        let started = common::wait_for(T, &format!("{id} to start or exit"), || {
+            if mon.starts().iter().any(|r| r.identity == *id) {
+                Some(true)
+            } else {
+                c.wait_timeout(Duration::from_millis(50)).map(|_| false)
+            }
+        });
+        assert!(
+            started,
+            "lock {lock:?}: the README's lines did not grant what a candidate needs\n\
+             pasted, etcdctl said:\n{out}\nthe candidate said:\n{}",
+            c.stderr_text()
+        );
+    }
+    // The observer's lines: its user reads who holds the record, and the candidates' keys.
+    for (i, (_, id, lock, _)) in cands.iter().enumerate() {
+        let (user, shell) = (&observers[i], ["bash", "sh"][i % 2]);
+        let out = paste(&etcd, shell, &observer_lines, lock, &format!("or{i}"), user);
+        let creds = format!("{user}:{SECRET}");
+        let prefix = format!("{lock}/");
+        let record = etcd.etcdctl(&["--user", &creds, "get", "--", lock]);
+        let queue = etcd.etcdctl(&["--user", &creds, "get", "--prefix", "--", &prefix]);
+        let said = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            record.status.success() && queue.status.success() && said(&queue).contains(id),
+            "lock {lock:?}: the README's observer lines do not let it read\npasted: {out}\n\
+             record: {record:?}\nqueue: {queue:?}"
+        );
+        assert!(said(&record).contains(id), "{record:?}");
+    }
+}
+
+/// Client-certificate authentication: etcd takes the user from the certificate's CN
+/// (`elector`), and no USERNAME or password is given. With the smallest grant it leads; on a
+/// lock it has no grant for, it ends at start-up with 77 naming the right refused.
+#[test]
+fn a_client_certificate_user_with_the_smallest_grant_leads() {
+    const LOCK: &str = "rights-cn";
+    let pki = pki::Pki::generate();
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let (scert, skey) = (pki.path("server.pem"), pki.path("server.key"));
+    let etcd = Etcd::builder()
+        .client_scheme("https")
+        .args(&["--cert-file", &scert, "--key-file", &skey])
+        .args(&["--client-cert-auth", "--trusted-ca-file", &ca])
+        .etcdctl_args(&["--cacert", &ca, "--cert", &cert, "--key", &key])
+        .start();
+    let ok = |args: &[&str]| assert_success(&etcd.etcdctl(args), &format!("etcdctl {args:?}"));
+    ok(&["user", "add", ROOT, "--interactive=false"]);
+    ok(&["role", "add", "root"]);
+    ok(&["user", "grant-role", "root", "root"]);
+    ok(&["role", "add", "elector-role"]);
+    for grant in smallest(LOCK) {
+        let mut args = vec!["role", "grant-permission", "elector-role"];
+        args.extend(grant.iter().map(String::as_str));
+        ok(&args);
+    }
+    ok(&["user", "add", "elector:unused-pw-0", "--interactive=false"]);
+    ok(&["user", "grant-role", "elector", "elector-role"]);
+    ok(&["auth", "enable"]);
+    let dir = TempDir::new("rights-cn");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let by_cert = |id: &str, lock: &str| {
+        Candidate::new(id)
+            .lock(lock)
+            .endpoints(&format!("https://{}", etcd.endpoint()))
+            .lease(3)
+            .renew("2s")
+            .retry("300ms")
+            .log(&log)
+            .env("ETCD_AWAIT_ELECTION_CACERT", &ca)
+            .env("ETCD_AWAIT_ELECTION_CERT", &cert)
+            .env("ETCD_AWAIT_ELECTION_KEY", &key)
+    };
+    let a = by_cert("a", LOCK).spawn();
+    mon.wait_for_start(Some("a"), T);
+    let mut other = by_cert("other", "rights-cn-elsewhere").spawn();
+    let code = other.expect_exit(GRACE + EXIT_SLACK).code();
+    let stderr = other.stderr_text();
+    assert_eq!(code, Some(REFUSED), "{stderr}");
+    assert!(
+        stderr.contains(r#"the user of the client certificate may not read the range ["rights-cn-elsewhere", "rights-cn-elsewhere\u{1}")"#),
+        "{stderr}"
+    );
+    assert!(
+        mon.starts().iter().all(|r| r.identity == "a"),
+        "{}",
+        mon.timeline()
+    );
+    assert_nothing_refused(&[&a]);
+}
+
+/// A right revoked while running is retried, as documented: a standby whose role is revoked
+/// stays in line (no exit, its command never started), `/healthz` 503 naming the variables; its
+/// rights restored, it leads when the leader (another user, untouched) steps down.
+#[test]
+fn a_right_revoked_from_a_standby_is_retried_not_fatal() {
+    const LOCK: &str = "rights-revoked";
+    let etcd = auth_etcd(&[("leader", smallest(LOCK)), ("standby", smallest(LOCK))]);
+    let dir = TempDir::new("rights-revoked");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut a = candidate(&etcd, "a", "leader", LOCK, &log).spawn();
+    let ra = mon.wait_for_start(Some("a"), T);
+    let port = common::free_port();
+    let mut b = candidate(&etcd, "b", "standby", LOCK, &log)
+        .status_port(port)
+        .spawn();
+    common::wait_until(T, "b to queue", || queue(&etcd, LOCK).len() == 2);
+    let root = |args: &[&str]| {
+        let mut all = vec!["--user", ROOT];
+        all.extend(args);
+        assert_success(&etcd.etcdctl(&all), &format!("etcdctl {args:?}"));
+    };
+    root(&["user", "revoke-role", "standby", "standby-role"]);
+    let healthz = || common::http("GET", &b.status_url("/healthz"), Duration::from_secs(2));
+    let (_, body) = common::wait_for(T, "b's /healthz to fail", || {
+        healthz().filter(|(code, _)| *code == 503)
+    });
+    assert!(body.contains("ETCD_AWAIT_ELECTION_USERNAME"), "{body}");
+    // Three lease TTLs (3 s): a standby ending on a permanent failure would have done so.
+    let ended = b.wait_timeout(Duration::from_secs(9));
+    assert!(ended.is_none(), "b ended {ended:?}:\n{}", b.stderr_text());
+    root(&["user", "grant-role", "standby", "standby-role"]);
+    assert!(a.signal(libc::SIGTERM));
+    mon.wait_for_start_after(Some("b"), ra.ns, T);
+    a.expect_exit(T);
+    mon.assert_no_overlap();
+}
+
+/// An ES256 key pair for etcd's JWT tokens, made with openssl in `dir`: (private, public).
+fn jwt_keys(dir: &Path) -> (String, String) {
+    let (key, public) = (dir.join("jwt.key"), dir.join("jwt.pub"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let (k, p) = (key.to_string_lossy(), public.to_string_lossy());
+    run(&[
+        "ecparam",
+        "-genkey",
+        "-name",
+        "prime256v1",
+        "-noout",
+        "-out",
+        &k,
+    ]);
+    run(&["ec", "-in", &k, "-pubout", "-out", &p]);
+    (k.into_owned(), p.into_owned())
+}
+
+/// With JWT tokens, which carry the auth revision they were issued at, any change of a user or a
+/// role makes etcd refuse every request made with an older token ("revision of auth store is
+/// old") until the client authenticates again. A leader must not lose its place to an unrelated
+/// role being added, and the hand-over after it must work.
+#[test]
+fn an_auth_change_under_jwt_tokens_costs_no_leader_its_place() {
+    const LOCK: &str = "rights-jwt";
+    let dir = TempDir::new("rights-jwt");
+    let (key, public) = jwt_keys(dir.path());
+    let token = format!("jwt,pub-key={public},priv-key={key},sign-method=ES256,ttl=10m");
+    let builder = Etcd::builder().args(&["--auth-token", &token]);
+    let etcd = auth_etcd_with(builder, &[("elector", smallest(LOCK))]);
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut a = candidate(&etcd, "a", "elector", LOCK, &log).spawn();
+    let ra = mon.wait_for_start(Some("a"), T);
+    let mut b = candidate(&etcd, "b", "elector", LOCK, &log).spawn();
+    common::wait_until(T, "b to queue", || queue(&etcd, LOCK).len() == 2);
+    let out = etcd.etcdctl(&["--user", ROOT, "role", "add", "unrelated"]);
+    assert_success(&out, "etcdctl role add unrelated");
+    // Three lease TTLs (3 s): a leader whose renewals stopped counting has stopped by then.
+    let ended = a.wait_timeout(Duration::from_secs(9));
+    assert!(ended.is_none(), "a ended {ended:?}:\n{}", a.stderr_text());
+    assert!(a.signal(libc::SIGTERM));
+    mon.wait_for_start_after(Some("b"), ra.ns, T);
+    a.expect_exit(T);
+    assert!(b.signal(libc::SIGTERM));
+    b.expect_exit(T);
+    mon.assert_no_overlap();
 }

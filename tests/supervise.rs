@@ -531,7 +531,7 @@ fn a_dead_guardians_recycled_pid_is_never_signalled() {
                 p=${d#/proc/}
                 [ "$p" != "$1" ] || continue
                 [ "$(cut -d' ' -f4 "$d/stat" 2>/dev/null)" = "$W" ] || continue
-                [ "$(readlink "$d/exe" 2>/dev/null)" = "$WRAPPER" ] && echo "$p" && return 0
+                [ "$(readlink "$d/exe" 2>/dev/null)" = "$WRAPPER_EXE" ] && echo "$p" && return 0
             done
             return 1
         }
@@ -557,6 +557,7 @@ fn a_dead_guardians_recycled_pid_is_never_signalled() {
         script,
     ])
     .env("WRAPPER", wrapper_bin())
+    .env("WRAPPER_EXE", env!("CARGO_BIN_EXE_etcd-await-election"))
     .env("CHILD", common::records::child_bin())
     .env("ETCD_AWAIT_ELECTION_LOCK_NAME", "recycled")
     .env("ETCD_AWAIT_ELECTION_IDENTITY", "ns")
@@ -579,6 +580,79 @@ fn a_dead_guardians_recycled_pid_is_never_signalled() {
         r.stderr
     );
     assert!(r.stderr.contains("replaced by guardian"), "{}", r.stderr);
+}
+
+/// A guardian forked ahead by the candidate next in line that died while it waited is let go
+/// with its pid, not killed by that pid when the candidate leads. Without a pidfd (before Linux
+/// 5.3, so here under `eae-kernel-floor`) nothing else would keep that SIGKILL from somebody who
+/// got the pid meanwhile: in a PID namespace of its own, the test hands the dead guardian's pid
+/// to an unrelated `sleep`, and the `sleep` must survive the candidate's turn.
+#[test]
+fn a_dead_standby_guardians_recycled_pid_is_never_signalled() {
+    let etcd = Etcd::start();
+    let script = r#"
+        child_of() { # $1's child whose executable is $2
+            for d in /proc/[0-9]*; do
+                [ "$(cut -d' ' -f4 "$d/stat" 2>/dev/null)" = "$1" ] || continue
+                [ "$(readlink "$d/exe" 2>/dev/null)" = "$2" ] && echo "${d#/proc/}" && return 0
+            done
+            return 1
+        }
+        ETCD_AWAIT_ELECTION_IDENTITY=leader "$WRAPPER" "$SLEEP" 1000 & L=$!
+        n=0; until child_of "$L" "$SLEEP" >/dev/null; do n=$((n+1)); [ $n -lt 1000 ] || exit 9; sleep 0.01; done
+        ETCD_AWAIT_ELECTION_IDENTITY=next "$WRAPPER" true & W=$!
+        n=0; until G=$(child_of "$W" "$WRAPPER_EXE"); do n=$((n+1)); [ $n -lt 1000 ] || exit 9; sleep 0.01; done
+        kill -9 "$G"
+        # Reaped by the waiting candidate: only then can the pid be handed out again.
+        while [ -e "/proc/$G" ]; do sleep 0.01; done
+        echo $((G - 1)) > /proc/sys/kernel/ns_last_pid
+        "$SLEEP" 1000 & S=$!
+        echo "guardian=$G sleep=$S"
+        kill -TERM "$L"; wait "$L"; echo "leader rc=$?"
+        wait "$W"; echo "next rc=$?"
+        if kill -0 "$S" 2>/dev/null; then echo survived; else echo killed; fi
+        kill -9 "$S"
+    "#;
+    let sleep = std::fs::canonicalize("/bin/sleep").expect("sleep(1)");
+    let mut cmd = common::clean_command("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "sh",
+        "-c",
+        script,
+    ])
+    .env("WRAPPER", common::candidate::floor_wrapper_bin())
+    .env("WRAPPER_EXE", env!("CARGO_BIN_EXE_etcd-await-election"))
+    .env("SLEEP", sleep)
+    .env("ETCD_AWAIT_ELECTION_LOCK_NAME", "standby")
+    .env("ETCD_AWAIT_ELECTION_ENDPOINTS", etcd.endpoint())
+    .env("ETCD_AWAIT_ELECTION_LEASE_DURATION", "3")
+    .env("ETCD_AWAIT_ELECTION_RENEW_DEADLINE", "2s")
+    .env("RUST_LOG", "debug");
+    let r = common::run(cmd, Duration::from_secs(30));
+    let pids = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("guardian="))
+        .unwrap_or_else(|| panic!("{}\n{}", r.stdout, r.stderr));
+    let (guardian, sleep) = pids.split_once(" sleep=").expect("two pids");
+    assert_eq!(guardian, sleep, "the pid was not recycled: {}", r.stdout);
+    assert!(
+        r.stdout.contains("leader rc=143"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stdout.contains("next rc=0"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("survived"),
+        "the sleep on the dead standby guardian's pid was killed:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
 }
 
 /// The command starts with the signal state it would have had without the wrapper, which blocks

@@ -61,6 +61,9 @@ impl Election {
                 None => shown.head(&self.etcd, snap.head.as_ref()).await?,
             };
             (self.report)(Event::Leader(leader));
+            if snap.pred.is_some() || holder.is_some() {
+                (self.report)(Event::Queued);
+            }
             let turn = if let Some(pred) = &snap.pred {
                 self.wait_for_pred(seat, &snap, pred).await?
             } else if let Some(h) = holder {

@@ -65,6 +65,7 @@ impl Election {
             if let Some(why) = self.still_leading(seat, &snap).await {
                 return why;
             }
+            (self.report)(Event::Successor(snap.behind.is_some()));
             self.retry.reachable();
             if let Err(e) = self.await_change(&snap, seat).await {
                 if !matches!(e, crate::etcd::Error::Replaced) {

@@ -9,7 +9,9 @@
 //!
 //! # Rooms
 //!
-//! This file holds the thread, its events and the loop of one life: join, campaign, lead, resign.
+//! This file holds the thread, its events and its lives: out of the queue until `main` asks it to
+//! join, then one life (join, campaign, lead) until `main` asks it to resign, then out again; a
+//! candidate standing aside while unhealthy lives again later.
 //! Each step has its room:
 //!
 //! - `join`: a seat in the queue, adopted from a dead previous life (`adopt`) or a new lease
@@ -34,8 +36,8 @@
 //!    of the queue takes the record only if it is absent, and starts only then; a lease it saw
 //!    ahead of it must be gone as well (keys deleted by hand). A leader whose group is empty hands
 //!    the record to the next candidate (or to the forcer that asked it to yield) in the
-//!    transaction that deletes its key, and the next
-//!    starts on seeing it, without waiting for any lease: a handover costs one write.
+//!    transaction that deletes its key, and the next starts on seeing it, without waiting for
+//!    any lease: a handover costs one write.
 //! 2. Nobody deletes a key but its own. Participants of etcd's own recipe on the lock (`etcdctl
 //!    lock`) start once every key created before theirs is gone: a candidate's key goes only when
 //!    that candidate cannot be running, or never ran.
@@ -49,7 +51,7 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use log::info;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 use crate::clock::Boot;
 use crate::config::Config;
@@ -101,33 +103,50 @@ pub enum Event {
     Fatal(String),
     /// Another live candidate renews a key under our identity: nothing was started.
     Twin(String),
+    /// Waiting: a candidate is queued ahead of us, or another lease holds the record.
+    Queued,
+    /// Leading: whether a candidate waits behind us (ours, or a stranger's: see `machine`).
+    Successor(bool),
     /// The lease is revoked (or could not be, and will expire): the next candidate may start.
+    /// The thread then waits, out of the queue, to be asked to join again.
     Resigned,
 }
 
 /// Where the events go: `main`'s channel, each wrapped in `main`'s own event type.
 type Report = Rc<dyn Fn(Event)>;
 
-/// Lets `main` ask the election thread to give up its place, once.
+/// What `main` asks of the election thread.
+enum Order {
+    /// Take a seat and campaign: one life, until resigning.
+    Join,
+    /// Give up our place (leading: once the command's group is empty); `Resigned` follows.
+    Resign,
+}
+
+/// Lets `main` send the election thread into the queue, and out of it.
 pub struct Handle {
-    resign: Option<oneshot::Sender<()>>,
+    orders: mpsc::UnboundedSender<Order>,
 }
 
 impl Handle {
-    pub fn resign(&mut self) {
-        if let Some(tx) = self.resign.take() {
-            let _ = tx.send(());
-        }
+    /// Joins the queue: at start, or again after `Resigned`.
+    pub fn join(&self) {
+        let _ = self.orders.send(Order::Join);
+    }
+
+    pub fn resign(&self) {
+        let _ = self.orders.send(Order::Resign);
     }
 }
 
-/// Starts the election thread; its events reach `tx` as `wrap(event)`.
+/// Starts the election thread, out of the queue until [`Handle::join`]; its events reach `tx` as
+/// `wrap(event)`.
 pub fn spawn<E: Send + 'static>(
     cfg: Config,
     tx: Sender<E>,
     wrap: fn(Event) -> E,
 ) -> std::io::Result<Handle> {
-    let (resign_tx, resign_rx) = oneshot::channel();
+    let (orders, orders_rx) = mpsc::unbounded_channel();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -137,11 +156,9 @@ pub fn spawn<E: Send + 'static>(
             let report: Report = Rc::new(move |e| {
                 let _ = tx.send(wrap(e));
             });
-            rt.block_on(run(Election::new(cfg, report), resign_rx))
+            rt.block_on(run(Election::new(cfg, report), orders_rx))
         })?;
-    Ok(Handle {
-        resign: Some(resign_tx),
-    })
+    Ok(Handle { orders })
 }
 
 /// How a life in the election ended, before resigning.
@@ -171,26 +188,72 @@ struct Election {
     retry: Retry,
 }
 
-async fn run(mut el: Election, mut resign: oneshot::Receiver<()>) {
-    let outcome = tokio::select! {
-        biased;
-        _ = &mut resign => None,
-        o = Box::pin(el.elect_and_lead()) => Some(o),
-    };
-    match outcome {
-        Some(Outcome::Fatal(why)) => {
-            el.resign().await;
-            return (el.report)(Event::Fatal(why));
+/// Lives, one per `Join`, until `main` is gone or a life ends for good.
+async fn run(mut el: Election, mut orders: mpsc::UnboundedReceiver<Order>) {
+    while joined(&el, &mut orders).await {
+        if !el.live(&mut orders).await {
+            return;
         }
-        Some(Outcome::Twin(why)) => return (el.report)(Event::Twin(why)),
-        Some(Outcome::Lost(why)) => {
-            (el.report)(Event::Lost(why));
-            el.renew_until(&mut resign).await;
-        }
-        None => {}
     }
-    el.resign().await;
-    (el.report)(Event::Resigned);
+}
+
+/// Out of the queue: waits to be asked to join (false: `main` is gone). Nothing is held, so a
+/// request to resign is answered at once.
+async fn joined(el: &Election, orders: &mut mpsc::UnboundedReceiver<Order>) -> bool {
+    loop {
+        match orders.recv().await {
+            Some(Order::Join) => return true,
+            Some(Order::Resign) => (el.report)(Event::Resigned),
+            None => return false,
+        }
+    }
+}
+
+/// Until `main` asks us to resign (or is gone).
+async fn resign_order(orders: &mut mpsc::UnboundedReceiver<Order>) {
+    while let Some(order) = orders.recv().await {
+        if let Order::Resign = order {
+            return;
+        }
+    }
+}
+
+impl Election {
+    /// One life: join, campaign, lead, until `main` asks us to resign; then resigns. False: the
+    /// life ended for good (a fatal failure, a twin), and so does the thread.
+    async fn live(&mut self, orders: &mut mpsc::UnboundedReceiver<Order>) -> bool {
+        // A new life asks a holder to yield again, if we force.
+        self.gave_way = false;
+        if !self.retry.has_joined() {
+            // The start-up grace counts from the first attempt to join, not from the start: a
+            // health check may have kept us out of the queue until now.
+            self.retry = Retry::new(&self.cfg, self.report.clone());
+        }
+        let outcome = tokio::select! {
+            biased;
+            _ = resign_order(orders) => None,
+            o = Box::pin(self.elect_and_lead()) => Some(o),
+        };
+        match outcome {
+            Some(Outcome::Fatal(why)) => {
+                self.resign().await;
+                (self.report)(Event::Fatal(why));
+                return false;
+            }
+            Some(Outcome::Twin(why)) => {
+                (self.report)(Event::Twin(why));
+                return false;
+            }
+            Some(Outcome::Lost(why)) => {
+                (self.report)(Event::Lost(why));
+                self.renew_until(resign_order(orders)).await;
+            }
+            None => {}
+        }
+        self.resign().await;
+        (self.report)(Event::Resigned);
+        true
+    }
 }
 
 impl Election {

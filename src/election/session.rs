@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use log::{debug, info, warn};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use super::queue::{Keys, Seat};
 use super::{Election, Event, Report};
@@ -83,15 +83,15 @@ impl Election {
 
     /// Leadership lost: `main` resigns once the child's group is empty; until then the lease
     /// stays ours (and with it the record that keeps everyone else waiting).
-    pub(super) async fn renew_until(&self, resign: &mut oneshot::Receiver<()>) {
+    pub(super) async fn renew_until(&self, resign: impl std::future::Future<Output = ()>) {
+        let mut resign = std::pin::pin!(resign);
         let Some(seat) = &self.seat else {
-            let _ = resign.await;
-            return;
+            return resign.await;
         };
         let renew = Box::pin(keep_alive(self.keeper(seat)));
         tokio::select! {
-            _ = &mut *resign => {}
-            _ = renew => { let _ = resign.await; }
+            _ = &mut resign => {}
+            _ = renew => resign.await,
         }
     }
 
@@ -203,8 +203,8 @@ impl Keeper {
     /// member with a stalled raft loop answers keep-alives but not this), and that our key (and,
     /// leading, the holder record) is still bound to our lease. A renewal that fails this check
     /// does not count: a deposed leader's lease must not seem fresh.
-    async fn confirm(&self) -> Result<bool> {
-        let [own, holder] = read_keys(&self.etcd, [&self.own, &self.keys.holder]).await?;
+    async fn confirm(&self, etcd: &Etcd) -> Result<bool> {
+        let [own, holder] = read_keys(etcd, [&self.own, &self.keys.holder]).await?;
         let own =
             own.is_some_and(|o| o.lease() == self.lease && o.mod_revision() == self.mod_revision);
         let record = holder.is_some_and(|h| h.lease() == self.lease);
@@ -237,11 +237,13 @@ impl Keeper {
     /// and when that renewal was sent.
     async fn open(&self) -> Result<(KeepAlive, Instant)> {
         let (sent, boot) = (Instant::now(), Boot::now());
+        // One bound for both, the period: not one for each.
+        let (period, etcd) = (self.period(), self.etcd.bounded(self.period()));
         let attempt = async {
-            let stream = self.etcd.keep_alive(self.lease).await?;
-            Ok((stream, self.confirm().await?))
+            let stream = etcd.keep_alive(self.lease).await?;
+            Ok((stream, self.confirm(&etcd).await?))
         };
-        let (stream, confirmed) = self.etcd.within(self.period(), attempt).await?;
+        let (stream, confirmed) = etcd.within(period, attempt).await?;
         // `keep_alive` already sent one keep-alive and checked its answer.
         self.counted(boot, self.ttl.as_secs() as i64, confirmed);
         Ok((stream, sent))
@@ -261,8 +263,9 @@ impl Keeper {
             }
             let boot = Boot::now();
             last = Instant::now();
-            let renewal = async { Ok((stream.renew().await?, self.confirm().await?)) };
-            match self.etcd.within(self.period(), renewal).await {
+            let (period, etcd) = (self.period(), self.etcd.bounded(self.period()));
+            let renewal = async { Ok((stream.renew().await?, self.confirm(&etcd).await?)) };
+            match etcd.within(period, renewal).await {
                 Ok((ttl, confirmed)) => self.counted(boot, ttl, confirmed),
                 Err(e) => return e,
             }

@@ -9,13 +9,52 @@
 use super::records::{child_bin, read_records, Kind};
 use super::TempDir;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// The wrapper as every test starts it: the binary itself, or, with `EAE_KERNEL_FLOOR` set (to
+/// anything but empty), [`floor_wrapper_bin`], so that a whole suite runs as on the oldest kernel
+/// supported (`make unit-test` does this for the suites that exercise the supervisor and the
+/// election).
 pub fn wrapper_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_etcd-await-election")
+    if std::env::var_os("EAE_KERNEL_FLOOR").is_some_and(|v| !v.is_empty()) {
+        floor_wrapper_bin()
+    } else {
+        env!("CARGO_BIN_EXE_etcd-await-election")
+    }
+}
+
+/// A script that runs the wrapper, with its arguments, under `eae-kernel-floor`
+/// (tests/support/kernel_floor.rs): every system call newer than the README's minimum kernel
+/// fails with ENOSYS, in the wrapper and in everything it starts. The script execs, so the
+/// wrapper keeps the pid it was started with. Written once per test process, by rename, so that
+/// test processes running side by side never see half of it.
+pub fn floor_wrapper_bin() -> &'static str {
+    static SCRIPT: OnceLock<String> = OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        let helper = env!("CARGO_BIN_EXE_eae-kernel-floor");
+        let wrapper = env!("CARGO_BIN_EXE_etcd-await-election");
+        assert!(
+            !helper.contains('\'') && !wrapper.contains('\''),
+            "a quote in the target directory's path"
+        );
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let script = dir.join("etcd-await-election-at-kernel-floor");
+        let tmp = dir.join(format!("kernel-floor.{}", std::process::id()));
+        std::fs::write(
+            &tmp,
+            format!("#!/bin/sh\nexec '{helper}' '{wrapper}' \"$@\"\n"),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", tmp.display()));
+        std::fs::rename(&tmp, &script)
+            .unwrap_or_else(|e| panic!("rename to {}: {e}", script.display()));
+        script.to_str().expect("a UTF-8 target directory").into()
+    })
 }
 
 #[derive(Clone, Debug)]
