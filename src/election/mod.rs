@@ -152,6 +152,11 @@ pub fn spawn<E: Send + 'static>(
         .build()?;
     std::thread::Builder::new()
         .name("election".into())
+        // Twice the default: a debug build's nested futures (etcd-client's connects and
+        // watches inside the campaign's) overflowed 2 MiB now and then while a candidate
+        // waited (tests/election.rs one_leader_among_three, since the health check's merge).
+        // Untouched stack costs no memory.
+        .stack_size(4 << 20)
         .spawn(move || {
             let report: Report = Rc::new(move |e| {
                 let _ = tx.send(wrap(e));
