@@ -1,4 +1,5 @@
-//! The command line: options before the command, `--help` and `--version`.
+//! The command line: options before the command, `--help`, `--version`, and `--leader [--watch]`
+//! given instead of a command.
 //!
 //! Every variable of [`config::VARIABLES`] is also a long option (`ETCD_AWAIT_ELECTION_LOCK_NAME`
 //! is `--lock-name`); options win over the environment. Parsing stops at the first argument that
