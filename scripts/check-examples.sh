@@ -17,10 +17,13 @@
 #                    release binary, a final `FROM scratch` stage with a
 #                    numeric non-root USER and an exec-form ENTRYPOINT
 #                    (no Docker engine is needed, or used)
+#   haproxy.cfg      `haproxy -c` accepts it; its backend checks /readyz
+#   leader-notify.sh, move-vip.sh   `sh -n` (and shellcheck where installed); run
+#                    end to end against a real etcd by tests/leader.rs
 #
 # "Known variable" = an ETCD_AWAIT_ELECTION_* name defined in src/config.rs.
-# Needs: systemd-analyze (systemd), python3 with PyYAML (python3-yaml), both
-# installed by scripts/install-deps.sh.
+# Needs: systemd-analyze (systemd), python3 with PyYAML (python3-yaml), haproxy,
+# all installed by scripts/install-deps.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,7 +35,7 @@ die() {
 
 # EXAMPLES_DIR: check another copy (e.g. to try out a change); default examples.
 EX="${EXAMPLES_DIR:-examples}"
-for f in my-job.service my-job.env kubernetes.yaml Dockerfile; do
+for f in my-job.service my-job.env kubernetes.yaml Dockerfile haproxy.cfg leader-notify.sh move-vip.sh; do
     [ -f "$EX/$f" ] || die "$EX/$f is missing"
 done
 
@@ -301,4 +304,26 @@ if problems:
     sys.exit(1)
 PY
 [ "$rc" -eq 0 ] || die "see the problems listed above"
+
+# ----------------------------------------------------------------- haproxy
+say "$EX/haproxy.cfg: haproxy -c"
+command -v haproxy >/dev/null 2>&1 ||
+    die "haproxy not found (Debian package haproxy; scripts/install-deps.sh installs it)"
+haproxy_out="$(haproxy -c -f "$EX/haproxy.cfg" 2>&1)" || {
+    printf '%s\n' "$haproxy_out" | sed 's/^/    /' >&2
+    die "haproxy -c refused $EX/haproxy.cfg (output above)"
+}
+grep -q 'uri /readyz' "$EX/haproxy.cfg" || die "$EX/haproxy.cfg does not check /readyz"
+echo "    ok: haproxy -c accepts it, and it checks /readyz"
+
+# ------------------------------------------------------ leader-notify.sh
+for f in leader-notify.sh move-vip.sh; do
+    say "$EX/$f: sh -n"
+    [ -x "$EX/$f" ] || die "$EX/$f is not executable"
+    sh -n "$EX/$f" || die "$EX/$f: syntax error"
+    if command -v shellcheck >/dev/null 2>&1; then
+        shellcheck -s sh "$EX/$f" || die "shellcheck reported problems in $EX/$f"
+    fi
+    echo "    ok"
+done
 say "examples check passed"

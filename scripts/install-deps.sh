@@ -29,6 +29,7 @@
 #   port-locks  flock(1) locks a file              -> util-linux
 #   release-tools readelf, file, timeout, chroot/unshare run -> binutils, file, coreutils, util-linux
 #   systemd-analyze verifies a unit                -> systemd
+#   haproxy     haproxy -c accepts a configuration (examples/haproxy.cfg) -> haproxy
 #   strace      delays a traced fdatasync (tests/actors.rs stalls an etcd member's disk) -> strace
 #   musl        musl-gcc builds and runs a static C program; rustc links and
 #               runs a static hello world for x86_64-unknown-linux-musl
@@ -206,6 +207,16 @@ have_systemd_analyze() {
 }
 pkgs_systemd_analyze() { echo systemd; }
 how_systemd_analyze() { echo "apt-get install systemd (only systemd-analyze is used; no systemd needs to run)"; }
+
+# ------------------------------------------------------------------ haproxy
+# scripts/check-examples.sh validates examples/haproxy.cfg with `haproxy -c`.
+have_haproxy() {
+    local cfg="$PROBE_DIR/eae-probe-haproxy.cfg" out
+    printf 'defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\nfrontend f\n  bind 127.0.0.1:8404\n  default_backend b\nbackend b\n  server s 127.0.0.1:1\n' >"$cfg"
+    out="$(haproxy -c -f "$cfg" 2>&1)" || { echo "haproxy -c failed: ${out:-not found}"; return 1; }
+}
+pkgs_haproxy() { echo haproxy; }
+how_haproxy() { echo "apt-get install haproxy (only haproxy -c is run; no haproxy service is needed)"; }
 
 # ------------------------------------------------------------------- strace
 have_strace() {
@@ -398,7 +409,7 @@ how_matplotlib() { echo "python3 -m pip install --target target/pydeps matplotli
 # ================================================================= selection
 # REQUIRED: a failure stops the script. OPTIONAL: a failure is a warning
 # (the build works without it; only a named extra is lost).
-REQUIRED=(etcd etcdctl protoc rust_tools python port_locks release_tools systemd_analyze strace)
+REQUIRED=(etcd etcdctl protoc rust_tools python port_locks release_tools systemd_analyze haproxy strace)
 OPTIONAL=()
 if [ "$WANT_RELEASE" -eq 1 ]; then
     REQUIRED+=(musl)

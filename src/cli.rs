@@ -1,4 +1,5 @@
-//! The command line: options before the command, `--help` and `--version`.
+//! The command line: options before the command, `--help`, `--version`, and `--leader [--watch]`
+//! given instead of a command.
 //!
 //! Every variable of [`config::VARIABLES`] is also a long option (`ETCD_AWAIT_ELECTION_LOCK_NAME`
 //! is `--lock-name`); options win over the environment. Parsing stops at the first argument that
@@ -25,6 +26,11 @@ pub const VERSION: &str = concat!(
 pub enum Action {
     Help,
     Version,
+    /// `--leader` (`--watch`: and every change): print who leads instead of running a command.
+    Leader {
+        options: Vec<(&'static str, String)>,
+        watch: bool,
+    },
     Run {
         /// `(variable name, value)` for every option given.
         options: Vec<(&'static str, String)>,
@@ -32,13 +38,36 @@ pub enum Action {
     },
 }
 
+/// `--leader` and `--watch` are flags, not a subcommand word: a word would shadow a program of
+/// that name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, String> {
+    let (mut leader, mut watch) = (false, false);
+    let action = options(args, &mut leader, &mut watch)?;
+    match action {
+        Action::Run { options, command } if leader && command.is_empty() => {
+            Ok(Action::Leader { options, watch })
+        }
+        Action::Run { .. } if leader => {
+            Err("--leader is given instead of a command, not with one".into())
+        }
+        Action::Run { .. } if watch => Err("--watch goes with --leader".into()),
+        other => Ok(other),
+    }
+}
+
+fn options(
+    args: impl IntoIterator<Item = OsString>,
+    leader: &mut bool,
+    watch: &mut bool,
+) -> Result<Action, String> {
     let mut parser = lexopt::Parser::from_args(args);
     let mut options = Vec::new();
     loop {
         match parser.next().map_err(|e| e.to_string())? {
             Some(Long("help") | Short('h')) => return Ok(Action::Help),
             Some(Long("version") | Short('V')) => return Ok(Action::Version),
+            Some(Long("leader")) => *leader = true,
+            Some(Long("watch")) => *watch = true,
             Some(Long(name)) => {
                 let name = name.to_string();
                 let var = VARIABLES
@@ -92,6 +121,7 @@ Runs a command only while this instance leads an etcd election; without any elec
 variable it simply executes the command.
 
 Usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...]
+       etcd-await-election [OPTIONS] --leader [--watch]
 
 Options (each is also an environment variable; options win):
 ",
@@ -114,7 +144,10 @@ Options (each is also an environment variable; options win):
         }
     }
     out.push_str(&format!(
-        "  -h, --help       this help
+        "  --leader         instead of a command: print who leads as one JSON line (leader,
+                   address, revision) and exit 0, or 3 when nobody leads
+  --watch          with --leader: a line at start and on every change, until SIGTERM/SIGINT
+  -h, --help       this help
   -V, --version    the version and the git commit it was built from
 
 Durations: a plain number is seconds; RENEW_DEADLINE, RETRY_PERIOD, WAIT_TIMEOUT and the HEALTH_
@@ -189,6 +222,28 @@ mod tests {
         let (o, c) = run(&["--legacy-lock=false", "--", "--weird"]);
         assert_eq!(o, [(config::LEGACY_LOCK, "false".to_string())]);
         assert_eq!(c, ["--weird"]);
+    }
+
+    #[test]
+    fn leader_instead_of_a_command() {
+        let parsed = |args: &[&str]| parse(args.iter().map(OsString::from));
+        match parsed(&["--lock-name", "l", "--leader", "--watch"]) {
+            Ok(Action::Leader { options, watch }) => {
+                assert_eq!(options, [(config::LOCK_NAME, "l".to_string())]);
+                assert!(watch);
+            }
+            _ => panic!("not --leader"),
+        }
+        assert!(matches!(
+            parsed(&["--leader"]),
+            Ok(Action::Leader { watch: false, .. })
+        ));
+        // After the command, both are the command's.
+        let (_, c) = run(&["sh", "--leader", "--watch"]);
+        assert_eq!(c, ["sh", "--leader", "--watch"]);
+        assert!(parsed(&["--leader", "sh"]).is_err());
+        assert!(parsed(&["--watch", "sh"]).is_err());
+        assert!(parsed(&["--watch"]).is_err());
     }
 
     #[test]

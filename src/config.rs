@@ -46,6 +46,11 @@ pub const VARIABLES: &[Var] = &[
         "(none)",
         "host:port or :port to serve the HTTP status on",
     ),
+    var(
+        ADVERTISE,
+        "(none)",
+        "address the leader publishes for clients, e.g. http://10.0.0.5:8080/",
+    ),
     var(LEASE_DURATION, "15", "lease TTL in whole seconds"),
     var(
         RENEW_DEADLINE,
@@ -129,6 +134,7 @@ pub const VARIABLES: &[Var] = &[
 pub const LOCK_NAME: &str = "ETCD_AWAIT_ELECTION_LOCK_NAME";
 pub const IDENTITY: &str = "ETCD_AWAIT_ELECTION_IDENTITY";
 pub const ENDPOINTS: &str = "ETCD_AWAIT_ELECTION_ENDPOINTS";
+pub const ADVERTISE: &str = "ETCD_AWAIT_ELECTION_ADVERTISE";
 pub const STATUS_ENDPOINT: &str = "ETCD_AWAIT_ELECTION_STATUS_ENDPOINT";
 pub const LEASE_DURATION: &str = "ETCD_AWAIT_ELECTION_LEASE_DURATION";
 pub const RENEW_DEADLINE: &str = "ETCD_AWAIT_ELECTION_RENEW_DEADLINE";
@@ -157,6 +163,8 @@ pub struct Config {
     pub identity: String,
     pub endpoints: Vec<String>,
     pub status_endpoint: Option<String>,
+    /// The address published while we lead (see `election::queue`).
+    pub advertise: Option<String>,
     /// Requested lease TTL in whole seconds; etcd may grant more.
     pub lease_ttl: i64,
     pub renew_deadline: Duration,
@@ -239,6 +247,25 @@ fn err(var: &'static str, problem: impl Into<String>) -> ConfigError {
 
 /// `Ok(None)` when no election variable is set at all: the caller should simply `exec`.
 pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, ConfigError> {
+    read(get, Role::Candidate)
+}
+
+/// The configuration of `--leader`, which only reads who leads: `IDENTITY` is not needed (and
+/// not used), and `LOCK_NAME` and `ENDPOINTS` are required even when nothing else is set.
+pub fn for_observer(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    match read(get, Role::Observer)? {
+        Some(cfg) => Ok(cfg),
+        None => Err(err(LOCK_NAME, "is required by --leader")),
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Role {
+    Candidate,
+    Observer,
+}
+
+fn read(get: impl Fn(&str) -> Option<String>, role: Role) -> Result<Option<Config>, ConfigError> {
     if VARIABLES
         .iter()
         .all(|v| !v.election || get(v.name).is_none())
@@ -255,7 +282,10 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
     let lock_name = required(LOCK_NAME)?;
     no_control_characters(LOCK_NAME, &lock_name)?;
     check_lock_name(&lock_name)?;
-    let identity = required(IDENTITY)?;
+    let identity = match role {
+        Role::Candidate => required(IDENTITY)?,
+        Role::Observer => get(IDENTITY).unwrap_or_default(),
+    };
     no_control_characters(IDENTITY, &identity)?;
     let endpoints_raw = required(ENDPOINTS)?;
 
@@ -268,6 +298,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         Some(v) if v.trim().is_empty() => None,
         Some(v) => Some(parse_status_endpoint(v.trim())?),
     };
+    let advertise = read_advertise(&get)?;
     let force_acquire = match get(FORCE_ACQUIRE) {
         None => false,
         Some(v) => parse_bool(&v).map_err(|p| err(FORCE_ACQUIRE, p))?,
@@ -286,6 +317,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Config>, 
         identity,
         endpoints,
         status_endpoint,
+        advertise,
         lease_ttl,
         renew_deadline,
         retry_period,
@@ -342,6 +374,9 @@ pub fn range(var: &str) -> Option<String> {
             timing::MIN_MARGIN
         )),
         RETRY_PERIOD => Some(format!("{min_retry:?} to {max_retry:?}")),
+        ADVERTISE => Some(format!(
+            "at most {MAX_ADVERTISE} bytes, no control characters"
+        )),
         HEALTH_INTERVAL => Some(format!(
             "{:?} to {:?}",
             HEALTH_INTERVAL_RANGE.0, HEALTH_INTERVAL_RANGE.1
@@ -399,6 +434,33 @@ pub fn check_timing(
         ));
     }
     Ok(())
+}
+
+/// The most bytes of `ADVERTISE`: an address, not a document; every client reads it.
+pub const MAX_ADVERTISE: usize = 256;
+
+/// `ADVERTISE`: any text a client can use (a URL, `host:port`), at most [`MAX_ADVERTISE`] bytes
+/// without control characters (it ends up in a `Location:` header and in log lines); empty is
+/// none.
+fn read_advertise(get: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(v) = get(ADVERTISE).map(|v| v.trim().to_string()) else {
+        return Ok(None);
+    };
+    if v.is_empty() {
+        return Ok(None);
+    }
+    no_control_characters(ADVERTISE, &v)?;
+    if v.len() > MAX_ADVERTISE {
+        return Err(err(
+            ADVERTISE,
+            format!(
+                "{} bytes is over the {MAX_ADVERTISE} allowed: give an address \
+                 (http://10.0.0.5:8080/, 10.0.0.5:5432)",
+                v.len()
+            ),
+        ));
+    }
+    Ok(Some(v))
 }
 
 /// A control character would reach the logs raw (a newline forges a log line) and the keys.
@@ -1045,6 +1107,37 @@ mod tests {
             assert_eq!(with(&[(LOCK_NAME, bad)]).unwrap_err().var, LOCK_NAME);
         }
         assert!(with(&[(IDENTITY, "pod-7 (zone ä)")]).is_ok());
+    }
+
+    #[test]
+    fn advertised_addresses() {
+        let c = with(&[(ADVERTISE, " http://10.0.0.5:8080/ ")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.advertise.as_deref(), Some("http://10.0.0.5:8080/"));
+        assert_eq!(with(&[(ADVERTISE, "")]).unwrap().unwrap().advertise, None);
+        assert_eq!(with(&[]).unwrap().unwrap().advertise, None);
+        let longest: &'static str = "a".repeat(MAX_ADVERTISE).leak();
+        assert!(with(&[(ADVERTISE, longest)]).is_ok());
+        let long: &'static str = "a".repeat(MAX_ADVERTISE + 1).leak();
+        for bad in [long, "10.0.0.5:80\r\nSet-Cookie: x", "a\tb"] {
+            let e = with(&[(ADVERTISE, bad)]).unwrap_err();
+            assert_eq!(e.var, ADVERTISE, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_observer_needs_no_identity() {
+        let m: HashMap<&str, &str> = [(LOCK_NAME, "lock"), (ENDPOINTS, "127.0.0.1:2379")].into();
+        let get = |k: &str| m.get(k).map(|v| v.to_string());
+        assert_eq!(for_observer(get).unwrap().lock_name, "lock");
+        assert_eq!(
+            cfg(&[(LOCK_NAME, "lock"), (ENDPOINTS, "127.0.0.1:2379")])
+                .unwrap_err()
+                .var,
+            IDENTITY
+        );
+        assert_eq!(for_observer(|_| None).unwrap_err().var, LOCK_NAME);
     }
 
     #[test]

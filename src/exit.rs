@@ -3,8 +3,12 @@
 //! "Exit codes" table is checked against it by a test here, so the three cannot drift apart. This
 //! module decides no exit: the states that end the wrapper are `main`'s.
 
-/// SIGTERM/SIGINT while waiting: withdrew from the election.
+/// SIGTERM/SIGINT while waiting: withdrew from the election (`--leader`: somebody leads).
 pub const WITHDRAWN: i32 = 0;
+/// `--leader`: nobody leads.
+pub const NOBODY: i32 = 3;
+/// `--leader`: etcd could not be read.
+pub const UNREADABLE: i32 = 69;
 /// The command line is unusable.
 pub const USAGE: i32 = 64;
 /// The wrapper's own failure (a thread, a timer, the status endpoint, the guardian).
@@ -58,18 +62,25 @@ pub const TABLE: &[Exit] = &[
     exit(
         WITHDRAWN,
         "SIGTERM/SIGINT while still waiting: withdrew from the election (key deleted, lease \
-         revoked); the command never started.",
+         revoked); the command never started. --leader: somebody leads; --leader --watch: \
+         ended by SIGTERM/SIGINT.",
     ),
+    exit(NOBODY, "--leader: nobody leads."),
     exit(
         USAGE,
         "Usage: no command, an unknown option, an option without its value or with a value that \
          is not UTF-8.",
     ),
     exit(
+        UNREADABLE,
+        "--leader: etcd could not be read (unreachable, no answer within the request bound) \
+         after three attempts a RETRY_PERIOD apart; --leader --watch retries until it can.",
+    ),
+    exit(
         INTERNAL,
         "The wrapper's own failure: a thread or the CLOCK_BOOTTIME timer cannot be started, \
          STATUS_ENDPOINT cannot be bound, the guardian cannot be started (then the command is \
-         not started either). The message says which.",
+         not started either), --leader cannot write its line. The message says which.",
     ),
     exit(
         STUCK,
@@ -103,7 +114,8 @@ pub const TABLE: &[Exit] = &[
          without authentication (USERNAME/PASSWORD), a right missing on the keys of LOCK_NAME \
          (each is proven before joining), a TTL etcd refuses (LEASE_DURATION), a request etcd \
          refuses, a value under LOCK_NAME too large. The \
-         message names the variable to fix; the command never started.",
+         message names the variable to fix; the command never started. --leader ends with it \
+         too, at once.",
     ),
     exit(
         CONFIG,
@@ -166,6 +178,8 @@ mod tests {
         assert_eq!(codes.len(), n, "a code listed twice");
         for c in [
             WITHDRAWN,
+            NOBODY,
+            UNREADABLE,
             USAGE,
             INTERNAL,
             STUCK,

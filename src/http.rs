@@ -35,8 +35,25 @@ const MAX_CONNECTIONS: usize = 32;
 /// waking the loop again at once.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// An answer: status code, content type, body.
-pub type Answer = (u16, &'static str, String);
+/// An answer: status code, content type, body, and where a redirect points (`Location:`, which
+/// the caller makes sure holds no control character).
+pub struct Answer {
+    pub code: u16,
+    pub kind: &'static str,
+    pub body: String,
+    pub location: Option<String>,
+}
+
+impl From<(u16, &'static str, String)> for Answer {
+    fn from((code, kind, body): (u16, &'static str, String)) -> Answer {
+        Answer {
+            code,
+            kind,
+            body,
+            location: None,
+        }
+    }
+}
 
 struct Conn {
     stream: TcpStream,
@@ -188,8 +205,8 @@ fn step(c: &mut Conn, answer: &dyn Fn(&str, &str) -> Answer) -> bool {
                 break;
             }
             if c.head.len() > MAX_HEAD {
-                let body = r#"{"error":"request too large"}"#;
-                c.out = Some((response(false, 431, JSON, body), 0));
+                let body = r#"{"error":"request too large"}"#.to_string();
+                c.out = Some((response(false, &(431, JSON, body).into()), 0));
                 break;
             }
         }
@@ -241,13 +258,17 @@ fn request(head: &[u8], answer: &dyn Fn(&str, &str) -> Answer) -> Vec<u8> {
     let mut words = line.split_whitespace();
     let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
     else {
-        return response(false, 400, JSON, r#"{"error":"bad request"}"#);
+        return bad_request();
     };
     if !version.starts_with("HTTP/1.") {
-        return response(false, 400, JSON, r#"{"error":"bad request"}"#);
+        return bad_request();
     }
-    let (code, kind, body) = answer(method, path(target));
-    response(method == "HEAD", code, kind, &body)
+    response(method == "HEAD", &answer(method, path(target)))
+}
+
+fn bad_request() -> Vec<u8> {
+    let body = r#"{"error":"bad request"}"#.to_string();
+    response(false, &(400, JSON, body).into())
 }
 
 /// The path of a request target: `/healthz` of `/healthz?verbose=1` and of
@@ -277,17 +298,27 @@ fn is_scheme(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
-fn response(head_only: bool, code: u16, kind: &str, body: &str) -> Vec<u8> {
+fn response(head_only: bool, a: &Answer) -> Vec<u8> {
+    let Answer {
+        code,
+        kind,
+        body,
+        location,
+    } = a;
     let reason = match code {
         200 => "OK",
+        307 => "Temporary Redirect",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
     };
+    let location = location
+        .as_ref()
+        .map_or_else(String::new, |l| format!("Location: {l}\r\n"));
     let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{location}Connection: close\r\n\r\n",
         body.len()
     );
     if !head_only {

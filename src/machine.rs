@@ -18,6 +18,7 @@ use crate::config::{self, Config};
 use crate::election;
 use crate::exit;
 use crate::health::{self, Verdict};
+use crate::leader::Leader;
 use crate::signals;
 use crate::status::{self, Phase};
 use crate::supervisor::{self, Child, Wait};
@@ -498,8 +499,8 @@ impl Wrapper {
         }
     }
 
-    fn on_leader(&mut self, state: State, leader: Option<String>) -> State {
-        if let Some(l) = &leader {
+    fn on_leader(&mut self, state: State, leader: Option<Leader>) -> State {
+        if let Some(Leader { identity: l, .. }) = &leader {
             if matches!(state, State::Awaiting) {
                 // Quoted: another client chose it, and bare it could pass for more fields of the
                 // line.
@@ -613,12 +614,16 @@ impl Wrapper {
     }
 
     fn set_phase(&self, phase: Phase) {
-        let identity = &self.cfg.identity;
+        let cfg = &self.cfg;
         self.status.update(|s| {
             s.phase = phase;
             s.since = SystemTime::now();
             if phase == Phase::Running {
-                s.leader = Some(identity.clone());
+                s.leader = Some(Leader {
+                    identity: cfg.identity.clone(),
+                    address: cfg.advertise.clone(),
+                    revision: s.revision,
+                });
             }
         });
     }

@@ -2,7 +2,8 @@
 //!
 //! `main` holds the start-up steps, in tini's order: block every signal (so none is lost before
 //! the signal thread exists), parse the command line, start logging, read the configuration
-//! (without any, `exec` the command), check TLS, then hand over to the state machine (`machine`).
+//! (without any, `exec` the command), check TLS, then hand over to the state machine (`machine`),
+//! or, given `--leader` instead of a command, to the reader of who leads (`leader`).
 //!
 //! # Layout
 //!
@@ -17,8 +18,8 @@
 //! - The child: `supervisor` (its process group, the guardian, `waitpid`), `launch` (resolving
 //!   and starting the program), `signals` (the signal thread).
 //! - The health check: `health` (its thread, the check, FALL/RISE counted into a verdict).
-//! - Reporting: `status` (the HTTP status endpoint and metrics) on `http`, and `format` (escaping
-//!   what others chose).
+//! - Reporting: `status` (the HTTP status endpoint and metrics) on `http`, `leader` (who leads, as
+//!   `--leader` and `/leader` show it), and `format` (escaping what others chose).
 
 // A function past 60 lines is asking to be split (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
@@ -34,6 +35,7 @@ mod format;
 mod health;
 mod http;
 mod launch;
+mod leader;
 mod logging;
 mod machine;
 mod signals;
@@ -49,7 +51,8 @@ use log::error;
 
 use config::Config;
 
-const USAGE: &str = "usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...] (see --help)";
+const USAGE: &str =
+    "usage: etcd-await-election [OPTIONS] [--] CMD [ARGS...] | [OPTIONS] --leader [--watch] (see --help)";
 
 /// How long an exiting wrapper waits on a write of its last log lines that does not return. Bounded:
 /// a stderr nobody reads must not keep the process — and its lease — alive.
@@ -66,7 +69,7 @@ fn main() {
     // Before anything else, so that no signal is lost or acted on by default before the signal
     // thread exists (see `signals`).
     signals::block();
-    let (options, command) = command_line();
+    let (options, run) = command_line();
     // A flag wins over its variable.
     let get = |name: &str| {
         let option = options.iter().rev().find(|(n, _)| *n == name);
@@ -75,6 +78,10 @@ fn main() {
             .or_else(|| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     };
     start_logging(&get);
+    let command = match run {
+        Run::Command(command) => command,
+        Run::Leader { watch } => leader(&get, watch),
+    };
     let cfg = match config::from_env(get) {
         Ok(Some(cfg)) => cfg,
         // Not configured: the command itself, in our place.
@@ -98,8 +105,27 @@ fn main() {
     }
 }
 
-/// The options given as flags, and the command; exits for `--help`, `--version` and usage errors.
-fn command_line() -> (Vec<(&'static str, String)>, Vec<OsString>) {
+/// What to run: a command, or `--leader`.
+enum Run {
+    Command(Vec<OsString>),
+    Leader { watch: bool },
+}
+
+/// `--leader`: prints who leads, and exits.
+fn leader(get: &dyn Fn(&str) -> Option<String>, watch: bool) -> ! {
+    let cfg = match config::for_observer(get) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            error!("{e}");
+            quit(exit::CONFIG);
+        }
+    };
+    check_tls(&cfg);
+    quit(leader::run(cfg, watch))
+}
+
+/// The options given as flags, and what to run; exits for `--help`, `--version` and usage errors.
+fn command_line() -> (Vec<(&'static str, String)>, Run) {
     match cli::parse(std::env::args_os().skip(1)) {
         Ok(cli::Action::Help) => {
             print!("{}", cli::help());
@@ -109,7 +135,10 @@ fn command_line() -> (Vec<(&'static str, String)>, Vec<OsString>) {
             println!("{}", cli::VERSION);
             exit(0);
         }
-        Ok(cli::Action::Run { options, command }) if !command.is_empty() => (options, command),
+        Ok(cli::Action::Run { options, command }) if !command.is_empty() => {
+            (options, Run::Command(command))
+        }
+        Ok(cli::Action::Leader { options, watch }) => (options, Run::Leader { watch }),
         Ok(cli::Action::Run { .. }) => {
             eprintln!("{USAGE}");
             exit(exit::USAGE);

@@ -1,4 +1,5 @@
-//! The HTTP status endpoint (`/`, `/healthz`, `/readyz`, `/metrics`), answered from memory.
+//! The HTTP status endpoint (`/`, `/healthz`, `/readyz`, `/leader`, `/metrics`), answered from
+//! memory.
 //!
 //! `main` is the only writer of the [`Snapshot`]; the server thread only reads a copy of it, so a
 //! flood of requests costs no etcd request and cannot delay the election. This module does not
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::clock::Boot;
 use crate::failure::{Cause, Failure};
-use crate::format::{cut, escaped, json_string, rfc3339};
+use crate::format::{cut, escaped, json_string, rfc3339, Foreign};
 use crate::http;
+use crate::leader::{self, Leader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -41,7 +43,8 @@ pub struct Snapshot {
     pub retry_period: Duration,
     pub phase: Phase,
     pub since: SystemTime,
-    pub leader: Option<String>,
+    /// Who leads, as this candidate last saw it (see `election::Event::Leader`).
+    pub leader: Option<Leader>,
     pub lease_id: Option<i64>,
     pub revision: Option<i64>,
     /// Wall time for people, boottime (suspends included, as the lease counts) for ages.
@@ -135,7 +138,7 @@ impl Shared {
 /// are answered by [`crate::http`] from a copy of the snapshot.
 pub fn serve(addr: &str, snapshot: Shared) -> Result<(), String> {
     http::serve(addr, move |method, target| {
-        answer(method, target, &snapshot.get())
+        reply(method, target, &snapshot.get())
     })
 }
 
@@ -156,8 +159,27 @@ fn label(s: &str) -> String {
     format!("\"{}\"", shown.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// `/leader`: 307 to the leader's address when it is an http(s) URL, else 200 with the line
+/// `--leader` prints; 503 when nobody leads (or this candidate does not know yet).
+fn reply(method: &str, path: &str, s: &Snapshot) -> http::Answer {
+    if path != "/leader" || !matches!(method, "GET" | "HEAD") {
+        return answer(method, path, s).into();
+    }
+    let body = leader::json_line(s.leader.as_ref());
+    match &s.leader {
+        None => (503, JSON, body).into(),
+        Some(l) => match leader::url(l) {
+            Some(url) => http::Answer {
+                location: Some(url.to_string()),
+                ..(307, JSON, body).into()
+            },
+            None => (200, JSON, body).into(),
+        },
+    }
+}
+
 fn answer(method: &str, path: &str, s: &Snapshot) -> (u16, &'static str, String) {
-    let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics");
+    let known = matches!(path, "/" | "/healthz" | "/readyz" | "/leader" | "/metrics");
     if !known {
         return (404, JSON, r#"{"error":"not found"}"#.into());
     }
@@ -215,16 +237,24 @@ fn to_json(s: &Snapshot) -> String {
     let mut json = format!(
         concat!(
             r#"{{"status":"ok","phase":"{}","leader":{},"identity":{},"lock":{},"#,
-            r#""lease_id":{},"revision":{},"since":"{}","last_renewal":{}}}"#
+            r#""lease_id":{},"revision":{},"since":"{}","last_renewal":{},"leader_address":{}}}"#
         ),
         s.phase.as_str(),
-        string(s.leader.as_deref().unwrap_or("unknown")),
+        // Shown as the logs show it (escaped, cut): `/leader` gives the value as it is.
+        string(&s.leader.as_ref().map_or("unknown".into(), |l| {
+            Foreign(l.identity.as_bytes()).to_string()
+        })),
         string(&s.identity),
         string(&s.lock),
         opt(s.lease_id.map(|l| string(&format!("{l:x}")))),
         opt(s.revision.map(|r| r.to_string())),
         rfc3339(s.since),
         opt(s.last_renewal.map(|(t, _)| string(&rfc3339(t)))),
+        opt(s
+            .leader
+            .as_ref()
+            .and_then(|l| l.address.as_deref())
+            .map(string)),
     );
     json.insert_str(json.len() - 1, &health);
     json
@@ -433,11 +463,47 @@ mod tests {
         assert_eq!(label("a\nb\"c\\\u{1b}"), r#""a\\nb\"c\\\\u{1b}""#);
         assert!(label(&"x".repeat(1 << 20)).ends_with(" bytes left out)\""));
         let mut s = snapshot();
-        s.leader = Some(format!("a\nb{}", "x".repeat(1 << 20)));
+        s.leader = Some(Leader {
+            identity: format!("a\nb{}", "x".repeat(1 << 20)),
+            address: Some("x".repeat(1 << 20)),
+            revision: None,
+        });
         let (_, _, body) = answer("GET", "/", &s);
-        assert!(body.len() < 2 * MAX_STRING, "{}", body.len());
-        assert!(body.contains(r#""leader":"a\u000ab"#), "{body}");
+        assert!(body.len() < 3 * MAX_STRING, "{}", body.len());
+        assert!(body.contains(r#""leader":"a\\nb"#), "{body}");
         assert!(!body.chars().any(char::is_control), "{body}");
+    }
+
+    #[test]
+    fn leader_redirects_to_an_http_address_else_answers_the_line() {
+        let mut s = snapshot();
+        let r = reply("GET", "/leader", &s);
+        assert_eq!(
+            (r.code, r.body.as_str()),
+            (503, leader::json_line(None).as_str())
+        );
+        let at = |address: &str| Leader {
+            identity: "b".into(),
+            address: Some(address.into()),
+            revision: Some(9),
+        };
+        s.leader = Some(at("http://10.0.0.5:8080/"));
+        let r = reply("GET", "/leader", &s);
+        assert_eq!(r.code, 307);
+        assert_eq!(r.location.as_deref(), Some("http://10.0.0.5:8080/"));
+        let (_, _, body) = answer("GET", "/", &s);
+        assert!(
+            body.contains(r#""leader_address":"http://10.0.0.5:8080/""#),
+            "{body}"
+        );
+        s.leader = Some(at("10.0.0.5:5432"));
+        let r = reply("GET", "/leader", &s);
+        assert_eq!((r.code, r.location), (200, None));
+        assert_eq!(
+            r.body,
+            r#"{"leader":"b","address":"10.0.0.5:5432","revision":9}"#
+        );
+        assert_eq!(reply("POST", "/leader", &s).code, 405);
     }
 
     #[test]

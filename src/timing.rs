@@ -232,6 +232,7 @@ mod tests {
             identity: "me".into(),
             endpoints: vec!["http://127.0.0.1:2379".into()],
             status_endpoint: None,
+            advertise: None,
             lease_ttl: ttl,
             renew_deadline,
             retry_period,

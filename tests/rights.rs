@@ -4,7 +4,8 @@
 //! yield, restart adoption, and fencing a Go replica, without a single request refused. With any
 //! piece of it missing, the candidate ends at start-up with 77 naming the right refused, before
 //! it ever joins, and its command never starts. Proving the rights changes nothing in etcd and
-//! disturbs no leader.
+//! disturbs no leader. An observer with the README's read-only grant reads who leads
+//! (`--leader`).
 
 mod common;
 #[path = "common/pki.rs"]
@@ -135,11 +136,18 @@ fn assert_nothing_refused(cands: &[&Candidate]) {
 #[test]
 fn the_smallest_grant_elects_hands_over_forces_and_adopts() {
     const LOCK: &str = "rights-ok";
-    let etcd = auth_etcd(&[("elector", smallest(LOCK))]);
+    let observer = vec![record_range(LOCK, "read"), prefix(LOCK, "read")];
+    let etcd = auth_etcd(&[("elector", smallest(LOCK)), ("observer", observer)]);
     let dir = TempDir::new("rights-ok");
     let log = dir.join("log");
     let mon = Monitor::start(&log);
-    let cand = |id: &str| candidate(&etcd, id, "elector", LOCK, &log);
+    // Each advertises an address: taken, handed over and adopted with the record.
+    let cand = |id: &str| {
+        candidate(&etcd, id, "elector", LOCK, &log).env(
+            "ETCD_AWAIT_ELECTION_ADVERTISE",
+            &format!("{id}.example:5432"),
+        )
+    };
 
     let mut a = cand("a").spawn();
     let ra = mon.wait_for_start(Some("a"), T);
@@ -168,6 +176,20 @@ fn the_smallest_grant_elects_hands_over_forces_and_adopts() {
     );
     mon.assert_no_overlap();
     assert_nothing_refused(&[&a, &b, &c, &b2]);
+    let mut ask = common::clean_command(common::candidate::wrapper_bin());
+    ask.env("ETCD_AWAIT_ELECTION_LOCK_NAME", LOCK)
+        .env("ETCD_AWAIT_ELECTION_ENDPOINTS", etcd.endpoint())
+        .env(USERNAME, "observer")
+        .env(PASSWORD, SECRET)
+        .arg("--leader");
+    let r = common::run(ask, T);
+    assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout
+            .starts_with(r#"{"leader":"b","address":"b.example:5432","revision":"#),
+        "{}",
+        r.stdout
+    );
 }
 
 /// With the smallest grant, a forcer fences a Go replica (which holds the record `LOCK` with

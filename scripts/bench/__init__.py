@@ -21,6 +21,6 @@ the TCP proxy) is stopped on exit, on an exception, on Ctrl-C and on SIGTERM/SIG
 
 Modules: base (paths, clock, statistics), ports, procs (what was started, /proc), etcd (the
 fixture and its metrics), childlog (the commands' records), proxy, candidates (launching and
-queueing), one module per scenario family (handover, failover, footprint, fleet), report and
+queueing), one module per scenario family (handover, failover, footprint, fleet, observe), report and
 markdown (BENCHMARKS.md), plots, cli (the run).
 """

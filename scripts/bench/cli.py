@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from . import __doc__ as USAGE
-from . import failover, fleet, footprint, handover, plots
+from . import failover, fleet, footprint, handover, observe, plots
 from .base import CHILD, EAE, ETCD, ETCDCTL, MUSL, ROOT, log
 from .candidates import Bench
 from .etcd import Etcd
@@ -74,8 +74,8 @@ HANDOVERS = {
     ],
 }
 STORAGES = ("tmpfs", "disk")
-SCENARIOS = ("overhead", "launch", "handover", "sigterm", "switchover", "memory", "idle",
-             "failover", "partition", "fleet-one", "fleet-many")
+SCENARIOS = ("overhead", "launch", "handover", "sigterm", "switchover", "leader-watch", "memory",
+             "idle", "failover", "partition", "fleet-one", "fleet-many")
 
 
 def main():
@@ -139,6 +139,7 @@ def main():
          "failover_peer": 2 if q else 6, "partition": 2 if q else 5, "partition_peer": 1 if q else 3,
          "launch": 5 if q else 20, "idle_window": 5 if q else 20, "hyperfine_runs": 100 if q else 500,
          "switchover": 3 if q else 12, "switchover_peer": 1 if q else 3,
+         "leader_watch": 5 if q else 30,
          "fleet_one": 100 if q else 1000, "fleet_locks": 20 if q else 200, "fleet_per_lock": 5,
          "fleet_handovers": 3 if q else 8, "fleet_window": 10 if q else 30}
 
@@ -212,6 +213,9 @@ def main():
             R["switchover_etcdctl"] = run(
                 "switchover_etcdctl", "force switchover: etcdctl lock holder fenced out",
                 handover.switchover, T, N["switchover_peer"], "etcdctl")
+        if want("leader-watch"):
+            R["leader_watch"] = run("leader_watch", "--leader --watch following handovers",
+                                    observe.leader_watch, T, N["leader_watch"])
         if want("memory"):
             for tool in ("ours", "etcdctl"):
                 R[f"memory_{tool}"] = run(f"memory_{tool}", f"memory: {tool}", footprint.memory,

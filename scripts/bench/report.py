@@ -190,6 +190,18 @@ afterwards: {', '.join(R.get('notes', {}).get('handover-sigterm-etcdctl-exit-cod
                     verdict(sw and sw["p50"] < 50 and ok(swo)
                             and swo["stopped_by_term"] == len(swo["gap_ms"]))])
 
+    # --- --leader --watch
+    lw = st("leader_watch", "line_after_start_ms")
+    lws = st("leader_watch", "line_after_old_stop_ms")
+    rows += [("`--leader --watch`: new leader's line − its command's start (negative: before)",
+              "ours", lw),
+             ("`--leader --watch`: new leader's line − old command's stop", "ours", lws)]
+    summary.append(["`--leader --watch` after a handover on wrapper SIGTERM: the new leader's "
+                    "line − its command's start, p50 / p95 (never before the old command's stop)",
+                    p50p95(lw) if lw else failed("leader_watch"), "–", "–",
+                    "p95 ≤ 50 ms, every line after the old stop",
+                    verdict(lw and lws and lw["p95"] <= 50 and lws["min"] > 0)])
+
     # --- failover
     fo, fp = st("failover_ours", "failover_minus_ttl_ms"), st("failover_etcdctl",
                                                               "failover_minus_ttl_ms")

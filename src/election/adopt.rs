@@ -56,7 +56,7 @@ pub async fn previous_life(etcd: &Etcd, keys: &Keys, cfg: &Config) -> Result<Ado
             cfg.renew_deadline,
         );
         if adopted.is_none() && usable {
-            adopted = adopt(etcd, cfg, &cand, granted).await?;
+            adopted = adopt(etcd, keys, cfg, &cand, granted).await?;
         }
     }
     Ok(adopted.unwrap_or(Adoption::Nothing))
@@ -65,6 +65,7 @@ pub async fn previous_life(etcd: &Etcd, keys: &Keys, cfg: &Config) -> Result<Ado
 /// Takes over a dead previous life's seat, unless its key changed meanwhile.
 async fn adopt(
     etcd: &Etcd,
+    keys: &Keys,
     cfg: &Config,
     cand: &Candidate,
     granted: i64,
@@ -82,11 +83,7 @@ async fn adopt(
             CompareOp::Equal,
             cand.mod_revision,
         )])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            cfg.identity.as_str(),
-            Some(PutOptions::new().with_lease(cand.lease)),
-        )]);
+        .and_then(advertised(keys, cfg, cand.lease, &key));
     let resp = etcd.txn(again).await?;
     if !resp.succeeded() {
         return Ok(None);
@@ -110,6 +107,27 @@ async fn adopt(
         not_before: Some(expiry),
     };
     Ok(Some(Adoption::Adopted { seat, sent }))
+}
+
+/// Our key put again, and the address this life advertises in place of the previous life's:
+/// ours, and the holder's if the record is still bound to the lease.
+fn advertised(keys: &Keys, cfg: &Config, lease: i64, key: &str) -> Vec<TxnOp> {
+    let bound = Some(PutOptions::new().with_lease(lease));
+    let address = cfg.advertise.as_deref().map(str::as_bytes);
+    let ours = match address {
+        Some(a) => TxnOp::put(keys.address_of(lease), a, bound.clone()),
+        None => TxnOp::delete(keys.address_of(lease), None),
+    };
+    let holding = Compare::lease(keys.holder.as_str(), CompareOp::Equal, lease);
+    vec![
+        TxnOp::put(key, cfg.identity.as_str(), bound),
+        ours,
+        TxnOp::txn(
+            Txn::new()
+                .when([holding])
+                .and_then([keys.publish(address, lease)]),
+        ),
+    ]
 }
 
 /// Watches a lease's remaining TTL once a second until it tells a live holder from a dead one.

@@ -11,10 +11,12 @@ use etcd_client::{
 use log::{debug, info};
 
 use super::force;
+use super::observe;
 use super::queue::{self, is_handed_over, unchanged, Candidate, Seat, Snapshot};
 use super::{Election, Event};
 use crate::etcd::{Etcd, Result};
 use crate::format::Foreign;
+use crate::leader::Leader;
 
 /// How a campaign ended.
 pub enum Turn {
@@ -51,7 +53,11 @@ impl Election {
             }
             let holder = snap.holder.as_ref().filter(|h| h.lease() != seat.lease);
             let leader = match holder {
-                Some(h) => Some(Foreign(h.value()).to_string()),
+                Some(h) => Some(observe::of_record(
+                    h,
+                    snap.address.as_ref(),
+                    revision_of(&snap, h.lease()),
+                )),
                 None => shown.head(&self.etcd, snap.head.as_ref()).await?,
             };
             (self.report)(Event::Leader(leader));
@@ -86,7 +92,13 @@ impl Election {
             && seat.mod_revision == seat.revision
             && !self.cfg.force_acquire;
         if !fast {
-            self.etcd.wait_changed(&pred.key, from).await?;
+            // The record too: who leads (and where, see `/leader`) changes with it, also when
+            // it is handed over between candidates ahead of our predecessor.
+            let (etcd, holder) = (&self.etcd, self.keys.holder.as_bytes());
+            tokio::select! {
+                r = Box::pin(etcd.wait_changed(&pred.key, from)) => r?,
+                r = Box::pin(etcd.wait_changed(holder, from)) => r?,
+            }
             return Ok(None);
         }
         // Our predecessor holds the record: its hand-over re-binds the record to us in the
@@ -204,6 +216,8 @@ impl Election {
         if snap.yield_request.is_some() {
             ops.push(TxnOp::delete(keys.yield_request.clone(), None));
         }
+        let address = self.cfg.advertise.as_deref().map(str::as_bytes);
+        ops.push(keys.publish(address, seat.lease));
         let txn = Txn::new()
             .when([
                 // Not create revision: a twin that adopted our key put it again, and this
@@ -249,15 +263,24 @@ async fn await_lease_gone(etcd: &Etcd, lease: i64, retry_period: Duration) -> Re
     Ok(())
 }
 
+/// The create revision of the candidate key of `lease`, when the snapshot holds it.
+fn revision_of(snap: &Snapshot, lease: i64) -> Option<i64> {
+    [&snap.head, &snap.pred]
+        .into_iter()
+        .flatten()
+        .find(|c| c.lease == lease)
+        .map(|c| c.create_revision)
+}
+
 /// The head of the queue as last shown (when no record names who runs): its identity is read only
 /// when the head changes, and kept as shown (see `Foreign`).
 #[derive(Default)]
 struct Shown {
-    head: Option<(Vec<u8>, Option<String>)>,
+    head: Option<(Vec<u8>, Option<Leader>)>,
 }
 
 impl Shown {
-    async fn head(&mut self, etcd: &Etcd, head: Option<&Candidate>) -> Result<Option<String>> {
+    async fn head(&mut self, etcd: &Etcd, head: Option<&Candidate>) -> Result<Option<Leader>> {
         let Some(head) = head else {
             return Ok(None);
         };
@@ -266,9 +289,11 @@ impl Shown {
                 return Ok(identity.clone());
             }
         }
-        let identity = queue::with_value(etcd, &head.key)
-            .await?
-            .map(|kv| Foreign(kv.value()).to_string());
+        let identity = queue::with_value(etcd, &head.key).await?.map(|kv| Leader {
+            identity: queue::identity_of(&kv),
+            address: None,
+            revision: Some(head.create_revision),
+        });
         self.head = Some((head.key.clone(), identity.clone()));
         Ok(identity)
     }

@@ -143,6 +143,14 @@ fn is_deposal(kv: &KeyValue) -> bool {
     identity_of(kv).contains(DEPOSED)
 }
 
+/// The identity of the holder a fenced record names (its command may still run), if it is one.
+pub fn deposed_holder(kv: &KeyValue) -> Option<String> {
+    let value = identity_of(kv);
+    value
+        .split_once(DEPOSED)
+        .map(|(holder, _)| holder.to_string())
+}
+
 /// Fences out a holder without a candidate key (a Go replica, or one of ours whose key an
 /// operator deleted), which learns of its deposal only from its lease: the record is re-bound to
 /// a fence lease nobody renews, of its TTL plus a second, and its lease revoked. No key under the

@@ -63,13 +63,20 @@ impl Election {
             mod_revision: 0,
             not_before: None,
         });
+        let lease = Some(PutOptions::new().with_lease(grant.id()));
+        let mut ops = vec![TxnOp::put(
+            key.as_str(),
+            self.cfg.identity.as_str(),
+            lease.clone(),
+        )];
+        // Our address, for whoever hands us the record to publish with it (see `queue`).
+        if let Some(address) = &self.cfg.advertise {
+            let at = self.keys.address_of(grant.id());
+            ops.push(TxnOp::put(at, address.as_str(), lease));
+        }
         let put = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                self.cfg.identity.as_str(),
-                Some(PutOptions::new().with_lease(grant.id())),
-            )])
+            .and_then(ops)
             .or_else([TxnOp::get(key.as_str(), None)]);
         let resp = self.etcd.txn(put).await?;
         let (revision, mod_revision) = match resp.op_responses().first() {

@@ -8,7 +8,7 @@ use std::future::Future;
 use etcd_client::{Compare, CompareOp, Event as WatchEvent, KeyValue, PutOptions, Txn, TxnOp};
 use log::{debug, info};
 
-use super::queue::{self, Seat, Snapshot};
+use super::queue::{Seat, Snapshot, Successor};
 use super::scan;
 use super::{Election, Event, Outcome};
 use crate::etcd::Result;
@@ -16,11 +16,12 @@ use crate::format::Foreign;
 
 /// Whom a leader hands the record to, read while it leads so that the hand-over needs no read.
 pub enum Heir {
-    /// The first candidate behind us (with its value, the identity the record will hold).
-    Next(Option<KeyValue>),
+    /// The first candidate behind us (with its value, the identity the record will hold, and
+    /// its address).
+    Next(Option<Successor>),
     /// The forcer that asked us to yield, and nobody else: a candidate queued between us goes
     /// back in line behind it. `None`: it has no key any more; the lease is only revoked.
-    Forcer(Option<KeyValue>),
+    Forcer(Option<Successor>),
 }
 
 impl Election {
@@ -38,7 +39,11 @@ impl Election {
             revision: seat.revision,
             lease: seat.lease,
         });
-        (self.report)(Event::Leader(Some(self.cfg.identity.clone())));
+        (self.report)(Event::Leader(Some(crate::leader::Leader {
+            identity: self.cfg.identity.clone(),
+            address: self.cfg.advertise.clone(),
+            revision: Some(seat.revision),
+        })));
         tokio::select! {
             why = keepalive => Outcome::Lost(why),
             why = Box::pin(self.hold(seat)) => Outcome::Lost(why),
@@ -95,7 +100,7 @@ impl Election {
         let y = request.filter(|y| y.lease() != seat.lease)?;
         // The request stands until the forcer leads: a candidate queued between us sees it and
         // goes back in line. The record goes to the forcer, and to nobody else.
-        let forcer = queue::key_of_lease(&self.etcd, &self.keys, y.lease()).await;
+        let forcer = Successor::read(&self.etcd, &self.keys, y.lease()).await;
         self.heir = Heir::Forcer(forcer.unwrap_or_else(|e| {
             debug!("reading the forcer's key: {e}");
             None
@@ -111,15 +116,14 @@ impl Election {
     async fn leader_snapshot(&mut self, seat: &Seat) -> Result<Snapshot> {
         let snap = Snapshot::read(&self.etcd, &self.keys, seat).await?;
         let known = match &self.heir {
-            Heir::Next(Some(kv)) => snap
-                .behind
-                .as_ref()
-                .is_some_and(|b| b.key == kv.key() && b.mod_revision == kv.mod_revision()),
+            Heir::Next(Some(heir)) => snap.behind.as_ref().is_some_and(|b| {
+                b.key == heir.kv.key() && b.mod_revision == heir.kv.mod_revision()
+            }),
             _ => false,
         };
         if !known {
             let next = match &snap.behind {
-                Some(b) => queue::with_value(&self.etcd, &b.key).await?,
+                Some(b) => Successor::read(&self.etcd, &self.keys, b.lease).await?,
                 None => None,
             };
             self.heir = Heir::Next(next);
@@ -163,21 +167,23 @@ impl Election {
         }
         let (_, queue) = scan::all(&self.etcd, &self.keys).await?;
         let next = match queue.iter().find(|b| b.create_revision > seat.revision) {
-            Some(b) => queue::with_value(&self.etcd, &b.key).await?,
+            Some(b) => Successor::read(&self.etcd, &self.keys, b.lease).await?,
             None => None,
         };
         self.hand_to_any(seat, next).await
     }
 
-    async fn hand_to_any(&self, seat: &Seat, next: Option<KeyValue>) -> Result<()> {
+    async fn hand_to_any(&self, seat: &Seat, next: Option<Successor>) -> Result<()> {
         if let Some(next) = next {
             self.hand_to(seat, &next).await?;
         }
         Ok(())
     }
 
-    async fn hand_to(&self, seat: &Seat, next: &KeyValue) -> Result<bool> {
-        let keys = &self.keys;
+    /// The heir's address is published with the record: its own, as it advertised it when it
+    /// joined, and unchanged since (else the hand-over waits for a new read).
+    async fn hand_to(&self, seat: &Seat, heir: &Successor) -> Result<bool> {
+        let (keys, next) = (&self.keys, &heir.kv);
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(seat.key.as_str(), CompareOp::Equal, seat.mod_revision),
@@ -185,6 +191,7 @@ impl Election {
                 // Never put again since it was created (by a twin adopting it): then its
                 // creator may lead on seeing this transaction alone (see `campaign`).
                 Compare::mod_revision(next.key(), CompareOp::Equal, next.create_revision()),
+                heir.address_unchanged(keys),
             ])
             .and_then([
                 TxnOp::delete(seat.key.as_str(), None),
@@ -193,6 +200,7 @@ impl Election {
                     next.value(),
                     Some(PutOptions::new().with_lease(next.lease())),
                 ),
+                keys.publish(heir.address.as_ref().map(KeyValue::value), next.lease()),
             ]);
         let handed = self.etcd.txn(txn).await?.succeeded();
         if handed {

@@ -23,6 +23,7 @@
 //! - `retry`: failures logged once, reported, retried, or fatal at start-up.
 //! - `queue`: the layout of the lock's keys and one snapshot of them; `scan`: reading every
 //!   candidate past whatever else lives under the prefix.
+//! - `observe`: who leads, read by an observer (`--leader`), which never writes.
 //!
 //! The recipe is the one of etcd's `concurrency/election.go`, so `etcdctl elect -l LOCK` shows our
 //! leader: a lease; the key `LOCK/<lease id in hex>` holding our identity, created only if absent;
@@ -62,11 +63,14 @@ mod campaign;
 mod force;
 mod join;
 mod leading;
+mod observe;
 mod queue;
 mod retry;
 mod rights;
 mod scan;
 mod session;
+
+pub use observe::Observer;
 
 use campaign::Turn;
 use leading::Heir;
@@ -80,8 +84,8 @@ pub enum Event {
     /// A keep-alive (or the grant) sent at `sent` succeeded and was confirmed: the lease was reset
     /// to its full granted `ttl` and lives until at least `sent + ttl` on the server.
     Renewed { sent: Boot, ttl: Duration },
-    /// The identity at the head of the queue, when known.
-    Leader(Option<String>),
+    /// Who leads (the holder, or the head of the queue), when known.
+    Leader(Option<crate::leader::Leader>),
     /// Our predecessor holds the record: we are next, and may be handed it at any moment.
     Next,
     /// An etcd request failed (`renewal`: a keep-alive).

@@ -2,8 +2,8 @@
 //! asked the holder to yield.
 //!
 //! This module owns the layout; the campaign and the leader own the recipe that moves through
-//! it, `force` the request to yield, `scan` the reading of the queue past other keys. Three kinds
-//! of keys, in two ranges (`Keys::record_end`, `Keys::end`):
+//! it, `force` the request to yield, `scan` the reading of the queue past other keys, `observe`
+//! the reading of who leads. Four kinds of keys, in two ranges (`Keys::record_end`, `Keys::end`):
 //!
 //! - **Candidate keys** `LOCK/<hex lease id>`, bound to that lease, holding the identity: etcd's
 //!   election recipe, so `etcdctl elect -l LOCK` names our leader and `etcdctl lock` interoperates.
@@ -20,6 +20,13 @@
 //! - **The yield request** `LOCK\0yield`, bound to a forcer's lease until it leads. No valid lock
 //!   name contains a control character, so no lock's key has this name, and it lies outside
 //!   `LOCK/`, where `etcdctl elect` and `etcdctl lock` never look.
+//! - **The advertised addresses** (`ADVERTISE`): `LOCK\0address`, the holder's, bound to the
+//!   holder's lease and written in the transaction that makes it the holder (taken, or handed
+//!   over: then absent if the heir advertises none); and `LOCK\0address/<hex lease id>`, each
+//!   advertising candidate's own, bound to its lease and created with its key, from which a
+//!   leader handing the record over copies its heir's. The address counts only while its lease
+//!   is the record's: a fence re-binds the record, and a holder record taken after an operator
+//!   deleted the old one leaves the old address bound to the old lease.
 //!
 //! Whatever else lives under the prefix (the job's own data, another client's keys) is not ours
 //! to download: every read of the queue is keys only, a page at a time, and values are read one
@@ -28,7 +35,9 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
 
 use super::scan;
 use crate::etcd::{Error, Etcd, Result};
@@ -41,6 +50,11 @@ pub struct Keys {
     pub holder: String,
     /// `LOCK\0yield`: a forcer's request to the holder.
     pub yield_request: Vec<u8>,
+    /// `LOCK\0address`: the address the holder advertises.
+    pub address: Vec<u8>,
+    /// The end of the range `[LOCK\0address, address_end)`: the holder's address and every
+    /// candidate's (`LOCK\0address/<hex>`).
+    pub address_end: Vec<u8>,
     /// The end of the candidates' range `[LOCK/, end)` (which also holds neighbours' keys such
     /// as `LOCK/cron/...`, which a reader filters out).
     pub end: Vec<u8>,
@@ -56,6 +70,8 @@ impl Keys {
             prefix: format!("{lock}/"),
             holder: lock.to_string(),
             yield_request: format!("{lock}\0yield").into_bytes(),
+            address: format!("{lock}\0address").into_bytes(),
+            address_end: format!("{lock}\0address0").into_bytes(),
             // `/` + 1: past every key under the prefix.
             end: format!("{lock}0").into_bytes(),
             // `\0` + 1: past every key `LOCK\0...`.
@@ -91,6 +107,26 @@ impl Keys {
 
     pub fn candidate_key(&self, lease: i64) -> String {
         format!("{}{}", self.prefix, hex(lease))
+    }
+
+    /// `LOCK\0address/<hex lease>`: the address the candidate of `lease` advertises.
+    pub fn address_of(&self, lease: i64) -> Vec<u8> {
+        let mut key = self.address.clone();
+        key.extend_from_slice(format!("/{}", hex(lease)).as_bytes());
+        key
+    }
+
+    /// The holder's address, put for `lease` (or deleted when it advertises none): in the
+    /// transaction that makes that lease the holder's.
+    pub fn publish(&self, address: Option<&[u8]>, lease: i64) -> TxnOp {
+        match address {
+            Some(a) => TxnOp::put(
+                self.address.clone(),
+                a,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            None => TxnOp::delete(self.address.clone(), None),
+        }
     }
 }
 
@@ -155,6 +191,8 @@ pub struct Snapshot {
     pub own: Option<KeyValue>,
     pub holder: Option<KeyValue>,
     pub yield_request: Option<KeyValue>,
+    /// The holder's advertised address (`LOCK\0address`), as the key is.
+    pub address: Option<KeyValue>,
     /// The first candidate created after ours: whom a leader hands the record to.
     pub behind: Option<Candidate>,
 }
@@ -166,6 +204,7 @@ impl Snapshot {
             TxnOp::get(seat.key.as_str(), Some(GetOptions::new().with_keys_only())),
             TxnOp::get(keys.holder.as_str(), None),
             TxnOp::get(keys.yield_request.clone(), None),
+            TxnOp::get(keys.address.clone(), None),
         ];
         let resp = etcd.txn(Txn::new().and_then(ops)).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -183,6 +222,7 @@ impl Snapshot {
             .find(|kv| kv.create_revision() == seat.revision);
         let holder = next()?.into_iter().next();
         let yield_request = next()?.into_iter().next();
+        let address = next()?.into_iter().next();
         let queue = scan::candidates(etcd, keys, first, revision).await?;
         let ahead = |cand: &&Candidate| cand.create_revision < seat.revision;
         Ok(Snapshot {
@@ -192,6 +232,7 @@ impl Snapshot {
             own,
             holder,
             yield_request,
+            address,
             behind: queue
                 .iter()
                 .find(|cand| cand.create_revision > seat.revision)
@@ -218,6 +259,36 @@ pub async fn key_of_lease(etcd: &Etcd, keys: &Keys, lease: i64) -> Result<Option
     Ok(with_value(etcd, key.as_bytes())
         .await?
         .filter(|kv| kv.lease() == lease))
+}
+
+/// A candidate to hand the record to: its key with its value (the identity the record will
+/// hold), and its advertised address key, if any.
+#[derive(Clone, Debug)]
+pub struct Successor {
+    pub kv: KeyValue,
+    pub address: Option<KeyValue>,
+}
+
+impl Successor {
+    /// The candidate of `lease`, read in one request with its address.
+    pub async fn read(etcd: &Etcd, keys: &Keys, lease: i64) -> Result<Option<Successor>> {
+        let ops = [
+            TxnOp::get(keys.candidate_key(lease), None),
+            TxnOp::get(keys.address_of(lease), None),
+        ];
+        let resp = etcd.txn(Txn::new().and_then(ops)).await?;
+        let mut gets = resp.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().find(|kv| kv.lease() == lease),
+            _ => None,
+        });
+        let (kv, address) = (gets.next().flatten(), gets.next().flatten());
+        Ok(kv.map(|kv| Successor { kv, address }))
+    }
+
+    /// Compares that the heir's address key is as read: the hand-over publishes it.
+    pub fn address_unchanged(&self, keys: &Keys) -> Compare {
+        unchanged(keys.address_of(self.kv.lease()), self.address.as_ref())
+    }
 }
 
 /// Every candidate whose value is `identity` (a restart looking for its previous life), oldest
@@ -287,6 +358,11 @@ mod tests {
         let ours = |key: &[u8]| record.contains(&key.to_vec()) || prefix.contains(&key.to_vec());
         assert!(record.contains(&k.holder.as_bytes().to_vec()));
         assert!(record.contains(&k.yield_request));
+        assert!(record.contains(&k.address));
+        assert!(record.contains(&k.address_of(i64::MAX)));
+        let addresses = k.address.clone()..k.address_end.clone();
+        assert!(addresses.contains(&k.address_of(i64::MAX)));
+        assert!(!addresses.contains(&k.yield_request));
         assert!(prefix.contains(&k.candidate_key(i64::MAX).into_bytes()));
         for neighbour in [
             &b"app0"[..],

@@ -8,7 +8,10 @@
 //! the lease look-ups etcd allows only to readers of a lease's keys), write on the record
 //! `LOCK`, the yield request `LOCK\0yield` and the prefix (our key; a lease revoked needs
 //! write on every key bound to it, and ours are all there; a fenced Go replica's lease holds
-//! only the record). A feature that uses another key or range adds its right to [`needed`].
+//! only the record), and the advertised addresses `[LOCK\0address, LOCK\0address0)` (every
+//! candidate's, whether it advertises or not: a leader publishes its heir's address when it
+//! hands the record over). A feature that uses another key or range adds its right to
+//! [`needed`].
 //!
 //! The proof changes nothing: a transaction whose one compare can never hold (a create
 //! revision below 0) carries a request of each right in its branch. etcd checks the rights of
@@ -60,7 +63,7 @@ fn needed(keys: &Keys) -> Vec<Right> {
             Access::Read,
             record,
             record_end,
-            "the holder record and the yield request",
+            "the holder record, the yield request and the advertised addresses",
         ),
         right(Access::Read, prefix, end, "the candidates' keys"),
         right(Access::Write, record, None, "the holder record"),
@@ -71,6 +74,12 @@ fn needed(keys: &Keys) -> Vec<Right> {
             "the yield request",
         ),
         right(Access::Write, prefix, end, "the candidates' keys"),
+        right(
+            Access::Write,
+            &keys.address,
+            Some(&keys.address_end),
+            "the advertised addresses",
+        ),
     ]
 }
 
@@ -208,7 +217,7 @@ mod tests {
         let shown: Vec<String> = needed(&k).iter().map(ToString::to_string).collect();
         assert_eq!(
             shown[0],
-            "read the range [\"app\", \"app\\u{1}\") (the holder record and the yield request)"
+            "read the range [\"app\", \"app\\u{1}\") (the holder record, the yield request and the advertised addresses)"
         );
         assert_eq!(
             shown[3],
