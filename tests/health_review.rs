@@ -1,0 +1,112 @@
+//! A hostile review of issue 22 (leadership follows health; try-lock), against a real etcd with
+//! real candidates: health checks that flap every interval while several candidates compete, a
+//! try-once forcer, and what the try-lock leaves in etcd. Each test proves its point from the
+//! children's own records and from etcd, not from log lines.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::scene::Scene;
+use common::{free_port, wait_until};
+
+const T: Duration = Duration::from_secs(20);
+const TTL: u64 = 3;
+const RENEW: &str = "2s";
+const RETRY: &str = "200ms";
+const WAIT_TIMEOUT: &str = "ETCD_AWAIT_ELECTION_WAIT_TIMEOUT";
+
+/// The identities queued under the lock.
+fn queue(s: &Scene) -> Vec<String> {
+    s.etcd
+        .get_prefix_keys(&format!("{}/", s.lock))
+        .into_iter()
+        .filter_map(|k| s.etcd.get(&k))
+        .collect()
+}
+
+/// A try-once forcer (`FORCE_ACQUIRE` with `WAIT_TIMEOUT=0`) must not stop a running leader
+/// and then withdraw: the README says try once means "lead only if nobody is queued ahead and the
+/// lock is free right now". Either it is refused at start-up, or it does not ask the holder to
+/// yield; in no case may it leave the lock with nobody running.
+#[test]
+fn a_try_once_forcer_does_not_stop_the_leader_and_walk_away() {
+    let mut s = Scene::new("health-review", "try-once-forcer");
+    let a = s.spawn(s.candidate("a", TTL, RENEW, RETRY));
+    let ra = s.mon.wait_for_start(Some("a"), T);
+
+    s.mark("c forces, trying once");
+    let mut c = s
+        .candidate("c", TTL, RENEW, RETRY)
+        .force(true)
+        .env(WAIT_TIMEOUT, "0")
+        .spawn();
+    let st = c.expect_exit(T);
+    let code = st.code();
+    // Whatever c did, a's command must still run (c never started, so a must not be stopped).
+    let started_c = s.mon.starts().iter().any(|r| r.identity == "c");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let running = s.mon.running();
+        if started_c || code != Some(73) {
+            break;
+        }
+        assert_eq!(
+            running,
+            vec![("a".to_string(), ra.pid)],
+            "c (exit {code:?}) asked a to yield, then withdrew: nobody runs.\na:\n{}\nc:\n{}",
+            s.cast[a].stderr_text(),
+            c.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// FALL=RISE=1, a check that flips on every run, three candidates: whatever the hand-overs, no
+/// two commands ever run at once, and nothing is left in etcd once all are stopped.
+#[test]
+fn flapping_checks_never_run_two_commands_at_once() {
+    let mut s = Scene::new("health-review", "flap");
+    let dir = s.log.parent().expect("the scene's dir").to_path_buf();
+    for id in ["a", "b", "c"] {
+        let state = dir.join(format!("{id}.n"));
+        // Passes and fails in turn, each candidate from its own counter.
+        let check = format!(
+            "f='{}'; n=$(cat \"$f\" 2>/dev/null || echo 0); echo $((n+1)) > \"$f\"; \
+             test $((n % 2)) -eq 0",
+            state.display()
+        );
+        s.spawn(
+            s.candidate(id, TTL, RENEW, RETRY)
+                .status_port(free_port())
+                .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &check)
+                .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "150ms")
+                .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "100ms")
+                .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1")
+                .env("ETCD_AWAIT_ELECTION_HEALTH_RISE", "1"),
+        );
+    }
+    s.mark("flapping");
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        s.mon.assert_no_overlap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let starts = s.mon.starts().len();
+    assert!(
+        starts >= 3,
+        "only {starts} starts: the flaps handed nothing over"
+    );
+    s.mark("all stopped");
+    for c in s.cast.iter_mut() {
+        assert!(c.signal(libc::SIGTERM), "{} is gone", c.identity());
+    }
+    for c in s.cast.iter_mut() {
+        let st = c.expect_exit(T);
+        assert!(st.code().is_some(), "{} died by a signal", c.identity());
+    }
+    s.mon.assert_no_overlap();
+    wait_until(T, "nothing left in etcd", || {
+        queue(&s).is_empty() && s.etcd.lease_count() == 0
+    });
+}
