@@ -148,6 +148,9 @@ pub fn spawn<E: Send + 'static>(
         .build()?;
     std::thread::Builder::new()
         .name("election".into())
+        // A debug build's async frames are huge: campaign, watch and read nested in a life
+        // (`run`, `live`) took more than the default 2 MiB when a watch had to read again.
+        .stack_size(16 << 20)
         .spawn(move || {
             let report: Report = Rc::new(move |e| {
                 let _ = tx.send(wrap(e));
