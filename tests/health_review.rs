@@ -110,3 +110,78 @@ fn flapping_checks_never_run_two_commands_at_once() {
         queue(&s).is_empty() && s.etcd.lease_count() == 0
     });
 }
+
+/// The processes alive (not zombies) whose command line starts with `prefix` (NUL-separated).
+fn alive_with_cmdline(prefix: &str) -> Vec<u32> {
+    common::procfs::all()
+        .into_iter()
+        .filter(|p| p.state != 'Z')
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Kills, when dropped (a failed test included), what a hanging check left behind.
+struct Naps(String);
+
+impl Drop for Naps {
+    fn drop(&mut self) {
+        for pid in alive_with_cmdline(&self.0) {
+            common::signal_pid(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// A check still running when the wrapper exits (SIGTERM while out of the queue: exit 0) goes
+/// with it: the wrapper leaves no process of its own behind.
+#[test]
+fn a_hanging_check_does_not_outlive_the_wrapper() {
+    let nap = format!("4242.{}", std::process::id());
+    let naps = Naps(format!("sleep\0{nap}"));
+    let s = Scene::new("health-review", "check-outlives");
+    let mut a = s
+        .candidate("a", TTL, RENEW, RETRY)
+        .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &format!("sleep {nap}"))
+        .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "60s")
+        .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "60s")
+        .spawn();
+    wait_until(T, "the first check to run", || {
+        !alive_with_cmdline(&naps.0).is_empty()
+    });
+    assert!(a.signal(libc::SIGTERM));
+    let st = a.expect_exit(T);
+    assert_eq!(st.code(), Some(0), "{}", a.stderr_text());
+    let until = Instant::now() + Duration::from_secs(10);
+    while !alive_with_cmdline(&naps.0).is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = alive_with_cmdline(&naps.0);
+    assert!(
+        left.is_empty(),
+        "the wrapper exited 10 s ago; its health check {left:?} still runs"
+    );
+}
+
+/// Try once (`WAIT_TIMEOUT=0`) with etcd unreachable: the try fails, so the candidate gives up
+/// as it does with `WAIT_TIMEOUT=1ms`, instead of retrying for ever.
+#[test]
+fn try_once_with_etcd_unreachable_gives_up() {
+    let s = Scene::new("health-review", "try-once-down");
+    // A port reserved for this test, on which nothing listens.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut c = s
+        .candidate("c", TTL, RENEW, RETRY)
+        .endpoints(&dead)
+        .env(WAIT_TIMEOUT, "0")
+        .spawn();
+    let st = c.wait_timeout(Duration::from_secs(30));
+    assert!(
+        st.is_some(),
+        "WAIT_TIMEOUT=0 still waiting after 30 s:\n{}",
+        c.stderr_text()
+    );
+    assert_eq!(st.and_then(|s| s.code()), Some(73), "{}", c.stderr_text());
+}
