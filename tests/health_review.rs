@@ -66,7 +66,18 @@ fn a_try_once_forcer_does_not_stop_the_leader_and_walk_away() {
 /// two commands ever run at once, and nothing is left in etcd once all are stopped.
 #[test]
 fn flapping_checks_never_run_two_commands_at_once() {
-    let mut s = Scene::new("health-review", "flap");
+    flap("flap", &[]);
+}
+
+/// As above, with commands that ignore SIGTERM: each hand-over ends in SIGKILL at the kill
+/// deadline, and the next command still starts only after.
+#[test]
+fn flapping_checks_with_commands_ignoring_sigterm_never_overlap() {
+    flap("flap-ignore-term", &["--ignore-term"]);
+}
+
+fn flap(lock: &str, args: &[&str]) {
+    let mut s = Scene::new("health-review", lock);
     let dir = s.log.parent().expect("the scene's dir").to_path_buf();
     for id in ["a", "b", "c"] {
         let state = dir.join(format!("{id}.n"));
@@ -78,6 +89,7 @@ fn flapping_checks_never_run_two_commands_at_once() {
         );
         s.spawn(
             s.candidate(id, TTL, RENEW, RETRY)
+                .args(args)
                 .status_port(free_port())
                 .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &check)
                 .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "150ms")
