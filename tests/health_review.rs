@@ -197,3 +197,54 @@ fn try_once_with_etcd_unreachable_gives_up() {
     );
     assert_eq!(st.and_then(|s| s.code()), Some(73), "{}", c.stderr_text());
 }
+
+fn health_checks(c: &common::candidate::Candidate) -> u64 {
+    common::http("GET", &c.status_url("/metrics"), Duration::from_secs(5))
+        .and_then(|r| common::metric(&r.1, "etcd_await_election_health_checks_total"))
+        .unwrap_or(0)
+}
+
+/// A sick leader with nobody waiting leads on (README). A try-once candidate (`WAIT_TIMEOUT=0`)
+/// that passes by is not somebody waiting: it must not make the leader stop its command and
+/// stand aside, only to withdraw itself a moment later and leave nobody running.
+#[test]
+fn a_try_once_candidate_does_not_unseat_a_sick_leader() {
+    let mut s = Scene::new("health-review", "try-once-sick-leader");
+    let sick = s.log.with_file_name("a.sick");
+    let a = s.spawn(
+        s.candidate("a", TTL, RENEW, RETRY)
+            .status_port(free_port())
+            .env(
+                "ETCD_AWAIT_ELECTION_HEALTH_CMD",
+                &format!("test ! -e '{}'", sick.display()),
+            )
+            .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "300ms")
+            .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "250ms")
+            .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1"),
+    );
+    let ra = s.mon.wait_for_start(Some("a"), T);
+    s.mark("a turns sick, nobody waits: it leads on");
+    std::fs::write(&sick, b"").expect("create the flag file");
+    wait_until(T, "a to report \"healthy\":false", || {
+        common::http("GET", &s.cast[a].status_url("/"), Duration::from_secs(5))
+            .is_some_and(|r| r.1.contains("\"healthy\":false"))
+    });
+
+    s.mark("c tries once");
+    let mut c = s
+        .candidate("c", TTL, RENEW, RETRY)
+        .env(WAIT_TIMEOUT, "0")
+        .spawn();
+    let st = c.expect_exit(T);
+    assert_eq!(st.code(), Some(73), "{}", c.stderr_text());
+    // Some checks later, a's command still runs: nobody else could have taken over.
+    let from = health_checks(&s.cast[a]);
+    wait_until(T, "4 more checks of a", || {
+        health_checks(&s.cast[a]) >= from + 4
+    });
+    assert_eq!(
+        s.mon.running(),
+        vec![("a".to_string(), ra.pid)],
+        "a try-once candidate made the sick leader stop, then withdrew: nobody runs"
+    );
+}
