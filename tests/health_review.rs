@@ -248,3 +248,42 @@ fn a_try_once_candidate_does_not_unseat_a_sick_leader() {
         "a try-once candidate made the sick leader stop, then withdrew: nobody runs"
     );
 }
+
+/// FALL=RISE=1 flapping checks, a forcer among them: each time the forcer rejoins it asks the
+/// holder to yield. Whatever exits, no two commands ever run at once.
+#[test]
+fn a_flapping_forcer_never_runs_beside_another_command() {
+    let mut s = Scene::new("health-review", "flap-forcer");
+    let dir = s.log.parent().expect("the scene's dir").to_path_buf();
+    for id in ["a", "b", "c"] {
+        let state = dir.join(format!("{id}.n"));
+        let check = format!(
+            "f='{}'; n=$(cat \"$f\" 2>/dev/null || echo 0); echo $((n+1)) > \"$f\"; \
+             test $((n % 2)) -eq 0",
+            state.display()
+        );
+        s.spawn(
+            s.candidate(id, TTL, RENEW, RETRY)
+                .force(id == "a")
+                .args(&["--term-delay", "100"])
+                .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &check)
+                .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "200ms")
+                .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "150ms")
+                .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1")
+                .env("ETCD_AWAIT_ELECTION_HEALTH_RISE", "1"),
+        );
+    }
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        s.mon.assert_no_overlap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(s.mon.starts().len() >= 2, "nothing was handed over");
+    for c in s.cast.iter_mut() {
+        c.signal(libc::SIGTERM);
+    }
+    for c in s.cast.iter_mut() {
+        c.expect_exit(T);
+    }
+    s.mon.assert_no_overlap();
+}
