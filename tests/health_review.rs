@@ -287,3 +287,89 @@ fn a_flapping_forcer_never_runs_beside_another_command() {
     }
     s.mon.assert_no_overlap();
 }
+
+/// A candidate whose check flips on every run (FALL=RISE=1) behind a leader: it is asked to
+/// resign while it may still be joining. Once it stays sick, none of its keys may be left in
+/// the queue ("a waiting candidate that turns unhealthy leaves the queue (its key goes)"), and
+/// the next healthy candidate leads when the leader stops.
+#[test]
+fn a_flapping_waiter_leaves_no_key_behind() {
+    let mut s = Scene::new("health-review", "flap-waiter");
+    let x = s.spawn(s.candidate("x", TTL, RENEW, RETRY));
+    s.mon.wait_for_start(Some("x"), T);
+    let dir = s.log.parent().expect("the scene's dir").to_path_buf();
+    let (count, sick) = (dir.join("c.n"), dir.join("c.sick"));
+    let check = format!(
+        "test ! -e '{}' || exit 1; f='{}'; n=$(cat \"$f\" 2>/dev/null || echo 0); \
+         echo $((n+1)) > \"$f\"; test $((n % 2)) -eq 0",
+        sick.display(),
+        count.display()
+    );
+    let c = s.spawn(
+        s.candidate("c", TTL, RENEW, RETRY)
+            .status_port(free_port())
+            .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &check)
+            .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "150ms")
+            .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "100ms")
+            .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1")
+            .env("ETCD_AWAIT_ELECTION_HEALTH_RISE", "1"),
+    );
+    s.mark("c flaps behind x");
+    wait_until(T, "60 checks of c", || health_checks(&s.cast[c]) >= 60);
+    s.mark("c stays sick");
+    std::fs::write(&sick, b"").expect("create the flag file");
+    wait_until(T, "c's keys to go", || {
+        !queue(&s).contains(&"c".to_string())
+    });
+    s.mark("b waits; x stops");
+    s.spawn(s.candidate("b", TTL, RENEW, RETRY));
+    wait_until(T, "b in the queue", || queue(&s).contains(&"b".to_string()));
+    assert!(s.cast[x].signal(libc::SIGTERM));
+    s.mon.wait_for_start(Some("b"), T);
+    s.mon.assert_no_overlap();
+}
+
+/// Candidates whose checks flip on every run (FALL=RISE=1, every 150 ms), each healthy half the
+/// time, and one without a check: when the leader stops, one of them leads. A life cut short
+/// while joining must not leave a key that its own later lives keep alive at the head of the
+/// queue, so that nobody leads.
+#[test]
+fn flapping_waiters_do_not_wedge_the_lock() {
+    let mut s = Scene::new("health-review", "flap-wedge");
+    let x = s.spawn(s.candidate("x", TTL, RENEW, RETRY));
+    s.mon.wait_for_start(Some("x"), T);
+    let dir = s.log.parent().expect("the scene's dir").to_path_buf();
+    let mut flappers = Vec::new();
+    for id in ["c", "d"] {
+        let count = dir.join(format!("{id}.n"));
+        let check = format!(
+            "f='{}'; n=$(cat \"$f\" 2>/dev/null || echo 0); echo $((n+1)) > \"$f\"; \
+             test $((n % 2)) -eq 0",
+            count.display()
+        );
+        flappers.push(
+            s.spawn(
+                s.candidate(id, TTL, RENEW, RETRY)
+                    .status_port(free_port())
+                    .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &check)
+                    .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "150ms")
+                    .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "100ms")
+                    .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1")
+                    .env("ETCD_AWAIT_ELECTION_HEALTH_RISE", "1"),
+            ),
+        );
+    }
+    s.mark("c and d flap behind x");
+    for &i in &flappers {
+        wait_until(T, "40 checks", || health_checks(&s.cast[i]) >= 40);
+    }
+    s.spawn(s.candidate("b", TTL, RENEW, RETRY));
+    wait_until(T, "b in the queue", || queue(&s).contains(&"b".to_string()));
+    s.mark("x stops");
+    assert!(s.cast[x].signal(libc::SIGTERM));
+    s.cast[x].expect_exit(T);
+    s.mon.wait_for_record("a start after x's", T, |r| {
+        r.kind == common::records::Kind::Start && r.identity != "x"
+    });
+    s.mon.assert_no_overlap();
+}
