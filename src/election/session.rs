@@ -152,7 +152,15 @@ impl Election {
     /// the lease expires by itself, as a vanished holder's does.
     async fn revoke(&self, seat: &Seat) -> Result<Revoked> {
         let [own, holder] = read_keys(&self.etcd, [&seat.key, &self.keys.holder]).await?;
-        match seat.holds(own.as_ref()) {
+        let holds = if seat.mod_revision == 0 {
+            // Our key's creation was cut short (resigned, or failed, in the middle): ours if it
+            // was created and never put again since (a twin adopting it puts it again).
+            own.as_ref()
+                .map(|kv| kv.lease() == seat.lease && kv.version() == 1)
+        } else {
+            seat.holds(own.as_ref())
+        };
+        match holds {
             Some(false) => return Ok(Revoked::Adopted),
             None if holder.is_some_and(|h| h.lease() == seat.lease) => {
                 // Deleted straight after our own put (an operator's `etcdctl del`): nobody
