@@ -11,8 +11,10 @@
 #                        run from its unpacked root
 #   make examples-check  verify examples/ (systemd unit, k8s YAML, Dockerfile)
 #   make release-aarch64 static musl release binary for aarch64 (cross build)
-#   make dist      dist/: versioned x86_64 + aarch64 tarballs, OCI images (where
-#                  buildah works), SHA256SUMS
+#   make release-armv7   static musl release binary for 32-bit ARMv7 (cross build, std
+#                        built from source, zig as C compiler and linker)
+#   make dist      dist/: versioned x86_64, aarch64 and armv7 tarballs, OCI images
+#                  (where buildah works), SHA256SUMS
 #   make demo      two-candidate leader election demo against a throwaway etcd
 #   make bench     benchmarks (needs hyperfine and matplotlib)
 #   make soak      long-running soak test (EAE_SOAK_SECONDS, default 300)
@@ -49,13 +51,17 @@ BIN_NAME := etcd-await-election
 RELEASE_BIN := $(BUILD_DIR)/$(MUSL_TARGET)/release/$(BIN_NAME)
 AARCH64_TARGET := aarch64-unknown-linux-musl
 AARCH64_BIN := $(BUILD_DIR)/$(AARCH64_TARGET)/release/$(BIN_NAME)
+ARMV7_TARGET := armv7-unknown-linux-musleabihf
+ARMV7_BIN := $(BUILD_DIR)/$(ARMV7_TARGET)/release/$(BIN_NAME)
+# What every release binary must fit in (scripts/check-release.sh, check-image.sh: 3 MiB).
+SIZE_BUDGET ?= 3145728
 IMAGE_ARCHIVE := target/image/$(BIN_NAME)-oci.tar
 
 banner = @printf '\n==================== %s ====================\n' "$(1)"
 
-.PHONY: all deps deps-bench deps-release deps-aarch64 deps-image deps-dist build \
+.PHONY: all deps deps-bench deps-release deps-aarch64 deps-armv7 deps-image deps-dist build \
 	test fmt-check clippy unit-test release release-check image-check \
-	examples-check release-aarch64 dist demo bench soak clean
+	examples-check release-aarch64 release-armv7 dist demo bench soak clean
 
 all: test
 
@@ -75,12 +81,16 @@ deps-aarch64:
 	$(call banner,Checking/installing dependencies (incl. aarch64 cross toolchain))
 	scripts/install-deps.sh --aarch64
 
+deps-armv7:
+	$(call banner,Checking/installing dependencies (incl. armv7 cross toolchain))
+	scripts/install-deps.sh --armv7
+
 deps-image:
 	$(call banner,Checking/installing dependencies (incl. OCI image builder))
 	scripts/install-deps.sh --image
 
 deps-dist:
-	$(call banner,Checking/installing dependencies (incl. both targets, image builder))
+	$(call banner,Checking/installing dependencies (incl. all targets, image builder))
 	scripts/install-deps.sh --dist
 
 build:
@@ -169,8 +179,9 @@ image-check: release deps-image
 dist: deps-dist
 	@$(MAKE) --no-print-directory release-check
 	@$(MAKE) --no-print-directory release-aarch64
+	@$(MAKE) --no-print-directory release-armv7
 	$(call banner,dist/)
-	scripts/dist.sh $(RELEASE_BIN) $(AARCH64_BIN)
+	scripts/dist.sh $(RELEASE_BIN) $(AARCH64_BIN) $(ARMV7_BIN)
 
 # systemd-analyze verify, Kubernetes YAML and Dockerfile structure.
 examples-check:
@@ -189,6 +200,30 @@ release-aarch64: deps-aarch64
 		echo "==> qemu-aarch64-static $(AARCH64_BIN) --version: $$(qemu-aarch64-static $(AARCH64_BIN) --version)"; \
 	fi
 	@echo "==> Static binary: $(AARCH64_BIN) ($$(stat -c %s $(AARCH64_BIN)) bytes)"
+
+# Cross build (not part of `make test`) for 32-bit ARMv7 with hardware float (Raspberry Pi 2 and
+# later in 32-bit mode, most 32-bit ARM boards). rustup's prebuilt std for this target is not on
+# every distribution server, so std is always built from the rust-src component (-Zbuild-std,
+# allowed on stable by RUSTC_BOOTSTRAP) and zig links it against its own musl
+# (.cargo/config.toml, scripts/zig-cc-armv7). Always, not only where the prebuilt std is missing:
+# the two ways give different bytes, and a release must not depend on the machine that built it.
+# std's source paths (panic locations) are remapped to the /rustc/COMMIT a prebuilt std carries,
+# so the binary does not name this machine's toolchain directory.
+release-armv7: deps-armv7
+	$(call banner,cargo build --release ($(ARMV7_TARGET)))
+	sysroot="$$(rustc --print sysroot)"; commit="$$(rustc -vV | sed -n 's/^commit-hash: //p')"; \
+	RUSTC_BOOTSTRAP=1 $(CARGO) build --release --locked --target $(ARMV7_TARGET) \
+		-Zbuild-std=std,panic_abort --bin $(BIN_NAME) \
+		--config "target.$(ARMV7_TARGET).rustflags=['--remap-path-prefix=$$sysroot/lib/rustlib/src/rust=/rustc/$$commit']"
+	@info="$$(file -b $(ARMV7_BIN))"; echo "==> file: $$info"; \
+	case "$$info" in *"ARM, EABI5"*static*) ;; \
+		*) echo "==> $(ARMV7_BIN) is not a static armv7 binary" >&2; exit 1 ;; esac
+	@size="$$(stat -c %s $(ARMV7_BIN))"; [ "$$size" -le $(SIZE_BUDGET) ] || \
+		{ echo "==> $(ARMV7_BIN) is $$size bytes, over the $(SIZE_BUDGET) budget" >&2; exit 1; }
+	@if command -v qemu-arm-static >/dev/null 2>&1; then \
+		echo "==> qemu-arm-static $(ARMV7_BIN) --version: $$(qemu-arm-static $(ARMV7_BIN) --version)"; \
+	fi
+	@echo "==> Static binary: $(ARMV7_BIN) ($$(stat -c %s $(ARMV7_BIN)) bytes)"
 
 demo:
 	@$(MAKE) --no-print-directory deps

@@ -4,7 +4,8 @@
 #
 # Usage: scripts/build-image.sh BIN ARCH OUT.tar
 #   BIN   the static release binary (built and checked already)
-#   ARCH  x86_64 or aarch64 (the image platform: linux/amd64, linux/arm64)
+#   ARCH  x86_64, aarch64 or armv7 (the image platform: linux/amd64,
+#         linux/arm64, linux/arm/v7)
 #   OUT   the archive to write; its image is named etcd-await-election:VERSION
 #
 # buildah runs with a private, throwaway storage (vfs, in a temp dir): it
@@ -14,7 +15,7 @@
 # Needs: buildah (scripts/install-deps.sh --image).
 set -euo pipefail
 
-[ "$#" -eq 3 ] || { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ "$#" -eq 3 ] || { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 BIN="$(realpath "$1")" ARCH="$2" OUT="$(realpath -m "$3")"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,7 +24,8 @@ die() { printf '==> IMAGE BUILD FAILED: %s\n' "$*" >&2; exit 1; }
 case "$ARCH" in
     x86_64) PLATFORM=linux/amd64 ;;
     aarch64) PLATFORM=linux/arm64 ;;
-    *) die "unknown ARCH '$ARCH' (x86_64 or aarch64)" ;;
+    armv7) PLATFORM=linux/arm/v7 ;;
+    *) die "unknown ARCH '$ARCH' (x86_64, aarch64 or armv7)" ;;
 esac
 [ -x "$BIN" ] || die "$BIN is not an executable file"
 scripts/install-deps.sh --probe image || die "no working image builder (see above)"

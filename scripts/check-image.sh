@@ -4,7 +4,7 @@
 #
 #   1. the archive is an OCI layout with one image, whose config has
 #      ENTRYPOINT ["/etcd-await-election"], a numeric non-root USER and the
-#      expected architecture
+#      expected architecture (and variant: v7 for armv7)
 #   2. one layer, holding exactly one file: /etcd-await-election
 #   3. size: the archive and the unpacked root both within SIZE_BUDGET
 #      (default 3 MiB = 3145728 bytes)
@@ -14,8 +14,9 @@
 #      election from it: what `podman run` would do, minus the runtime (which
 #      may be refused in a sandbox, e.g. podman failing on setrlimit)
 #
-# Usage: scripts/check-image.sh ARCHIVE [ARCH]   (ARCH: x86_64 (default) or
-#        aarch64; an aarch64 image is inspected, but only run on aarch64)
+# Usage: scripts/check-image.sh ARCHIVE [ARCH]   (ARCH: x86_64 (default),
+#        aarch64 or armv7; an image is inspected on any machine, but only run
+#        where `uname -m` is ARCH)
 # Needs: python3, tar, and what scripts/check-release.sh needs.
 set -euo pipefail
 
@@ -32,9 +33,10 @@ die() {
 }
 
 case "$ARCH" in
-    x86_64) OCI_ARCH=amd64 ;;
-    aarch64) OCI_ARCH=arm64 ;;
-    *) die "unknown ARCH '$ARCH' (x86_64 or aarch64)" ;;
+    x86_64) OCI_ARCH=amd64 OCI_VARIANT="" ;;
+    aarch64) OCI_ARCH=arm64 OCI_VARIANT="" ;;
+    armv7) OCI_ARCH=arm OCI_VARIANT=v7 ;;
+    *) die "unknown ARCH '$ARCH' (x86_64, aarch64 or armv7)" ;;
 esac
 [ -f "$ARCHIVE" ] || die "$ARCHIVE not found (scripts/build-image.sh writes it)"
 WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/eae-image-check.XXXXXX")"
@@ -46,9 +48,9 @@ tar -C "$WORKDIR/oci" -xf "$ARCHIVE" || die "cannot unpack $ARCHIVE"
 
 # 1 + 2: the image's manifest and config; the last line is the layer blob's
 # path and the image's USER.
-INSPECT="$(python3 - "$WORKDIR/oci" "$OCI_ARCH" <<'PY'
+INSPECT="$(python3 - "$WORKDIR/oci" "$OCI_ARCH" "$OCI_VARIANT" <<'PY'
 import json, os, re, sys
-oci, arch = sys.argv[1], sys.argv[2]
+oci, arch, variant = sys.argv[1], sys.argv[2], sys.argv[3]
 def blob(digest):
     algo, hexd = digest.split(":", 1)
     return os.path.join(oci, "blobs", algo, hexd)
@@ -74,7 +76,10 @@ if not re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", user):
 print(f"    ok: User {user}")
 if config.get("architecture") != arch or config.get("os") != "linux":
     fail(f"platform is {config.get('os')}/{config.get('architecture')}, expected linux/{arch}")
-print(f"    ok: platform linux/{arch}")
+# Only a 32-bit ARM image must name its variant: a runtime picks arm/v7 by it.
+if variant and config.get("variant") != variant:
+    fail(f"variant is {config.get('variant')!r}, expected {variant!r}")
+print(f"    ok: platform linux/{arch}{'/' + variant if variant else ''}")
 print(blob(layers[0]["digest"]), user)
 PY
 )" || die "the image's manifest or config is not as expected (above)"
@@ -99,7 +104,7 @@ ok "within the size budget"
 
 # 4. the unpacked root, run as the empty-root check runs a release binary
 if [ "$ARCH" != "$(uname -m)" ]; then
-    say "not running the $ARCH root on $(uname -m) (its binary is checked by make release-aarch64)"
+    say "not running the $ARCH root on $(uname -m) (its binary is checked by make release-$ARCH)"
     say "image check passed: $ARCHIVE"
     exit 0
 fi

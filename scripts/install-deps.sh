@@ -14,7 +14,8 @@
 #   scripts/install-deps.sh --image    # + an OCI image builder (`make image-check`)
 #   scripts/install-deps.sh --bench    # + hyperfine, matplotlib (`make bench`)
 #   scripts/install-deps.sh --aarch64  # + the aarch64 cross toolchain (`make release-aarch64`)
-#   scripts/install-deps.sh --dist     # --release --aarch64, and the image builder
+#   scripts/install-deps.sh --armv7    # + the armv7 cross toolchain (`make release-armv7`)
+#   scripts/install-deps.sh --dist     # --release --aarch64 --armv7, and the image builder
 #                                      # when it can work here (`make dist`)
 #   scripts/install-deps.sh --probe CAP  # only prove CAP (below); install nothing
 #
@@ -42,6 +43,11 @@
 #               static aarch64 hello world         -> gcc-aarch64-linux-gnu,
 #                                                     libc6-dev-arm64-cross, rustup target
 #   qemu-aarch64 runs that hello world (optional)  -> qemu-user-static
+#   armv7       target/zig is zig ZIG_VERSION; scripts/zig-cc-armv7 links a
+#               static armv7 musl C hello world with <assert.h>; rust-src
+#               is installed (std is built from it) -> pip: ziglang, python3-pip,
+#                                                     rustup component rust-src
+#   qemu-armv7  runs that hello world (optional)   -> qemu-user-static
 #   dist-tools  sha256sum, tar, gzip               -> coreutils, tar, gzip
 #   etcd35      target/etcd-3.5/etcd --version is 3.5.34 (x86_64 only)
 #   etcd36      target/etcd-3.6/etcd --version is 3.6.15 (x86_64 only)
@@ -60,14 +66,15 @@ usage() {
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
 }
 
-WANT_RELEASE=0 WANT_IMAGE=0 WANT_BENCH=0 WANT_AARCH64=0 WANT_DIST=0 PROBE_ONLY=""
+WANT_RELEASE=0 WANT_IMAGE=0 WANT_BENCH=0 WANT_AARCH64=0 WANT_ARMV7=0 WANT_DIST=0 PROBE_ONLY=""
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --release) WANT_RELEASE=1 ;;
         --image) WANT_IMAGE=1 ;;
         --bench) WANT_BENCH=1 ;;
         --aarch64) WANT_AARCH64=1 ;;
-        --dist) WANT_RELEASE=1 WANT_AARCH64=1 WANT_DIST=1 ;;
+        --armv7) WANT_ARMV7=1 ;;
+        --dist) WANT_RELEASE=1 WANT_AARCH64=1 WANT_ARMV7=1 WANT_DIST=1 ;;
         --probe) PROBE_ONLY="${2:?--probe needs a capability name}"; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "install-deps: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -307,6 +314,53 @@ have_qemu_aarch64() {
 pkgs_qemu_aarch64() { echo qemu-user-static; }
 how_qemu_aarch64() { echo "apt-get install qemu-user-static (only used to run the aarch64 binary's --version)"; }
 
+# -------------------------------------------------------------------- armv7
+# rustup's prebuilt std for armv7-unknown-linux-musleabihf (and the musl crt
+# objects and libc.a it carries) is not on every distribution server, so
+# `make release-armv7` builds std from rust-src and zig supplies the C side:
+# ring's C, musl, libunwind and the link (scripts/zig-cc-armv7). The probe
+# links what the link needs (musl's crt and libc.a, built by zig once, in
+# minutes); the build itself proves the rest.
+ZIG_VERSION=0.17.1
+have_armv7() {
+    local dir="$PROBE_DIR/armv7" out src
+    mkdir -p "$dir"
+    src="$(rustc --print sysroot 2>/dev/null)/lib/rustlib/src/rust/library/Cargo.lock"
+    [ -f "$src" ] || { echo "the rust-src component is not installed (no $src)"; return 1; }
+    out="$("$ZIG_DIR/ziglang/zig" version 2>&1)" || { echo "target/zig has no zig that runs"; return 1; }
+    [ "$out" = "$ZIG_VERSION" ] || { echo "target/zig is zig $out, not $ZIG_VERSION"; return 1; }
+    printf '#include <assert.h>\n#include <stdint.h>\n#include <stdio.h>\nint main(void){uint8_t x=1;assert(x);puts("ok");return 0;}\n' >"$dir/c.c"
+    out="$("$ZIG_CC_ARMV7" -static -o "$dir/c" "$dir/c.c" 2>&1)" ||
+        { echo "scripts/zig-cc-armv7 cannot link a static C program: $(tail -n 2 <<<"${out:-failed}")"; return 1; }
+    case "$(file -b "$dir/c")" in
+        *"ARM, EABI5"*static*) ;;
+        *) echo "scripts/zig-cc-armv7 does not link static armv7 binaries: $(file -b "$dir/c")"; return 1 ;;
+    esac
+}
+pkgs_armv7() {
+    python3 -m pip --version >/dev/null 2>&1 || echo python3-pip
+    echo file
+}
+fix_armv7() {
+    with_rustup component add rust-src
+    "$ZIG_DIR/ziglang/zig" version 2>/dev/null | grep -qx "$ZIG_VERSION" && return 0
+    log "installing zig $ZIG_VERSION (ziglang) into $ZIG_DIR"
+    rm -rf "$ZIG_DIR"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+        --no-deps --target "$ZIG_DIR" "ziglang==$ZIG_VERSION"
+}
+how_armv7() {
+    echo "rustup component add rust-src; python3 -m pip install --no-deps --target target/zig ziglang==$ZIG_VERSION"
+}
+
+have_qemu_armv7() {
+    have_armv7 || return 1
+    [ "$(qemu-arm-static "$PROBE_DIR/armv7/c" 2>/dev/null)" = ok ] ||
+        { echo "qemu-arm-static cannot run a static armv7 hello world"; return 1; }
+}
+pkgs_qemu_armv7() { echo qemu-user-static; }
+how_qemu_armv7() { echo "apt-get install qemu-user-static (only used to run the armv7 binary's --version)"; }
+
 # --------------------------------------------------------------------- dist
 have_dist_tools() {
     local tool
@@ -329,6 +383,8 @@ ETCD35_VERSION=3.5.34
 ETCD36_VERSION=3.6.15
 ETCDCTL_VERSION=3.5.1
 TARGET_DIR="$(cd "$(dirname "$0")/.." && pwd)/target"
+ZIG_DIR="$TARGET_DIR/zig"
+ZIG_CC_ARMV7="$(cd "$(dirname "$0")" && pwd)/zig-cc-armv7"
 
 # etcd_is VERSION BINARY: BINARY runs and is etcd VERSION.
 etcd_is() {
@@ -425,6 +481,7 @@ elif [ "$WANT_DIST" -eq 1 ]; then
 fi
 [ "$WANT_BENCH" -eq 1 ] && REQUIRED+=(hyperfine matplotlib)
 [ "$WANT_AARCH64" -eq 1 ] && REQUIRED+=(aarch64) && OPTIONAL+=(qemu_aarch64)
+[ "$WANT_ARMV7" -eq 1 ] && REQUIRED+=(armv7) && OPTIONAL+=(qemu_armv7)
 [ "$WANT_DIST" -eq 1 ] && REQUIRED+=(dist_tools)
 # Only x86_64 builds of etcd 3.5 and 3.6 are packaged; `make test` skips them
 # elsewhere.

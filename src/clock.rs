@@ -64,11 +64,12 @@ impl Boot {
     }
 
     /// As a timer's time: beyond 68 years after boot (what any `time_t` holds), the timer fires
-    /// then, and `main` finds nothing due and waits on.
+    /// then, and `main` finds nothing due and waits on. The nanoseconds, below 10^9, fit the
+    /// `c_long` of every target (32 bits on armv7).
     fn timespec(self) -> libc::timespec {
         libc::timespec {
             tv_sec: i32::try_from(self.0.as_secs()).unwrap_or(i32::MAX).into(),
-            tv_nsec: self.0.subsec_nanos().into(),
+            tv_nsec: i32::try_from(self.0.subsec_nanos()).unwrap_or(0).into(),
         }
     }
 }
