@@ -75,7 +75,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         FORCE_ACQUIRE,
         "false",
-        "ask the current leader to yield at start (a preferred primary)",
+        "ask the leader to yield at start (a preferred primary); not with WAIT_TIMEOUT",
     ),
     var(
         LEGACY_LOCK,
@@ -85,7 +85,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         WAIT_TIMEOUT,
         "(none)",
-        "give up (exit 73) unless leading within this; 0: try once",
+        "exit 73 unless leading within this; 0: try once; not with FORCE_ACQUIRE",
     ),
     var(
         HEALTH_CMD,
@@ -323,7 +323,7 @@ fn read(get: impl Fn(&str) -> Option<String>, role: Role) -> Result<Option<Confi
         retry_period,
         tls,
         force_acquire,
-        wait_timeout: read_wait_timeout(&get)?,
+        wait_timeout: read_wait_timeout(&get, force_acquire)?,
         health: read_health(&get)?,
     }))
 }
@@ -724,13 +724,25 @@ fn read_pem(var: &'static str, path: &str, kind: &str) -> Result<Vec<u8>, Config
     Ok(bytes)
 }
 
-/// `0` (in any unit) tries once; any other duration is how long a candidate waits to lead.
+/// `0` (in any unit) tries once; any other duration is how long a candidate waits to lead. Not
+/// with `FORCE_ACQUIRE`: a forcer asks the holder to yield at once, and one that then gave up
+/// (before the hand-over, or at its first try) would leave the lock with nobody running.
 fn read_wait_timeout(
     get: &impl Fn(&str) -> Option<String>,
+    force_acquire: bool,
 ) -> Result<Option<Duration>, ConfigError> {
     let Some(v) = get(WAIT_TIMEOUT).filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
+    if force_acquire {
+        return Err(err(
+            WAIT_TIMEOUT,
+            format!(
+                "cannot be used with {FORCE_ACQUIRE}: a forcer asks the leader to stop its \
+                 command, and giving up after that would leave nobody running; unset one of them"
+            ),
+        ));
+    }
     let number = v.trim().trim_end_matches(['m', 's']);
     if !number.is_empty() && number.bytes().all(|b| b == b'0' || b == b'.') {
         return Ok(Some(Duration::ZERO));
@@ -1179,6 +1191,16 @@ mod tests {
             WAIT_TIMEOUT
         );
         assert_eq!(with(&[(WAIT_TIMEOUT, "-1")]).unwrap_err().var, WAIT_TIMEOUT);
+        // A forcer that could give up after asking the leader to yield: refused, naming both.
+        for w in ["0", "10s"] {
+            let e = with(&[(WAIT_TIMEOUT, w), (FORCE_ACQUIRE, "true")]).unwrap_err();
+            assert_eq!(e.var, WAIT_TIMEOUT, "{w}");
+            assert!(e.problem.contains(FORCE_ACQUIRE), "{e}");
+        }
+        let c = with(&[(WAIT_TIMEOUT, "0"), (FORCE_ACQUIRE, "false")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.wait_timeout, Some(Duration::ZERO));
     }
 
     #[test]
