@@ -9,6 +9,11 @@
 //! So an outer shell runs the check and writes its exit status to a pipe, which is all this thread
 //! reads; the check's own output goes to `/dev/null`, so a process it leaves behind does not hold
 //! that pipe open.
+//!
+//! A check does not outlive the wrapper, however it ends (exit, SIGKILL): the outer shell gets
+//! `PR_SET_PDEATHSIG` (SIGTERM), forked from this thread, which lives as long as the process (the
+//! signal follows the forking *thread*), and on SIGTERM it kills its whole group, the check's
+//! processes included, which a death signal of their own could not reach.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -118,16 +123,37 @@ fn check(check: &Check, timeout: Duration) -> Result<String, String> {
 }
 
 /// The outer shell: runs the check (its first argument) with nothing but a status to say, and
-/// says it.
-const OUTER: &str = "/bin/sh -c \"$1\" </dev/null >/dev/null 2>&1; echo $?";
+/// says it. On SIGTERM (the wrapper died) it kills its group, the check's. The check runs in the
+/// background only so that `wait`, unlike a foreground command, lets the trap run at once.
+const OUTER: &str =
+    "trap 'kill -KILL 0' TERM; /bin/sh -c \"$1\" </dev/null >/dev/null 2>&1 & wait $!; echo $?";
 
 fn run_command(cmd: &str, deadline: Instant, timeout: Duration) -> Result<String, String> {
-    let mut outer = Command::new(SHELL)
+    let wrapper = std::process::id() as libc::pid_t;
+    let mut outer = Command::new(SHELL);
+    outer
         .args(["-c", OUTER, "etcd-await-election-health", cmd])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: between fork and exec, async-signal-safe calls only: those of
+    // `restore_in_child`, prctl, getppid.
+    unsafe {
+        outer.pre_exec(move || {
+            // The wrapper blocks every signal, and a blocked mask survives exec: the check would
+            // run with SIGTERM blocked, and so would the outer shell's trap.
+            crate::signals::restore_in_child();
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            // The wrapper may have died before the death signal was armed.
+            if libc::getppid() != wrapper {
+                // No allocation here: ESRCH, the wrapper is gone.
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let mut outer = outer
         .spawn()
         .map_err(|e| format!("cannot run {SHELL}: {e}"))?;
     let group = outer.id() as libc::pid_t;
@@ -282,6 +308,25 @@ mod tests {
         assert_eq!(cmd("exit 3", t), Err("exit code 3".into()));
         // Its output goes nowhere, and cannot pass for the status.
         assert_eq!(cmd("echo 0; exit 1", t), Err("exit code 1".into()));
+    }
+
+    /// The wrapper blocks every signal in every thread: a check must not inherit that mask.
+    #[test]
+    fn a_command_runs_with_no_signal_blocked() {
+        // SAFETY: this test's own thread's mask, on local sets, restored below.
+        let old = unsafe {
+            let (mut all, mut old): (libc::sigset_t, libc::sigset_t) = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            old
+        };
+        let r = cmd(
+            "grep -q '^SigBlk:[[:space:]]*0*$' /proc/self/status",
+            Duration::from_secs(10),
+        );
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        assert_eq!(r, Ok("exit code 0".into()));
     }
 
     #[test]

@@ -151,9 +151,20 @@ impl Drop for Naps {
 /// with it: the wrapper leaves no process of its own behind.
 #[test]
 fn a_hanging_check_does_not_outlive_the_wrapper() {
-    let nap = format!("4242.{}", std::process::id());
+    hanging_check("check-outlives", libc::SIGTERM);
+}
+
+/// As above, the wrapper killed (SIGKILL): it can do nothing, and its check still goes with it.
+#[test]
+fn a_hanging_check_dies_with_a_killed_wrapper() {
+    hanging_check("check-outlives-kill", libc::SIGKILL);
+}
+
+fn hanging_check(lock: &str, sig: i32) {
+    use std::os::unix::process::ExitStatusExt;
+    let nap = format!("4242.{}{sig}", std::process::id());
     let naps = Naps(format!("sleep\0{nap}"));
-    let s = Scene::new("health-review", "check-outlives");
+    let s = Scene::new("health-review", lock);
     let mut a = s
         .candidate("a", TTL, RENEW, RETRY)
         .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &format!("sleep {nap}"))
@@ -163,9 +174,13 @@ fn a_hanging_check_does_not_outlive_the_wrapper() {
     wait_until(T, "the first check to run", || {
         !alive_with_cmdline(&naps.0).is_empty()
     });
-    assert!(a.signal(libc::SIGTERM));
+    assert!(a.signal(sig));
     let st = a.expect_exit(T);
-    assert_eq!(st.code(), Some(0), "{}", a.stderr_text());
+    if sig == libc::SIGKILL {
+        assert_eq!(st.signal(), Some(sig), "{}", a.stderr_text());
+    } else {
+        assert_eq!(st.code(), Some(0), "{}", a.stderr_text());
+    }
     let until = Instant::now() + Duration::from_secs(10);
     while !alive_with_cmdline(&naps.0).is_empty() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
