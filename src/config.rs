@@ -100,8 +100,8 @@ pub const VARIABLES: &[Var] = &[
     var(HEALTH_INTERVAL, "5s", "time between two health checks"),
     var(
         HEALTH_TIMEOUT,
-        "2s",
-        "a check running longer is killed (its process group) and fails",
+        "2s, at most HEALTH_INTERVAL",
+        "a longer check is killed with its group, and fails",
     ),
     var(
         HEALTH_FALL,
@@ -764,6 +764,15 @@ pub const MAX_HEALTH_COUNT: u32 = 100;
 /// nothing without one.
 fn read_health(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Health>, ConfigError> {
     let set = |var: &'static str| get(var).filter(|v| !v.trim().is_empty());
+    // Empty is unset; blanks would silently disable a check somebody meant to configure.
+    for var in [HEALTH_CMD, HEALTH_URL] {
+        if get(var).is_some_and(|v| !v.is_empty() && v.trim().is_empty()) {
+            return Err(err(
+                var,
+                "is blank: give a check, or leave it empty or unset",
+            ));
+        }
+    }
     let check = match (set(HEALTH_CMD), set(HEALTH_URL)) {
         (Some(_), Some(_)) => {
             return Err(err(
@@ -789,7 +798,8 @@ fn read_health(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Health>, 
         Some(v) => parse_duration(&v).map_err(|p| err(var, p)),
     };
     let interval = duration(HEALTH_INTERVAL, Duration::from_secs(5))?;
-    let timeout = duration(HEALTH_TIMEOUT, Duration::from_secs(2))?;
+    // The default timeout fits a shorter interval: only a timeout the user set can exceed it.
+    let timeout = duration(HEALTH_TIMEOUT, Duration::from_secs(2).min(interval))?;
     let (min, max) = HEALTH_INTERVAL_RANGE;
     if !(min..=max).contains(&interval) {
         let p = format!("{interval:?} is out of range: {min:?} to {max:?}");
@@ -1272,6 +1282,20 @@ mod tests {
             Ok(())
         );
         assert_eq!(e(&[(HEALTH_TIMEOUT, "6s")]), Err(HEALTH_TIMEOUT));
+        // The default timeout (2 s) shrinks to a shorter interval rather than exceed it.
+        let h = with(&[(HEALTH_CMD, "true"), (HEALTH_INTERVAL, "1s")]);
+        assert_eq!(
+            h.unwrap().unwrap().health.unwrap().timeout,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            e(&[(HEALTH_INTERVAL, "1s"), (HEALTH_TIMEOUT, "2s")]),
+            Err(HEALTH_TIMEOUT)
+        );
+        // Blanks do not silently disable a check; empty is unset.
+        assert_eq!(with(&[(HEALTH_CMD, " ")]).unwrap_err().var, HEALTH_CMD);
+        assert_eq!(with(&[(HEALTH_URL, "\t")]).unwrap_err().var, HEALTH_URL);
+        assert_eq!(with(&[(HEALTH_CMD, "")]).unwrap().unwrap().health, None);
         assert_eq!(e(&[(HEALTH_TIMEOUT, "5ms")]), Err(HEALTH_TIMEOUT));
         assert_eq!(e(&[(HEALTH_FALL, "0")]), Err(HEALTH_FALL));
         assert_eq!(e(&[(HEALTH_RISE, "101")]), Err(HEALTH_RISE));
