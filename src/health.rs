@@ -118,7 +118,13 @@ fn check(check: &Check, timeout: Duration) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
     match check {
         Check::Command(cmd) => run_command(cmd, deadline, timeout),
-        Check::Url(url) => get(url, deadline).map_err(|e| format!("GET {}: {e}", url.text)),
+        Check::Url(url) => get(url, deadline).map_err(|e| match e.kind() {
+            // A socket timeout reads as EAGAIN ("Resource temporarily unavailable").
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                format!("GET {}: no answer within {timeout:?}", url.text)
+            }
+            _ => format!("GET {}: {e}", url.text),
+        }),
     }
 }
 
@@ -260,11 +266,7 @@ fn get(url: &HttpUrl, deadline: Instant) -> io::Result<String> {
     }
     let line = String::from_utf8_lossy(&head);
     let line = line.lines().next().unwrap_or_default();
-    let status = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.get(2..5))
-        .and_then(|c| c.parse::<u16>().ok());
-    match status {
+    match status_code(line) {
         Some(code @ 200..=299) => Ok(format!("status {code}")),
         Some(code) => Err(io::Error::other(format!("status {code}"))),
         None => Err(io::Error::other(format!(
@@ -272,6 +274,17 @@ fn get(url: &HttpUrl, deadline: Instant) -> io::Result<String> {
             crate::format::Foreign(line.as_bytes())
         ))),
     }
+}
+
+/// The code of a status line `HTTP/1.x NNN reason`: three digits, then a space or the end.
+fn status_code(line: &str) -> Option<u16> {
+    let rest = line.strip_prefix("HTTP/1.")?;
+    let mut parts = rest.splitn(3, ' ');
+    let (minor, code) = (parts.next()?, parts.next()?);
+    if minor.len() != 1 || code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    code.parse().ok()
 }
 
 #[cfg(test)]
@@ -295,6 +308,54 @@ mod tests {
         assert_eq!(t.count(true), (true, true));
         let mut sick = Tally::new(3, 2);
         assert_eq!(sick.count(false), (false, true));
+    }
+
+    #[test]
+    fn a_status_code_is_three_digits() {
+        assert_eq!(status_code("HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(status_code("HTTP/1.0 204"), Some(204));
+        assert_eq!(status_code("HTTP/1.1 2000 OK"), None);
+        assert_eq!(status_code("HTTP/1.1 20 OK"), None);
+        assert_eq!(status_code("HTTP/1.1 2x0 OK"), None);
+        assert_eq!(status_code("HTTP/2 200"), None);
+    }
+
+    fn url_of(server: &std::net::TcpListener) -> Check {
+        let authority = server.local_addr().unwrap().to_string();
+        Check::Url(HttpUrl {
+            text: format!("http://{authority}/"),
+            authority,
+            path: "/".into(),
+        })
+    }
+
+    /// A server answering `2000`: no 2xx status, however it starts.
+    #[test]
+    fn a_four_digit_status_fails() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = url_of(&server);
+        let answer = std::thread::spawn(move || {
+            let (mut c, _) = server.accept().unwrap();
+            c.write_all(b"HTTP/1.1 2000 OK\r\n\r\n").unwrap();
+        });
+        let r = check(&url, Duration::from_secs(10));
+        answer.join().unwrap();
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("not an HTTP answer")),
+            "{r:?}"
+        );
+    }
+
+    /// A server that accepts and never answers: the check fails saying so, not with EAGAIN.
+    #[test]
+    fn a_silent_server_is_no_answer_within_the_timeout() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let r = check(&url_of(&server), Duration::from_millis(300));
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.ends_with("no answer within 300ms")),
+            "{r:?}"
+        );
     }
 
     fn cmd(c: &str, timeout: Duration) -> Result<String, String> {
