@@ -764,15 +764,7 @@ pub const MAX_HEALTH_COUNT: u32 = 100;
 /// nothing without one.
 fn read_health(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Health>, ConfigError> {
     let set = |var: &'static str| get(var).filter(|v| !v.trim().is_empty());
-    // Empty is unset; blanks would silently disable a check somebody meant to configure.
-    for var in [HEALTH_CMD, HEALTH_URL] {
-        if get(var).is_some_and(|v| !v.is_empty() && v.trim().is_empty()) {
-            return Err(err(
-                var,
-                "is blank: give a check, or leave it empty or unset",
-            ));
-        }
-    }
+    no_blank_check(get)?;
     let check = match (set(HEALTH_CMD), set(HEALTH_URL)) {
         (Some(_), Some(_)) => {
             return Err(err(
@@ -829,6 +821,19 @@ fn read_health(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Health>, 
         fall: count(HEALTH_FALL, 3)?,
         rise: count(HEALTH_RISE, 2)?,
     }))
+}
+
+/// Empty is unset; blanks would silently disable a check somebody meant to configure.
+fn no_blank_check(get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    for var in [HEALTH_CMD, HEALTH_URL] {
+        if get(var).is_some_and(|v| !v.is_empty() && v.trim().is_empty()) {
+            return Err(err(
+                var,
+                "is blank: give a check, or leave it empty or unset",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A command check needs a shell: found missing here rather than at the first check.
