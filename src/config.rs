@@ -75,7 +75,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         FORCE_ACQUIRE,
         "false",
-        "ask the current leader to yield at start (a preferred primary)",
+        "ask the leader to yield at start (a preferred primary); not with WAIT_TIMEOUT",
     ),
     var(
         LEGACY_LOCK,
@@ -85,7 +85,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         WAIT_TIMEOUT,
         "(none)",
-        "give up (exit 73) unless leading within this; 0: try once",
+        "exit 73 unless leading within this; 0: try once; not with FORCE_ACQUIRE",
     ),
     var(
         HEALTH_CMD,
@@ -100,8 +100,8 @@ pub const VARIABLES: &[Var] = &[
     var(HEALTH_INTERVAL, "5s", "time between two health checks"),
     var(
         HEALTH_TIMEOUT,
-        "2s",
-        "a check running longer is killed (its process group) and fails",
+        "2s, at most HEALTH_INTERVAL",
+        "a longer check is killed with its group, and fails",
     ),
     var(
         HEALTH_FALL,
@@ -323,7 +323,7 @@ fn read(get: impl Fn(&str) -> Option<String>, role: Role) -> Result<Option<Confi
         retry_period,
         tls,
         force_acquire,
-        wait_timeout: read_wait_timeout(&get)?,
+        wait_timeout: read_wait_timeout(&get, force_acquire)?,
         health: read_health(&get)?,
     }))
 }
@@ -724,13 +724,25 @@ fn read_pem(var: &'static str, path: &str, kind: &str) -> Result<Vec<u8>, Config
     Ok(bytes)
 }
 
-/// `0` (in any unit) tries once; any other duration is how long a candidate waits to lead.
+/// `0` (in any unit) tries once; any other duration is how long a candidate waits to lead. Not
+/// with `FORCE_ACQUIRE`: a forcer asks the holder to yield at once, and one that then gave up
+/// (before the hand-over, or at its first try) would leave the lock with nobody running.
 fn read_wait_timeout(
     get: &impl Fn(&str) -> Option<String>,
+    force_acquire: bool,
 ) -> Result<Option<Duration>, ConfigError> {
     let Some(v) = get(WAIT_TIMEOUT).filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
+    if force_acquire {
+        return Err(err(
+            WAIT_TIMEOUT,
+            format!(
+                "cannot be used with {FORCE_ACQUIRE}: a forcer asks the leader to stop its \
+                 command, and giving up after that would leave nobody running; unset one of them"
+            ),
+        ));
+    }
     let number = v.trim().trim_end_matches(['m', 's']);
     if !number.is_empty() && number.bytes().all(|b| b == b'0' || b == b'.') {
         return Ok(Some(Duration::ZERO));
@@ -752,6 +764,7 @@ pub const MAX_HEALTH_COUNT: u32 = 100;
 /// nothing without one.
 fn read_health(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Health>, ConfigError> {
     let set = |var: &'static str| get(var).filter(|v| !v.trim().is_empty());
+    no_blank_check(get)?;
     let check = match (set(HEALTH_CMD), set(HEALTH_URL)) {
         (Some(_), Some(_)) => {
             return Err(err(
@@ -777,7 +790,8 @@ fn read_health(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Health>, 
         Some(v) => parse_duration(&v).map_err(|p| err(var, p)),
     };
     let interval = duration(HEALTH_INTERVAL, Duration::from_secs(5))?;
-    let timeout = duration(HEALTH_TIMEOUT, Duration::from_secs(2))?;
+    // The default timeout fits a shorter interval: only a timeout the user set can exceed it.
+    let timeout = duration(HEALTH_TIMEOUT, Duration::from_secs(2).min(interval))?;
     let (min, max) = HEALTH_INTERVAL_RANGE;
     if !(min..=max).contains(&interval) {
         let p = format!("{interval:?} is out of range: {min:?} to {max:?}");
@@ -807,6 +821,19 @@ fn read_health(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Health>, 
         fall: count(HEALTH_FALL, 3)?,
         rise: count(HEALTH_RISE, 2)?,
     }))
+}
+
+/// Empty is unset; blanks would silently disable a check somebody meant to configure.
+fn no_blank_check(get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    for var in [HEALTH_CMD, HEALTH_URL] {
+        if get(var).is_some_and(|v| !v.is_empty() && v.trim().is_empty()) {
+            return Err(err(
+                var,
+                "is blank: give a check, or leave it empty or unset",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A command check needs a shell: found missing here rather than at the first check.
@@ -1179,6 +1206,16 @@ mod tests {
             WAIT_TIMEOUT
         );
         assert_eq!(with(&[(WAIT_TIMEOUT, "-1")]).unwrap_err().var, WAIT_TIMEOUT);
+        // A forcer that could give up after asking the leader to yield: refused, naming both.
+        for w in ["0", "10s"] {
+            let e = with(&[(WAIT_TIMEOUT, w), (FORCE_ACQUIRE, "true")]).unwrap_err();
+            assert_eq!(e.var, WAIT_TIMEOUT, "{w}");
+            assert!(e.problem.contains(FORCE_ACQUIRE), "{e}");
+        }
+        let c = with(&[(WAIT_TIMEOUT, "0"), (FORCE_ACQUIRE, "false")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.wait_timeout, Some(Duration::ZERO));
     }
 
     #[test]
@@ -1250,6 +1287,20 @@ mod tests {
             Ok(())
         );
         assert_eq!(e(&[(HEALTH_TIMEOUT, "6s")]), Err(HEALTH_TIMEOUT));
+        // The default timeout (2 s) shrinks to a shorter interval rather than exceed it.
+        let h = with(&[(HEALTH_CMD, "true"), (HEALTH_INTERVAL, "1s")]);
+        assert_eq!(
+            h.unwrap().unwrap().health.unwrap().timeout,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            e(&[(HEALTH_INTERVAL, "1s"), (HEALTH_TIMEOUT, "2s")]),
+            Err(HEALTH_TIMEOUT)
+        );
+        // Blanks do not silently disable a check; empty is unset.
+        assert_eq!(with(&[(HEALTH_CMD, " ")]).unwrap_err().var, HEALTH_CMD);
+        assert_eq!(with(&[(HEALTH_URL, "\t")]).unwrap_err().var, HEALTH_URL);
+        assert_eq!(with(&[(HEALTH_CMD, "")]).unwrap().unwrap().health, None);
         assert_eq!(e(&[(HEALTH_TIMEOUT, "5ms")]), Err(HEALTH_TIMEOUT));
         assert_eq!(e(&[(HEALTH_FALL, "0")]), Err(HEALTH_FALL));
         assert_eq!(e(&[(HEALTH_RISE, "101")]), Err(HEALTH_RISE));

@@ -91,8 +91,8 @@ pub const TABLE: &[Exit] = &[
     exit(
         WAIT_TIMEOUT,
         "Not leading within WAIT_TIMEOUT (0: another candidate was queued ahead or held the \
-         lock at the first try): withdrew from the election (key deleted, lease revoked); the \
-         command never started.",
+         lock at the first try, or etcd failed it for the start-up grace): withdrew from the \
+         election (key deleted, lease revoked); the command never started.",
     ),
     exit(
         LOST,

@@ -9,6 +9,11 @@
 //! So an outer shell runs the check and writes its exit status to a pipe, which is all this thread
 //! reads; the check's own output goes to `/dev/null`, so a process it leaves behind does not hold
 //! that pipe open.
+//!
+//! A check does not outlive the wrapper, however it ends (exit, SIGKILL): the outer shell gets
+//! `PR_SET_PDEATHSIG` (SIGTERM), forked from this thread, which lives as long as the process (the
+//! signal follows the forking *thread*), and on SIGTERM it kills its whole group, the check's
+//! processes included, which a death signal of their own could not reach.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -113,21 +118,48 @@ fn check(check: &Check, timeout: Duration) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
     match check {
         Check::Command(cmd) => run_command(cmd, deadline, timeout),
-        Check::Url(url) => get(url, deadline).map_err(|e| format!("GET {}: {e}", url.text)),
+        Check::Url(url) => get(url, deadline).map_err(|e| match e.kind() {
+            // A socket timeout reads as EAGAIN ("Resource temporarily unavailable").
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                format!("GET {}: no answer within {timeout:?}", url.text)
+            }
+            _ => format!("GET {}: {e}", url.text),
+        }),
     }
 }
 
 /// The outer shell: runs the check (its first argument) with nothing but a status to say, and
-/// says it.
-const OUTER: &str = "/bin/sh -c \"$1\" </dev/null >/dev/null 2>&1; echo $?";
+/// says it. On SIGTERM (the wrapper died) it kills its group, the check's. The check runs in the
+/// background only so that `wait`, unlike a foreground command, lets the trap run at once.
+const OUTER: &str =
+    "trap 'kill -KILL 0' TERM; /bin/sh -c \"$1\" </dev/null >/dev/null 2>&1 & wait $!; echo $?";
 
 fn run_command(cmd: &str, deadline: Instant, timeout: Duration) -> Result<String, String> {
-    let mut outer = Command::new(SHELL)
+    let wrapper = std::process::id() as libc::pid_t;
+    let mut outer = Command::new(SHELL);
+    outer
         .args(["-c", OUTER, "etcd-await-election-health", cmd])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: between fork and exec, async-signal-safe calls only: those of
+    // `restore_in_child`, prctl, getppid.
+    unsafe {
+        outer.pre_exec(move || {
+            // The wrapper blocks every signal, and a blocked mask survives exec: the check would
+            // run with SIGTERM blocked, and so would the outer shell's trap.
+            crate::signals::restore_in_child();
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            // The wrapper may have died before the death signal was armed.
+            if libc::getppid() != wrapper {
+                // No allocation here: ESRCH, the wrapper is gone.
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let mut outer = outer
         .spawn()
         .map_err(|e| format!("cannot run {SHELL}: {e}"))?;
     let group = outer.id() as libc::pid_t;
@@ -234,11 +266,7 @@ fn get(url: &HttpUrl, deadline: Instant) -> io::Result<String> {
     }
     let line = String::from_utf8_lossy(&head);
     let line = line.lines().next().unwrap_or_default();
-    let status = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.get(2..5))
-        .and_then(|c| c.parse::<u16>().ok());
-    match status {
+    match status_code(line) {
         Some(code @ 200..=299) => Ok(format!("status {code}")),
         Some(code) => Err(io::Error::other(format!("status {code}"))),
         None => Err(io::Error::other(format!(
@@ -246,6 +274,17 @@ fn get(url: &HttpUrl, deadline: Instant) -> io::Result<String> {
             crate::format::Foreign(line.as_bytes())
         ))),
     }
+}
+
+/// The code of a status line `HTTP/1.x NNN reason`: three digits, then a space or the end.
+fn status_code(line: &str) -> Option<u16> {
+    let rest = line.strip_prefix("HTTP/1.")?;
+    let mut parts = rest.splitn(3, ' ');
+    let (minor, code) = (parts.next()?, parts.next()?);
+    if minor.len() != 1 || code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    code.parse().ok()
 }
 
 #[cfg(test)]
@@ -271,6 +310,54 @@ mod tests {
         assert_eq!(sick.count(false), (false, true));
     }
 
+    #[test]
+    fn a_status_code_is_three_digits() {
+        assert_eq!(status_code("HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(status_code("HTTP/1.0 204"), Some(204));
+        assert_eq!(status_code("HTTP/1.1 2000 OK"), None);
+        assert_eq!(status_code("HTTP/1.1 20 OK"), None);
+        assert_eq!(status_code("HTTP/1.1 2x0 OK"), None);
+        assert_eq!(status_code("HTTP/2 200"), None);
+    }
+
+    fn url_of(server: &std::net::TcpListener) -> Check {
+        let authority = server.local_addr().unwrap().to_string();
+        Check::Url(HttpUrl {
+            text: format!("http://{authority}/"),
+            authority,
+            path: "/".into(),
+        })
+    }
+
+    /// A server answering `2000`: no 2xx status, however it starts.
+    #[test]
+    fn a_four_digit_status_fails() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = url_of(&server);
+        let answer = std::thread::spawn(move || {
+            let (mut c, _) = server.accept().unwrap();
+            c.write_all(b"HTTP/1.1 2000 OK\r\n\r\n").unwrap();
+        });
+        let r = check(&url, Duration::from_secs(10));
+        answer.join().unwrap();
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("not an HTTP answer")),
+            "{r:?}"
+        );
+    }
+
+    /// A server that accepts and never answers: the check fails saying so, not with EAGAIN.
+    #[test]
+    fn a_silent_server_is_no_answer_within_the_timeout() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let r = check(&url_of(&server), Duration::from_millis(300));
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.ends_with("no answer within 300ms")),
+            "{r:?}"
+        );
+    }
+
     fn cmd(c: &str, timeout: Duration) -> Result<String, String> {
         check(&Check::Command(c.into()), timeout)
     }
@@ -282,6 +369,25 @@ mod tests {
         assert_eq!(cmd("exit 3", t), Err("exit code 3".into()));
         // Its output goes nowhere, and cannot pass for the status.
         assert_eq!(cmd("echo 0; exit 1", t), Err("exit code 1".into()));
+    }
+
+    /// The wrapper blocks every signal in every thread: a check must not inherit that mask.
+    #[test]
+    fn a_command_runs_with_no_signal_blocked() {
+        // SAFETY: this test's own thread's mask, on local sets, restored below.
+        let old = unsafe {
+            let (mut all, mut old): (libc::sigset_t, libc::sigset_t) = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            old
+        };
+        let r = cmd(
+            "grep -q '^SigBlk:[[:space:]]*0*$' /proc/self/status",
+            Duration::from_secs(10),
+        );
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        assert_eq!(r, Ok("exit code 0".into()));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::clock::{self, Boot};
 use crate::config::{self, Config};
 use crate::election;
 use crate::exit;
+use crate::failure::{self, Failure};
 use crate::health::{self, Verdict};
 use crate::leader::Leader;
 use crate::signals;
@@ -90,7 +91,8 @@ pub struct Wrapper {
     stepping_down: bool,
     /// The command was started at least once: `WAIT_TIMEOUT` is met.
     led: bool,
-    /// Not leading by then: withdraw (`WAIT_TIMEOUT` above zero).
+    /// Not leading by then: withdraw (`WAIT_TIMEOUT` above zero, or trying once while etcd
+    /// fails).
     wait_until: Option<Boot>,
 }
 
@@ -249,7 +251,12 @@ impl Wrapper {
             State::Awaiting | State::Aside { .. }
                 if self.wait_deadline().is_some_and(|d| d <= Boot::now()) =>
             {
-                self.give_up(state)
+                let why = if self.tries_once() {
+                    "etcd failed the one try for the start-up grace"
+                } else {
+                    ""
+                };
+                self.give_up(state, why)
             }
             other => other,
         }
@@ -431,6 +438,7 @@ impl Wrapper {
         match e {
             E::Renewed { sent, ttl } => self.on_renewed(state, sent, ttl),
             E::Failed { renewal, failure } => {
+                self.on_failed(&failure);
                 self.status.etcd_failed(failure, renewal);
                 state
             }
@@ -641,20 +649,37 @@ impl Wrapper {
         self.cfg.wait_timeout.is_some_and(|w| w.is_zero()) && !self.led
     }
 
-    /// Not leading within `WAIT_TIMEOUT`: withdraws, never to start the command.
-    fn give_up(&mut self, state: State) -> State {
+    /// Not leading within `WAIT_TIMEOUT` (`why`, when trying once): withdraws, never to start
+    /// the command.
+    fn give_up(&mut self, state: State, why: &str) -> State {
         let next = match state {
             State::Aside { resigned } => self.leave_aside(resigned, exit::WAIT_TIMEOUT),
             _ => self.resign(exit::WAIT_TIMEOUT),
         };
         info!(
-            "lock={} identity={}: not leading within {} ({:?}); withdrawing",
+            "lock={} identity={}: not leading within {} ({:?}{}); withdrawing",
             self.cfg.lock_name,
             self.cfg.identity,
             config::WAIT_TIMEOUT,
-            self.cfg.wait_timeout.unwrap_or_default()
+            self.cfg.wait_timeout.unwrap_or_default(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
+            }
         );
         next
+    }
+
+    /// Trying once, a request failed: the try ends with the start-up grace (riding out a
+    /// member still starting or one endpoint down, as start-up does) unless decided by then. A
+    /// permanent failure is left to the election, which gives up on it at the same grace
+    /// (`REFUSED`, with its remedy).
+    fn on_failed(&mut self, failure: &Failure) {
+        if self.tries_once() && self.wait_until.is_none() && !failure.cause.permanent() {
+            let grace = failure::grace(self.cfg.retry_period);
+            self.wait_until = Some(Boot::now().saturating_add(grace));
+        }
     }
 
     /// Exits from out of the queue, once the election thread confirmed it resigned.
@@ -672,9 +697,10 @@ impl Wrapper {
     /// while we lead (an unhealthy leader hands over to it).
     fn on_queue(&mut self, state: State, e: &election::Event) -> State {
         match (state, e) {
-            (State::Awaiting, election::Event::Queued) if self.tries_once() => {
-                self.give_up(State::Awaiting)
-            }
+            (State::Awaiting, election::Event::Queued) if self.tries_once() => self.give_up(
+                State::Awaiting,
+                "another candidate is queued ahead or holds the lock",
+            ),
             (State::Leading(child), election::Event::Successor(waits)) => {
                 self.successor = *waits;
                 self.unless_healthy(child)
@@ -715,7 +741,9 @@ impl Wrapper {
     /// Turned unhealthy: a leader hands over if somebody waits; a waiter leaves the queue.
     fn on_sick(&mut self, state: State) -> State {
         match state {
-            State::Awaiting | State::Aside { .. } if self.tries_once() => self.give_up(state),
+            State::Awaiting | State::Aside { .. } if self.tries_once() => {
+                self.give_up(state, "unhealthy")
+            }
             State::Leading(child) => self.unless_healthy(child),
             State::Awaiting => {
                 self.pending = None;

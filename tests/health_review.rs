@@ -25,10 +25,9 @@ fn queue(s: &Scene) -> Vec<String> {
         .collect()
 }
 
-/// A try-once forcer (`FORCE_ACQUIRE` with `WAIT_TIMEOUT=0`) must not stop a running leader
-/// and then withdraw: the README says try once means "lead only if nobody is queued ahead and the
-/// lock is free right now". Either it is refused at start-up, or it does not ask the holder to
-/// yield; in no case may it leave the lock with nobody running.
+/// A try-once forcer (`FORCE_ACQUIRE` with `WAIT_TIMEOUT=0`) would ask the leader to yield and
+/// then withdraw, leaving the lock with nobody running: the combination is refused at start-up
+/// (exit 78, naming both variables), before anything reaches etcd, and the leader runs on.
 #[test]
 fn a_try_once_forcer_does_not_stop_the_leader_and_walk_away() {
     let mut s = Scene::new("health-review", "try-once-forcer");
@@ -42,24 +41,25 @@ fn a_try_once_forcer_does_not_stop_the_leader_and_walk_away() {
         .env(WAIT_TIMEOUT, "0")
         .spawn();
     let st = c.expect_exit(T);
-    let code = st.code();
-    // Whatever c did, a's command must still run (c never started, so a must not be stopped).
-    let started_c = s.mon.starts().iter().any(|r| r.identity == "c");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        let running = s.mon.running();
-        if started_c || code != Some(73) {
-            break;
-        }
-        assert_eq!(
-            running,
-            vec![("a".to_string(), ra.pid)],
-            "c (exit {code:?}) asked a to yield, then withdrew: nobody runs.\na:\n{}\nc:\n{}",
-            s.cast[a].stderr_text(),
-            c.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let err = c.stderr_text();
+    assert_eq!(st.code(), Some(78), "{err}");
+    assert!(
+        err.contains(WAIT_TIMEOUT) && err.contains("ETCD_AWAIT_ELECTION_FORCE_ACQUIRE"),
+        "the refusal must name both variables:\n{err}"
+    );
+    assert!(
+        s.mon.starts().iter().all(|r| r.identity != "c"),
+        "c started its command"
+    );
+    // Nothing of c's in etcd (its key, its yield request, its lease), and a runs on.
+    assert_eq!(queue(&s), vec!["a".to_string()]);
+    assert_eq!(s.etcd.lease_count(), 1, "a lease besides a's");
+    assert_eq!(
+        s.mon.running(),
+        vec![("a".to_string(), ra.pid)],
+        "a was stopped:\n{}",
+        s.cast[a].stderr_text()
+    );
 }
 
 /// FALL=RISE=1, a check that flips on every run, three candidates: whatever the hand-overs, no
@@ -151,9 +151,20 @@ impl Drop for Naps {
 /// with it: the wrapper leaves no process of its own behind.
 #[test]
 fn a_hanging_check_does_not_outlive_the_wrapper() {
-    let nap = format!("4242.{}", std::process::id());
+    hanging_check("check-outlives", libc::SIGTERM);
+}
+
+/// As above, the wrapper killed (SIGKILL): it can do nothing, and its check still goes with it.
+#[test]
+fn a_hanging_check_dies_with_a_killed_wrapper() {
+    hanging_check("check-outlives-kill", libc::SIGKILL);
+}
+
+fn hanging_check(lock: &str, sig: i32) {
+    use std::os::unix::process::ExitStatusExt;
+    let nap = format!("4242.{}{sig}", std::process::id());
     let naps = Naps(format!("sleep\0{nap}"));
-    let s = Scene::new("health-review", "check-outlives");
+    let s = Scene::new("health-review", lock);
     let mut a = s
         .candidate("a", TTL, RENEW, RETRY)
         .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &format!("sleep {nap}"))
@@ -163,9 +174,13 @@ fn a_hanging_check_does_not_outlive_the_wrapper() {
     wait_until(T, "the first check to run", || {
         !alive_with_cmdline(&naps.0).is_empty()
     });
-    assert!(a.signal(libc::SIGTERM));
+    assert!(a.signal(sig));
     let st = a.expect_exit(T);
-    assert_eq!(st.code(), Some(0), "{}", a.stderr_text());
+    if sig == libc::SIGKILL {
+        assert_eq!(st.signal(), Some(sig), "{}", a.stderr_text());
+    } else {
+        assert_eq!(st.code(), Some(0), "{}", a.stderr_text());
+    }
     let until = Instant::now() + Duration::from_secs(10);
     while !alive_with_cmdline(&naps.0).is_empty() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
