@@ -410,3 +410,19 @@ fn health_settings_are_checked_at_start_up() {
     assert_eq!(code, Some(78));
     assert!(err.contains("ETCD_AWAIT_ELECTION_WAIT_TIMEOUT"), "{err}");
 }
+
+/// Trying once reads the lock before it puts a key: the job's own data under the prefix is no
+/// candidate, and does not make the lock look taken.
+#[test]
+fn try_lock_leads_past_the_jobs_data_under_the_prefix() {
+    let s = Scene::new("health", "try-free-data");
+    s.etcd.put(&format!("{}/data/x", s.lock), "the job's");
+    let mut c = s
+        .candidate("c", TTL, RENEW, RETRY)
+        .env(WAIT_TIMEOUT, "0")
+        .args(&["--exit-after", "300", "--exit-code", "5"])
+        .spawn();
+    expect_code(&mut c, 5);
+    assert_eq!(starts_of(&s, "c"), 1);
+    assert_eq!(s.etcd.lease_count(), 0);
+}

@@ -73,6 +73,7 @@ mod session;
 pub use observe::Observer;
 
 use campaign::Turn;
+use join::Joined;
 use leading::Heir;
 use queue::{Keys, Seat};
 use retry::Retry;
@@ -172,6 +173,8 @@ enum Outcome {
     Lost(String),
     Fatal(String),
     Twin(String),
+    /// Trying once, the lock was taken: nothing was put.
+    Busy,
 }
 
 struct Election {
@@ -189,6 +192,8 @@ struct Election {
     gave_way: bool,
     /// We took (or were handed) the record: resigning hands it on (`leading`).
     elected: bool,
+    /// We led once: no longer trying once (`WAIT_TIMEOUT=0`).
+    has_led: bool,
     /// Leading: whom the record goes to when we resign, as last read.
     heir: Heir,
     retry: Retry,
@@ -254,6 +259,10 @@ impl Election {
                 (self.report)(Event::Lost(why));
                 self.renew_until(resign_order(orders)).await;
             }
+            Some(Outcome::Busy) => {
+                (self.report)(Event::Queued);
+                resign_order(orders).await;
+            }
             None => {}
         }
         self.resign().await;
@@ -276,6 +285,7 @@ impl Election {
             seen: BTreeSet::new(),
             gave_way: false,
             elected: false,
+            has_led: false,
             heir: Heir::Next(None),
         }
     }
@@ -285,8 +295,9 @@ impl Election {
         loop {
             self.pace.set(false);
             let seat = match self.join().await {
-                Ok(Some(seat)) => seat,
-                Ok(None) => return Outcome::Twin(self.twin()),
+                Ok(Joined::Seat(seat)) => seat,
+                Ok(Joined::Twin) => return Outcome::Twin(self.twin()),
+                Ok(Joined::Busy) => return Outcome::Busy,
                 Err(e) => match self.retry.backoff(e).await {
                     Ok(()) => continue,
                     Err(why) => return Outcome::Fatal(why),
@@ -304,7 +315,10 @@ impl Election {
                 turn = Box::pin(self.campaign(&seat)) => turn,
             };
             match turn {
-                Ok(Turn::Lead) => return self.lead(&seat, keepalive).await,
+                Ok(Turn::Lead) => {
+                    self.has_led = true;
+                    return self.lead(&seat, keepalive).await;
+                }
                 Ok(Turn::GiveWay) => {
                     self.gave_way = true;
                     self.resign().await;
