@@ -299,17 +299,8 @@ fn read(get: impl Fn(&str) -> Option<String>, role: Role) -> Result<Option<Confi
         Some(v) => Some(parse_status_endpoint(v.trim())?),
     };
     let advertise = read_advertise(&get)?;
-    let force_acquire = match get(FORCE_ACQUIRE) {
-        None => false,
-        Some(v) => parse_bool(&v).map_err(|p| err(FORCE_ACQUIRE, p))?,
-    };
-
+    let force_acquire = read_flags(&get)?;
     let user = read_user(&get)?;
-    // Accepted for the Go tool's users: the key `LOCK_NAME` is now always held, as the record
-    // of who may be running the command (see `queue`).
-    if let Some(v) = get(LEGACY_LOCK) {
-        parse_bool(&v).map_err(|p| err(LEGACY_LOCK, p))?;
-    }
 
     Ok(Some(Config {
         user,
@@ -326,6 +317,19 @@ fn read(get: impl Fn(&str) -> Option<String>, role: Role) -> Result<Option<Confi
         wait_timeout: read_wait_timeout(&get, force_acquire)?,
         health: read_health(&get)?,
     }))
+}
+
+/// `FORCE_ACQUIRE`, and `LEGACY_LOCK`, which is only checked: accepted for the Go tool's users,
+/// as the key `LOCK_NAME` is now always held, as the record of who may be running the command
+/// (see `queue`).
+fn read_flags(get: &impl Fn(&str) -> Option<String>) -> Result<bool, ConfigError> {
+    if let Some(v) = get(LEGACY_LOCK) {
+        parse_bool(&v).map_err(|p| err(LEGACY_LOCK, p))?;
+    }
+    match get(FORCE_ACQUIRE) {
+        None => Ok(false),
+        Some(v) => parse_bool(&v).map_err(|p| err(FORCE_ACQUIRE, p)),
+    }
 }
 
 /// The lease TTL (seconds), the renew deadline and the retry period, checked together.
