@@ -12,8 +12,8 @@
 //!   `logging`.
 //! - The state machine: `machine` (awaiting → leading → stopping → resigning → exit, the renew
 //!   deadline), with `timing` (its pure rules) on `clock` (`CLOCK_BOOTTIME`, the alarm).
-//! - The election thread: `election` (the recipe, in rooms: join, session, campaign, force,
-//!   leading, retry, queue, scan, adopt) on `etcd` (the gateway: bounded requests, watches, typed
+//! - The election thread: `election` (the recipe, in rooms: join, rights, session, campaign,
+//!   force, leading, retry, queue, scan, adopt, observe) on `etcd` (the gateway: bounded requests, watches, typed
 //!   errors), with `failure` (what an error means: retry or give up).
 //! - The child: `supervisor` (its process group, the guardian, `waitpid`), `launch` (resolving
 //!   and starting the program), `signals` (the signal thread).
