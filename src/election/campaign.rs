@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, Event as WatchEvent, EventType, KeyValue, PutOptions, Txn, TxnOp,
+    Compare, CompareOp, Event as WatchEvent, EventType, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp, TxnOpResponse,
 };
 use log::{debug, info};
 
@@ -92,13 +93,7 @@ impl Election {
             && seat.mod_revision == seat.revision
             && !self.cfg.force_acquire;
         if !fast {
-            // The record too: who leads (and where, see `/leader`) changes with it, also when
-            // it is handed over between candidates ahead of our predecessor.
-            let (etcd, holder) = (&self.etcd, self.keys.holder.as_bytes());
-            tokio::select! {
-                r = Box::pin(etcd.wait_changed(&pred.key, from)) => r?,
-                r = Box::pin(etcd.wait_changed(holder, from)) => r?,
-            }
+            self.await_pred(seat, pred, from).await?;
             return Ok(None);
         }
         // Our predecessor holds the record: its hand-over re-binds the record to us in the
@@ -115,6 +110,59 @@ impl Election {
             return Ok(Some(ready(seat).await));
         }
         Ok(None)
+    }
+
+    /// Waits for our predecessor's key to change. Meanwhile the record may change hands ahead of
+    /// it: who leads (and where, see `/leader`) is then read from the record alone, not from the
+    /// whole queue, as every waiter does it on every hand-over.
+    async fn await_pred(&self, seat: &Seat, pred: &Candidate, from: i64) -> Result<()> {
+        let mut record_from = from;
+        loop {
+            let (etcd, holder) = (&self.etcd, self.keys.holder.as_bytes());
+            let record_changed = tokio::select! {
+                r = Box::pin(etcd.wait_changed(&pred.key, from)) => r.map(|()| false)?,
+                r = Box::pin(etcd.wait_changed(holder, record_from)) => r.map(|()| true)?,
+            };
+            if !record_changed {
+                return Ok(());
+            }
+            match self.record_holder(seat).await? {
+                Some(revision) => record_from = revision + 1,
+                // Gone (or ours): the whole queue says who is next.
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Reports who holds the record, read with its address and its holder's candidate key;
+    /// returns the revision read at, or `None` when the record is gone or bound to our lease.
+    async fn record_holder(&self, seat: &Seat) -> Result<Option<i64>> {
+        let keys = &self.keys;
+        let ops = [
+            TxnOp::get(keys.holder.as_str(), None),
+            TxnOp::get(keys.address.clone(), None),
+        ];
+        let resp = self.etcd.txn(Txn::new().and_then(ops)).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut gets = resp.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+            _ => None,
+        });
+        let (holder, address) = (gets.next().flatten(), gets.next().flatten());
+        let Some(h) = holder.filter(|h| h.lease() != seat.lease) else {
+            return Ok(None);
+        };
+        let key = keys.candidate_key(h.lease());
+        let own = self.etcd.get(key, Some(GetOptions::new().with_keys_only()));
+        let created = own
+            .await?
+            .kvs()
+            .first()
+            .filter(|kv| kv.lease() == h.lease())
+            .map(|kv| kv.create_revision());
+        let leader = observe::of_record(&h, address.as_ref(), created);
+        (self.report)(Event::Leader(Some(leader)));
+        Ok(Some(revision))
     }
 
     /// Nothing is queued ahead of us and the record is bound to another lease: goes back in line
