@@ -80,14 +80,32 @@ pub fn run(cfg: Config, watch: bool) -> i32 {
         return exit::INTERNAL;
     }
     loop {
-        match rx.recv() {
+        match rx.recv_timeout(LOOK) {
             Ok(Msg::Signal(libc::SIGTERM | libc::SIGINT)) => return exit::WITHDRAWN,
             // No child to forward to: the rest changes nothing (none kills us by default).
             Ok(Msg::Signal(_)) => {}
             Ok(Msg::Done(code)) => return code,
-            Err(_) => return exit::INTERNAL,
+            Err(mpsc::RecvTimeoutError::Timeout) if reader_gone() => return exit::WITHDRAWN,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return exit::INTERNAL,
         }
     }
+}
+
+/// How often `--leader --watch` looks whether anybody still reads its lines.
+const LOOK: Duration = Duration::from_secs(1);
+
+/// The reader of our lines is gone (the other end of a pipe closed, as `| head -1` does):
+/// nothing printed can be read any more, and a line may not come for hours to find it out.
+fn reader_gone() -> bool {
+    let mut out = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd of ours, and no wait.
+    let n = unsafe { libc::poll(&mut out, 1, 0) };
+    n > 0 && out.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 fn signals_to(tx: &mpsc::Sender<Msg>) -> std::io::Result<()> {
@@ -194,6 +212,10 @@ fn refused(e: &etcd::Error) -> i32 {
 }
 
 fn unwritable(e: &std::io::Error) -> i32 {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // Its reader is gone: nothing left to do.
+        return exit::WITHDRAWN;
+    }
     error!("cannot write the leader's line to stdout: {e}");
     exit::INTERNAL
 }

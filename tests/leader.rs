@@ -705,3 +705,27 @@ impl Drop for Group {
         }
     }
 }
+
+/// Review of issue 21: `etcd-await-election --leader --watch | head -1` must end once `head`
+/// has its line and closes the pipe, also while the leader does not change (a shell waits for
+/// the whole pipeline).
+#[test]
+fn watch_ends_when_its_reader_closes_stdout() {
+    let s = Scene::new("leader-epipe", "leader-epipe");
+    let mut child = leader_cmd(&s.etcd.endpoint(), &s.lock, &["--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn --leader --watch");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("its first line");
+    assert_eq!(serde_json::from_str::<Value>(&first).ok(), Some(nobody()));
+    drop(out);
+    let ended = common::wait_child(&mut child, T);
+    common::kill_and_wait(&mut child);
+    assert!(
+        ended.is_some(),
+        "--leader --watch still runs {T:?} after its reader closed the pipe"
+    );
+}
