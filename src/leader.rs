@@ -24,7 +24,9 @@ use crate::format::{cut, json_string};
 /// fencing revision its command got, where there are ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
-    pub identity: String,
+    /// As the record holds it: anybody with write access to the lock chose it. Shown escaped
+    /// (`format::Foreign`) in logs and the status, JSON-escaped in the line.
+    pub identity: Vec<u8>,
     pub address: Option<String>,
     pub revision: Option<i64>,
 }
@@ -37,7 +39,7 @@ const MAX_STRING: usize = 4096;
 /// leading is all three `null`.
 pub fn json_line(leader: Option<&Leader>) -> String {
     let string = |s: &str| json_string(&cut(s, MAX_STRING));
-    let identity = leader.map(|l| string(&l.identity));
+    let identity = leader.map(|l| string(&String::from_utf8_lossy(&l.identity)));
     let address = leader.and_then(|l| l.address.as_deref()).map(string);
     let revision = leader.and_then(|l| l.revision).map(|r| r.to_string());
     let null = || "null".to_string();
@@ -226,7 +228,7 @@ mod tests {
 
     fn leader(address: Option<&str>) -> Leader {
         Leader {
-            identity: "a\"b\n".into(),
+            identity: b"a\"b\n".to_vec(),
             address: address.map(str::to_string),
             revision: Some(7),
         }

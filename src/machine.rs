@@ -18,6 +18,7 @@ use crate::config::{self, Config};
 use crate::election;
 use crate::exit;
 use crate::failure::{self, Failure};
+use crate::format::Foreign;
 use crate::health::{self, Verdict};
 use crate::leader::Leader;
 use crate::signals;
@@ -510,8 +511,9 @@ impl Wrapper {
     fn on_leader(&mut self, state: State, leader: Option<Leader>) -> State {
         if let Some(Leader { identity: l, .. }) = &leader {
             if matches!(state, State::Awaiting) {
-                // Quoted: another client chose it, and bare it could pass for more fields of the
-                // line.
+                // Escaped and cut (another client chose it), and quoted: bare it could pass for
+                // more fields of the line.
+                let l = Foreign(l).to_string();
                 info!(
                     "lock={} identity={}: leader is {l:?}",
                     self.cfg.lock_name, self.cfg.identity
@@ -628,7 +630,7 @@ impl Wrapper {
             s.since = SystemTime::now();
             if phase == Phase::Running {
                 s.leader = Some(Leader {
-                    identity: cfg.identity.clone(),
+                    identity: cfg.identity.clone().into_bytes(),
                     address: cfg.advertise.clone(),
                     revision: s.revision,
                 });

@@ -241,9 +241,11 @@ fn to_json(s: &Snapshot) -> String {
         ),
         s.phase.as_str(),
         // Shown as the logs show it (escaped, cut): `/leader` gives the value as it is.
-        string(&s.leader.as_ref().map_or("unknown".into(), |l| {
-            Foreign(l.identity.as_bytes()).to_string()
-        })),
+        string(
+            &s.leader
+                .as_ref()
+                .map_or("unknown".into(), |l| { Foreign(&l.identity).to_string() })
+        ),
         string(&s.identity),
         string(&s.lock),
         opt(s.lease_id.map(|l| string(&format!("{l:x}")))),
@@ -464,7 +466,7 @@ mod tests {
         assert!(label(&"x".repeat(1 << 20)).ends_with(" bytes left out)\""));
         let mut s = snapshot();
         s.leader = Some(Leader {
-            identity: format!("a\nb{}", "x".repeat(1 << 20)),
+            identity: format!("a\nb{}", "x".repeat(1 << 20)).into_bytes(),
             address: Some("x".repeat(1 << 20)),
             revision: None,
         });
@@ -483,7 +485,7 @@ mod tests {
             (503, leader::json_line(None).as_str())
         );
         let at = |address: &str| Leader {
-            identity: "b".into(),
+            identity: b"b".to_vec(),
             address: Some(address.into()),
             revision: Some(9),
         };

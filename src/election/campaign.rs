@@ -338,7 +338,7 @@ impl Shown {
             }
         }
         let identity = queue::with_value(etcd, &head.key).await?.map(|kv| Leader {
-            identity: queue::identity_of(&kv),
+            identity: kv.value().to_vec(),
             address: None,
             revision: Some(head.create_revision),
         });

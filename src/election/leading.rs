@@ -40,7 +40,7 @@ impl Election {
             lease: seat.lease,
         });
         (self.report)(Event::Leader(Some(crate::leader::Leader {
-            identity: self.cfg.identity.clone(),
+            identity: self.cfg.identity.clone().into_bytes(),
             address: self.cfg.advertise.clone(),
             revision: Some(seat.revision),
         })));

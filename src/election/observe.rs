@@ -96,7 +96,7 @@ impl Observer {
         });
         let (kv, address) = (gets.next().flatten(), gets.next().flatten());
         Ok(kv.map(|kv| Leader {
-            identity: identity_of(&kv),
+            identity: kv.value().to_vec(),
             address: address.as_ref().map(identity_of),
             revision: Some(head.create_revision),
         }))
@@ -134,14 +134,14 @@ impl Observer {
 pub fn of_record(holder: &KeyValue, address: Option<&KeyValue>, revision: Option<i64>) -> Leader {
     if let Some(fenced) = force::deposed_holder(holder) {
         return Leader {
-            identity: fenced,
+            identity: fenced.into_bytes(),
             address: None,
             revision: None,
         };
     }
     let address = address.filter(|a| a.lease() == holder.lease() && holder.lease() != 0);
     Leader {
-        identity: identity_of(holder),
+        identity: holder.value().to_vec(),
         address: address.map(identity_of),
         revision,
     }
