@@ -22,9 +22,10 @@ impl Etcd {
     }
 
     /// Waits for a change of a key in `[key, end)` for which `relevant` holds, as
-    /// [`Etcd::wait_changed`] does for one key, except that when the store moved on before the
-    /// watch was created it returns at once: the caller reads again. Changes of other keys in the
-    /// range (the job's own data under a lock's prefix) are passed over on the same stream.
+    /// [`Etcd::wait_changed`] does for one key. Changes of other keys in the range (the job's own
+    /// data under a lock's prefix) are passed over on the same stream, also those made before the
+    /// watch was created: etcd replays them (within its sync loop's 100 ms), so a busy store
+    /// costs no read.
     pub async fn wait_range_changed(
         &self,
         key: &[u8],
@@ -84,11 +85,11 @@ impl Etcd {
                     return Ok(events.to_vec());
                 }
                 // A watch that starts in the past is caught up by etcd's sync loop, every 100
-                // ms: when the store moved on before the watch was created, look at once.
+                // ms: when the store moved on before the watch was created, look at one key at
+                // once. (Not at a range: the job's writes under a lock's prefix would make every
+                // watch of the leader a read.)
                 let moved = resp.header().is_some_and(|h| h.revision() >= from);
-                if resp.created()
-                    && moved
-                    && (end.is_some() || self.changed_since(key, from).await?)
+                if resp.created() && moved && end.is_none() && self.changed_since(key, from).await?
                 {
                     return Ok(Vec::new());
                 }
