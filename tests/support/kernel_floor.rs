@@ -11,8 +11,9 @@
 //! The kernel numbers the system calls of x86_64 and of the generic table (aarch64) in the order
 //! they were added, so "added after 3.15" is "numbered from `seccomp` (3.17) up": `getrandom`,
 //! `memfd_create`, `statx`, `rseq`, `pidfd_send_signal`, `pidfd_open`, `clone3`, `close_range`,
-//! `epoll_pwait2` and everything later. A call made through another ABI (i386's `int 0x80`,
-//! x32) is left alone: nothing under test makes one.
+//! `epoll_pwait2` and everything later. A call made through i386's `int 0x80` (another audit
+//! arch) is left alone: nothing under test makes one. x32 calls are not: they report the x86_64
+//! arch with bit 30 set in the number, so every one of them fails with ENOSYS.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
