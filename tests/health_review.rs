@@ -5,8 +5,10 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::candidate::CandidateBuilder;
 use common::scene::Scene;
 use common::{free_port, wait_until};
 
@@ -76,26 +78,39 @@ fn flapping_checks_with_commands_ignoring_sigterm_never_overlap() {
     flap("flap-ignore-term", &["--ignore-term"]);
 }
 
+/// A check that passes and fails in turn, counting its runs in `count`; with `sick`, it fails
+/// while that file exists.
+fn alternating(count: &Path, sick: Option<&Path>) -> String {
+    let sick = sick.map_or_else(String::new, |p| {
+        format!("test ! -e '{}' || exit 1; ", p.display())
+    });
+    format!(
+        "{sick}f='{}'; n=$(cat \"$f\" 2>/dev/null || echo 0); echo $((n+1)) > \"$f\"; \
+         test $((n % 2)) -eq 0",
+        count.display()
+    )
+}
+
+/// A candidate whose every check decides (FALL=RISE=1).
+fn flapper(s: &Scene, id: &str, check: &str, interval: &str, timeout: &str) -> CandidateBuilder {
+    s.candidate(id, TTL, RENEW, RETRY)
+        .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", check)
+        .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", interval)
+        .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", timeout)
+        .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1")
+        .env("ETCD_AWAIT_ELECTION_HEALTH_RISE", "1")
+}
+
 fn flap(lock: &str, args: &[&str]) {
     let mut s = Scene::new("health-review", lock);
     let dir = s.log.parent().expect("the scene's dir").to_path_buf();
     for id in ["a", "b", "c"] {
-        let state = dir.join(format!("{id}.n"));
         // Passes and fails in turn, each candidate from its own counter.
-        let check = format!(
-            "f='{}'; n=$(cat \"$f\" 2>/dev/null || echo 0); echo $((n+1)) > \"$f\"; \
-             test $((n % 2)) -eq 0",
-            state.display()
-        );
+        let check = alternating(&dir.join(format!("{id}.n")), None);
         s.spawn(
-            s.candidate(id, TTL, RENEW, RETRY)
+            flapper(&s, id, &check, "150ms", "100ms")
                 .args(args)
-                .status_port(free_port())
-                .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &check)
-                .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "150ms")
-                .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "100ms")
-                .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1")
-                .env("ETCD_AWAIT_ELECTION_HEALTH_RISE", "1"),
+                .status_port(free_port()),
         );
     }
     s.mark("flapping");
@@ -271,21 +286,11 @@ fn a_flapping_forcer_never_runs_beside_another_command() {
     let mut s = Scene::new("health-review", "flap-forcer");
     let dir = s.log.parent().expect("the scene's dir").to_path_buf();
     for id in ["a", "b", "c"] {
-        let state = dir.join(format!("{id}.n"));
-        let check = format!(
-            "f='{}'; n=$(cat \"$f\" 2>/dev/null || echo 0); echo $((n+1)) > \"$f\"; \
-             test $((n % 2)) -eq 0",
-            state.display()
-        );
+        let check = alternating(&dir.join(format!("{id}.n")), None);
         s.spawn(
-            s.candidate(id, TTL, RENEW, RETRY)
+            flapper(&s, id, &check, "200ms", "150ms")
                 .force(id == "a")
-                .args(&["--term-delay", "100"])
-                .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &check)
-                .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "200ms")
-                .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "150ms")
-                .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1")
-                .env("ETCD_AWAIT_ELECTION_HEALTH_RISE", "1"),
+                .args(&["--term-delay", "100"]),
         );
     }
     let until = Instant::now() + Duration::from_secs(15);
@@ -314,21 +319,8 @@ fn a_flapping_waiter_leaves_no_key_behind() {
     s.mon.wait_for_start(Some("x"), T);
     let dir = s.log.parent().expect("the scene's dir").to_path_buf();
     let (count, sick) = (dir.join("c.n"), dir.join("c.sick"));
-    let check = format!(
-        "test ! -e '{}' || exit 1; f='{}'; n=$(cat \"$f\" 2>/dev/null || echo 0); \
-         echo $((n+1)) > \"$f\"; test $((n % 2)) -eq 0",
-        sick.display(),
-        count.display()
-    );
-    let c = s.spawn(
-        s.candidate("c", TTL, RENEW, RETRY)
-            .status_port(free_port())
-            .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &check)
-            .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "150ms")
-            .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "100ms")
-            .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1")
-            .env("ETCD_AWAIT_ELECTION_HEALTH_RISE", "1"),
-    );
+    let check = alternating(&count, Some(&sick));
+    let c = s.spawn(flapper(&s, "c", &check, "150ms", "100ms").status_port(free_port()));
     s.mark("c flaps behind x");
     wait_until(T, "60 checks of c", || health_checks(&s.cast[c]) >= 60);
     s.mark("c stays sick");
@@ -356,23 +348,9 @@ fn flapping_waiters_do_not_wedge_the_lock() {
     let dir = s.log.parent().expect("the scene's dir").to_path_buf();
     let mut flappers = Vec::new();
     for id in ["c", "d"] {
-        let count = dir.join(format!("{id}.n"));
-        let check = format!(
-            "f='{}'; n=$(cat \"$f\" 2>/dev/null || echo 0); echo $((n+1)) > \"$f\"; \
-             test $((n % 2)) -eq 0",
-            count.display()
-        );
-        flappers.push(
-            s.spawn(
-                s.candidate(id, TTL, RENEW, RETRY)
-                    .status_port(free_port())
-                    .env("ETCD_AWAIT_ELECTION_HEALTH_CMD", &check)
-                    .env("ETCD_AWAIT_ELECTION_HEALTH_INTERVAL", "150ms")
-                    .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "100ms")
-                    .env("ETCD_AWAIT_ELECTION_HEALTH_FALL", "1")
-                    .env("ETCD_AWAIT_ELECTION_HEALTH_RISE", "1"),
-            ),
-        );
+        let check = alternating(&dir.join(format!("{id}.n")), None);
+        let flapper = flapper(&s, id, &check, "150ms", "100ms").status_port(free_port());
+        flappers.push(s.spawn(flapper));
     }
     s.mark("c and d flap behind x");
     for &i in &flappers {
