@@ -203,37 +203,12 @@ fn both_sick_the_leader_leads_on_and_a_sick_waiter_never_leads() {
     s.mon.assert_no_overlap();
 }
 
-/// The processes alive (not zombies) whose command line starts with `prefix` (NUL-separated).
-fn alive_with_cmdline(prefix: &str) -> Vec<u32> {
-    common::procfs::all()
-        .into_iter()
-        .filter(|p| p.state != 'Z')
-        .filter(|p| {
-            std::fs::read(format!("/proc/{}/cmdline", p.pid))
-                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
-        })
-        .map(|p| p.pid)
-        .collect()
-}
-
-/// Kills, when dropped (a failed test included), what a hanging check left: its command line is
-/// unique to this test process, so nothing else is hit.
-struct Naps(String);
-
-impl Drop for Naps {
-    fn drop(&mut self) {
-        for pid in alive_with_cmdline(&self.0) {
-            common::signal_pid(pid, libc::SIGKILL);
-        }
-    }
-}
-
 #[test]
 fn a_hanging_check_is_killed_with_its_group_and_fails() {
     // Unique to this run: the checks' grandchildren are counted by it. Dropped after the scene,
     // so after the wrapper that could start another.
     let nap = format!("987.{}", std::process::id());
-    let naps = Naps(format!("sleep\0{nap}"));
+    let naps = common::Leftovers(format!("sleep\0{nap}"));
     let mut s = Scene::new("health", "hanging");
     let fa = flag(&s, "a");
     let check = format!("if test -e '{}'; then sleep {nap}; fi", fa.display());
@@ -247,7 +222,7 @@ fn a_hanging_check_is_killed_with_its_group_and_fails() {
     let renewals = health_metric(&s.cast[a], "renewals_total");
     wait_checks(&s.cast[a], 5);
     // Each hanging check was killed, its grandchild `sleep` too, before the next one started.
-    let alive = alive_with_cmdline(&naps.0);
+    let alive = common::procfs::alive_with_cmdline(&naps.0);
     assert!(alive.len() <= 1, "hanging checks alive: {alive:?}");
     // Meanwhile the lease was renewed and the command ran on (nobody waits).
     assert!(health_metric(&s.cast[a], "renewals_total") > renewals);
@@ -261,7 +236,7 @@ fn a_hanging_check_is_killed_with_its_group_and_fails() {
     s.mon.assert_no_overlap();
     heal(&fa);
     wait_until(T, "no hanging check left", || {
-        alive_with_cmdline(&naps.0).is_empty()
+        common::procfs::alive_with_cmdline(&naps.0).is_empty()
     });
 }
 

@@ -138,30 +138,6 @@ fn flap(lock: &str, args: &[&str]) {
     });
 }
 
-/// The processes alive (not zombies) whose command line starts with `prefix` (NUL-separated).
-fn alive_with_cmdline(prefix: &str) -> Vec<u32> {
-    common::procfs::all()
-        .into_iter()
-        .filter(|p| p.state != 'Z')
-        .filter(|p| {
-            std::fs::read(format!("/proc/{}/cmdline", p.pid))
-                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
-        })
-        .map(|p| p.pid)
-        .collect()
-}
-
-/// Kills, when dropped (a failed test included), what a hanging check left behind.
-struct Naps(String);
-
-impl Drop for Naps {
-    fn drop(&mut self) {
-        for pid in alive_with_cmdline(&self.0) {
-            common::signal_pid(pid, libc::SIGKILL);
-        }
-    }
-}
-
 /// A check still running when the wrapper exits (SIGTERM while out of the queue: exit 0) goes
 /// with it: the wrapper leaves no process of its own behind.
 #[test]
@@ -178,7 +154,7 @@ fn a_hanging_check_dies_with_a_killed_wrapper() {
 fn hanging_check(lock: &str, sig: i32) {
     use std::os::unix::process::ExitStatusExt;
     let nap = format!("4242.{}{sig}", std::process::id());
-    let naps = Naps(format!("sleep\0{nap}"));
+    let naps = common::Leftovers(format!("sleep\0{nap}"));
     let s = Scene::new("health-review", lock);
     let mut a = s
         .candidate("a", TTL, RENEW, RETRY)
@@ -187,7 +163,7 @@ fn hanging_check(lock: &str, sig: i32) {
         .env("ETCD_AWAIT_ELECTION_HEALTH_TIMEOUT", "60s")
         .spawn();
     wait_until(T, "the first check to run", || {
-        !alive_with_cmdline(&naps.0).is_empty()
+        !common::procfs::alive_with_cmdline(&naps.0).is_empty()
     });
     assert!(a.signal(sig));
     let st = a.expect_exit(T);
@@ -197,10 +173,10 @@ fn hanging_check(lock: &str, sig: i32) {
         assert_eq!(st.code(), Some(0), "{}", a.stderr_text());
     }
     let until = Instant::now() + Duration::from_secs(10);
-    while !alive_with_cmdline(&naps.0).is_empty() && Instant::now() < until {
+    while !common::procfs::alive_with_cmdline(&naps.0).is_empty() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left = alive_with_cmdline(&naps.0);
+    let left = common::procfs::alive_with_cmdline(&naps.0);
     assert!(
         left.is_empty(),
         "the wrapper exited 10 s ago; its health check {left:?} still runs"

@@ -253,3 +253,16 @@ pub fn signal_pid(pid: u32, sig: i32) -> bool {
     // SAFETY: kill(2) with a concrete pid.
     unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
 }
+
+/// Kills, when dropped (a failed test included), the processes whose command line starts with
+/// its prefix (NUL-separated): what a hanging health check left. The prefix is unique to the test
+/// process, so nothing else is hit.
+pub struct Leftovers(pub String);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in procfs::alive_with_cmdline(&self.0) {
+            signal_pid(pid, libc::SIGKILL);
+        }
+    }
+}

@@ -48,3 +48,16 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// The processes alive (not zombies) whose command line starts with `prefix` (NUL-separated).
+pub fn alive_with_cmdline(prefix: &str) -> Vec<u32> {
+    all()
+        .into_iter()
+        .filter(|p| p.state != 'Z')
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
