@@ -21,7 +21,7 @@
 #   leader-notify.sh, move-vip.sh   `sh -n` (and shellcheck where installed); run
 #                    end to end against a real etcd by tests/leader.rs
 #
-# "Known variable" = an ETCD_AWAIT_ELECTION_* name defined in src/config.rs.
+# "Known variable" = an ETCD_AWAIT_ELECTION_* name defined in src/config/.
 # Needs: systemd-analyze (systemd), python3 with PyYAML (python3-yaml), haproxy,
 # all installed by scripts/install-deps.sh.
 set -euo pipefail
@@ -39,10 +39,10 @@ for f in my-job.service my-job.env kubernetes.yaml Dockerfile haproxy.cfg leader
     [ -f "$EX/$f" ] || die "$EX/$f is missing"
 done
 
-# The variables the binary knows (the constants of src/config.rs), plus the
+# The variables the binary knows (the constants of src/config/), plus the
 # two the wrapper sets for its command.
-mapfile -t KNOWN_VARS < <(grep -o '"ETCD_AWAIT_ELECTION_[A-Z_]*"' src/config.rs | tr -d '"' | sort -u)
-[ "${#KNOWN_VARS[@]}" -ge 10 ] || die "could not read the variable names from src/config.rs"
+mapfile -t KNOWN_VARS < <(grep -rho '"ETCD_AWAIT_ELECTION_[A-Z_]*"' src/config/ | tr -d '"' | sort -u)
+[ "${#KNOWN_VARS[@]}" -ge 10 ] || die "could not read the variable names from src/config/"
 export EAE_KNOWN_VARS="${KNOWN_VARS[*]}"
 
 # A python3 that has PyYAML: the one on PATH, else Debian's (python3-yaml).
