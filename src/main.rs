@@ -11,7 +11,7 @@
 //!   settings), `exit` (the exit codes, one table for `main`, `--help` and the README),
 //!   `logging`.
 //! - The state machine: `machine` (awaiting → leading → stopping → resigning → exit, the renew
-//!   deadline), with `timing` (its pure rules) on `clock` (`CLOCK_BOOTTIME`, the alarm).
+//!   deadline; standing aside while sick and `WAIT_TIMEOUT` in its room `aside`), with `timing` (its pure rules) on `clock` (`CLOCK_BOOTTIME`, the alarm).
 //! - The election thread: `election` (the recipe, in rooms: join, rights, session, campaign,
 //!   force, leading, retry, queue, scan, adopt, observe) on `etcd` (the gateway: bounded requests, watches, typed
 //!   errors), with `failure` (what an error means: retry or give up).
