@@ -94,6 +94,8 @@ pub struct Wrapper {
     /// The group is being stopped to hand over for health: once it is empty we stand aside
     /// instead of exiting.
     stepping_down: bool,
+    /// SIGTERM or SIGINT came: whatever follows ends in an exit, never in standing aside.
+    terminating: bool,
     /// The command was started at least once: `WAIT_TIMEOUT` is met.
     led: bool,
     /// Not leading by then: withdraw (`WAIT_TIMEOUT` above zero, or trying once while etcd
@@ -146,6 +148,7 @@ impl Wrapper {
             successor: false,
             said_staying: false,
             stepping_down: false,
+            terminating: false,
             led: false,
             wait_until: wait_until.map(|w| Boot::now().saturating_add(w)),
             cfg,
@@ -272,8 +275,10 @@ impl Wrapper {
             return self.on_child_exit(state);
         }
         if sig == libc::SIGTERM || sig == libc::SIGINT {
-            // Stopping the wrapper: a hand-over for health under way ends in an exit.
+            // Stopping the wrapper: a hand-over for health under way ends in an exit, and none
+            // starts (the child has the signal and its exit is ours).
             self.stepping_down = false;
+            self.terminating = true;
         }
         match state {
             State::Leading(ref child) | State::Stopping { ref child, .. } => {

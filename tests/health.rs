@@ -401,3 +401,28 @@ fn try_lock_leads_past_the_jobs_data_under_the_prefix() {
     assert_eq!(starts_of(&s, "c"), 1);
     assert_eq!(s.etcd.lease_count(), 0);
 }
+
+/// SIGTERM to a leader's wrapper, then the leader turns sick while its command still stops
+/// (it takes 2 s after TERM) and a healthy candidate waits: the wrapper still exits with its
+/// command's code once it stopped, rather than taking the stop for a hand-over for health and
+/// standing aside (found by `make test`: the flapping forcer's wrapper never exited).
+#[test]
+fn sigterm_then_sickness_still_ends_the_wrapper() {
+    let mut s = Scene::new("health", "term-then-sick");
+    let (fa, fb) = (flag(&s, "a"), flag(&s, "b"));
+    let a = s.spawn(checked(&s, "a", &flag_check(&fa)).args(&["--term-delay", "2000"]));
+    let ra = s.mon.wait_for_start(Some("a"), T);
+    let b = s.spawn(checked(&s, "b", &flag_check(&fb)));
+    wait_queue(&s, &["a", "b"]);
+    wait_healthy(&s.cast[b], true);
+    s.mark("a gets SIGTERM, then turns sick");
+    assert!(s.cast[a].signal(libc::SIGTERM));
+    record_of(&s, Kind::Term, ra.pid);
+    sicken(&fa);
+    let status = s.cast[a].expect_exit(T);
+    assert_eq!(status.code(), Some(143), "{}", s.cast[a].stderr_text());
+    let stop_a = record_of(&s, Kind::Stop, ra.pid);
+    let rb = s.mon.wait_for_start(Some("b"), T);
+    assert!(rb.ns > stop_a, "b started before a's command stopped");
+    s.mon.assert_no_overlap();
+}

@@ -148,6 +148,9 @@ impl Wrapper {
             }
             return State::Leading(child);
         }
+        if self.terminating {
+            return State::Leading(child);
+        }
         child.signal_group(libc::SIGTERM);
         child.signal_group(libc::SIGCONT);
         self.stepping_down = true;
