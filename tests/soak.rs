@@ -550,12 +550,14 @@ fn soak(duration: Duration, n: usize, actors: bool) {
         std::thread::sleep(Duration::from_millis(20));
     };
     let settled = healed.elapsed();
-    let pids: HashSet<u32> = running.iter().map(|(_, p)| *p).collect();
+    // By life (`s1.3`), not by pid: a command started with `--fork` records its child's start a
+    // moment after its own.
+    let lives: HashSet<String> = running.iter().map(|(id, _)| id.clone()).collect();
     let stable_until = Instant::now() + 2 * LEASE;
     while Instant::now() < stable_until {
         w.check();
-        let now: HashSet<u32> = w.mon.running().into_iter().map(|(_, p)| p).collect();
-        assert_eq!(now, pids, "the leader changed after everything was healed");
+        let now: HashSet<String> = w.mon.running().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(now, lives, "the leader changed after everything was healed");
         std::thread::sleep(Duration::from_millis(20));
     }
     w.check();
