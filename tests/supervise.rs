@@ -517,6 +517,17 @@ fn an_early_sigterm_is_honoured_as_pid_1() {
     assert!(stderr.contains("withdrawing"), "{stderr}");
 }
 
+/// The script's `guardian=PID sleep=PID` line shows the sleep got the guardian's pid.
+fn assert_recycled(r: &common::Run) {
+    let pids = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("guardian="))
+        .unwrap_or_else(|| panic!("{}\n{}", r.stdout, r.stderr));
+    let (guardian, sleep) = pids.split_once(" sleep=").expect("two pids");
+    assert_eq!(guardian, sleep, "the pid was not recycled: {}", r.stdout);
+}
+
 /// A guardian that died early is never signalled again, even once its pid belongs to somebody
 /// else. In a PID namespace of its own (where the test can choose the next pid), the dead
 /// guardian's pid is handed to an unrelated `sleep`; the wrapper then ends normally (SIGTERM)
@@ -565,13 +576,7 @@ fn a_dead_guardians_recycled_pid_is_never_signalled() {
     .env("ETCD_AWAIT_ELECTION_LEASE_DURATION", "3")
     .env("ETCD_AWAIT_ELECTION_RENEW_DEADLINE", "2s");
     let r = common::run(cmd, Duration::from_secs(30));
-    let pids = r
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("guardian="))
-        .unwrap_or_else(|| panic!("{}\n{}", r.stdout, r.stderr));
-    let (guardian, sleep) = pids.split_once(" sleep=").expect("two pids");
-    assert_eq!(guardian, sleep, "the pid was not recycled: {}", r.stdout);
+    assert_recycled(&r);
     assert!(r.stdout.contains("rc=143"), "{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stdout.contains("survived"),
@@ -633,13 +638,7 @@ fn a_dead_standby_guardians_recycled_pid_is_never_signalled() {
     .env("ETCD_AWAIT_ELECTION_RENEW_DEADLINE", "2s")
     .env("RUST_LOG", "debug");
     let r = common::run(cmd, Duration::from_secs(30));
-    let pids = r
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("guardian="))
-        .unwrap_or_else(|| panic!("{}\n{}", r.stdout, r.stderr));
-    let (guardian, sleep) = pids.split_once(" sleep=").expect("two pids");
-    assert_eq!(guardian, sleep, "the pid was not recycled: {}", r.stdout);
+    assert_recycled(&r);
     assert!(
         r.stdout.contains("leader rc=143"),
         "{}\n{}",
