@@ -115,7 +115,10 @@ impl Wrapper {
         let status = status::Shared::new(
             &cfg.identity,
             &cfg.lock_name,
-            cfg.renew_deadline,
+            timing::renewal_overdue(
+                Duration::from_secs(cfg.lease_ttl as u64),
+                cfg.renew_deadline,
+            ),
             cfg.retry_period,
         );
         if let Some(addr) = &cfg.status_endpoint {
@@ -447,6 +450,10 @@ impl Wrapper {
         use election::Event as E;
         match e {
             E::Renewed { sent, ttl } => self.on_renewed(state, sent, ttl),
+            E::KeptAlive { sent } => {
+                self.status_renewed(sent);
+                state
+            }
             E::Failed { renewal, failure } => {
                 self.on_failed(&failure);
                 self.status.etcd_failed(failure, renewal);
@@ -503,6 +510,15 @@ impl Wrapper {
         if self.renewal.is_none_or(|last| sent > last.sent) {
             self.renewal = Some(Renewal { sent, ttl });
         }
+        self.status_renewed(sent);
+        match (state, self.pending.take()) {
+            (State::Awaiting, Some((key, revision, lease))) => self.lead(key, revision, lease),
+            (state, _) => state,
+        }
+    }
+
+    /// The status counts every renewal, a waiter's unconfirmed keep-alives too: etcd answers.
+    fn status_renewed(&mut self, sent: Boot) {
         let wall = SystemTime::now()
             .checked_sub(sent.elapsed())
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -511,10 +527,6 @@ impl Wrapper {
             s.last_renewal = Some((wall, sent));
             s.failing_since = None;
         });
-        match (state, self.pending.take()) {
-            (State::Awaiting, Some((key, revision, lease))) => self.lead(key, revision, lease),
-            (state, _) => state,
-        }
     }
 
     fn on_leader(&mut self, state: State, leader: Option<Leader>) -> State {

@@ -39,7 +39,9 @@ impl Phase {
 pub struct Snapshot {
     pub identity: String,
     pub lock: String,
-    pub renew_deadline: Duration,
+    /// How long a leader may go without a counted renewal before `/healthz` says so (see
+    /// `timing::renewal_overdue`).
+    pub renewal_overdue: Duration,
     pub retry_period: Duration,
     pub phase: Phase,
     pub since: SystemTime,
@@ -78,11 +80,11 @@ pub struct Health {
 pub struct Shared(Arc<Mutex<Snapshot>>);
 
 impl Shared {
-    pub fn new(identity: &str, lock: &str, renew_deadline: Duration, retry: Duration) -> Shared {
+    pub fn new(identity: &str, lock: &str, renewal_overdue: Duration, retry: Duration) -> Shared {
         Shared(Arc::new(Mutex::new(Snapshot {
             identity: identity.to_string(),
             lock: lock.to_string(),
-            renew_deadline,
+            renewal_overdue,
             retry_period: retry,
             phase: Phase::Awaiting,
             since: SystemTime::now(),
@@ -220,7 +222,7 @@ fn health_problem(s: &Snapshot) -> Option<String> {
         Phase::Stopping => Some("stopping the command's process group".into()),
         Phase::Running => {
             let age = s.last_renewal.map(|(_, t)| t.elapsed());
-            age.filter(|a| *a > s.renew_deadline / 2)
+            age.filter(|a| *a > s.renewal_overdue)
                 .map(|a| format!("no lease renewal for {:.1}s", a.as_secs_f64()))
         }
         Phase::Awaiting => None,

@@ -133,16 +133,53 @@ impl Stop {
     }
 }
 
-/// How often the lease is renewed: a waiter at the lease's pace, a leader at its renew deadline's.
-pub fn keep_alive_period(leading: bool, ttl: Duration, renew_deadline: Duration) -> Duration {
-    if leading {
-        ttl.min(renew_deadline) / 3
-    } else {
-        // Within half the renew deadline: once elected, `main` starts the command only with a
-        // renewal inside its deadline, and the next one is due a leader's period after it,
-        // within the other half.
-        (ttl / 3).min(renew_deadline / 2)
+/// What a candidate's lease is kept alive for, which sets how often and how carefully.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Queued behind others: the lease only keeps our place. Its renewals are not confirmed and
+    /// do not count towards a renew deadline (they cost etcd one keep-alive each, less than an
+    /// `etcdctl lock` waiter's).
+    Waiting,
+    /// Next in line (our predecessor holds the record, or nobody is queued ahead of us, or we
+    /// force): we may be handed the lock at any moment, and start at once only with a counted
+    /// renewal inside the renew deadline.
+    Next,
+    Leading,
+}
+
+impl Role {
+    /// Whether each renewal is confirmed by a linearizable read and counted.
+    pub fn counts(self) -> bool {
+        self != Role::Waiting
     }
+}
+
+/// How often the lease is renewed, from the send of the last renewal.
+pub fn keep_alive_period(role: Role, ttl: Duration, renew_deadline: Duration) -> Duration {
+    match role {
+        // Half the lease: an attempt gets a quarter (`renewal_bound`), and a second one fits
+        // before the lease ends. A waiter whose lease ends anyway only joins again, behind.
+        Role::Waiting => ttl / 2,
+        // Within half the renew deadline: elected, `main` starts the command only with a
+        // renewal inside its deadline, and the next one is due a leader's period after it,
+        // within the other half. Leading, every third of the lease at most, as etcd's own
+        // sessions renew: a renewal and its read cost etcd twice a waiter's keep-alive.
+        Role::Next | Role::Leading => (ttl / 3).min(renew_deadline / 2),
+    }
+}
+
+/// How long one renewal (with its confirming read) may take before it is given up and retried
+/// on a fresh connection: half a period, so that a lost answer leaves time for another attempt
+/// before the renew deadline (or the lease's end).
+pub fn renewal_bound(role: Role, ttl: Duration, renew_deadline: Duration) -> Duration {
+    keep_alive_period(role, ttl, renew_deadline) / 2
+}
+
+/// How long a leader may go without a counted renewal before `/healthz` calls it failing: a
+/// period and its attempt's bound, so a renewal under way is not taken for trouble.
+pub fn renewal_overdue(ttl: Duration, renew_deadline: Duration) -> Duration {
+    let role = Role::Leading;
+    keep_alive_period(role, ttl, renew_deadline) + renewal_bound(role, ttl, renew_deadline)
 }
 
 /// How long resigning keeps trying to revoke the lease: until it would have expired anyway, or
@@ -280,13 +317,16 @@ mod tests {
             assert!(g >= retry * 3 && g >= 5 * S, "grace {g:?} for {retry:?}");
             for ttl in held_ttls(&cfg, &mut rng) {
                 assert!(leaves_margin(ttl, r), "{ttl:?} {r:?}");
-                for leading in [false, true] {
-                    let p = keep_alive_period(leading, ttl, r);
+                for role in [Role::Waiting, Role::Next, Role::Leading] {
+                    let (p, b) = (keep_alive_period(role, ttl, r), renewal_bound(role, ttl, r));
+                    // Counted: a renewal and a retry after a lost answer fit in the deadline.
+                    let within = if role.counts() { r } else { ttl };
                     assert!(
-                        p > Duration::ZERO && p < r,
-                        "period {p:?} for {ttl:?}/{r:?}"
+                        p > Duration::ZERO && b > Duration::ZERO && p + b < within,
+                        "{role:?}: period {p:?}, bound {b:?} for {ttl:?}/{r:?}"
                     );
                 }
+                assert!(renewal_overdue(ttl, r) < r, "{ttl:?}/{r:?}");
                 let budget = resign_budget(ttl);
                 assert!(budget > Duration::ZERO && budget <= ttl.min(8 * S));
                 for sent in sents {

@@ -18,6 +18,7 @@ use super::{Election, Event};
 use crate::etcd::{Etcd, Result};
 use crate::format::Foreign;
 use crate::leader::Leader;
+use crate::timing::Role;
 
 /// How a campaign ended.
 pub enum Turn {
@@ -52,6 +53,7 @@ impl Election {
             if let Some(turn) = standing(seat, &snap) {
                 return Ok(turn);
             }
+            self.pace.set(self.role(&snap));
             let holder = snap.holder.as_ref().filter(|h| h.lease() != seat.lease);
             let leader = match holder {
                 Some(h) => Some(observe::of_record(
@@ -75,6 +77,23 @@ impl Election {
             if let Some(turn) = turn {
                 return Ok(turn);
             }
+        }
+    }
+
+    /// Next in line when whoever is ahead of us goes next (or a holder we force asks to yield):
+    /// our renewals must count then, so that we can start the moment we are handed the lock.
+    fn role(&self, snap: &Snapshot) -> Role {
+        let next = match &snap.pred {
+            None => true,
+            Some(pred) => {
+                snap.holder_lease() == Some(pred.lease)
+                    || snap.head.as_ref().is_some_and(|h| h.lease == pred.lease)
+            }
+        };
+        if next || self.cfg.force_acquire {
+            Role::Next
+        } else {
+            Role::Waiting
         }
     }
 
@@ -114,7 +133,8 @@ impl Election {
 
     /// Waits for our predecessor's key to change. Meanwhile the record may change hands ahead of
     /// it: who leads (and where, see `/leader`) is then read from the record alone, not from the
-    /// whole queue, as every waiter does it on every hand-over.
+    /// whole queue, as every waiter does it on every hand-over; handed to our predecessor, we are
+    /// next, and read the queue again to wait as the next one does.
     async fn await_pred(&self, seat: &Seat, pred: &Candidate, from: i64) -> Result<()> {
         let mut record_from = from;
         loop {
@@ -127,16 +147,17 @@ impl Election {
                 return Ok(());
             }
             match self.record_holder(seat).await? {
-                Some(revision) => record_from = revision + 1,
-                // Gone (or ours): the whole queue says who is next.
-                None => return Ok(()),
+                Some((revision, lease)) if lease != pred.lease => record_from = revision + 1,
+                // Gone (or ours, or our predecessor's): the whole queue says who is next.
+                _ => return Ok(()),
             }
         }
     }
 
     /// Reports who holds the record, read with its address and its holder's candidate key;
-    /// returns the revision read at, or `None` when the record is gone or bound to our lease.
-    async fn record_holder(&self, seat: &Seat) -> Result<Option<i64>> {
+    /// returns the revision read at and the holder's lease, or `None` when the record is gone or
+    /// bound to our lease.
+    async fn record_holder(&self, seat: &Seat) -> Result<Option<(i64, i64)>> {
         let keys = &self.keys;
         let ops = [
             TxnOp::get(keys.holder.as_str(), None),
@@ -162,7 +183,7 @@ impl Election {
             .map(|kv| kv.create_revision());
         let leader = observe::of_record(&h, address.as_ref(), created);
         (self.report)(Event::Leader(Some(leader)));
-        Ok(Some(revision))
+        Ok(Some((revision, h.lease())))
     }
 
     /// Nothing is queued ahead of us and the record is bound to another lease: goes back in line

@@ -31,7 +31,7 @@ impl Election {
         seat: &Seat,
         keepalive: impl Future<Output = String> + Unpin,
     ) -> Outcome {
-        self.pace.set(true);
+        self.pace.set(crate::timing::Role::Leading);
         self.elected = true;
         // Elected first: `main` starts the command before it takes in the rest.
         (self.report)(Event::Elected {

@@ -16,7 +16,8 @@
 //!
 //! - `join`: a seat in the queue, adopted from a dead previous life (`adopt`) or a new lease
 //!   and our key; before the first, every right on etcd a candidate uses proven (`rights`).
-//! - `session`: the lease: kept alive at its pace, each renewal confirmed, revoked on resigning.
+//! - `session`: the lease: kept alive at the pace of our role, renewals confirmed where they
+//!   count, revoked on resigning.
 //! - `campaign`: waiting for our turn: the predecessor, the holder, the record taken or handed.
 //! - `force`: a forcer's request to the holder to yield.
 //! - `leading`: watching our place while we lead, and handing the record over.
@@ -42,8 +43,11 @@
 //!    lock`) start once every key created before theirs is gone: a candidate's key goes only when
 //!    that candidate cannot be running, or never ran.
 //! 3. A renewal counts only if etcd can still commit and we still hold our place: each keep-alive
-//!    is confirmed by a linearizable read of our key (and, leading, of the record). A member that
-//!    answers keep-alives with a stalled raft loop (etcd-io/etcd#15247) cannot answer that read.
+//!    of the leader and of the candidate next in line is confirmed by a linearizable read of our
+//!    key (and, leading, of the record). A member that answers keep-alives with a stalled raft
+//!    loop (etcd-io/etcd#15247) cannot answer that read. The others' keep-alives only keep their
+//!    place, and count for nothing: a candidate elected from there starts with its first
+//!    confirmed renewal.
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -57,6 +61,7 @@ use crate::clock::Boot;
 use crate::config::Config;
 use crate::etcd::Etcd;
 use crate::failure::Failure;
+use crate::timing::Role;
 
 mod adopt;
 mod campaign;
@@ -85,6 +90,9 @@ pub enum Event {
     /// A keep-alive (or the grant) sent at `sent` succeeded and was confirmed: the lease was reset
     /// to its full granted `ttl` and lives until at least `sent + ttl` on the server.
     Renewed { sent: Boot, ttl: Duration },
+    /// A waiter's keep-alive sent at `sent` succeeded: it keeps our place, unconfirmed, and does
+    /// not count towards the renew deadline.
+    KeptAlive { sent: Boot },
     /// Who leads (the holder, or the head of the queue), when known.
     Leader(Option<crate::leader::Leader>),
     /// Our predecessor holds the record: we are next, and may be handed it at any moment.
@@ -293,7 +301,7 @@ impl Election {
     /// Joins, campaigns and leads until leadership is lost, joining again whenever our place is.
     async fn elect_and_lead(&mut self) -> Outcome {
         loop {
-            self.pace.set(false);
+            self.pace.set(Role::Waiting);
             let seat = match self.join().await {
                 Ok(Joined::Seat(seat)) => seat,
                 Ok(Joined::Twin) => return Outcome::Twin(self.twin()),

@@ -1,7 +1,8 @@
-//! The session: our lease, as etcd's `concurrency/session.go` keeps one. It is kept alive at a
-//! waiter's pace or a leader's, each renewal counted only once a linearizable read confirms it,
-//! and revoked when we resign, unless another process may be using it. It does not decide who
-//! leads (`campaign`) nor when the child stops (`main`, from the renewals reported here).
+//! The session: our lease, as etcd's `concurrency/session.go` keeps one. It is kept alive at the
+//! pace of our role (`timing::Role`): queued behind others, by bare keep-alives that only keep our
+//! place; next in line or leading, each renewal counted only once a linearizable read confirms
+//! it. It is revoked when we resign, unless another process may be using it. It does not decide
+//! who leads (`campaign`) nor when the child stops (`main`, from the renewals reported here).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -16,29 +17,30 @@ use super::{Election, Event, Report};
 use crate::clock::Boot;
 use crate::etcd::{Error, Etcd, KeepAlive, Result};
 use crate::failure::classify;
+use crate::timing::{keep_alive_period, renewal_bound, Role};
 
-/// How often the lease is renewed: a waiter at the lease's pace, a leader at its renew deadline's.
+/// Our role, which sets how the lease is renewed (see `timing::Role`).
 pub struct Pace {
-    leading: Cell<bool>,
+    role: Cell<Role>,
     changed: Notify,
 }
 
 impl Pace {
     pub fn new() -> Pace {
         Pace {
-            leading: Cell::new(false),
+            role: Cell::new(Role::Waiting),
             changed: Notify::new(),
         }
     }
 
-    pub fn set(&self, leading: bool) {
-        if self.leading.replace(leading) != leading {
+    pub fn set(&self, role: Role) {
+        if self.role.replace(role) != role {
             self.changed.notify_one();
         }
     }
 
-    fn period(&self, ttl: Duration, renew_deadline: Duration) -> Duration {
-        crate::timing::keep_alive_period(self.leading.get(), ttl, renew_deadline)
+    fn role(&self) -> Role {
+        self.role.get()
     }
 }
 
@@ -216,21 +218,35 @@ impl Keeper {
         let own =
             own.is_some_and(|o| o.lease() == self.lease && o.mod_revision() == self.mod_revision);
         let record = holder.is_some_and(|h| h.lease() == self.lease);
-        Ok(own && (!self.pace.leading.get() || record))
+        Ok(own && (self.pace.role() != Role::Leading || record))
     }
 
     fn period(&self) -> Duration {
-        self.pace.period(self.ttl, self.renew_deadline)
+        keep_alive_period(self.pace.role(), self.ttl, self.renew_deadline)
     }
 
-    /// Reports a renewal sent at `sent`, if its confirmation counted.
-    fn counted(&self, sent: Boot, ttl: i64, confirmed: bool) {
-        if confirmed {
+    /// After a keep-alive sent at `sent` was answered (the lease reset to `ttl`): a renewal of a
+    /// role that counts is confirmed, then reported (`main` counts it); a waiter's is reported as
+    /// only keeping our place. Returns whether it was one that counts.
+    async fn settle(&self, etcd: &Etcd, role: Role, sent: Boot, ttl: i64) -> Result<bool> {
+        if !role.counts() {
+            (self.report)(Event::KeptAlive { sent });
+            return Ok(false);
+        }
+        if self.confirm(etcd).await? {
             renewed(&self.report, sent, ttl);
         } else {
             let lease = self.lease;
             debug!("renewal of lease {lease:x} not counted: our key or the record is gone");
         }
+        Ok(true)
+    }
+
+    /// One bound for a renewal and its confirmation (not one for each), and the client bound by
+    /// it.
+    fn bounded(&self, role: Role) -> (Duration, Etcd) {
+        let bound = renewal_bound(role, self.ttl, self.renew_deadline);
+        (bound, self.etcd.bounded(bound))
     }
 
     fn failed(&self, e: &Error) {
@@ -241,40 +257,59 @@ impl Keeper {
         });
     }
 
-    /// Opens the keep-alive stream, renewing once, and confirms that renewal. Returns the stream
-    /// and when that renewal was sent.
-    async fn open(&self) -> Result<(KeepAlive, Instant)> {
-        let (sent, boot) = (Instant::now(), Boot::now());
-        // One bound for both, the period: not one for each.
-        let (period, etcd) = (self.period(), self.etcd.bounded(self.period()));
+    /// Opens the keep-alive stream, renewing once. Returns the stream, when that renewal was
+    /// sent, and whether it was one that counts.
+    async fn open(&self) -> Result<(KeepAlive, Instant, bool)> {
+        let (sent, boot, role) = (Instant::now(), Boot::now(), self.pace.role());
+        let (bound, etcd) = self.bounded(role);
         let attempt = async {
+            // `keep_alive` already sent one keep-alive and checked its answer.
             let stream = etcd.keep_alive(self.lease).await?;
-            Ok((stream, self.confirm(&etcd).await?))
+            let ttl = self.ttl.as_secs() as i64;
+            Ok((stream, self.settle(&etcd, role, boot, ttl).await?))
         };
-        let (stream, confirmed) = etcd.within(period, attempt).await?;
-        // `keep_alive` already sent one keep-alive and checked its answer.
-        self.counted(boot, self.ttl.as_secs() as i64, confirmed);
-        Ok((stream, sent))
+        let (stream, counts) = etcd.within(bound, attempt).await?;
+        Ok((stream, sent, counts))
     }
 
-    /// Renews on the stream at the pace, from the renewal sent at `last`, until a renewal fails.
-    async fn renew_on(&self, stream: &mut KeepAlive, mut last: Instant) -> Error {
+    /// Waits until the next renewal is due: a period after the last one, or at once when we now
+    /// need one that counts and the last one did not.
+    async fn due(&self, last: Instant, counted: bool) {
         loop {
-            loop {
-                let due = last + self.period();
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due.into()) => break,
-                    // Elected: at the leader's pace from here on, counted from the last renewal
-                    // (at once if that is overdue), not at once: a handover is no time for it.
-                    _ = self.pace.changed.notified() => {}
-                }
+            let due = if self.pace.role().counts() && !counted {
+                Instant::now()
+            } else {
+                last + self.period()
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => return,
+                // Elected, or next in line: at that pace from here on, counted from the last
+                // renewal (at once if that is overdue), not at once: a handover is no time
+                // for it.
+                _ = self.pace.changed.notified() => {}
             }
-            let boot = Boot::now();
+        }
+    }
+
+    /// Renews on the stream at the pace, from the renewal sent at `last` (`counted`: one that
+    /// counts), until a renewal fails.
+    async fn renew_on(
+        &self,
+        stream: &mut KeepAlive,
+        mut last: Instant,
+        mut counted: bool,
+    ) -> Error {
+        loop {
+            self.due(last, counted).await;
+            let (boot, role) = (Boot::now(), self.pace.role());
             last = Instant::now();
-            let (period, etcd) = (self.period(), self.etcd.bounded(self.period()));
-            let renewal = async { Ok((stream.renew().await?, self.confirm(&etcd).await?)) };
-            match etcd.within(period, renewal).await {
-                Ok((ttl, confirmed)) => self.counted(boot, ttl, confirmed),
+            let (bound, etcd) = self.bounded(role);
+            let renewal = async {
+                let ttl = stream.renew().await?;
+                self.settle(&etcd, role, boot, ttl).await
+            };
+            match etcd.within(bound, renewal).await {
+                Ok(counts) => counted = counts,
                 Err(e) => return e,
             }
         }
@@ -284,12 +319,12 @@ impl Keeper {
 /// Keeps the lease alive, one keep-alive in flight at a time so that each success is matched to
 /// its send time. Returns only when the lease is gone.
 ///
-/// A keep-alive unanswered (or unconfirmed) for a period is given up and retried on a fresh
+/// A keep-alive unanswered (or unconfirmed) for half a period is given up and retried on a fresh
 /// connection: one lost answer must not cost the leadership.
 pub async fn keep_alive(k: Keeper) -> String {
     let expired = || format!("lease {:x} expired", k.lease);
     loop {
-        let (mut stream, sent) = match k.open().await {
+        let (mut stream, sent, counted) = match k.open().await {
             Ok(opened) => opened,
             Err(Error::LeaseGone) => return expired(),
             Err(e) => {
@@ -299,7 +334,7 @@ pub async fn keep_alive(k: Keeper) -> String {
                 continue;
             }
         };
-        match k.renew_on(&mut stream, sent).await {
+        match k.renew_on(&mut stream, sent, counted).await {
             Error::LeaseGone => return expired(),
             e => k.failed(&e),
         }
