@@ -205,9 +205,9 @@ fn answer(method: &str, path: &str, s: &Snapshot) -> (u16, &'static str, String)
 }
 
 /// Failing: a permanent etcd failure (at once: retrying will not cure it), etcd unreachable for
-/// longer than the retry period, half the renew deadline gone without a renewal while leading,
-/// or the command's group being stopped (leadership lost, or the command exited and its
-/// leftovers are being stopped: either way the wrapper is ending).
+/// longer than the retry period, no counted renewal for longer than `timing::renewal_overdue`
+/// while leading, or the command's group being stopped (leadership lost, or the command exited
+/// and its leftovers are being stopped: either way the wrapper is ending).
 fn health_problem(s: &Snapshot) -> Option<String> {
     if let Some(f) = &s.permanent {
         return Some(format!("etcd refuses us: {f}"));

@@ -335,7 +335,7 @@ fn read_timing(
 pub const MIN_LEASE_TTL: i64 = 2;
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
-/// The least `RENEW_DEADLINE`: a leader renews every third of it, and below a second an etcd
+/// The least `RENEW_DEADLINE`: a leader renews at least every half of it, and below a second an etcd
 /// leader election (a second with etcd's default flags) would depose every leader.
 pub const MIN_RENEW_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -387,8 +387,8 @@ pub fn check_timing(
         return Err(err(
             RENEW_DEADLINE,
             format!(
-                "{renew_deadline:?} is below {MIN_RENEW_DEADLINE:?}: the leader renews every \
-                 third of it, and an etcd leader election would stop every command"
+                "{renew_deadline:?} is below {MIN_RENEW_DEADLINE:?}: the leader renews at least \
+                 every half of it, and an etcd leader election would stop every command"
             ),
         ));
     }

@@ -3,7 +3,7 @@
 //! twin (a second candidate given the same identity), which it refuses.
 //!
 //! Nothing in etcd tells the two apart but time: a live candidate renews its lease at least
-//! every third of its TTL, a dead one never again. So the remaining TTL is watched (etcd reports
+//! every half of its TTL (`timing::longest_period`), a dead one never again. So the remaining TTL is watched (etcd reports
 //! whole seconds) until it rises (renewed: a twin) or shows no renewal for longer than a
 //! keep-alive period (dead). That wait also lets a revoke the previous life sent in its last
 //! moments land before we take its lease over. Leases of ours are never revoked here: one we do
@@ -143,9 +143,10 @@ async fn liveness(etcd: &Etcd, lease: i64) -> Result<Life> {
         if last.is_some_and(|prev| left > prev) {
             return Ok(Life::Twin);
         }
-        // Unrenewed for longer than any keep-alive period of ours (a third of the TTL), with a
-        // second for the rounding and one for a retried keep-alive.
-        let period = granted / 3 + 2;
+        // Unrenewed for longer than any keep-alive period of ours, with a second for the
+        // rounding and one for a retried keep-alive.
+        let longest = timing::longest_period(Duration::from_secs(granted.unsigned_abs()));
+        let period = longest.as_millis().div_ceil(1000) as i64 + 2;
         if granted - left >= period {
             return Ok(Life::Dead { granted });
         }

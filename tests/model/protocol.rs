@@ -68,7 +68,7 @@
 //!   on after its lease, a hole of its own that no protocol of ours can close. Its lease
 //!   revoked by our fence (only a keyless runner's, and a stranger's key is deleted only by
 //!   hand) does not stop it either.
-//! - **Adoption** (NEW election/adopt.rs): a lease is adopted once seen unrenewed for a third of its
+//! - **Adoption** (NEW election/adopt.rs): a lease is adopted once seen unrenewed for half of its
 //!   TTL plus 2 s; a revoke its previous life left in flight has landed by then (and one sent later
 //!   lands within milliseconds: before the adopter's next step on that lease). The adopter
 //!   leads, and revokes the lease, no earlier than that lease would have expired as seen
