@@ -157,20 +157,25 @@ impl Role {
 /// How often the lease is renewed, from the send of the last renewal.
 pub fn keep_alive_period(role: Role, ttl: Duration, renew_deadline: Duration) -> Duration {
     match role {
-        Role::Waiting => longest_period(ttl),
+        Role::Waiting => longest_period(ttl, false),
         // Within half the renew deadline: elected, `main` starts the command only with a
         // renewal inside its deadline, and the next one is due a leader's period after it,
-        // within the other half. Leading, every third of the lease at most, as etcd's own
-        // sessions renew: a renewal and its read cost etcd twice a waiter's keep-alive.
-        Role::Next | Role::Leading => (ttl / 3).min(renew_deadline / 2),
+        // within the other half.
+        Role::Next | Role::Leading => longest_period(ttl, true).min(renew_deadline / 2),
     }
 }
 
-/// The longest a live candidate goes between renewals, whatever its role: a waiter's period, half
-/// the lease. An attempt gets a quarter (`renewal_bound`), and a second one fits before the lease
-/// ends; a waiter whose lease ends anyway only joins again, behind.
-pub fn longest_period(ttl: Duration) -> Duration {
-    ttl / 2
+/// The longest a live candidate goes between renewals, whatever its renew deadline. Next in line
+/// or leading, a third of the lease, as etcd's own sessions renew: a renewal and its read cost
+/// etcd twice a waiter's keep-alive. Otherwise (`counts` false) half the lease: an attempt gets a
+/// quarter (`renewal_bound`), and a second one fits before the lease ends; a waiter whose lease
+/// ends anyway only joins again, behind.
+pub fn longest_period(ttl: Duration, counts: bool) -> Duration {
+    if counts {
+        ttl / 3
+    } else {
+        ttl / 2
+    }
 }
 
 /// How long one renewal (with its confirming read) may take before it is given up and retried
@@ -330,7 +335,11 @@ mod tests {
                         p > Duration::ZERO && b > Duration::ZERO && p + b < within,
                         "{role:?}: period {p:?}, bound {b:?} for {ttl:?}/{r:?}"
                     );
-                    assert!(p <= longest_period(ttl), "{role:?} {ttl:?}/{r:?}");
+                    assert!(p <= longest_period(ttl, false), "{role:?} {ttl:?}/{r:?}");
+                    assert!(
+                        p <= longest_period(ttl, role.counts()),
+                        "{role:?} {ttl:?}/{r:?}"
+                    );
                 }
                 assert!(renewal_overdue(ttl, r) < r, "{ttl:?}/{r:?}");
                 let budget = resign_budget(ttl);

@@ -2,8 +2,9 @@
 //! which it adopts so that a restarted leader is not queued behind itself, or the key of a live
 //! twin (a second candidate given the same identity), which it refuses.
 //!
-//! Nothing in etcd tells the two apart but time: a live candidate renews its lease at least
-//! every half of its TTL (`timing::longest_period`), a dead one never again. So the remaining TTL is watched (etcd reports
+//! Nothing in etcd tells the two apart but time: a live candidate renews its lease at its role's
+//! pace (`timing::longest_period`: a leader's when the record is bound to the lease, else at most
+//! a waiter's), a dead one never again. So the remaining TTL is watched (etcd reports
 //! whole seconds) until it rises (renewed: a twin) or shows no renewal for longer than a
 //! keep-alive period (dead). That wait also lets a revoke the previous life sent in its last
 //! moments land before we take its lease over. Leases of ours are never revoked here: one we do
@@ -44,7 +45,11 @@ pub async fn previous_life(etcd: &Etcd, keys: &Keys, cfg: &Config) -> Result<Ado
     let ours = queue::with_identity(etcd, keys, &cfg.identity).await?;
     let mut adopted = None;
     for cand in ours {
-        let granted = match liveness(etcd, cand.lease).await? {
+        // The record read once: a life that takes it meanwhile renews at once (see `session`).
+        let leading = queue::with_value(etcd, keys.holder.as_bytes())
+            .await?
+            .is_some_and(|h| h.lease() == cand.lease);
+        let granted = match liveness(etcd, cand.lease, leading).await? {
             Life::Twin => return Ok(Adoption::Twin),
             Life::Gone => continue,
             Life::Dead { granted } => granted,
@@ -130,8 +135,9 @@ fn advertised(keys: &Keys, cfg: &Config, lease: i64, key: &str) -> Vec<TxnOp> {
     ]
 }
 
-/// Watches a lease's remaining TTL once a second until it tells a live holder from a dead one.
-async fn liveness(etcd: &Etcd, lease: i64) -> Result<Life> {
+/// Watches a lease's remaining TTL once a second until it tells a live holder from a dead one,
+/// `leading` or not.
+async fn liveness(etcd: &Etcd, lease: i64, leading: bool) -> Result<Life> {
     let start = Instant::now();
     let mut last = None;
     loop {
@@ -143,9 +149,9 @@ async fn liveness(etcd: &Etcd, lease: i64) -> Result<Life> {
         if last.is_some_and(|prev| left > prev) {
             return Ok(Life::Twin);
         }
-        // Unrenewed for longer than any keep-alive period of ours, with a second for the
+        // Unrenewed for longer than its role's keep-alive period, with a second for the
         // rounding and one for a retried keep-alive.
-        let longest = timing::longest_period(Duration::from_secs(granted.unsigned_abs()));
+        let longest = timing::longest_period(Duration::from_secs(granted.unsigned_abs()), leading);
         let period = longest.as_millis().div_ceil(1000) as i64 + 2;
         if granted - left >= period {
             return Ok(Life::Dead { granted });
