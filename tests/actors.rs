@@ -975,6 +975,78 @@ fn stuck_raft_leader_as_the_only_endpoint_stops_the_command_before_the_next_star
     stuck_raft_leader(true);
 }
 
+/// A waiter queued behind others talks to the raft leader when its disk stalls: that member
+/// still answers its keep-alives (etcd-io/etcd#15247) while the other members elect a new leader
+/// and would expire its lease. It must move to a member that can commit and keep its place, so
+/// that when the two ahead of it leave during the stall, it takes its turn then, not once the
+/// stall ends (a command nobody runs meanwhile).
+#[test]
+fn waiter_talking_to_a_stuck_raft_leader_keeps_its_place_and_takes_its_turn() {
+    let lock = "act-stuck-waiter";
+    let cluster = Cluster::start(3);
+    let dir = TempDir::new("actors-stuck-waiter");
+    let log = dir.join("records");
+    let mon = Monitor::start(&log);
+    let l = cluster.raft_leader_index();
+    let eps = cluster.endpoints();
+    let others: Vec<String> = (0..3).filter(|&i| i != l).map(|i| eps[i].clone()).collect();
+    let healthy = others.join(",");
+    let c_eps = format!("{},{healthy}", eps[l]);
+    let c = |id: &str, eps: &str| {
+        Candidate::new(id)
+            .lock(lock)
+            .endpoints(eps)
+            .lease(TTL)
+            .renew(RENEW)
+            .retry(RETRY)
+            .log(&log)
+    };
+    let mut cast = Cast::default();
+    let ca = cast.add(c("a", &healthy));
+    mon.wait_for_start(Some("a"), T);
+    let cb = cast.add(c("b", &healthy));
+    cluster.wait_queued(lock, "b");
+    let cc = cast.add(c("c", &c_eps));
+    cluster.wait_queued(lock, "c");
+    let leader_port = cluster.member(l).client_port();
+    wait_until(T, "c to talk to the raft leader only", || {
+        connected_ports(cast[cc].pid()) == [leader_port]
+    });
+    assert_eq!(cluster.raft_leader_index(), l, "the raft leader moved");
+    let stuck_id = member_status(&cluster, l)
+        .0
+        .expect("the leader's member id");
+
+    let stall = StallDisk::attach(cluster.member(l).pid().expect("leader runs"));
+    let stalled = Instant::now();
+    let _ = cluster
+        .member(l)
+        .etcdctl(&["--command-timeout", "2s", "put", "act-stall", "x"]);
+    let f = (0..3).find(|&i| i != l).unwrap();
+    wait_until(T, "a new raft leader among the others", || {
+        let (me, leader) = member_status(&cluster, f);
+        me.is_some() && leader.is_some_and(|id| id != 0 && id != stuck_id)
+    });
+    // Two TTLs under the new raft leader: a lease kept alive only on the stuck member ends.
+    std::thread::sleep(Duration::from_secs(2 * TTL));
+    // 75 is an end as good: the raft election may outlast a's 2 s renew deadline.
+    let ended = [Some(143), Some(EXIT_LOST)];
+    let code = term_and_wait(&mut cast[ca]);
+    assert!(ended.contains(&code), "a exited {code:?}");
+    mon.wait_for_start(Some("b"), T);
+    let code = term_and_wait(&mut cast[cb]);
+    assert!(ended.contains(&code), "b exited {code:?}");
+    // The stall holds fdatasync for 25 s: c must lead well before it ends.
+    let left = Duration::from_secs(25).saturating_sub(stalled.elapsed() + Duration::from_secs(3));
+    assert!(
+        left > Duration::from_secs(4),
+        "too slow to get here: {left:?} of the stall left"
+    );
+    mon.wait_for_start(Some("c"), left);
+    drop(stall);
+    mon.assert_no_overlap();
+}
+
 // ------------------------------------------------------------------------------------------
 // 7. Graceful switchover.
 
