@@ -150,7 +150,8 @@ async fn liveness(etcd: &Etcd, lease: i64, leading: bool) -> Result<Life> {
             return Ok(Life::Twin);
         }
         // Unrenewed for longer than its role's keep-alive period, with a second for the
-        // rounding and one for a retried keep-alive.
+        // rounding and one to spare. A twin whose renewal failed meanwhile may pass for dead:
+        // it then finds its key put again and exits without running anything.
         let longest = timing::longest_period(Duration::from_secs(granted.unsigned_abs()), leading);
         let period = longest.as_millis().div_ceil(1000) as i64 + 2;
         if granted - left >= period {

@@ -1,7 +1,7 @@
 //! The session: our lease, as etcd's `concurrency/session.go` keeps one. It is kept alive at the
-//! pace of our role (`timing::Role`): queued behind others, by bare keep-alives that only keep our
-//! place; next in line or leading, each renewal counted only once a linearizable read confirms
-//! it. It is revoked when we resign, unless another process may be using it. It does not decide
+//! pace of our role (`timing::Role`): queued behind others, by keep-alives that only keep our
+//! place (one in `WAITER_CONFIRMS_ONE_IN` confirmed, to find a stalled member); next in line or
+//! leading, each renewal counted only once a linearizable read confirms it. It is revoked when we resign, unless another process may be using it. It does not decide
 //! who leads (`campaign`) nor when the child stops (`main`, from the renewals reported here).
 
 use std::cell::Cell;
@@ -17,7 +17,7 @@ use super::{Election, Event, Report};
 use crate::clock::Boot;
 use crate::etcd::{Error, Etcd, KeepAlive, Result};
 use crate::failure::classify;
-use crate::timing::{keep_alive_period, renewal_bound, Role};
+use crate::timing::{keep_alive_period, renewal_bound, Role, WAITER_CONFIRMS_ONE_IN};
 
 /// Our role, which sets how the lease is renewed (see `timing::Role`).
 pub struct Pace {
@@ -75,6 +75,7 @@ impl Election {
             report: self.report.clone(),
             renew_deadline: self.cfg.renew_deadline,
             retry_period: self.cfg.retry_period,
+            bare: Cell::new(0),
         }
     }
 
@@ -206,6 +207,8 @@ pub struct Keeper {
     report: Report,
     renew_deadline: Duration,
     retry_period: Duration,
+    /// Keep-alives answered and not confirmed since the last one that was.
+    bare: Cell<u32>,
 }
 
 impl Keeper {
@@ -226,13 +229,17 @@ impl Keeper {
     }
 
     /// After a keep-alive sent at `sent` was answered (the lease reset to `ttl`): a renewal of a
-    /// role that counts is confirmed, then reported (`main` counts it); a waiter's is reported as
-    /// only keeping our place. Returns whether it was one that counts.
+    /// role that counts is confirmed, then reported (`main` counts it), and so is a waiter's
+    /// every `WAITER_CONFIRMS_ONE_IN`th; the others are reported as only keeping our place.
+    /// Returns whether it was confirmed.
     async fn settle(&self, etcd: &Etcd, role: Role, sent: Boot, ttl: i64) -> Result<bool> {
-        if !role.counts() {
+        let bare = self.bare.get() + 1;
+        if !role.counts() && bare < WAITER_CONFIRMS_ONE_IN {
+            self.bare.set(bare);
             (self.report)(Event::KeptAlive { sent });
             return Ok(false);
         }
+        self.bare.set(0);
         if self.confirm(etcd).await? {
             renewed(&self.report, sent, ttl);
         } else {
