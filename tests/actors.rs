@@ -17,6 +17,7 @@ use common::proxy::{Mode, Proxy};
 use common::records::{monotonic_ns, Kind, Record};
 use common::scene::{Cast, Scene};
 use common::{wait_for, wait_until, TempDir};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -821,6 +822,35 @@ impl Drop for StallDisk {
     }
 }
 
+/// A candidate on the cluster's members `eps` (comma-separated, in the order it tries them).
+fn on_members(id: &str, lock: &str, eps: &str, log: &Path) -> CandidateBuilder {
+    Candidate::new(id)
+        .lock(lock)
+        .endpoints(eps)
+        .lease(TTL)
+        .renew(RENEW)
+        .retry(RETRY)
+        .log(log)
+}
+
+/// Stalls the disk of member `l`, the raft leader (checked), and waits until the others elected a
+/// new leader. The stall holds while the returned value lives.
+fn stall_raft_leader(cluster: &Cluster, l: usize) -> StallDisk {
+    assert_eq!(cluster.raft_leader_index(), l, "the raft leader moved");
+    let stuck_id = member_status(cluster, l).0.expect("the leader's member id");
+    let stall = StallDisk::attach(cluster.member(l).pid().expect("leader runs"));
+    // One write: the leader's raft loop blocks in fdatasync on it.
+    let _ = cluster
+        .member(l)
+        .etcdctl(&["--command-timeout", "2s", "put", "act-stall", "x"]);
+    let f = (0..3).find(|&i| i != l).unwrap();
+    wait_until(T, "a new raft leader among the others", || {
+        let (me, leader) = member_status(cluster, f);
+        me.is_some() && leader.is_some_and(|id| id != 0 && id != stuck_id)
+    });
+    stall
+}
+
 /// The raft leader's disk stalls (etcd-io/etcd#15247: it keeps answering keep-alives while the
 /// others elect a new leader and expire the lease). The wrapper talking to it must not keep its
 /// command running beside the follower's: it moves to a member that can commit and keeps its
@@ -841,15 +871,7 @@ fn stuck_raft_leader(only_that_member: bool) {
         format!("{},{}", eps[l], others.join(","))
     };
     let b_eps = format!("{},{}", others.join(","), eps[l]);
-    let c = |id: &str, eps: &str| {
-        Candidate::new(id)
-            .lock(lock)
-            .endpoints(eps)
-            .lease(TTL)
-            .renew(RENEW)
-            .retry(RETRY)
-            .log(&log)
-    };
+    let c = |id: &str, eps: &str| on_members(id, lock, eps, &log);
     let mut cast = Cast::default();
     let ca = cast.add(c("a", &a_eps));
     let ra = mon.wait_for_start(Some("a"), T);
@@ -859,24 +881,9 @@ fn stuck_raft_leader(only_that_member: bool) {
     wait_until(T, "a to talk to the raft leader only", || {
         connected_ports(cast[ca].pid()) == [leader_port]
     });
-    assert_eq!(cluster.raft_leader_index(), l, "the raft leader moved");
-    let stuck_id = member_status(&cluster, l)
-        .0
-        .expect("the leader's member id");
-
-    let _stall = StallDisk::attach(cluster.member(l).pid().expect("leader runs"));
     let stalled = monotonic_ns();
-    eprintln!("[{}] member m{l} (raft leader) stalled", mon.rel(stalled));
-    // One write: the leader's raft loop blocks in fdatasync on it.
-    let _ = cluster
-        .member(l)
-        .etcdctl(&["--command-timeout", "2s", "put", "act-stall", "x"]);
-    // The others elect a new leader.
-    let f = (0..3).find(|&i| i != l).unwrap();
-    wait_until(T, "a new raft leader among the others", || {
-        let (me, leader) = member_status(&cluster, f);
-        me.is_some() && leader.is_some_and(|id| id != 0 && id != stuck_id)
-    });
+    eprintln!("[{}] member m{l} (raft leader) stalls", mon.rel(stalled));
+    let _stall = stall_raft_leader(&cluster, l);
     eprintln!(
         "[{}] a new raft leader was elected",
         mon.rel(monotonic_ns())
@@ -992,15 +999,7 @@ fn waiter_talking_to_a_stuck_raft_leader_keeps_its_place_and_takes_its_turn() {
     let others: Vec<String> = (0..3).filter(|&i| i != l).map(|i| eps[i].clone()).collect();
     let healthy = others.join(",");
     let c_eps = format!("{},{healthy}", eps[l]);
-    let c = |id: &str, eps: &str| {
-        Candidate::new(id)
-            .lock(lock)
-            .endpoints(eps)
-            .lease(TTL)
-            .renew(RENEW)
-            .retry(RETRY)
-            .log(&log)
-    };
+    let c = |id: &str, eps: &str| on_members(id, lock, eps, &log);
     let mut cast = Cast::default();
     let ca = cast.add(c("a", &healthy));
     mon.wait_for_start(Some("a"), T);
@@ -1012,21 +1011,8 @@ fn waiter_talking_to_a_stuck_raft_leader_keeps_its_place_and_takes_its_turn() {
     wait_until(T, "c to talk to the raft leader only", || {
         connected_ports(cast[cc].pid()) == [leader_port]
     });
-    assert_eq!(cluster.raft_leader_index(), l, "the raft leader moved");
-    let stuck_id = member_status(&cluster, l)
-        .0
-        .expect("the leader's member id");
-
-    let stall = StallDisk::attach(cluster.member(l).pid().expect("leader runs"));
     let stalled = Instant::now();
-    let _ = cluster
-        .member(l)
-        .etcdctl(&["--command-timeout", "2s", "put", "act-stall", "x"]);
-    let f = (0..3).find(|&i| i != l).unwrap();
-    wait_until(T, "a new raft leader among the others", || {
-        let (me, leader) = member_status(&cluster, f);
-        me.is_some() && leader.is_some_and(|id| id != 0 && id != stuck_id)
-    });
+    let stall = stall_raft_leader(&cluster, l);
     // Two TTLs under the new raft leader: a lease kept alive only on the stuck member ends.
     std::thread::sleep(Duration::from_secs(2 * TTL));
     // 75 is an end as good: the raft election may outlast a's 2 s renew deadline.
