@@ -128,6 +128,15 @@ fn flap(lock: &str, args: &[&str]) {
     for c in s.cast.iter_mut() {
         assert!(c.signal(libc::SIGTERM), "{} is gone", c.identity());
     }
+    if args.contains(&"--ignore-term") {
+        // A wrapper waits for a command that ignores the SIGTERM it forwarded, as an init does
+        // (README): the operator kills what still runs, a command started by a hand-over that
+        // was under way included.
+        wait_until(T, "every wrapper gone", || {
+            common::candidate::kill_logged_test_children(&s.log, None);
+            s.cast.iter_mut().all(|c| !c.is_running())
+        });
+    }
     for c in s.cast.iter_mut() {
         let st = c.expect_exit(T);
         assert!(st.code().is_some(), "{} died by a signal", c.identity());

@@ -330,7 +330,9 @@ impl Candidate {
 }
 
 /// SIGKILL every test child that logged a `start` to `log` (of `identity`, or anyone) and is
-/// still alive. Uses a pidfd and checks the command line, so a recycled pid is never hit.
+/// still alive. Uses a pidfd and checks the process is a test child writing to `log`, so a
+/// recycled pid is never hit, not even one now another test's child (tests run side by side,
+/// and flapping health checks fork fast enough to wrap the pids around within a test).
 pub fn kill_logged_test_children(log: &Path, identity: Option<&str>) {
     let mut pids: Vec<u32> = read_records(log)
         .into_iter()
@@ -340,14 +342,17 @@ pub fn kill_logged_test_children(log: &Path, identity: Option<&str>) {
     pids.sort();
     pids.dedup();
     for pid in pids {
-        kill_if_test_child(pid);
+        kill_if_test_child(pid, log);
     }
 }
 
-/// SIGKILL `pid` if it is (still) a test child (`eae-test-child`); anything else is left alone.
-pub fn kill_if_test_child(pid: u32) {
-    // SAFETY: plain syscalls on a pidfd we own; the command line check (made after opening the
-    // pidfd, which pins the process) keeps a recycled pid from being hit.
+/// SIGKILL `pid` if it is (still) a test child (`eae-test-child`) writing its records to `log`;
+/// anything else is left alone.
+fn kill_if_test_child(pid: u32, log: &Path) {
+    let mut ours = b"EAE_TEST_LOG=".to_vec();
+    ours.extend_from_slice(log.as_os_str().as_encoded_bytes());
+    // SAFETY: plain syscalls on a pidfd we own; the command line and environment checks (made
+    // after opening the pidfd, which pins the process) keep a recycled pid from being hit.
     unsafe {
         let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
         if fd < 0 {
@@ -360,7 +365,9 @@ pub fn kill_if_test_child(pid: u32) {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        if String::from_utf8_lossy(&cmdline).contains(&name) {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let logs_here = environ.split(|&b| b == 0).any(|e| e == ours.as_slice());
+        if String::from_utf8_lossy(&cmdline).contains(&name) && logs_here {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 fd,
