@@ -36,12 +36,14 @@ const LEADER: &str = "r-lead";
 const WAITER: &str = "r-wait";
 
 /// What a resident may hold at the end above its first sample after the warm-up, whatever the
-/// run's length: a leak of one per renewal or reconnection passes these within minutes.
-/// Descriptors: a resident at rest holds a dozen (its stdio, the runtime's epolls, eventfd and
-/// timerfd, its etcd connection, its guardian's pipe and pidfd, its command's pidfd while it
-/// leads); a sample may catch one more of a kind at a time (a connection being made beside the
-/// one a freeze broke): 4 is two such moments at once, twice over.
-const SPARE_FDS: u64 = 4;
+/// run's length: a leak of one per renewal passes these within the short soak's 20 s, one per
+/// reconnection within the long soak's first minutes.
+/// Descriptors: a resident holds a dozen (its stdio, the runtime's epolls, eventfd and timerfd,
+/// its etcd connection, its guardian's pipe and pidfd, its command's pidfd while it leads), the
+/// same number from its first second to its last in every run so far. A moment's one more (a
+/// connection being made beside the one a freeze broke) is gone by the next sample, so it
+/// cannot be in all of the last ones; 2 is for something opened once, late, beside its rest.
+const SPARE_FDS: u64 = 2;
 /// Threads: its five (main, log writer, signals, alarm, election), none started per event; 2
 /// covers a short-lived one caught at the end, twice over.
 const SPARE_THREADS: u64 = 2;
@@ -102,8 +104,8 @@ impl std::fmt::Display for Verdict {
 impl Residents {
     /// Starts the leader, waits for its command, then the waiter, queued behind it. Sampling
     /// begins: every `duration`/30 (at least 0.5 s, at most 10 s), the baseline the first sample
-    /// after a warm-up of `duration`/5 (at most a minute: the first renewals, freezes and rejoins
-    /// have run every code path once by then).
+    /// after a warm-up of `duration`/10, at most a minute (their connection made, their watches
+    /// set, their first renewal at most a few seconds away).
     pub fn start(etcd: &Etcd, dir: &Path, duration: Duration) -> Residents {
         let log = dir.join("residents.log");
         let mon = Monitor::start(&log);
@@ -138,7 +140,7 @@ impl Residents {
             waiter: resident("waiter", waiter),
             mon,
             t0,
-            warmup: (duration / 5).min(Duration::from_secs(60)),
+            warmup: (duration / 10).min(Duration::from_secs(60)),
             every,
             next: t0,
         }
