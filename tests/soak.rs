@@ -444,6 +444,21 @@ impl World {
         }
     }
 
+    /// Freezes etcd: mostly briefly, sometimes past the renew deadline, rarely past the TTL.
+    fn freeze(&mut self, rng: &mut Rng) {
+        let d = match rng.below(6) {
+            0 => rng.range_ms(2_000, 4_000),
+            1 | 2 => rng.range_ms(800, 2_000),
+            _ => rng.range_ms(100, 800),
+        };
+        self.act(format!("pause etcd for {d:?}"));
+        self.etcd.pause();
+        self.watch(d);
+        self.etcd.resume();
+        self.act("resume etcd".into());
+        self.stats.freezes += 1;
+    }
+
     fn step(&mut self, rng: &mut Rng, actors: bool) {
         match rng.below(if actors { 22 } else { 16 }) {
             0..=2 => {
@@ -496,20 +511,10 @@ impl World {
                     self.act(line);
                 }
             }
-            13 => {
-                // Mostly short, sometimes past the renew deadline, rarely past the TTL.
-                let d = match rng.below(6) {
-                    0 => rng.range_ms(2_000, 4_000),
-                    1 | 2 => rng.range_ms(800, 2_000),
-                    _ => rng.range_ms(100, 800),
-                };
-                self.act(format!("pause etcd for {d:?}"));
-                self.etcd.pause();
-                self.watch(d);
-                self.etcd.resume();
-                self.act("resume etcd".into());
-                self.stats.freezes += 1;
-            }
+            13 => self.freeze(rng),
+            // Paced for an hour, the long soak freezes etcd three times as often: each freeze
+            // makes every wrapper's connection again, the residents' too.
+            14 | 15 if actors => self.freeze(rng),
             16 | 17 => {
                 let dead = self.dead();
                 if let Some(i) = rng.pick(&dead) {

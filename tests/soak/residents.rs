@@ -44,14 +44,13 @@ const WAITER: &str = "r-wait";
 /// connection being made beside the one a freeze broke) is gone by the next sample, so it
 /// cannot be in all of the last ones; 2 is for something opened once, late, beside its rest.
 const SPARE_FDS: u64 = 2;
-/// Threads: its five (main, log writer, signals, alarm, election), none started per event; 2
-/// covers a short-lived one caught at the end, twice over.
+/// Threads: its five (main, log writer, signals, alarm, election) from first to last, none
+/// started per event; 2 is for one started once, late, twice over.
 const SPARE_THREADS: u64 = 2;
-/// Memory: a resident's own (anonymous) memory is about 0.6 MiB at rest and the rest of its
-/// `VmRSS` is its mapped binary (BENCHMARKS.md); growth by paging in code first run late (the
-/// first freeze, the first rejoin) and by the allocator keeping what a burst freed is a fraction
-/// of that. 2 MiB more than the baseline is three times all its private memory: only a leak grows
-/// that far.
+/// Memory: of a resident's 4 MiB of `VmRSS`, 0.7 to 0.8 MiB is its own (`RssAnon`), the rest
+/// its mapped binary and libc; code first run late (the first freeze, the first long one) and the
+/// allocator keeping what a burst freed add tens of KiB (+20 and +28 KiB in 5 minutes). 2 MiB
+/// more than the baseline is over twice all its private memory: only a leak grows that far.
 const SPARE_RSS_KIB: u64 = 2048;
 /// "At the end" is the least of the last samples: a leak never shrinks, a moment's peak (a
 /// connection being replaced as the sample is taken) does.
