@@ -7,7 +7,7 @@
 mod common;
 
 use common::etcd::{Cluster, Etcd};
-use common::invariant::Monitor;
+use common::invariant::{compute_overlaps, Monitor, Proc};
 use common::proxy::{Mode, Proxy};
 use common::records::{child_bin, monotonic_ns, read_records, Kind};
 use common::{wait_until, TempDir};
@@ -97,6 +97,62 @@ fn overlapping_children_are_reported() {
         .expect_err("assert_no_overlap must panic on an overlap");
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("overlap") && msg.contains("a(pid"), "{msg}");
+}
+
+/// The sweep behind `compute_overlaps` lists exactly the pairs, spans and order a scan of every
+/// pair lists: on random intervals, some still running, some ending before they start, some of
+/// one identity.
+#[test]
+fn overlaps_by_sweep_are_those_of_every_pair() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut found, now) = (0, 1_000);
+    for _ in 0..200 {
+        let procs: Vec<Proc> = (0..next(30))
+            .map(|pid| {
+                let start_ns = next(900);
+                let end = (next(5) != 0)
+                    .then(|| start_ns + next(120))
+                    .map(|e| e - next(2) * e / 2);
+                Proc {
+                    identity: format!("id{}", next(4)),
+                    pid: pid as u32,
+                    start_ns,
+                    stop_ns: end.filter(|_| next(2) == 0),
+                    term_ns: Vec::new(),
+                    death_ns: end,
+                }
+            })
+            .collect();
+        let mut pairs = Vec::new();
+        for (i, a) in procs.iter().enumerate() {
+            for b in &procs[i + 1..] {
+                let (ae, be) = (a.end_ns(), b.end_ns());
+                let span = (
+                    a.start_ns.max(b.start_ns),
+                    ae.unwrap_or(now).min(be.unwrap_or(now)),
+                );
+                if a.identity != b.identity && span.0 < span.1 {
+                    pairs.push((a.pid, b.pid, span, ae.is_none() || be.is_none()));
+                }
+            }
+        }
+        let swept: Vec<_> = compute_overlaps(&procs, now)
+            .iter()
+            .map(|o| (o.a_pid, o.b_pid, (o.start_ns, o.end_ns), o.ongoing))
+            .collect();
+        assert_eq!(swept, pairs, "{procs:#?}");
+        found += pairs.len();
+    }
+    assert!(
+        found > 100,
+        "the random intervals overlap too seldom: {found}"
+    );
 }
 
 #[test]

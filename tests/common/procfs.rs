@@ -61,3 +61,29 @@ pub fn alive_with_cmdline(prefix: &str) -> Vec<u32> {
         .map(|p| p.pid)
         .collect()
 }
+
+/// What a long-lived process holds: its resident memory, open descriptors and threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// `VmRSS` of `/proc/PID/status`.
+    pub rss_kib: u64,
+    /// Entries of `/proc/PID/fd`.
+    pub fds: u64,
+    /// `Threads` of `/proc/PID/status`.
+    pub threads: u64,
+}
+
+/// The footprint of `pid`; `None` once it is gone (a zombie has no `VmRSS`).
+pub fn footprint(pid: u32) -> Option<Footprint> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+        line.trim().trim_end_matches("kB").trim().parse().ok()
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some(Footprint {
+        rss_kib: field("VmRSS:")?,
+        fds,
+        threads: field("Threads:")?,
+    })
+}
