@@ -136,9 +136,9 @@ impl Stop {
 /// What a candidate's lease is kept alive for, which sets how often and how carefully.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Queued behind others: the lease only keeps our place. Its renewals are not confirmed and
-    /// do not count towards a renew deadline (they cost etcd one keep-alive each, less than an
-    /// `etcdctl lock` waiter's).
+    /// Queued behind others: the lease only keeps our place. Its keep-alives are not confirmed
+    /// and do not count towards a renew deadline, but for one in `WAITER_CONFIRMS_ONE_IN`, which
+    /// is (they cost etcd less than an `etcdctl lock` waiter's).
     Waiting,
     /// Next in line (our predecessor holds the record, or nobody is queued ahead of us, or we
     /// force): we may be handed the lock at any moment, and start at once only with a counted
@@ -156,9 +156,9 @@ impl Role {
 
 /// A waiter confirms one keep-alive in this many (a linearizable read, as a renewal that counts
 /// does): one talking to a member whose raft loop stalled, which answers keep-alives but not
-/// reads (etcd-io/etcd#15247), learns it within one and a half TTLs, moves to another member and
-/// keeps (or takes again) its place. Every other one would cost a fleet 1.10 times `etcdctl
-/// lock`'s requests; every one, 1.4 times.
+/// reads (etcd-io/etcd#15247), learns it within 1.75 TTLs (1.5 to its next read, and that read's
+/// `renewal_bound`), moves to another member and keeps (or takes again) its place. Every other
+/// one would cost a fleet 1.10 times `etcdctl lock`'s requests; every one, 1.4 times.
 pub const WAITER_CONFIRMS_ONE_IN: u32 = 3;
 
 /// How often the lease is renewed, from the send of the last renewal.

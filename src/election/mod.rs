@@ -46,8 +46,8 @@
 //!    of the leader and of the candidate next in line is confirmed by a linearizable read of our
 //!    key (and, leading, of the record). A member that answers keep-alives with a stalled raft
 //!    loop (etcd-io/etcd#15247) cannot answer that read. The others' keep-alives only keep their
-//!    place, and count for nothing: a candidate elected from there starts with its first
-//!    confirmed renewal.
+//!    place, and count for nothing but for one in three, confirmed the same way: a candidate
+//!    elected from there starts with its first confirmed renewal unless one is recent enough.
 
 use std::collections::BTreeSet;
 use std::rc::Rc;

@@ -231,7 +231,8 @@ impl Keeper {
     /// After a keep-alive sent at `sent` was answered (the lease reset to `ttl`): a renewal of a
     /// role that counts is confirmed, then reported (`main` counts it), and so is a waiter's
     /// every `WAITER_CONFIRMS_ONE_IN`th; the others are reported as only keeping our place.
-    /// Returns whether it was confirmed.
+    /// Returns whether it was checked by a read, counted or not: one that did not count (our key
+    /// or the record gone) is not retried at once, as the campaign or `leading` ends on that.
     async fn settle(&self, etcd: &Etcd, role: Role, sent: Boot, ttl: i64) -> Result<bool> {
         let bare = self.bare.get() + 1;
         if !role.counts() && bare < WAITER_CONFIRMS_ONE_IN {
