@@ -450,10 +450,13 @@ impl Wrapper {
         use election::Event as E;
         match e {
             E::Renewed { sent, ttl } => self.on_renewed(state, sent, ttl),
-            E::KeptAlive { sent } => {
+            // One sent while waiting and answered once leading must not pass for a renewal on
+            // `/healthz`: the command runs on counted renewals only.
+            E::KeptAlive { sent } if matches!(state, State::Awaiting | State::Aside { .. }) => {
                 self.status_renewed(sent);
                 state
             }
+            E::KeptAlive { .. } => state,
             E::Failed { renewal, failure } => {
                 self.on_failed(&failure);
                 self.status.etcd_failed(failure, renewal);
@@ -510,6 +513,10 @@ impl Wrapper {
         if self.renewal.is_none_or(|last| sent > last.sent) {
             self.renewal = Some(Renewal { sent, ttl });
         }
+        // The pace is the lease's held, which may not be the one configured (etcd raised it, or
+        // adopted from a previous life).
+        let overdue = timing::renewal_overdue(ttl, self.cfg.renew_deadline);
+        self.status.update(|s| s.renewal_overdue = overdue);
         self.status_renewed(sent);
         match (state, self.pending.take()) {
             (State::Awaiting, Some((key, revision, lease))) => self.lead(key, revision, lease),

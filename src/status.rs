@@ -40,7 +40,7 @@ pub struct Snapshot {
     pub identity: String,
     pub lock: String,
     /// How long a leader may go without a counted renewal before `/healthz` says so (see
-    /// `timing::renewal_overdue`).
+    /// `timing::renewal_overdue`), for the TTL of the last one.
     pub renewal_overdue: Duration,
     pub retry_period: Duration,
     pub phase: Phase,
