@@ -53,9 +53,10 @@ const RENEW: &str = "2s";
 const RETRY: &str = "250ms";
 const LOCK: &str = "eae-soak";
 /// How long a command runs while the churn lasts, in ms: most as long as a short batch job, one
-/// in [`LONG_ODDS`] long enough for renewals, freezes and cuts to meet its leader.
+/// in [`LONG_ODDS`] long enough for renewals, freezes and cuts to meet its leader, and for a twin
+/// to be refused while it lives.
 const SHORT_RUN_MS: (u64, u64) = (50, 600);
-const LONG_RUN_MS: (u64, u64) = (1_000, 5_000);
+const LONG_RUN_MS: (u64, u64) = (2_000, 6_000);
 const LONG_ODDS: u64 = 8;
 /// How long an exited wrapper is kept for a failure's dump. Longer than its guardian can outlive
 /// it (a TTL): dropping it SIGKILLs its process group.
@@ -172,8 +173,9 @@ struct World {
     reaper: Reaper,
     actions: Vec<String>,
     stats: Stats,
-    /// The lives (`s1.3`) whose command ends on its own.
+    /// The lives (`s1.3`) whose command ends on its own, and those of them that run long.
     finite_lives: HashSet<String>,
+    long_lives: HashSet<String>,
     /// Everything is being healed: lives started now run until stopped.
     healing: bool,
     etcd: Etcd,
@@ -250,6 +252,7 @@ impl World {
         }
         self.finite_lives.insert(child_id.to_string());
         let (lo, hi) = if rng.below(LONG_ODDS) == 0 {
+            self.long_lives.insert(child_id.to_string());
             LONG_RUN_MS
         } else {
             SHORT_RUN_MS
@@ -558,7 +561,14 @@ impl World {
                     .into_iter()
                     .filter(|&i| self.slots[i].proxy.mode() == Mode::Pass)
                     .collect();
-                if let Some(i) = rng.pick(&passing) {
+                // Preferably the twin of a life that runs long: it lives on while the twin looks
+                // (seconds), so the twin owes a refusal.
+                let long: Vec<usize> = passing
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.long_lives.contains(&self.slots[i].life))
+                    .collect();
+                if let Some(i) = rng.pick(&long).or_else(|| rng.pick(&passing)) {
                     if self.twin(i, self.stats.twins, rng) {
                         self.stats.twins_refused += 1;
                     }
@@ -674,6 +684,7 @@ fn soak(duration: Duration, mix: &Mix) -> serde_json::Value {
         actions: Vec::new(),
         stats: Stats::default(),
         finite_lives: HashSet::new(),
+        long_lives: HashSet::new(),
         healing: false,
         etcd,
         log,
