@@ -12,7 +12,7 @@
 #   scripts/install-deps.sh            # build, test and demo (`make test`, `make demo`)
 #   scripts/install-deps.sh --release  # + the x86_64 musl target (`make release`)
 #   scripts/install-deps.sh --image    # + an OCI image builder (`make image-check`)
-#   scripts/install-deps.sh --bench    # + hyperfine, matplotlib (`make bench`)
+#   scripts/install-deps.sh --bench    # + hyperfine, matplotlib (optional) (`make bench`)
 #   scripts/install-deps.sh --aarch64  # + the aarch64 cross toolchain (`make release-aarch64`)
 #   scripts/install-deps.sh --armv7    # + the armv7 cross toolchain (`make release-armv7`)
 #   scripts/install-deps.sh --dist     # --release --aarch64 --armv7, and the image builder
@@ -38,7 +38,7 @@
 #   image       buildah builds a FROM scratch image (private storage) -> buildah
 #   hyperfine   hyperfine --version                -> hyperfine
 #   matplotlib  python3 draws a PNG with matplotlib (Agg) from target/pydeps
-#                                                  -> pip: matplotlib, python3-pip
+#               (optional: `make bench` reports without pictures) -> pip: matplotlib, python3-pip
 #   aarch64     aarch64-linux-gnu-gcc compiles C with <assert.h>; rustc links a
 #               static aarch64 hello world         -> gcc-aarch64-linux-gnu,
 #                                                     libc6-dev-arm64-cross, rustup target
@@ -455,10 +455,12 @@ plt.plot([0, 1]); plt.savefig(io.BytesIO(), format="png")' 2>&1)" ||
 pkgs_matplotlib() {
     python3 -m pip --version >/dev/null 2>&1 || echo python3-pip
 }
+# Optional: without it `make bench` runs all the same and its report says why it has no
+# pictures (pip needs the package index, which an offline machine does not reach).
 fix_matplotlib() {
     log "installing matplotlib into $PYDEPS"
     PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
-        --target "$PYDEPS" matplotlib
+        --target "$PYDEPS" matplotlib || log "pip could not install matplotlib"
 }
 how_matplotlib() { echo "python3 -m pip install --target target/pydeps matplotlib"; }
 
@@ -479,7 +481,7 @@ elif [ "$WANT_DIST" -eq 1 ]; then
     # `make dist` builds the image only where an image builder works.
     OPTIONAL+=(image)
 fi
-[ "$WANT_BENCH" -eq 1 ] && REQUIRED+=(hyperfine matplotlib)
+[ "$WANT_BENCH" -eq 1 ] && REQUIRED+=(hyperfine) && OPTIONAL+=(matplotlib)
 [ "$WANT_AARCH64" -eq 1 ] && REQUIRED+=(aarch64) && OPTIONAL+=(qemu_aarch64)
 [ "$WANT_ARMV7" -eq 1 ] && REQUIRED+=(armv7) && OPTIONAL+=(qemu_armv7)
 [ "$WANT_DIST" -eq 1 ] && REQUIRED+=(dist_tools)

@@ -95,11 +95,13 @@ def main():
         only |= {"fleet-one", "fleet-many"}
     if only - set(SCENARIOS) - {"fleet"}:
         ap.error(f"--only: no scenario {', '.join(sorted(only - set(SCENARIOS) - {'fleet'}))}")
-    plots.require()
+    no_plots = plots.missing()
+    if no_plots:
+        log(f"no pictures: {no_plots}")
     if args.report_only:
         with open(RESULTS) as f:
             saved = json.load(f)
-        write(args.out, saved["results"], saved["meta"])
+        write(args.out, saved["results"], saved["meta"], no_plots)
         return
 
     etcds = []
@@ -265,14 +267,16 @@ def main():
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump({"meta": meta, "results": R}, f, indent=1, default=str)
-    write(args.out, R, meta)
+    write(args.out, R, meta, no_plots)
 
 
-def write(out, R, meta):
-    """BENCHMARKS.md and, beside it, its plots."""
+def write(out, R, meta, no_plots):
+    """BENCHMARKS.md and, beside it, its plots (unless `no_plots` says why they cannot be
+    drawn)."""
     here = os.path.dirname(os.path.abspath(out))
-    drawn = plots.draw(os.path.join(here, PLOTS_DIR), R)
+    drawn = [] if no_plots else plots.draw(os.path.join(here, PLOTS_DIR), R)
     for _, path in drawn:
         log(f"drew {path}")
-    report(out, R, dict(meta, plots=[(c, os.path.relpath(p, here)) for c, p in drawn]))
+    report(out, R, dict(meta, plots=[(c, os.path.relpath(p, here)) for c, p in drawn],
+                        no_plots=no_plots))
     log(f"wrote {out}")

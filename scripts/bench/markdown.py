@@ -52,8 +52,10 @@ def write_report(path, R, meta):
     w("")
 
     pics = meta.get("plots", [])
-    if pics:
+    if pics or meta.get("no_plots"):
         w("## Pictures\n")
+        if meta.get("no_plots"):
+            w(f"Not drawn in this run: {meta['no_plots']}.\n")
         for alt, rel in pics:
             w(f"![{alt}]({rel})\n")
     w("## Method\n")

@@ -12,17 +12,19 @@ TOOLS = (("ours", "etcd-await-election", "tab:blue"), ("etcdctl", "etcdctl lock"
 STORAGE_STYLE = {"tmpfs": "-", "disk": "--"}
 
 
-def require():
-    """Import matplotlib now, before anything runs, or end the run saying how to get it."""
+def missing():
+    """Import matplotlib now, before anything runs: None if it can draw, else why not (the run
+    goes on without pictures, and the report says so: an offline machine cannot install it)."""
     if PYDEPS not in sys.path:
         sys.path.insert(0, PYDEPS)
     os.environ["MPLBACKEND"] = "Agg"
     try:
         import matplotlib.pyplot  # noqa: F401
     except ImportError as e:
-        sys.exit(f"bench: cannot import matplotlib ({e}); the plots need it: run "
-                 "scripts/install-deps.sh --bench (it runs python3 -m pip install --target "
-                 "target/pydeps matplotlib)")
+        return (f"matplotlib cannot be imported ({e}); scripts/install-deps.sh --bench installs "
+                "it (python3 -m pip install --target target/pydeps matplotlib), which needs the "
+                "package index")
+    return None
 
 
 def draw(outdir, R):
