@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from . import __doc__ as USAGE
-from . import failover, fleet, footprint, handover, observe, plots
+from . import failover, fleet, footprint, handover, observe, plots, soakreport
 from .base import CHILD, EAE, ETCD, ETCDCTL, MUSL, ROOT, log
 from .candidates import Bench
 from .etcd import Etcd
@@ -272,11 +272,11 @@ def main():
 
 def write(out, R, meta, no_plots):
     """BENCHMARKS.md and, beside it, its plots (unless `no_plots` says why they cannot be
-    drawn)."""
+    drawn); the soak's results are read as they are now."""
     here = os.path.dirname(os.path.abspath(out))
     drawn = [] if no_plots else plots.draw(os.path.join(here, PLOTS_DIR), R)
     for _, path in drawn:
         log(f"drew {path}")
     report(out, R, dict(meta, plots=[(c, os.path.relpath(p, here)) for c, p in drawn],
-                        no_plots=no_plots))
+                        no_plots=no_plots, soak=soakreport.load()))
     log(f"wrote {out}")

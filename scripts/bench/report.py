@@ -1,6 +1,7 @@
 """From the raw results to the summary rows, detail rows and explanatory sections of
 BENCHMARKS.md: every figure's reading, target and verdict."""
 
+from . import soakreport
 from .base import stats
 from .markdown import kib_mib, ratio, verdict, write_report
 
@@ -385,6 +386,10 @@ lock, the others hold none. `command` is `eae-test-child` (same for both).
     good = [(k, f) for k, f in fleets if ok(f)]
     if good:
         sections.append(("Fleets", fleet_section(good)))
+
+    # --- soak
+    summary.append(soakreport.summary_row(meta["soak"]))
+    sections.append(("Soak", soakreport.section(meta["soak"])))
 
     if ok(io) and ok(ip):
         sections.append(("Idle requests", f"""
