@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from . import __doc__ as USAGE
-from . import failover, fleet, footprint, handover, observe, plots, soakreport
+from . import cost, failover, fleet, footprint, handover, observe, plots, soakreport
 from .base import CHILD, EAE, ETCD, ETCDCTL, MUSL, ROOT, log
 from .candidates import Bench
 from .etcd import Etcd
@@ -75,7 +75,7 @@ HANDOVERS = {
 }
 STORAGES = ("tmpfs", "disk")
 SCENARIOS = ("overhead", "launch", "handover", "sigterm", "switchover", "leader-watch", "memory",
-             "idle", "failover", "partition", "fleet-one", "fleet-many")
+             "cost", "failover", "partition", "fleet-one", "fleet-many")
 
 
 def main():
@@ -139,7 +139,8 @@ def main():
     N = {"handover": 6 if q else 40, "handover_chunks": 2 if q else 4,
          "sigterm_peer": 2 if q else 5, "failover": 3 if q else 12,
          "failover_peer": 2 if q else 6, "partition": 2 if q else 5, "partition_peer": 1 if q else 3,
-         "launch": 5 if q else 20, "idle_window": 5 if q else 20, "hyperfine_runs": 100 if q else 500,
+         "launch": 5 if q else 20, "cost_window": 30 if q else 120,
+         "hyperfine_runs": 100 if q else 500,
          "switchover": 3 if q else 12, "switchover_peer": 1 if q else 3,
          "leader_watch": 5 if q else 30,
          "fleet_one": 100 if q else 1000, "fleet_locks": 20 if q else 200, "fleet_per_lock": 5,
@@ -222,11 +223,18 @@ def main():
             for tool in ("ours", "etcdctl"):
                 R[f"memory_{tool}"] = run(f"memory_{tool}", f"memory: {tool}", footprint.memory,
                                           T, tool)
-        if want("idle"):
-            # defaults: ours TTL 15 s / renew deadline 10 s; etcdctl lock --ttl=10
-            for tool in ("ours", "etcdctl"):
-                R[f"idle_{tool}"] = run(f"idle_{tool}", f"idle requests: {tool}",
-                                        footprint.idle_requests, T, tool, None, N["idle_window"])
+        if want("cost"):
+            started = []
+
+            def cost_etcd(name):
+                started.append(start_etcd("tmpfs", name))
+                return started[-1]
+
+            R["cost"] = run("cost", "what a lock costs etcd, by role (ours and etcdctl lock, "
+                            f"TTL {cost.TTL} s, {N['cost_window']} s window)", cost.cost, workdir,
+                            cost_etcd, notes, N["cost_window"])
+            for e in started:
+                stop_etcd(e)
         if want("failover"):
             R["failover_ours"] = run("failover_ours", "failover after SIGKILL: ours",
                                      failover.failover, T, "ours", N["failover"])

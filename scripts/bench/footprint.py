@@ -1,5 +1,5 @@
-"""What one wrapper costs: launch to command start, memory, etcd requests while it waits, and
-the exec overhead when no election is configured."""
+"""What one wrapper costs the host: launch to command start, memory, and the exec overhead when
+no election is configured (what it costs etcd: cost)."""
 
 import json
 import os
@@ -10,7 +10,6 @@ import time
 
 from .base import CHILD, EAE, MS, MUSL, now_ns
 from .childlog import ChildLog
-from .etcd import b64, delta
 from .procs import PROCS, children_of, kill_child_pid, proc_status, stop_proc
 
 
@@ -58,35 +57,6 @@ def memory(bench, tool):
         kill_child_pid(rb[2], signal.SIGTERM)
     stop_proc(b)
     return res
-
-
-def idle_requests(bench, tool, ttl, window):
-    lock = bench.lockname(f"idle-{tool}")
-    cl = ChildLog(os.path.join(bench.work, f"{lock}.records"))
-    # A leader that costs etcd nothing: a candidate key of the layout the wrappers count
-    # (`LOCK/<hex of its own lease>`) on a long lease nobody renews during the window.
-    lease = int(bench.etcd.post("/v3/lease/grant", {"TTL": 3600})["ID"])
-    holder = f"{lock}/{lease:x}"
-    bench.etcd.post("/v3/kv/put", {"key": b64(holder), "value": b64("placeholder-leader"),
-                                  "lease": str(lease)})
-    base = bench.settle_watchers(0.1)
-    w = bench.launch(tool, "w", lock, cl, ttl=ttl)
-    if not bench.wait_queued(lock, 2, base):
-        raise RuntimeError(f"{tool}: idle waiter never queued")
-    time.sleep(1.0)
-    m0 = bench.etcd.metrics()
-    t0 = time.monotonic()
-    time.sleep(window)
-    m1 = bench.etcd.metrics()
-    el = time.monotonic() - t0
-    stop_proc(w)
-    bench.etcd.post("/v3/lease/revoke", {"ID": str(lease)})
-    got = delta(m1, m0)
-    return {"window_s": el, "ttl": ttl,
-            "per_min": {k: v * 60 / el for k, v in got.items()},
-            "stream_opens": delta(m1, m0, "grpc_server_started_total",
-                                  skip=("Range", "Txn", "Put", "DeleteRange",
-                                        "LeaseGrant", "LeaseRevoke", "LeaseTimeToLive"))}
 
 
 def overhead(bench, runs):

@@ -67,7 +67,9 @@ def write_report(path, R, meta):
   `LOCK/` and etcd's watcher gauge `etcd_debugging_mvcc_watcher_total` went up by one); the
   script SIGTERMs the leader's *command* (it writes `stop` and exits 143); figure = next
   command's `start` − old command's `stop`. A fresh candidate joins for every round.
-  Ours with defaults (TTL 15 s, legacy lock on); `etcdctl lock` with its default `--ttl=10`.
+  Ours with defaults (TTL 15 s, legacy lock on); `etcdctl lock` with its default `--ttl=10`
+  (the lease's TTL plays no part in a planned handover; where the figure is a cost, below, the
+  peer runs at our TTL).
   Each handover scenario runs twice, against two etcds: one with its data dir on tmpfs
   (`/dev/shm`: a raft commit's fsync costs nothing) and one with it on disk (the work dir:
   each commit on the path pays a flush, as in production). The rounds run in chunks taken in
@@ -101,10 +103,12 @@ def write_report(path, R, meta):
   a waiter queued behind a leader; the leading wrapper's guardian (a `fork` of the wrapper
   that only waits on a pipe) is reported separately: its `VmRSS` counts pages shared
   copy-on-write with the wrapper, `Pss` splits them.
-- **Idle requests**: a placeholder key without a lease holds the head of `LOCK/` (a leader that
-  costs etcd nothing); one candidate waits behind it; we diff etcd's
-  `grpc_server_msg_received_total` by `grpc_method` over the window (for unary methods one
-  message = one request; for streams, one message = one keep-alive or one watch create/cancel).
+- **What a lock costs etcd**: at the defaults (ours TTL 15 s, renew deadline 10 s;
+  `etcdctl lock --ttl 15`), a leader and its waiters queued one after another on one lock, for
+  each tool a lock of 1, of 2 and of 21 candidates, each on an etcd of its own (tmpfs), all six
+  measured at once over one window: `grpc_server_msg_received_total` deltas by `grpc_method` (for
+  unary methods one message = one request; for streams, one message = one keep-alive or one
+  watch create/cancel). The roles come from the differences between the locks (section below).
 - **Fleets**: 1000 of our candidates on one lock, and 200 locks with 5 candidates each, each
   fleet on an etcd of its own (fresh, data dir on disk), at the defaults (TTL 15 s, renew
   deadline 10 s). Started a few at a time (`IN_FLIGHT` in `fleet.py`; a candidate has joined once its key is in etcd),

@@ -1,7 +1,7 @@
 """From the raw results to the summary rows, detail rows and explanatory sections of
 BENCHMARKS.md: every figure's reading, target and verdict."""
 
-from . import soakreport
+from . import costreport, soakreport
 from .base import stats
 from .markdown import kib_mib, ratio, verdict, write_report
 
@@ -343,23 +343,14 @@ lock, the others hold none. `command` is `eae-test-child` (same for both).
                      else "–"),
                     "≤ 3 MiB", verdict(musl and musl["bytes"] <= 3 * 2**20) if musl else "–"])
 
-    # --- idle
-    io, ip = g("idle_ours"), g("idle_etcdctl")
-    if ok(io) and ok(ip):
-        def fmt_idle(x):
-            return ", ".join(f"{k} {v:.1f}" for k, v in sorted(x["per_min"].items())) or "none"
-        # A window that is not a multiple of the period catches one renewal more or less.
-        few_ka = io["per_min"].get("LeaseKeepAlive", 0) <= 12 + 60 / io["window_s"]
-        tot_o, tot_p = sum(io["per_min"].values()), sum(ip["per_min"].values())
-        summary.append([f"etcd requests per idle waiting candidate per minute "
-                        f"({io['window_s']:.0f} s window)",
-                        f"{fmt_idle(io)} (TTL 15 s, renew deadline 10 s)",
-                        f"{fmt_idle(ip)} (--ttl 10)",
-                        f"{tot_o / tot_p:.2f}×" if tot_p else "–",
-                        "≤ 12 keep-alives a minute", verdict(few_ka)])
-    else:
-        summary.append(["Idle requests per minute", failed("idle_ours"), failed("idle_etcdctl"),
-                        "–", "≤ 12 keep-alives a minute", "–"])
+    # --- what a lock costs etcd
+    c = g("cost")
+    if ok(c):
+        summary += costreport.summary_rows(c)
+        sections.append(("What a lock costs etcd", costreport.section(c)))
+    elif c is not None:
+        summary.append(["etcd messages a minute, 1 leader + 20 waiters on one lock",
+                        failed("cost"), failed("cost"), "–", "≤ 1.1 × etcdctl lock's", "–"])
 
     # --- fleets
     fleets = [(k, g(k)) for k in ("fleet_one", "fleet_many") if k in R]
@@ -391,18 +382,6 @@ lock, the others hold none. `command` is `eae-test-child` (same for both).
     summary.append(soakreport.summary_row(meta["soak"]))
     sections.append(("Soak", soakreport.section(meta["soak"])))
 
-    if ok(io) and ok(ip):
-        sections.append(("Idle requests", f"""
-Per minute, by gRPC method (`grpc_server_msg_received_total` deltas over
-{io['window_s']:.1f} s): ours {fmt_idle(io)}; etcdctl lock {fmt_idle(ip)}. A waiter of ours
-renews every min(TTL/3, renew deadline/2) = 5 s at the defaults (12 keep-alives a minute; a
-leader every min(TTL, renew deadline)/3 = 3.3 s), and each keep-alive counts only once a
-linearizable `Txn` read has confirmed our key (12 a minute): a member whose raft loop is stalled
-answers keep-alives but not reads (etcd-io/etcd#15247). `etcdctl lock` renews every TTL/3 = 3.3 s
-with its default TTL of 10 s (18 a minute). The watch is one long-lived stream that costs etcd
-nothing while idle (gRPC-level HTTP/2 pings, every 10 s for ours, are not requests).
-A window that is not a multiple of the period catches one renewal more or less: ±{60 / io['window_s']:.0f}/min.
-"""))
     if ok(pp) and ok(po):
         sections.append(("Partition", f"""
 Ours: the leader behind the blackholed proxy stops its command when no renewal succeeded for the
