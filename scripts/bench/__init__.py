@@ -5,10 +5,14 @@
 
 Starts throwaway single-node etcds on loopback (ports by the protocol of tests/common/ports.rs,
 --heartbeat-interval 100 --election-timeout 1000 so a 2 s lease TTL is allowed): one with its
-data dir on /dev/shm for every scenario, one on disk for the handovers again, and a fresh one on
-disk per fleet. Runs the scenarios against them with the release build of etcd-await-election
-and with etcd's own `etcdctl lock NAME CMD...`, and writes the figures to BENCHMARKS.md, its
-plots to benchmarks/ beside it, and the raw samples to target/bench/results.json.
+data dir on /dev/shm for every scenario, one on disk for the handovers again, six more on
+/dev/shm for what a lock costs etcd (one per tool and lock size: etcd counts requests per member)
+and a fresh one on disk per fleet. Runs the scenarios against them with the release build of
+etcd-await-election and with etcd's own `etcdctl lock NAME CMD...` (at our TTL wherever the
+figure is a cost), and writes the figures to BENCHMARKS.md, its plots to benchmarks/ beside it,
+and the raw samples to target/bench/results.json; a soak's results (target/bench/soak.json, left
+by `make soak`) are shown beside them, never produced here. --quick runs few rounds, small fleets
+and none of 5,000 candidates.
 
 Every command under test is `target/release/eae-test-child` (tests/support/child.rs): it
 appends `start|term|stop <identity> <pid> <CLOCK_MONOTONIC ns>` to $EAE_TEST_LOG, so handover
@@ -21,6 +25,8 @@ the TCP proxy) is stopped on exit, on an exception, on Ctrl-C and on SIGTERM/SIG
 
 Modules: base (paths, clock, statistics), ports, procs (what was started, /proc), etcd (the
 fixture and its metrics), childlog (the commands' records), proxy, candidates (launching and
-queueing), one module per scenario family (handover, failover, footprint, fleet, observe), report and
-markdown (BENCHMARKS.md), plots, cli (the run).
+queueing), headroom (what the machine has left for a fleet), one module per scenario family
+(handover, failover, footprint, cost, fleet, observe), report and markdown (BENCHMARKS.md) with a
+room per family that needs more than rows (costreport, fleetreport, soakreport), plots, cli (the
+run).
 """

@@ -75,24 +75,27 @@ HANDOVERS = {
 }
 STORAGES = ("tmpfs", "disk")
 SCENARIOS = ("overhead", "launch", "handover", "sigterm", "switchover", "leader-watch", "memory",
-             "cost", "failover", "partition", "fleet-one", "fleet-many")
+             "cost", "failover", "partition", "fleet-1k", "fleet-5k", "fleet-many")
+FLEET_SCENARIOS = {"fleet-1k", "fleet-5k", "fleet-many"}
 
 
 def main():
     ap = argparse.ArgumentParser(description=USAGE,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
-    ap.add_argument("--quick", action="store_true", help="few rounds, for trying the script")
+    ap.add_argument("--quick", action="store_true",
+                    help="few rounds and small fleets, no 5000-candidate fleets (unless --only "
+                    "names fleet-5k): for trying the script")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     ap.add_argument("--only", default="", help="comma-separated scenarios to run: "
-                    f"{', '.join(SCENARIOS)} (fleet = fleet-one, fleet-many)")
+                    f"{', '.join(SCENARIOS)} (fleet = {', '.join(sorted(FLEET_SCENARIOS))})")
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite --out (and its plots) from target/bench/results.json")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
     if "fleet" in only:
-        only |= {"fleet-one", "fleet-many"}
+        only |= FLEET_SCENARIOS - ({"fleet-5k"} if args.quick else set())
     if only - set(SCENARIOS) - {"fleet"}:
         ap.error(f"--only: no scenario {', '.join(sorted(only - set(SCENARIOS) - {'fleet'}))}")
     no_plots = plots.missing()
@@ -143,10 +146,18 @@ def main():
          "hyperfine_runs": 100 if q else 500,
          "switchover": 3 if q else 12, "switchover_peer": 1 if q else 3,
          "leader_watch": 5 if q else 30,
-         "fleet_one": 100 if q else 1000, "fleet_locks": 20 if q else 200, "fleet_per_lock": 5,
-         "fleet_handovers": 3 if q else 8, "fleet_window": 10 if q else 30}
+         "fleet_1k": 100 if q else 1000, "fleet_5k": 5000, "fleet_locks": 20 if q else 200,
+         "fleet_per_lock": 5, "fleet_handovers": 3 if q else 8,
+         # Whole multiples of every renewal period at TTL 15 s (5 s, 7.5 s; etcdctl's 5 s and a
+         # little): each periodic sender is counted whole, give or take its drift.
+         "fleet_window": 15 if q else 30,
+         # Start-up of one fleet, at most: a join costs etcd more the longer the queue (a
+         # 5,000 fleet of either tool would take 10 min and more here); the report says so.
+         "fleet_startup_s": 180}
 
     def want(x):
+        if x == "fleet-5k" and q and x not in only:
+            return False
         return not only or x in only
 
     workdir = tempfile.mkdtemp(prefix="eae-bench-")
@@ -246,15 +257,17 @@ def main():
             R["partition_etcdctl"] = run("partition_etcdctl", "partition: etcdctl",
                                          failover.partition, T, "etcdctl", N["partition_peer"])
         # Each fleet gets an etcd of its own (on disk, as in production): its CPU and memory
-        # are the fleet's alone.
-        for key, locks, per_lock in (("fleet-one", 1, N["fleet_one"]),
-                                     ("fleet-many", N["fleet_locks"], N["fleet_per_lock"])):
-            if want(key):
-                e = start_etcd("disk", key)
-                k = key.replace("-", "_")
-                R[k] = run(k, f"fleet: {locks} lock(s) x {per_lock} candidates", fleet.fleet,
-                           Bench(workdir, e, notes), locks, per_lock, N["fleet_handovers"],
-                           N["fleet_window"])
+        # are the fleet's alone. Ours and etcdctl lock's in turn, size by size.
+        for scenario, tool, locks, per_lock in (
+                ("fleet-1k", "ours", 1, N["fleet_1k"]), ("fleet-1k", "etcdctl", 1, N["fleet_1k"]),
+                ("fleet-5k", "ours", 1, N["fleet_5k"]), ("fleet-5k", "etcdctl", 1, N["fleet_5k"]),
+                ("fleet-many", "ours", N["fleet_locks"], N["fleet_per_lock"])):
+            if want(scenario):
+                k = f"{scenario.replace('-', '_')}_{tool}"
+                e = start_etcd("disk", k)
+                R[k] = run(k, f"fleet: {locks} lock(s) x {per_lock} candidates, {tool}",
+                           fleet.fleet, Bench(workdir, e, notes), tool, locks, per_lock,
+                           N["fleet_handovers"], N["fleet_window"], N["fleet_startup_s"])
                 stop_etcd(e)
         R["notes"] = {k: sorted(v) for k, v in notes.items()}
         R["sizes"] = {}

@@ -109,16 +109,22 @@ def write_report(path, R, meta):
   measured at once over one window: `grpc_server_msg_received_total` deltas by `grpc_method` (for
   unary methods one message = one request; for streams, one message = one keep-alive or one
   watch create/cancel). The roles come from the differences between the locks (section below).
-- **Fleets**: 1000 of our candidates on one lock, and 200 locks with 5 candidates each, each
-  fleet on an etcd of its own (fresh, data dir on disk), at the defaults (TTL 15 s, renew
-  deadline 10 s). Started a few at a time (`IN_FLIGHT` in `fleet.py`; a candidate has joined once its key is in etcd),
-  one candidate on every lock first; start-up = first launch until every key is in and every
-  waiter's watch is up. At rest (a window after start-up): etcd's CPU = its utime + stime from
-  `/proc/PID/stat` over the window; its `VmRSS`; requests per second = `grpc_server_msg_received_total`
-  deltas by method; the wrappers' memory = the sum of `VmRSS` and of `Pss` (smaps_rollup) over
-  every wrapper and the leaders' guardians. Then a few handovers (a lock's command is SIGTERMed;
-  successor's `start` − old `stop`). Exactly one command per lock is checked from the commands'
-  records after start-up and after every handover.
+- **Fleets**: 1,000 and 5,000 candidates on one lock, ours and `etcdctl lock` in turn, and 200
+  locks with 5 of ours each; each fleet on an etcd of its own (fresh, data dir on disk), at the
+  same lease TTL (ours at its defaults, TTL 15 s and renew deadline 10 s; `etcdctl lock --ttl 15`).
+  Started a few at a time (`IN_FLIGHT` in `fleet.py`; a candidate has joined once its key is in
+  etcd), one candidate on every lock first; a fleet stops growing where the machine would be
+  left with too few free threads or too little memory for its other users (`headroom.py`), and
+  says so. Start-up = first launch until every key is in and every waiter's watch is up. At rest
+  (a window after start-up, a whole multiple of the renewal periods): etcd's CPU = its utime +
+  stime from `/proc/PID/stat` over the window; its `VmRSS`; requests per second =
+  `grpc_server_msg_received_total` deltas by method; the candidates' CPU (utime + stime, summed:
+  the kernel samples it by clock tick, so only a sum over many is worth reading) and memory (sums
+  of `VmRSS` and of `Pss` from smaps_rollup) over every wrapper or `etcdctl` and the guardians of
+  ours. Then a few handovers (a lock's command is SIGTERMed; successor's `start` − old `stop`).
+  From the commands' records, never two commands of a lock run at once, and after start-up and
+  after every handover each lock has its one command running again (within 45 s: a hand-over
+  that does not go through leaves the successor to wait for the old lease).
 """)
 
     w("## Details\n")

@@ -111,6 +111,16 @@ def proc_status(pid):
     return out
 
 
+def cpu_s(pid):
+    """CPU time the process has used (utime + stime), in seconds; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children_of(pid):
     kids = []
     try:

@@ -1,7 +1,7 @@
 """From the raw results to the summary rows, detail rows and explanatory sections of
 BENCHMARKS.md: every figure's reading, target and verdict."""
 
-from . import costreport, soakreport
+from . import costreport, fleetreport, soakreport
 from .base import stats
 from .markdown import kib_mib, ratio, verdict, write_report
 
@@ -15,88 +15,6 @@ def ok(x):
 
 def err(x):
     return x.get("error") if isinstance(x, dict) else None
-
-
-def fmt_rate(f):
-    rq = f["rest_requests_per_s"]
-    return (", ".join(f"{k} {v:.0f}/s" for k, v in sorted(rq.items()))
-            + f" ({sum(rq.values()):.0f}/s in all)")
-
-
-def fleet_section(fleets):
-    """The fleets side by side, and what they say about a cluster's capacity."""
-    cols = [(f"{f['candidates']} on one lock" if f["locks"] == 1 else
-             f"{f['locks']} locks × {f['per_lock']}") for _, f in fleets]
-    F = [f for _, f in fleets]
-
-    def row(name, fn):
-        return f"| {name} | " + " | ".join(fn(f) for f in F) + " |"
-
-    def hs(f):
-        s = stats(f["handover_ms"])
-        return f"{s['p50']:.1f} / {s['p95']:.1f} / {s['max']:.1f} ms (n = {s['n']})"
-
-    def per_cand_min(f):
-        n = f["candidates"]
-        return ", ".join(f"{k} {v * 60 / n:.1f}" for k, v in sorted(f["rest_requests_per_s"].items()))
-
-    lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
-             row("start-up: all candidates joined (pace: a few joining at a time)",
-                 lambda f: f"{f['launch_s']:.1f} s, {f['in_flight']} at a time ({f['candidates'] / f['launch_s']:.0f}/s; "
-                           f"etcd used {f['launch_etcd_cpu_s']:.1f} s of CPU)"),
-             row("handover p50 / p95 / max (command exits → successor's start)", hs),
-             row("commands running per lock, after start-up and after each handover",
-                 lambda f: "exactly 1 (checked)"),
-             row("etcd CPU at rest (utime + stime over the window)",
-                 lambda f: f"{f['rest_etcd_cpu_pct']:.1f}% of one core "
-                           f"({f['rest_etcd_cpu_pct'] * 10 / f['candidates']:.3f}‰ per "
-                           "candidate)"),
-             row("etcd VmRSS: fresh → at rest",
-                 lambda f: f"{kib_mib(f['etcd_rss_kib_before'])} → "
-                           f"{kib_mib(f['etcd_rss_kib_rest'])}"),
-             row("etcd requests at rest", fmt_rate),
-             row("… per candidate per minute", per_cand_min),
-             row("wrappers (+ the leaders' guardians): processes, threads",
-                 lambda f: f"{f['wrappers']['processes']}, {f['wrappers']['Threads']}"),
-             row("wrappers' total VmRSS / Pss",
-                 lambda f: f"{f['wrappers']['VmRSS'] / 2**20:.2f} GiB / "
-                           f"{f['wrappers']['Pss'] / 2**20:.2f} GiB"),
-             row("teardown (SIGTERM to all; each revokes its lease)",
-                 lambda f: f"{f['teardown_s']:.1f} s")]
-    big = max(F, key=lambda f: f["candidates"])
-    n = big["candidates"]
-    cpu = big["rest_etcd_cpu_pct"] / n  # % of a core per candidate
-    rps = sum(big["rest_requests_per_s"].values()) / n
-    mem = max(0, big["etcd_rss_kib_rest"] - big["etcd_rss_kib_before"]) / n
-    cap = 50 / cpu if cpu > 0 else float("inf")
-    return "\n".join(lines) + f"""
-
-**How many candidates a 3-member etcd cluster carries at the defaults.** At rest a waiting
-candidate sends etcd nothing but its keep-alives and, with each, one linearizable `Txn` read
-(this run: {rps * 60:.1f} requests a minute per candidate, all of them `LeaseKeepAlive` and
-`Txn`). Disk plays no part at rest (a
-keep-alive and a read write nothing), so the cost is CPU. In a 3-member cluster every
-`LeaseKeepAlive` is served by the raft leader (a follower forwards it), and every linearizable
-read needs a ReadIndex from the leader: one heartbeat round to a quorum, shared by all the reads
-pending at that moment, after which the member the client talks to serves the read itself. So
-the leader does all the keep-alive work, the ReadIndex rounds and its own clients' reads. Taking
-this run's single-member cost as the leader's cost per candidate ({big['rest_etcd_cpu_pct']:.1f}%
-of one core for {n}: {cpu * 10:.3f}‰ of a core each, on this loaded 2-core VM that also runs
-the wrappers, so rather an upper bound), one core of the leader saturates at about
-{2 * cap:,.0f} candidates, and keeping half of it free (for raft, compaction and other clients)
-a cluster carries about **{cap:,.0f} candidates** per leader core; if the
-ReadIndex round trips to the followers doubled the cost per read, about {cap / 2:,.0f}. Memory
-does not bind first: etcd grew by {mem:.0f} KiB per candidate (its lease, its key, its watches, its
-client connection and streams; {cap * mem / 2**20:.1f} GiB at {cap:,.0f}, spread over the
-members the clients connect to). Per candidate, the fleets above cost etcd
-{', '.join(f"{f['rest_etcd_cpu_pct'] * 10 / f['candidates']:.3f}‰" for f in F)} of a core
-({' and '.join(c for c in cols)}): at rest each candidate's requests are its own, whatever lock
-it waits on. What dominates is the keep-alive rate (and the read each waiter does with each):
-the estimate scales with its inverse. Assumptions: steady state (a mass
-restart costs joins: {big['launch_etcd_cpu_s'] / big['candidates'] * 1000:.1f} ms of etcd CPU per candidate here, a few raft
-commits each), clients spread over the members, and a network round trip well under the heartbeat
-interval.
-"""
 
 
 def report(out, R, meta):
@@ -353,30 +271,11 @@ lock, the others hold none. `command` is `eae-test-child` (same for both).
                         failed("cost"), failed("cost"), "–", "≤ 1.1 × etcdctl lock's", "–"])
 
     # --- fleets
-    fleets = [(k, g(k)) for k in ("fleet_one", "fleet_many") if k in R]
-    for k, f in fleets:
-        if not ok(f):
-            summary.append([f"Fleet ({k})", failed(k), "not run", "–", "–", "–"])
-            continue
-        what = (f"{f['candidates']} candidates on one lock" if f["locks"] == 1 else
-                f"{f['locks']} locks × {f['per_lock']} candidates")
-        hs = stats(f["handover_ms"])
-        rows.append((f"fleet: handover with {what} on one etcd", "ours", hs))
-        summary.append([f"Fleet, {what} (one etcd, on disk, defaults): handover p50 / p95; "
-                        "start-up of the fleet",
-                        f"{p50p95(hs)}; exactly one command per lock throughout (checked); all "
-                        f"started in {f['launch_s']:.1f} s", "not run", "–", "p50 ≤ 50 ms",
-                        verdict(hs and hs["p50"] <= 50)])
-        w = f["wrappers"]
-        summary.append([f"Fleet, {what}, at rest ({f['rest_window_s']:.0f} s): etcd's CPU and "
-                        "RSS, requests/s; the wrappers' memory",
-                        f"etcd {f['rest_etcd_cpu_pct']:.1f}% of a core, "
-                        f"{kib_mib(f['etcd_rss_kib_rest'])}; {fmt_rate(f)}; wrappers "
-                        f"{w['VmRSS'] / 2**20:.2f} GiB VmRSS, {w['Pss'] / 2**20:.2f} GiB Pss",
-                        "not run", "–", "–", "–"])
-    good = [(k, f) for k, f in fleets if ok(f)]
-    if good:
-        sections.append(("Fleets", fleet_section(good)))
+    summary += fleetreport.summary_rows(R)
+    rows += fleetreport.detail_rows(R)
+    fs = fleetreport.section(R)
+    if fs:
+        sections.append(("Fleets", fs))
 
     # --- soak
     summary.append(soakreport.summary_row(meta["soak"]))
