@@ -142,7 +142,7 @@ def main():
     N = {"handover": 6 if q else 40, "handover_chunks": 2 if q else 4,
          "sigterm_peer": 2 if q else 5, "failover": 3 if q else 12,
          "failover_peer": 2 if q else 6, "partition": 2 if q else 5, "partition_peer": 1 if q else 3,
-         "launch": 5 if q else 20, "cost_window": 30 if q else 120,
+         "launch": 5 if q else 20, "cost_window": 45 if q else 180,
          "hyperfine_runs": 100 if q else 500,
          "switchover": 3 if q else 12, "switchover_peer": 1 if q else 3,
          "leader_watch": 5 if q else 30,

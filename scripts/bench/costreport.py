@@ -92,8 +92,9 @@ def section(c):
     return "\n".join(lines) + f"""
 
 Each lock ran on an etcd of its own (etcd counts messages per member, not per client), all six
-at once over one {c['window_s']:.0f} s window (a whole multiple of every renewal period below, so
-each periodic sender is counted whole); `grpc_server_msg_received_total` deltas by `grpc_method`
+at once over one {c['window_s']:.0f} s window (a whole multiple of every period below, 22.5 s
+between a waiter's confirmed keep-alives included, so that each periodic sender of ours is
+counted whole); `grpc_server_msg_received_total` deltas by `grpc_method`
 (a unary request is one message, a keep-alive on the `LeaseKeepAlive` stream one message). The
 roles come from the differences: the leader is the lock of {one}, the waiter next in line the lock
 of {two} minus the lock of {one}, a waiter further back the lock of {big} minus the lock of {two},
@@ -102,17 +103,20 @@ over {big - two}. Ours adds up: {total(o['leader']):.1f} + {total(o['next']):.1f
 Streams opened during the window (a reconnection would show here):
 {'; '.join(reopened) if reopened else 'none'}.
 
-Why: a waiter of ours queued behind others only keeps its place, by a bare keep-alive every
-TTL/2 = 7.5 s (8 a minute, no read). The waiter next in line, which may be handed the lock at any
-moment, and the leader renew every min(TTL/3, renew deadline/2) = 5 s, and each renewal counts
-only once a linearizable `Txn` read has confirmed our key (12 + 12 a minute): a member whose raft
-loop is stalled answers keep-alives but not reads (etcd-io/etcd#15247). `etcdctl lock --ttl 15`
-keeps its session's lease alive every TTL/3 = 5 s, its leader and its waiters alike, with no read;
-Go's client schedules each keep-alive TTL/3 after the previous answer and sends it on its next
-500 ms send tick, so its period is a little over 5 s: {total(p['waiter']):.2f} a minute per waiter
-here. So per lock ours pays for two leader-pace renewals with their reads (the leader and the next
-in line) and saves a third of every other waiter's keep-alives: a lock of ours costs etcd less
-than `etcdctl lock`'s from {next_even(o, p)} candidates up, and more below that (a pair of
+Why: a waiter of ours queued behind others only keeps its place, with a keep-alive every TTL/2 =
+7.5 s, one in `WAITER_CONFIRMS_ONE_IN` (`src/timing.rs`) of them confirmed by a linearizable
+`Txn` read, so that one talking to a member whose raft loop is stalled (it answers keep-alives but
+not reads: etcd-io/etcd#15247) finds out and moves to another ({fmt(o['back'])} a minute
+measured). The waiter next in line, which may be handed the lock at any moment, and the leader
+renew every min(TTL/3, renew deadline/2) = 5 s, each renewal counted only once such a read has
+confirmed our key ({fmt(o['leader'])} a minute). `etcdctl lock --ttl 15` keeps its session's
+lease alive every TTL/3 = 5 s, its leader and its waiters alike, with no read; Go's client
+schedules each keep-alive TTL/3 after the previous answer and sends it on its next 500 ms send
+tick, so its period is a little over 5 s: {total(p['waiter']):.2f} a minute per waiter here. So
+per lock ours pays for two leader-pace renewals with their reads (the leader and the next in
+line) and {'less' if total(o['back']) < total(p['waiter']) else 'no less'} than `etcdctl lock` for
+every other waiter: a lock of ours costs etcd no more than
+`etcdctl lock`'s from {next_even(o, p)} candidates up, and more below that (a pair of
 candidates: {total(o['leader']) + total(o['next']):.1f} against
 {total(p['leader']) + total(p['waiter']):.1f} a minute). The watches are long-lived streams that
 cost etcd nothing at rest (gRPC-level HTTP/2 pings are not messages).

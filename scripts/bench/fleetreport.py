@@ -238,13 +238,17 @@ to the WAL), so the cost is CPU and memory. In a 3-member cluster:
   (etcd's `LeaseRenew`: "renewals don't go through raft; forward to leader manually"). With the
   clients spread over the members, two keep-alives in three cost a follower the message and an
   HTTP round trip, and the leader that request instead of a stream message. The keep-alive rate
-  is what a cluster pays for, and it is where ours saves: a waiter behind others sends 8 a
-  minute, `etcdctl lock`'s waiters {p['requests_per_min']:.1f}.
+  is what a cluster pays for at rest (figures above).
 - A linearizable read (ours: 2 a lock every 5 s) needs a ReadIndex: the member asks the leader,
   which confirms its leadership with one heartbeat round to a quorum, shared by all the reads
   pending at that moment; the member then serves the read from its own store. With one lock of
   many candidates they are few; with many locks of a few candidates each they are two a lock,
   and they move work from the keep-alives to the heartbeat rounds.
+- A handover: every waiter of ours watches the holder record and, when it moves, reads and
+  watches again ({fmt_handover(big['ours'])} messages to etcd a handover in the fleet of
+  {max(sizes):,} above; `etcdctl lock`: {fmt_handover(big['etcdctl'])}, its successor alone
+  acts). On a cluster those reads are linearizable, so each also waits for a ReadIndex round of
+  the leader's, and the herd lands on the members the waiters talk to.
 - Memory: a client's connection, streams and watches live on the member it talks to (spread
   over three); every key and lease lives on all three.
 - Writes (a join, a handover, a revoke) commit once a quorum has the entry: a round trip to a

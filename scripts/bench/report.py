@@ -367,7 +367,7 @@ own start-up until its first record 1.2 ms. The thread hand-offs the design keep
   (adopt a key left by a previous life), `LeaseGrant`, the create `Txn`, the legacy-lock cleanup
   `Txn`, the keep-alive stream, the `Txn` of `wait_turn` and the legacy lock `Txn` — each a
   loopback round trip, three of them raft commits.
-- **Memory**: a statically linked Rust binary with a single-threaded tokio runtime: 4 threads
-  (main, signals, election, log writer). Most of `VmRSS` is the binary's own mapped text.
+- **Memory**: a statically linked Rust binary with a single-threaded tokio runtime: 5 threads
+  (main, signals, election, log writer, and the alarm that waits on a `CLOCK_BOOTTIME` timerfd). Most of `VmRSS` is the binary's own mapped text.
 """))
     write_report(out, R, dict(meta, summary=summary, detail_rows=rows, sections=sections))
