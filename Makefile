@@ -16,7 +16,7 @@
 #   make dist      dist/: versioned x86_64, aarch64 and armv7 tarballs, OCI images
 #                  (where buildah works), SHA256SUMS
 #   make demo      two-candidate leader election demo against a throwaway etcd
-#   make bench     benchmarks (needs hyperfine and matplotlib)
+#   make bench     benchmarks (needs hyperfine; matplotlib for the plots)
 #   make soak      long soak, not part of `make test` nor CI (EAE_SOAK_SECONDS, default 3600: an
 #                  hour); figures in target/bench/soak.json
 
@@ -233,9 +233,10 @@ demo:
 	scripts/demo.sh
 
 # Builds the release binaries, starts throwaway etcds, compares with `etcdctl lock`
-# and rewrites BENCHMARKS.md and its plots in benchmarks/ (~10 min, --quick ~2 min;
-# raw samples in target/bench/results.json).
-# BENCH_ARGS e.g. --quick, --only handover,fleet, --keep, --report-only.
+# and rewrites BENCHMARKS.md and its plots in benchmarks/ (~20 min; --quick a few minutes,
+# without the fleets of 5,000; raw samples in target/bench/results.json; a soak's results
+# in target/bench/soak.json are shown too, `make soak` is not run).
+# BENCH_ARGS e.g. --quick, --only handover,cost,fleet, --keep, --report-only.
 bench: deps-bench
 	$(call banner,Benchmarks)
 	python3 scripts/bench $(BENCH_ARGS)

@@ -228,8 +228,8 @@ def cluster(F):
 
     return f"""
 **What a 3-member etcd cluster would change.** At rest a candidate sends etcd nothing but its
-keep-alives and, for ours, the linearizable `Txn` read that confirms each renewal of a lock's
-leader and next in line ({o['requests_per_min']:.2f} messages a minute a candidate for ours,
+keep-alives and, for ours, the linearizable `Txn` reads that confirm renewals
+({o['requests_per_min']:.2f} messages a minute a candidate for ours,
 {p['requests_per_min']:.2f} for `etcdctl lock`, in the fleets of {max(sizes):,} on one lock
 above). Disk plays no part at rest (neither writes
 to the WAL), so the cost is CPU and memory. In a 3-member cluster:
@@ -239,14 +239,15 @@ to the WAL), so the cost is CPU and memory. In a 3-member cluster:
   clients spread over the members, two keep-alives in three cost a follower the message and an
   HTTP round trip, and the leader that request instead of a stream message. The keep-alive rate
   is what a cluster pays for at rest (figures above).
-- A linearizable read (ours: 2 a lock every 5 s) needs a ReadIndex: the member asks the leader,
+- A linearizable read (ours: the leader's and the next in line's with each renewal, every 5 s,
+  and a waiter's with one keep-alive in three) needs a ReadIndex: the member asks the leader,
   which confirms its leadership with one heartbeat round to a quorum, shared by all the reads
-  pending at that moment; the member then serves the read from its own store. With one lock of
-  many candidates they are few; with many locks of a few candidates each they are two a lock,
-  and they move work from the keep-alives to the heartbeat rounds.
+  pending at that moment; the member then serves the read from its own store. They move work
+  from the keep-alives to the heartbeat rounds, the more so with many locks of a few candidates
+  each (two leader-pace readers a lock).
 - A handover: every waiter of ours watches the holder record and, when it moves, reads and
-  watches again ({fmt_handover(big['ours'])} messages to etcd a handover in the fleet of
-  {max(sizes):,} above; `etcdctl lock`: {fmt_handover(big['etcdctl'])}, its successor alone
+  watches again: {fmt_handover(big['ours'])} messages to etcd a handover in the fleet of
+  {max(sizes):,} above, `etcdctl lock`'s {fmt_handover(big['etcdctl'])} (its successor alone
   acts). On a cluster those reads are linearizable, so each also waits for a ReadIndex round of
   the leader's, and the herd lands on the members the waiters talk to.
 - Memory: a client's connection, streams and watches live on the member it talks to (spread
@@ -261,8 +262,8 @@ leader, half of it kept free for raft, compaction and other clients, carries abo
 **{cap(p):,.0f} of `etcdctl lock`** ({p['etcd_cpu_pct'] * 10:.3f}‰); if a forwarded keep-alive
 cost the leader twice what a direct one does, two in three of them forwarded make it 5/3 of the
 work: about {cap(o) * 3 / 5:,.0f} and {cap(p) * 3 / 5:,.0f}. etcd's memory grew by
-{o['etcd_rss_kib']:.0f} KiB a candidate of ours and {p['etcd_rss_kib']:.0f} KiB one of `etcdctl lock` (a lease, a key, a
-watch, a client connection and its streams): spread over three members, it binds well after the
+{o['etcd_rss_kib']:.0f} KiB a candidate of ours and {p['etcd_rss_kib']:.0f} KiB one of `etcdctl lock` (a lease, its keys
+and watches, a client connection and its streams, and what the joins left on etcd's heap): spread over three members, it binds well after the
 CPU. A mass restart costs joins ({join_ms:.1f} ms of etcd CPU a candidate of ours here, a few raft commits each; on a cluster each commit also
 waits for a follower).
 """
