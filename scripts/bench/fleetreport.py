@@ -199,8 +199,9 @@ def limits(F):
         need = p["threads"] * f["asked"]
         line = (f"- {col}: {p['threads']:.1f} threads and {p['pss_kib'] / 1024:.2f} MiB Pss a "
                 f"candidate (measured at rest); {f['asked']:,} of them need "
-                f"{need:,.0f} threads (pid_max {h['pid_max']:,}, shared by every thread on the "
-                f"machine), {p['pss_kib'] * f['asked'] / 2**20:.1f} GiB and, at rest, "
+                f"{need:,.0f} threads (of pid_max {h['pid_max']:,} for the whole machine, "
+                f"{h['pid_max'] - headroom.PID_RESERVE:,} with the reserve), "
+                f"{p['pss_kib'] * f['asked'] / 2**20:.1f} GiB and, at rest, "
                 f"{p['host_cpu_pct'] * f['asked']:.0f}% of a core of their own.")
         if f["candidates"] < f["asked"]:
             line += (f" It stopped at {f['candidates']:,}, {short(f)}; the "
