@@ -524,6 +524,47 @@ fn out_of_band_delete_then_a_newcomer_with_legacy_lock() {
     out_of_band_delete(true, false);
 }
 
+/// An operator deletes the key of a waiter (behind the one next in line, and the one next in
+/// line): each joins again at once, not once the line moves ahead of it, so a twin started just
+/// after finds its key and refuses instead of queueing (and later leading) as a stranger.
+#[test]
+fn a_waiters_deleted_key_is_put_back_at_once_and_a_twin_refuses() {
+    let lock = "act-del-waiter";
+    let s = Scene::new("actors", lock);
+    let mut cast = Cast::default();
+    cast.add(cand(&s, "a", lock));
+    s.mon.wait_for_start(Some("a"), T);
+    for id in ["b", "c"] {
+        cast.add(cand(&s, id, lock));
+        s.etcd.wait_queued(lock, id);
+    }
+    for id in ["c", "b"] {
+        let old = s.etcd.queue(lock).into_iter().find(|k| k.value == id);
+        let old = old.expect("its key").key;
+        s.etcd.del(&old);
+        // Generous: it takes one watch event and one read; the line ahead never moves here.
+        wait_until(
+            FAST,
+            &format!("{id} back in the queue under a new key"),
+            || {
+                let q = s.etcd.queue(lock);
+                q.iter().any(|k| k.value == id && k.key != old)
+            },
+        );
+        let mut twin = cand(&s, id, lock).spawn();
+        assert_eq!(
+            twin.expect_exit(T).code(),
+            Some(EXIT_TWIN),
+            "the twin of {id} did not refuse"
+        );
+    }
+    assert_eq!(
+        starts_of(&s.mon, "b").len() + starts_of(&s.mon, "c").len(),
+        0
+    );
+    s.mon.assert_no_overlap();
+}
+
 // ------------------------------------------------------------------------------------------
 // 4. Twins.
 

@@ -120,10 +120,12 @@ impl Election {
         // again since we created it (not adopted by a twin). Seen on the record's watch, that is
         // all a read would tell. (A forcer has its request to withdraw: it reads.)
         (self.report)(Event::Next);
-        let events = self
-            .etcd
-            .next_events(self.keys.holder.as_bytes(), from)
-            .await?;
+        let (etcd, holder) = (&self.etcd, self.keys.holder.as_bytes());
+        // Our own key deleted (or put again by a twin) meanwhile: read again, to join again.
+        let events = tokio::select! {
+            r = Box::pin(etcd.next_events(holder, from)) => r?,
+            r = Box::pin(etcd.wait_changed(seat.key.as_bytes(), from)) => r.map(|()| Vec::new())?,
+        };
         if events.last().is_some_and(|e| handed_to(seat, e)) {
             self.seen.clear();
             return Ok(Some(ready(seat).await));
@@ -131,16 +133,18 @@ impl Election {
         Ok(None)
     }
 
-    /// Waits for our predecessor's key to change. Meanwhile the record may change hands ahead of
-    /// it: who leads (and where, see `/leader`) is then read from the record alone, not from the
-    /// whole queue, as every waiter does it on every hand-over; handed to our predecessor, we are
-    /// next, and read the queue again to wait as the next one does.
+    /// Waits for our predecessor's key, or our own, to change (our own deleted by an operator:
+    /// read again, to join again at once, not once the line moves). Meanwhile the record may
+    /// change hands ahead of it: who leads (and where, see `/leader`) is then read from the
+    /// record alone, not from the whole queue, as every waiter does it on every hand-over; handed
+    /// to our predecessor, we are next, and read the queue again to wait as the next one does.
     async fn await_pred(&self, seat: &Seat, pred: &Candidate, from: i64) -> Result<()> {
         let mut record_from = from;
         loop {
             let (etcd, holder) = (&self.etcd, self.keys.holder.as_bytes());
             let record_changed = tokio::select! {
                 r = Box::pin(etcd.wait_changed(&pred.key, from)) => r.map(|()| false)?,
+                r = Box::pin(etcd.wait_changed(seat.key.as_bytes(), from)) => r.map(|()| false)?,
                 r = Box::pin(etcd.wait_changed(holder, record_from)) => r.map(|()| true)?,
             };
             if !record_changed {
