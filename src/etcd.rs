@@ -186,6 +186,9 @@ pub struct Etcd {
     member: Rc<Cell<usize>>,
     /// Wakes watches still running on the dropped client's connections.
     replaced: Rc<Notify>,
+    /// How many clients were dropped so far: a watch kept open between waits (a `Follow`)
+    /// was made on a replaced connection if this moved since.
+    replacements: Rc<Cell<u64>>,
 }
 
 impl Etcd {
@@ -197,6 +200,7 @@ impl Etcd {
             building: Rc::new(tokio::sync::Mutex::new(())),
             member: Rc::new(Cell::new(0)),
             replaced: Rc::new(Notify::new()),
+            replacements: Rc::new(Cell::new(0)),
         }
     }
 
@@ -326,6 +330,7 @@ impl Etcd {
         if e.of_connection() && self.client.borrow_mut().take().is_some() {
             debug!("dropping etcd connections after: {e}");
             self.member.set(self.member.get() + 1);
+            self.replacements.set(self.replacements.get() + 1);
             self.replaced.notify_waiters();
         }
     }

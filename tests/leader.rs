@@ -469,7 +469,7 @@ fn watch_names_a_fenced_holder_until_its_command_stopped() {
 #[test]
 fn status_leader_redirects_to_the_leader() {
     let mut s = Scene::new("leader-status", "leader-status");
-    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let (pa, pb, pc, pd) = (free_port(), free_port(), free_port(), free_port());
     let a = cand(&s, "a")
         .status_port(pa)
         .env("ETCD_AWAIT_ELECTION_ADVERTISE", "http://127.0.0.1:8080/a");
@@ -482,6 +482,8 @@ fn status_leader_redirects_to_the_leader() {
     wait_queued(&s.etcd, &s.lock, 2);
     s.spawn(cand(&s, "c").status_port(pc));
     wait_queued(&s.etcd, &s.lock, 3);
+    s.spawn(cand(&s, "d").status_port(pd));
+    wait_queued(&s.etcd, &s.lock, 4);
     let head = wait_for(T, "b's /leader naming a", || {
         let (head, _) = get(pb, "/leader")?;
         head.contains("http://127.0.0.1:8080/a").then_some(head)
@@ -509,6 +511,10 @@ fn status_leader_redirects_to_the_leader() {
     });
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert_eq!(c_body, body);
+    let (_, d_body) = wait_for(T, "d's /leader naming b", || {
+        get(pd, "/leader").filter(|(_, body)| body.contains(r#""leader":"b""#))
+    });
+    assert_eq!(d_body, body);
 }
 
 /// `(head, body)` of `GET path` on the status port, without following a redirect.

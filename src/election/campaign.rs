@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Compare, CompareOp, Event as WatchEvent, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, TxnOpResponse,
+    TxnOp,
 };
 use log::{debug, info};
 
@@ -107,14 +107,14 @@ impl Election {
     ) -> Result<Option<Turn>> {
         self.seen.insert(pred.lease);
         debug!("waiting for {} to go", String::from_utf8_lossy(&pred.key));
-        let from = snap.revision + 1;
         let fast = snap.holder_lease() == Some(pred.lease)
             && seat.mod_revision == seat.revision
             && !self.cfg.force_acquire;
         if !fast {
-            self.await_pred(seat, pred, from).await?;
+            self.await_pred(seat, snap, pred).await?;
             return Ok(None);
         }
+        let from = snap.revision + 1;
         // Our predecessor holds the record: its hand-over re-binds the record to us in the
         // transaction that deletes its key, and that transaction also found our key never put
         // again since we created it (not adopted by a twin). Seen on the record's watch, that is
@@ -134,60 +134,65 @@ impl Election {
     }
 
     /// Waits for our predecessor's key, or our own, to change (our own deleted by an operator:
-    /// read again, to join again at once, not once the line moves). Meanwhile the record may
-    /// change hands ahead of it: who leads (and where, see `/leader`) is then read from the
-    /// record alone, not from the whole queue, as every waiter does it on every hand-over; handed
-    /// to our predecessor, we are next, and read the queue again to wait as the next one does.
-    async fn await_pred(&self, seat: &Seat, pred: &Candidate, from: i64) -> Result<()> {
-        let mut record_from = from;
-        loop {
-            let (etcd, holder) = (&self.etcd, self.keys.holder.as_bytes());
-            let record_changed = tokio::select! {
-                r = Box::pin(etcd.wait_changed(&pred.key, from)) => r.map(|()| false)?,
-                r = Box::pin(etcd.wait_changed(seat.key.as_bytes(), from)) => r.map(|()| false)?,
-                r = Box::pin(etcd.wait_changed(holder, record_from)) => r.map(|()| true)?,
-            };
-            if !record_changed {
-                return Ok(());
-            }
-            match self.record_holder(seat).await? {
-                Some((revision, lease)) if lease != pred.lease => record_from = revision + 1,
-                // Gone (or ours, or our predecessor's): the whole queue says who is next.
-                _ => return Ok(()),
-            }
+    /// read again, to join again at once, not once the line moves), or for the record to be
+    /// gone or handed to our predecessor (we are next: read the queue again, to wait as the
+    /// next one does). Each watch is made once for the whole wait.
+    async fn await_pred(&self, seat: &Seat, snap: &Snapshot, pred: &Candidate) -> Result<()> {
+        let (etcd, from) = (&self.etcd, snap.revision + 1);
+        tokio::select! {
+            r = Box::pin(etcd.wait_changed(&pred.key, from)) => r,
+            r = Box::pin(etcd.wait_changed(seat.key.as_bytes(), from)) => r,
+            r = Box::pin(self.follow_record(seat, snap, pred)) => r,
         }
     }
 
-    /// Reports who holds the record, read with its address and its holder's candidate key;
-    /// returns the revision read at and the holder's lease, or `None` when the record is gone or
-    /// bound to our lease.
-    async fn record_holder(&self, seat: &Seat) -> Result<Option<(i64, i64)>> {
+    /// Follows the record while it changes hands ahead of our predecessor, and reports who leads
+    /// (for `/leader` and the log) from the changes themselves: the record and the holder's
+    /// address are written in one transaction, so that a change of hands costs a waiter one
+    /// watch event, and no read, as every waiter sees every hand-over. Returns once the record
+    /// is gone, or bound to our predecessor or to us: the whole queue then says what is next.
+    async fn follow_record(&self, seat: &Seat, snap: &Snapshot, pred: &Candidate) -> Result<()> {
         let keys = &self.keys;
-        let ops = [
-            TxnOp::get(keys.holder.as_str(), None),
-            TxnOp::get(keys.address.clone(), None),
-        ];
-        let resp = self.etcd.txn(Txn::new().and_then(ops)).await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let mut gets = resp.op_responses().into_iter().map(|r| match r {
-            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-            _ => None,
-        });
-        let (holder, address) = (gets.next().flatten(), gets.next().flatten());
-        let Some(h) = holder.filter(|h| h.lease() != seat.lease) else {
+        let (record, end) = (keys.holder.as_bytes(), &keys.holder_end);
+        let mut changes = self.etcd.follow(record, end, snap.revision + 1).await?;
+        let (mut holder, mut address) = (snap.holder.clone(), snap.address.clone());
+        loop {
+            for e in changes.next().await? {
+                let Some(kv) = e.kv() else { continue };
+                let slot = if kv.key() == record {
+                    &mut holder
+                } else if kv.key() == keys.address {
+                    &mut address
+                } else {
+                    continue;
+                };
+                *slot = (e.event_type() == EventType::Put).then(|| kv.clone());
+            }
+            let ahead = [pred.lease, seat.lease];
+            let Some(h) = holder.as_ref().filter(|h| !ahead.contains(&h.lease())) else {
+                return Ok(());
+            };
+            let revision = self.revision_shown(h.lease()).await?;
+            let leader = observe::of_record(h, address.as_ref(), revision);
+            (self.report)(Event::Leader(Some(leader)));
+        }
+    }
+
+    /// The create revision of the candidate key of `lease` (the holder's), for `/leader`: read
+    /// only by a candidate that serves a status endpoint, where it can be asked for (the log
+    /// names the identity alone). `None` for a holder without one (a Go replica).
+    async fn revision_shown(&self, lease: i64) -> Result<Option<i64>> {
+        if self.cfg.status_endpoint.is_none() {
             return Ok(None);
-        };
-        let key = keys.candidate_key(h.lease());
+        }
+        let key = self.keys.candidate_key(lease);
         let own = self.etcd.get(key, Some(GetOptions::new().with_keys_only()));
-        let created = own
+        Ok(own
             .await?
             .kvs()
             .first()
-            .filter(|kv| kv.lease() == h.lease())
-            .map(|kv| kv.create_revision());
-        let leader = observe::of_record(&h, address.as_ref(), created);
-        (self.report)(Event::Leader(Some(leader)));
-        Ok(Some((revision, h.lease())))
+            .filter(|kv| kv.lease() == lease)
+            .map(|kv| kv.create_revision()))
     }
 
     /// Nothing is queued ahead of us and the record is bound to another lease: goes back in line

@@ -55,6 +55,10 @@ pub struct Keys {
     /// The end of the range `[LOCK\0address, address_end)`: the holder's address and every
     /// candidate's (`LOCK\0address/<hex>`).
     pub address_end: Vec<u8>,
+    /// The end of the range `[LOCK, holder_end)`: the record and the holder's address, which a
+    /// hand-over writes in one transaction, and no other key of this lock or any other (no lock
+    /// name holds a control character).
+    pub holder_end: Vec<u8>,
     /// The end of the candidates' range `[LOCK/, end)` (which also holds neighbours' keys such
     /// as `LOCK/cron/...`, which a reader filters out).
     pub end: Vec<u8>,
@@ -72,6 +76,7 @@ impl Keys {
             yield_request: format!("{lock}\0yield").into_bytes(),
             address: format!("{lock}\0address").into_bytes(),
             address_end: format!("{lock}\0address0").into_bytes(),
+            holder_end: format!("{lock}\0address\0").into_bytes(),
             // `/` + 1: past every key under the prefix.
             end: format!("{lock}0").into_bytes(),
             // `\0` + 1: past every key `LOCK\0...`.
@@ -360,6 +365,9 @@ mod tests {
         assert!(record.contains(&k.yield_request));
         assert!(record.contains(&k.address));
         assert!(record.contains(&k.address_of(i64::MAX)));
+        let holder = k.holder.as_bytes().to_vec()..k.holder_end.clone();
+        assert!(holder.contains(&k.address) && holder.contains(&k.holder.as_bytes().to_vec()));
+        assert!(!holder.contains(&k.address_of(1)) && !holder.contains(&k.yield_request));
         let addresses = k.address.clone()..k.address_end.clone();
         assert!(addresses.contains(&k.address_of(i64::MAX)));
         assert!(!addresses.contains(&k.yield_request));

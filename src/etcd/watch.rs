@@ -1,9 +1,11 @@
 //! Waiting for a change: watches that start at a revision already read, so that a change
 //! between the read and the watch is not missed, and that give up when their connection is
 //! replaced (a watch on a dead connection would otherwise wait for tonic's HTTP/2 ping to
-//! notice). What a change means is the caller's.
+//! notice). Most end at the first change, after which the caller reads again; a [`Follow`] is
+//! kept open to carry every change, for a caller that learns what it needs from the changes
+//! themselves. What a change means is the caller's.
 
-use etcd_client::{Event as WatchEvent, EventType, GetOptions, WatchOptions};
+use etcd_client::{Event as WatchEvent, EventType, GetOptions, WatchOptions, WatchStream};
 
 use super::{Error, Etcd, Result};
 
@@ -61,6 +63,24 @@ impl Etcd {
         }
     }
 
+    /// Opens a watch of `[key, end)` from `from`, kept open across changes ([`Follow::next`]).
+    /// A watch created once, rather than after every change, stays among the ones etcd keeps
+    /// up to date as it writes: one re-created from a revision already passed is caught up by
+    /// etcd's sync loop, which reads the history for it.
+    pub async fn follow(&self, key: &[u8], end: &[u8], from: i64) -> Result<Follow> {
+        let made = self.replacements.get();
+        let opts = WatchOptions::new()
+            .with_start_revision(from)
+            .with_range(end);
+        let open = async { Ok(self.client().await?.watch(key, Some(opts)).await?) };
+        let stream = self.within(self.limit(), open).await?;
+        Ok(Follow {
+            etcd: self.clone(),
+            stream,
+            made,
+        })
+    }
+
     async fn wait_event(
         &self,
         key: &[u8],
@@ -115,5 +135,45 @@ impl Etcd {
             Ok(r) => !r.kvs().is_empty(),
             Err(_) => true,
         })
+    }
+}
+
+/// A watch kept open across changes ([`Etcd::follow`]).
+pub struct Follow {
+    etcd: Etcd,
+    stream: WatchStream,
+    /// [`Etcd::replacements`] when it was made.
+    made: u64,
+}
+
+impl Follow {
+    /// The next changes, in the order etcd made them (those of one transaction together). An
+    /// error means the stream broke, or its connection was replaced, maybe between two calls:
+    /// the caller reads again.
+    pub async fn next(&mut self) -> Result<Vec<WatchEvent>> {
+        let etcd = &self.etcd;
+        // Made before the check: a replacement after it wakes it (one thread, no await between).
+        let new_connection = etcd.replaced.notified();
+        if etcd.replacements.get() != self.made {
+            return Err(Error::Replaced);
+        }
+        let stream = &mut self.stream;
+        let watch = async {
+            while let Some(resp) = stream.message().await? {
+                if resp.canceled() {
+                    let why = format!("watch canceled: {}", resp.cancel_reason());
+                    return Err(Error::Interrupted(why));
+                }
+                if !resp.events().is_empty() {
+                    return Ok(resp.events().to_vec());
+                }
+            }
+            Err(Error::Interrupted("watch stream ended".into()))
+        };
+        let r = tokio::select! {
+            r = watch => r,
+            _ = new_connection => Err(Error::Replaced),
+        };
+        r.inspect_err(|e| etcd.after_failure(e))
     }
 }
