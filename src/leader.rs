@@ -195,7 +195,9 @@ async fn follow(observer: &Observer, retry: Duration) -> i32 {
             }
             shown = Some(reading.leader);
         }
-        if let Err(e) = observer.wait(reading.revision).await {
+        // From the next revision: the one read is printed, and a watch from it would be a watch
+        // in the past, woken by that very change on etcd's next 100 ms sync, to read again.
+        if let Err(e) = observer.wait(reading.revision + 1).await {
             if !matches!(e, etcd::Error::Replaced) {
                 warn!("watching who leads: {e}; reading again");
                 tokio::time::sleep(REWATCH).await;

@@ -263,6 +263,26 @@ fn watch_sees_a_hand_over_only_after_the_old_command_stopped() {
     w.stop();
 }
 
+/// An idle `--watch` asks etcd nothing: it watches from past the revision it read, so that
+/// etcd's history at that revision (the change it just printed) does not wake it to read again,
+/// and again, every 100 ms (etcd's sync loop catching up a watch made in the past).
+#[test]
+fn an_idle_watch_reads_nothing() {
+    let mut s = Scene::new("leader-idle", "leader-idle");
+    // Renewed every 5 s: at most one confirmation in the window.
+    s.spawn(s.candidate("a", 15, "10s", RETRY));
+    s.mon.wait_for_start(Some("a"), T);
+    let w = Watcher::start(&s.etcd.endpoint(), &s.lock, &s.log);
+    let (_, first, _) = w.nth(1);
+    assert_eq!(first["leader"], "a");
+    let before = s.etcd.handled(&["Range", "Txn"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let reads = s.etcd.handled(&["Range", "Txn"]) - before;
+    assert!(reads <= 2.0, "{reads} reads in 3 s of a lock at rest");
+    assert_eq!(w.lines().len(), 1, "{:?}", w.lines());
+    w.stop();
+}
+
 /// `--watch` across an etcd restart and a compaction of the history it would resume from: it
 /// keeps printing every change.
 #[test]
