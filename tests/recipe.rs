@@ -319,6 +319,42 @@ fn the_jobs_writes_of_hex_named_keys_do_not_wake_the_leader() {
     );
 }
 
+/// A forcer that asks for the lock while our head of the queue still waits for a stranger's
+/// lease (its key deleted by hand while its command ran) goes first: the head does not start its
+/// command only to stop it at once (and leave, as a wrapper leads once in its life), but goes
+/// back in line behind the forcer, and runs after it. (Seen in the test below under load.)
+#[test]
+fn a_forcer_asking_while_the_head_waits_for_a_lease_goes_first() {
+    let s = Scene::new("recipe", "rcp-wait-force");
+    let _x = LockClient::start(
+        &s.etcd.endpoint(),
+        &s.lock,
+        "x",
+        &s.log,
+        &["--exit-after", "3000"],
+    );
+    start_of(&s.mon, "x");
+    let mut w = cand(&s, "w").args(&["--exit-after", "600"]).spawn();
+    wait_keys(&s.etcd, &s.lock, 2);
+    // Leases are numbered in order: the first key is the stranger's.
+    let keys = s.etcd.get_prefix_keys(&format!("{}/", s.lock));
+    s.etcd.etcdctl(&["del", &keys[0]]);
+    wait_for(T, "w holding the record", || {
+        (s.etcd.get(&s.lock).as_deref() == Some("w")).then_some(())
+    });
+    let mut f = cand(&s, "f")
+        .force(true)
+        .args(&["--exit-after", "600"])
+        .spawn();
+    assert_in_turn(&s.mon, &["x", "f", "w"]);
+    for c in [&mut w, &mut f] {
+        c.expect_exit(T);
+    }
+    s.mon.assert_no_overlap();
+    let w_starts = s.mon.starts().iter().filter(|r| r.identity == "w").count();
+    assert_eq!(w_starts, 1, "{}", s.mon.timeline());
+}
+
 /// Our leader stopping slowly, an `etcdctl lock` queued behind it, a waiter of ours, a forcer
 /// SIGKILLed while the leader stops for it and restarted, another `etcdctl lock` behind them all:
 /// nobody's command beside another's, and everybody runs in the end (each command ends by itself

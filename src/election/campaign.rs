@@ -233,30 +233,34 @@ impl Election {
     }
 
     /// Nothing is queued ahead of us and nobody else holds the record: we go back in line behind
-    /// a forcer that asked for the lock before we took it, or take the record (`None`: it changed
-    /// meanwhile, read again) and lead.
+    /// a forcer that asked for the lock before our command started, or take the record (`None`:
+    /// it changed meanwhile, read again) and lead.
     async fn take_turn(&mut self, seat: &Seat, snap: &Snapshot) -> Result<Option<Turn>> {
-        if snap.holder.is_none() {
-            let forcer = snap.yield_request.as_ref();
-            if let Some(y) = forcer.filter(|y| y.lease() != seat.lease) {
-                // Rather than start only to be asked to yield at once.
-                info!(
-                    "{:?} forces the lock; going back in line",
-                    Foreign(y.value())
-                );
-                return Ok(Some(Turn::GiveWay));
-            }
-            if !self.take_record(seat, snap).await? {
-                return Ok(None);
-            }
+        let forcer = snap.yield_request.as_ref();
+        if let Some(y) = forcer.filter(|y| y.lease() != seat.lease) {
+            // Rather than start only to be asked to yield at once. Nothing runs: a record we
+            // took goes with our lease as we leave the line.
+            info!(
+                "{:?} forces the lock; going back in line",
+                Foreign(y.value())
+            );
+            return Ok(Some(Turn::GiveWay));
         }
-        self.settle(seat, snap).await?;
+        if snap.holder.is_none() && !self.take_record(seat, snap).await? {
+            return Ok(None);
+        }
+        if self.settle(seat, snap).await? {
+            // We waited for a lease seen ahead of us (up to its TTL): a forcer may have asked
+            // for the lock meanwhile. Read again.
+            return Ok(None);
+        }
         Ok(Some(ready(seat).await))
     }
 
     /// The record is ours: whoever we saw ahead must be gone (unless it was handed to us), and a
-    /// request to yield we made is withdrawn.
-    async fn settle(&mut self, seat: &Seat, snap: &Snapshot) -> Result<()> {
+    /// request to yield we made is withdrawn. True when we had to wait for a lease to end.
+    async fn settle(&mut self, seat: &Seat, snap: &Snapshot) -> Result<bool> {
+        let mut waited = false;
         if snap.holder.as_ref().is_some_and(is_handed_over) {
             // Handed to us: only its holder puts the record over to another lease, and only once
             // its command's group is empty; whoever was queued between us let go of its own key
@@ -267,7 +271,9 @@ impl Election {
             // whoever we saw ahead must be gone.
             self.seen.remove(&seat.lease);
             for lease in self.seen.clone() {
-                await_lease_gone(&self.etcd, lease, self.cfg.retry_period).await?;
+                waited |= await_lease_gone(&self.etcd, lease, self.cfg.retry_period).await?;
+                // Gone for good: not awaited again when we read again.
+                self.seen.remove(&lease);
             }
         }
         if snap.holder.is_some() {
@@ -279,7 +285,7 @@ impl Election {
                 self.etcd.txn(withdraw).await?;
             }
         }
-        Ok(())
+        Ok(waited)
     }
 
     /// Puts the holder record for our lease, if it is still absent, our key still ours and no
@@ -325,20 +331,22 @@ fn standing(seat: &Seat, snap: &Snapshot) -> Option<Turn> {
 }
 
 /// Waits until `lease` is gone (its holder revoked it, or it expired): a key of it deleted by
-/// hand leaves its holder running until it notices.
-async fn await_lease_gone(etcd: &Etcd, lease: i64, retry_period: Duration) -> Result<()> {
+/// hand leaves its holder running until it notices. True when it was not gone at once.
+async fn await_lease_gone(etcd: &Etcd, lease: i64, retry_period: Duration) -> Result<bool> {
     // A holder whose key was deleted revokes its lease once its command has stopped: look again
     // soon, then less often.
     let mut pause = Duration::from_millis(2);
     let most = retry_period.min(Duration::from_millis(100));
+    let mut waited = false;
     while etcd.time_to_live(lease).await?.is_some() {
+        waited = true;
         if pause == most {
             debug!("lease {lease:x} seen ahead of us still lives; waiting for it to end");
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(most);
     }
-    Ok(())
+    Ok(waited)
 }
 
 /// The create revision of the candidate key of `lease`, when the snapshot holds it.
