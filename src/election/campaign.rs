@@ -134,23 +134,39 @@ impl Election {
     }
 
     /// Waits for our predecessor's key, or our own, to change (our own deleted by an operator:
-    /// read again, to join again at once, not once the line moves), or for the record to be
-    /// gone or handed to our predecessor (we are next: read the queue again, to wait as the
-    /// next one does). Each watch is made once for the whole wait.
+    /// read again, to join again at once, not once the line moves), or for the key before our
+    /// predecessor's to change (our predecessor then heads the queue: read again, to wait as
+    /// the next one does). A hand-over further ahead wakes nobody but the two behind it, as in
+    /// etcd's recipe, where it wakes one: but for a candidate that serves a status endpoint,
+    /// which follows the record to answer `/leader`. Each watch is made once for the whole wait.
     async fn await_pred(&self, seat: &Seat, snap: &Snapshot, pred: &Candidate) -> Result<()> {
         let (etcd, from) = (&self.etcd, snap.revision + 1);
+        let before_pred = async {
+            match &snap.before_pred {
+                Some(b) => etcd.wait_changed(&b.key, from).await,
+                None => std::future::pending().await,
+            }
+        };
+        let record = async {
+            match self.cfg.status_endpoint {
+                Some(_) => self.follow_record(seat, snap, pred).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = Box::pin(etcd.wait_changed(&pred.key, from)) => r,
             r = Box::pin(etcd.wait_changed(seat.key.as_bytes(), from)) => r,
-            r = Box::pin(self.follow_record(seat, snap, pred)) => r,
+            r = Box::pin(before_pred) => r,
+            r = Box::pin(record) => r,
         }
     }
 
     /// Follows the record while it changes hands ahead of our predecessor, and reports who leads
     /// (for `/leader` and the log) from the changes themselves: the record and the holder's
     /// address are written in one transaction, so that a change of hands costs a waiter one
-    /// watch event, and no read, as every waiter sees every hand-over. Returns once the record
-    /// is gone, or bound to our predecessor or to us: the whole queue then says what is next.
+    /// watch event, and a read of the new holder's key for its revision. Returns once the
+    /// record is gone, or bound to our predecessor or to us: the whole queue then says what is
+    /// next.
     async fn follow_record(&self, seat: &Seat, snap: &Snapshot, pred: &Candidate) -> Result<()> {
         let keys = &self.keys;
         let (record, end) = (keys.holder.as_bytes(), &keys.holder_end);
@@ -178,13 +194,9 @@ impl Election {
         }
     }
 
-    /// The create revision of the candidate key of `lease` (the holder's), for `/leader`: read
-    /// only by a candidate that serves a status endpoint, where it can be asked for (the log
-    /// names the identity alone). `None` for a holder without one (a Go replica).
+    /// The create revision of the candidate key of `lease` (the holder's), for `/leader`.
+    /// `None` for a holder without one (a Go replica).
     async fn revision_shown(&self, lease: i64) -> Result<Option<i64>> {
-        if self.cfg.status_endpoint.is_none() {
-            return Ok(None);
-        }
         let key = self.keys.candidate_key(lease);
         let own = self.etcd.get(key, Some(GetOptions::new().with_keys_only()));
         Ok(own

@@ -190,6 +190,9 @@ pub struct Snapshot {
     pub revision: i64,
     /// The candidate created last before ours: the one we wait for.
     pub pred: Option<Candidate>,
+    /// The one created last before our predecessor: once it goes, our predecessor heads the
+    /// queue, and we are next.
+    pub before_pred: Option<Candidate>,
     /// The oldest candidate: the head of the queue.
     pub head: Option<Candidate>,
     /// Our own key, if it still exists with our create revision (keys only).
@@ -233,6 +236,7 @@ impl Snapshot {
         Ok(Snapshot {
             revision,
             pred: queue.iter().rfind(ahead).cloned(),
+            before_pred: queue.iter().rev().filter(ahead).nth(1).cloned(),
             head: queue.iter().find(ahead).cloned(),
             own,
             holder,
