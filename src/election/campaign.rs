@@ -1,7 +1,9 @@
 //! The campaign: waiting for our turn once we have a seat. We lead when no candidate key is ahead
 //! of ours, the holder record is ours (taken where absent, or handed to us by the holder before
-//! us), and every lease seen ahead of us is gone. Meanwhile we watch only what can change that:
-//! our predecessor's key, or the record. A forcer first asks the holder to yield (`force`).
+//! us), and every lease seen ahead of us is gone. Meanwhile we watch only what can change that,
+//! or our pace: our own key, our predecessor's, and the record once our predecessor holds it (or
+//! the key before our predecessor's until then; the record all along where we answer `/leader`).
+//! A forcer first asks the holder to yield (`force`).
 
 use std::time::Duration;
 
