@@ -122,13 +122,14 @@ impl Election {
         // again since we created it (not adopted by a twin). Seen on the record's watch, that is
         // all a read would tell. (A forcer has its request to withdraw: it reads.)
         (self.report)(Event::Next);
-        let (etcd, holder) = (&self.etcd, self.keys.holder.as_bytes());
         // Our own key deleted (or put again by a twin) meanwhile: read again, to join again.
-        let events = tokio::select! {
-            r = Box::pin(etcd.next_events(holder, from)) => r?,
-            r = Box::pin(etcd.wait_changed(seat.key.as_bytes(), from)) => r.map(|()| Vec::new())?,
-        };
-        if events.last().is_some_and(|e| handed_to(seat, e)) {
+        let record = self.keys.holder.as_bytes();
+        let keys = [record, seat.key.as_bytes()];
+        let events = Box::pin(self.etcd.next_events(&keys, from)).await?;
+        let last = events
+            .last()
+            .filter(|e| e.kv().is_some_and(|kv| kv.key() == record));
+        if last.is_some_and(|e| handed_to(seat, e)) {
             self.seen.clear();
             return Ok(Some(ready(seat).await));
         }
@@ -142,13 +143,9 @@ impl Election {
     /// etcd's recipe, where it wakes one: but for a candidate that serves a status endpoint,
     /// which follows the record to answer `/leader`. Each watch is made once for the whole wait.
     async fn await_pred(&self, seat: &Seat, snap: &Snapshot, pred: &Candidate) -> Result<()> {
-        let (etcd, from) = (&self.etcd, snap.revision + 1);
-        let before_pred = async {
-            match &snap.before_pred {
-                Some(b) => etcd.wait_changed(&b.key, from).await,
-                None => std::future::pending().await,
-            }
-        };
+        let mut keys = vec![&pred.key[..], seat.key.as_bytes()];
+        keys.extend(snap.before_pred.as_ref().map(|b| &b.key[..]));
+        let changed = self.etcd.next_events(&keys, snap.revision + 1);
         let record = async {
             match self.cfg.status_endpoint {
                 Some(_) => self.follow_record(seat, snap, pred).await,
@@ -156,9 +153,7 @@ impl Election {
             }
         };
         tokio::select! {
-            r = Box::pin(etcd.wait_changed(&pred.key, from)) => r,
-            r = Box::pin(etcd.wait_changed(seat.key.as_bytes(), from)) => r,
-            r = Box::pin(before_pred) => r,
+            r = Box::pin(changed) => r.map(drop),
             r = Box::pin(record) => r,
         }
     }

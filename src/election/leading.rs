@@ -144,10 +144,8 @@ impl Election {
         // lie between them, and the smallest grant does not cover those (see `rights`).
         let (etcd, from) = (&self.etcd, snap.revision + 1);
         let (record, prefix) = (keys.holder.as_bytes(), keys.prefix.as_bytes());
-        tokio::select! {
-            r = Box::pin(etcd.wait_range_changed(record, &keys.record_end, from, &relevant)) => r,
-            r = Box::pin(etcd.wait_range_changed(prefix, &keys.end, from, &relevant)) => r,
-        }
+        let ranges = [(record, &keys.record_end[..]), (prefix, &keys.end[..])];
+        Box::pin(etcd.wait_range_changed(&ranges, from, &relevant)).await
     }
 
     /// In one transaction, our key deleted and the record bound to our heir's lease: its watch

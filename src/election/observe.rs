@@ -120,10 +120,8 @@ impl Observer {
             })
         };
         let (etcd, record, prefix) = (&self.etcd, keys.holder.as_bytes(), keys.prefix.as_bytes());
-        tokio::select! {
-            r = Box::pin(etcd.wait_range_changed(record, &keys.record_end, from, &relevant)) => r,
-            r = Box::pin(etcd.wait_range_changed(prefix, &keys.end, from, &relevant)) => r,
-        }
+        let ranges = [(record, &keys.record_end[..]), (prefix, &keys.end[..])];
+        Box::pin(etcd.wait_range_changed(&ranges, from, &relevant)).await
     }
 }
 

@@ -9,35 +9,39 @@ use etcd_client::{Event as WatchEvent, EventType, GetOptions, WatchOptions, Watc
 
 use super::{Error, Etcd, Result};
 
+/// One watch of a stream: a key, or the range `[key, end)`.
+type Watched<'a> = (&'a [u8], Option<&'a [u8]>);
+
 impl Etcd {
     /// Waits for any change of `key` (deleted, or put again: a holder record re-bound to a
     /// fence), watching from `from`. An error means the stream broke, or its connection was
     /// replaced: the caller reads again.
     pub async fn wait_changed(&self, key: &[u8], from: i64) -> Result<()> {
-        self.next_events(key, from).await.map(drop)
+        self.next_events(&[key], from).await.map(drop)
     }
 
-    /// As [`Etcd::wait_changed`], returning the changes seen (none when the key changed before
-    /// the watch was created: read it).
-    pub async fn next_events(&self, key: &[u8], from: i64) -> Result<Vec<WatchEvent>> {
-        self.wait_event(key, None, from, &|_| true).await
+    /// Waits for any change of any of `keys`, as [`Etcd::wait_changed`] does for one, and
+    /// returns the changes seen (none when a key changed before the watch was created: read
+    /// it). The keys are watched on one stream: etcd's memory grows with the streams open, not
+    /// with the watches on one (a waiter of a thousand on one lock would otherwise hold three).
+    pub async fn next_events(&self, keys: &[&[u8]], from: i64) -> Result<Vec<WatchEvent>> {
+        let watches: Vec<Watched> = keys.iter().map(|k| (*k, None)).collect();
+        self.wait_event(&watches, from, &|_| true).await
     }
 
-    /// Waits for a change of a key in `[key, end)` for which `relevant` holds, as
-    /// [`Etcd::wait_changed`] does for one key. Changes of other keys in the range (the job's own
-    /// data under a lock's prefix) are passed over on the same stream, also those made before the
-    /// watch was created: etcd replays them (within its sync loop's 100 ms), so a busy store
-    /// costs no read.
+    /// Waits for a change of a key in any of the ranges `[key, end)` for which `relevant`
+    /// holds, on one stream, as [`Etcd::wait_changed`] does for one key. Changes of other keys in
+    /// the ranges (the job's own data under a lock's prefix) are passed over on the same
+    /// stream, also those made before the watch was created: etcd replays them (within its sync
+    /// loop's 100 ms), so a busy store costs no read.
     pub async fn wait_range_changed(
         &self,
-        key: &[u8],
-        end: &[u8],
+        ranges: &[(&[u8], &[u8])],
         from: i64,
         relevant: &dyn Fn(&WatchEvent) -> bool,
     ) -> Result<()> {
-        self.wait_event(key, Some(end), from, relevant)
-            .await
-            .map(drop)
+        let watches: Vec<Watched> = ranges.iter().map(|(k, e)| (*k, Some(*e))).collect();
+        self.wait_event(&watches, from, relevant).await.map(drop)
     }
 
     /// The kind of the first change of `key` at revision `from` or later, as etcd's history has
@@ -83,18 +87,28 @@ impl Etcd {
 
     async fn wait_event(
         &self,
-        key: &[u8],
-        end: Option<&[u8]>,
+        watches: &[Watched<'_>],
         from: i64,
         relevant: &dyn Fn(&WatchEvent) -> bool,
     ) -> Result<Vec<WatchEvent>> {
         let new_connection = self.replaced.notified();
         let watch = async {
-            let mut opts = WatchOptions::new().with_start_revision(from);
-            if let Some(end) = end {
-                opts = opts.with_range(end);
+            let opts = |end: Option<&[u8]>| {
+                let opts = WatchOptions::new().with_start_revision(from);
+                Some(match end {
+                    Some(end) => opts.with_range(end),
+                    None => opts,
+                })
+            };
+            let Some(((key, end), more)) = watches.split_first() else {
+                return Err(Error::Interrupted("nothing to watch".into()));
+            };
+            let mut stream = self.client().await?.watch(*key, opts(*end)).await?;
+            for (key, end) in more {
+                stream.watch(*key, opts(*end)).await?;
             }
-            let mut stream = self.client().await?.watch(key, Some(opts)).await?;
+            // etcd answers the creations in the order they were sent.
+            let mut created = watches.iter();
             while let Some(resp) = stream.message().await? {
                 if resp.canceled() {
                     let why = format!("watch canceled: {}", resp.cancel_reason());
@@ -104,14 +118,18 @@ impl Etcd {
                 if events.iter().any(relevant) {
                     return Ok(events.to_vec());
                 }
+                if !resp.created() {
+                    continue;
+                }
                 // A watch that starts in the past is caught up by etcd's sync loop, every 100
                 // ms: when the store moved on before the watch was created, look at one key at
                 // once. (Not at a range: the job's writes under a lock's prefix would make every
                 // watch of the leader a read.)
                 let moved = resp.header().is_some_and(|h| h.revision() >= from);
-                if resp.created() && moved && end.is_none() && self.changed_since(key, from).await?
-                {
-                    return Ok(Vec::new());
+                if let Some((key, None)) = created.next() {
+                    if moved && self.changed_since(key, from).await? {
+                        return Ok(Vec::new());
+                    }
                 }
             }
             Err(Error::Interrupted("watch stream ended".into()))
