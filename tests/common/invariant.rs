@@ -1,9 +1,14 @@
 //! The mutual-exclusion invariant checker. This module owns the observed timeline of every
 //! process that `eae-test-child` logs: a background thread tails the shared log file (every
 //! ~2 ms), opens a pidfd for every `start` record at once, and stamps the CLOCK_MONOTONIC time at
-//! which each process is seen dead (pidfd readable; ESRCH at open => dead at open time). A
-//! process's interval is `[start, stop record]`, else `[start, observed death]`, else
-//! `[start, now)` while alive. [`Monitor::overlaps`] lists every span where processes of two
+//! which each process is seen dead (pidfd readable; ESRCH at open => dead at open time), and
+//! the last time it was known alive before that (the start of the poll that found it dead, or
+//! its start record). A process's interval is `[start, stop record]`, else `[start, last known
+//! alive]`, else `[start, now)` while alive: on a loaded machine the thread is not always
+//! scheduled, and a death it sees late is not a death that came late (a grandchild SIGKILLed
+//! and reaped by its wrapper before the hand-over was seen dead 15 ms after the heir's start,
+//! the monitor starved for 25 ms). An overlap shorter than such a blind spot goes unseen; the
+//! children's own records (`start`, `stop`) are exact. [`Monitor::overlaps`] lists every span where processes of two
 //! different identities were alive at once; [`Monitor::assert_no_overlap`] panics with a readable
 //! timeline. Dropping the monitor stops the thread and closes all pidfds.
 
@@ -27,12 +32,15 @@ pub struct Proc {
     pub term_ns: Vec<u64>,
     /// When the monitor saw the process dead (pidfd readable, or ESRCH at pidfd_open).
     pub death_ns: Option<u64>,
+    /// The last time it was known alive before it was seen dead: it died after this.
+    pub alive_ns: Option<u64>,
 }
 
 impl Proc {
-    /// End of the interval: `stop` record, else observed death, else `None` (still alive).
+    /// End of the interval: `stop` record, else the last time known alive before it was seen
+    /// dead, else `None` (still alive).
     pub fn end_ns(&self) -> Option<u64> {
-        self.stop_ns.or(self.death_ns)
+        self.stop_ns.or(self.alive_ns).or(self.death_ns)
     }
 }
 
@@ -84,7 +92,12 @@ struct Watch {
     fd: i32,
     pid: u32,
     proc_idx: Option<usize>,
+    /// The last time it was known alive.
+    alive_ns: Option<u64>,
 }
+
+/// A death seen, not yet published: the process, when it was seen dead, when last known alive.
+type Death = (Option<usize>, u32, u64, Option<u64>);
 
 fn pidfd_open(pid: u32) -> Result<i32, i32> {
     // SAFETY: plain syscall; the returned fd is owned by the caller.
@@ -432,7 +445,7 @@ fn observe(path: &Path, inner: &Inner) {
     // Deaths seen but not yet published: a process writes its records before it dies, so its
     // death is published only after a read of the log that began after the death was seen.
     // Otherwise a waiter could see it dead but without its last (`stop`) record.
-    let mut dead: Vec<(Option<usize>, u32, u64)> = Vec::new();
+    let mut dead: Vec<Death> = Vec::new();
     while !inner.stop.load(Ordering::SeqCst) {
         // 1. New log lines.
         if file.is_none() {
@@ -475,15 +488,18 @@ fn observe(path: &Path, inner: &Inner) {
                             stop_ns: None,
                             term_ns: Vec::new(),
                             death_ns: None,
+                            alive_ns: None,
                         });
                         st.by_pid.insert(r.pid, idx);
+                        // Alive when it wrote its start record (pidfd_open also opens a zombie).
                         match pidfd_open(r.pid) {
                             Ok(fd) => watches.push(Watch {
                                 fd,
                                 pid: r.pid,
                                 proc_idx: Some(idx),
+                                alive_ns: Some(r.ns),
                             }),
-                            Err(_) => dead.push((Some(idx), r.pid, monotonic_ns())),
+                            Err(_) => dead.push((Some(idx), r.pid, monotonic_ns(), Some(r.ns))),
                         }
                     }
                     Kind::Stop | Kind::Term => {
@@ -502,13 +518,19 @@ fn observe(path: &Path, inner: &Inner) {
             for pid in std::mem::take(&mut st.pending_watch) {
                 let proc_idx = st.by_pid.get(&pid).copied();
                 match pidfd_open(pid) {
-                    Ok(fd) => watches.push(Watch { fd, pid, proc_idx }),
-                    Err(_) => dead.push((proc_idx, pid, monotonic_ns())),
+                    Ok(fd) => watches.push(Watch {
+                        fd,
+                        pid,
+                        proc_idx,
+                        alive_ns: None,
+                    }),
+                    Err(_) => dead.push((proc_idx, pid, monotonic_ns(), None)),
                 }
             }
-            for (proc_idx, pid, ns) in seen_dead {
+            for (proc_idx, pid, ns, alive) in seen_dead {
                 if let Some(i) = proc_idx {
                     st.procs[i].death_ns.get_or_insert(ns);
+                    st.procs[i].alive_ns = st.procs[i].alive_ns.or(alive);
                 }
                 st.deaths.entry(pid).or_insert(ns);
             }
@@ -522,6 +544,8 @@ fn observe(path: &Path, inner: &Inner) {
                 revents: 0,
             })
             .collect();
+        // Not readable when polled: alive then, and so at this earlier moment.
+        let polled = monotonic_ns();
         let n = if fds.is_empty() {
             std::thread::sleep(Duration::from_millis(2));
             0
@@ -529,20 +553,22 @@ fn observe(path: &Path, inner: &Inner) {
             // SAFETY: fds is a valid array of pollfd of the given length.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 2) }
         };
-        if n > 0 {
-            let now = monotonic_ns();
-            let mut keep = Vec::with_capacity(watches.len());
-            for (w, p) in watches.drain(..).zip(fds.iter()) {
-                if p.revents != 0 {
-                    dead.push((w.proc_idx, w.pid, now));
-                    // SAFETY: we own this pidfd.
-                    unsafe { libc::close(w.fd) };
-                } else {
-                    keep.push(w);
-                }
+        let now = monotonic_ns();
+        let mut keep = Vec::with_capacity(watches.len());
+        for (mut w, p) in watches.drain(..).zip(fds.iter()) {
+            if n < 0 {
+                // Interrupted: nothing learnt.
+                keep.push(w);
+            } else if p.revents != 0 {
+                dead.push((w.proc_idx, w.pid, now, w.alive_ns));
+                // SAFETY: we own this pidfd.
+                unsafe { libc::close(w.fd) };
+            } else {
+                w.alive_ns = Some(polled);
+                keep.push(w);
             }
-            watches = keep;
         }
+        watches = keep;
         if changed {
             inner.cv.notify_all();
         }
