@@ -246,11 +246,12 @@ to the WAL), so the cost is CPU and memory. In a 3-member cluster:
   pending at that moment; the member then serves the read from its own store. They move work
   from the keep-alives to the heartbeat rounds, the more so with many locks of a few candidates
   each (two leader-pace readers a lock).
-- A handover: every waiter of ours watches the holder record and, when it moves, reads and
-  watches again: {fmt_handover(big['ours'])} messages to etcd a handover in the fleet of
-  {max(sizes):,} above, `etcdctl lock`'s {fmt_handover(big['etcdctl'])} (its successor alone
-  acts). On a cluster those reads are linearizable, so each also waits for a ReadIndex round of
-  the leader's, and the herd lands on the members the waiters talk to.
+- A handover wakes our new leader and the candidate behind it, which reads the queue (a page of
+  keys a request) to become next in line: {fmt_handover(big['ours'])} messages to etcd a handover
+  in the fleet of {max(sizes):,} above, `etcdctl lock`'s {fmt_handover(big['etcdctl'])} (its
+  successor alone acts). On a cluster that read is linearizable, and waits for a ReadIndex round
+  of the leader's. A waiter serving a status endpoint also follows the record, and reads the new
+  leader's key once a handover (not in these fleets).
 - Memory: a client's connection, streams and watches live on the member it talks to (spread
   over three); every key and lease lives on all three.
 - Writes (a join, a handover, a revoke) commit once a quorum has the entry: a round trip to a
