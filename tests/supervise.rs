@@ -28,7 +28,8 @@ fn orphans_are_reparented_and_reaped() {
         .lease(3)
         .renew("2s")
         .command("sh")
-        .args(&["-c", "(sleep 0.3 &); exec sleep 30"])
+        // Long enough to be seen under the wrapper by a test descheduled for a while.
+        .args(&["-c", "(sleep 2 &); exec sleep 30"])
         .spawn();
     let wrapper = c.pid();
     let orphan = wait_for(
@@ -37,11 +38,11 @@ fn orphans_are_reparented_and_reaped() {
         || {
             children_of(wrapper).into_iter().map(|s| s.pid).find(|pid| {
                 std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.starts_with("sleep\u{0}0.3"))
+                    .is_ok_and(|c| c.starts_with("sleep\u{0}2\u{0}"))
             })
         },
     );
-    wait_until(Duration::from_secs(3), "the orphan reaped", || {
+    wait_until(Duration::from_secs(10), "the orphan reaped", || {
         !children_of(wrapper).iter().any(|s| s.pid == orphan)
     });
     let zombies: Vec<_> = children_of(wrapper)
