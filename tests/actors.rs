@@ -341,6 +341,47 @@ fn force_acquire_against_a_go_replica_with_a_waiter_queued() {
     s.mon.assert_no_overlap();
 }
 
+/// As above with two waiters: the second, further back, watches its predecessor and the key
+/// before it, not the record, while the record is re-bound to a fence and then goes. Both go
+/// back in line behind the forcer and run after it, one at a time: nobody waits forever for a
+/// change of the record it no longer watches.
+#[test]
+fn force_acquire_against_a_go_replica_with_two_waiters_queued_all_run() {
+    let lock = "act-force-go2";
+    let s = Scene::new("actors", lock);
+    let old = OldReplica::start(
+        &s.etcd.endpoint(),
+        lock,
+        "old",
+        TTL as i64,
+        Duration::from_millis(500),
+        false,
+        &s.log,
+    );
+    old.wait_acquired(T);
+    let ro = s.mon.wait_for_start(Some("old"), T);
+    let mut cast = Cast::default();
+    let run = ["--exit-after", "300"];
+    cast.add(cand(&s, "w1", lock).args(&run));
+    s.etcd.wait_queued(lock, "w1");
+    cast.add(cand(&s, "w2", lock).args(&run));
+    s.etcd.wait_queued(lock, "w2");
+    cast.add(cand(&s, "f", lock).force(true).args(&run));
+    let first = s.mon.wait_for_start_after(None, ro.ns, T);
+    assert_eq!(first.identity, "f", "the forcer leads first");
+    for id in ["w1", "w2"] {
+        wait_for(T, &format!("{id} to run"), || {
+            (!starts_of(&s.mon, id).is_empty()).then_some(())
+        });
+    }
+    for c in cast.iter_mut() {
+        c.expect_exit(T);
+    }
+    s.mon.assert_no_overlap();
+    let st = old.wait_done(T);
+    assert!(st.error.is_none(), "{st:#?}");
+}
+
 // ------------------------------------------------------------------------------------------
 // 2. A forcer that restarts during its wait.
 

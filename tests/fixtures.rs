@@ -214,6 +214,38 @@ fn sigkilled_child_ends_when_last_known_alive() {
     c.wait().unwrap();
 }
 
+/// A child SIGKILLed 100 ms after a successor started overlaps it: ended where the monitor last
+/// knew it alive, it still ends after the successor's start, as the monitor looks every ~2 ms
+/// (only a monitor not scheduled for the whole 100 ms would miss it).
+#[test]
+fn a_sigkilled_child_outliving_a_successors_start_overlaps_it() {
+    let dir = TempDir::new("fx-kill-overlap");
+    let log = dir.join("log");
+    let mon = Monitor::start(&log);
+    let mut a = Direct::spawn(&log, "a", &["--ignore-term"]);
+    mon.wait_for_start(Some("a"), T);
+    let mut b = Direct::spawn(&log, "b", &[]);
+    let rb = mon.wait_for_start(Some("b"), T);
+    a.signal_group(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    let killed = monotonic_ns();
+    a.signal_group(libc::SIGKILL);
+    let death = mon.wait_until_dead(a.pid(), T);
+    a.wait(T);
+    b.signal_group(libc::SIGTERM);
+    b.wait(T);
+    mon.wait_until_all_dead(T);
+    let ov = mon.overlaps();
+    assert_eq!(ov.len(), 1, "{}", mon.timeline());
+    let o = &ov[0];
+    assert!(!o.ongoing, "{o:?}");
+    // From b's start to where a was last seen alive: after b's start (the monitor looked at
+    // least once in the 100 ms), no later than its death.
+    assert_eq!(o.start_ns, rb.ns, "{o:?}");
+    assert!(o.end_ns > rb.ns && o.end_ns <= death, "{o:?}");
+    assert!(death >= killed, "{o:?}");
+}
+
 #[test]
 fn forked_grandchildren_are_tracked_and_print_env() {
     let dir = TempDir::new("fx-fork");

@@ -263,9 +263,9 @@ fn three_hundred_candidates_and_decoys_none_missed() {
 }
 
 /// A hand-over ahead of a waiter further back (its predecessor does not hold the record) costs
-/// it no request: it learns who leads from the hand-over's events on the one watch of the record
-/// it keeps open (an earlier version read the record and the new holder's key, and watched its
-/// three keys again: 5 requests a waiter a hand-over, 5,000 with 1,000 waiters). Counted are
+/// it no request: it watches its predecessor's key and the one before it, not the record, and
+/// hears nothing of it (an earlier version read the record and the new holder's key, and watched
+/// its three keys again: 5 requests a waiter a hand-over, 5,000 with 1,000 waiters). Counted are
 /// reads of single keys (`Range`) and watches ended (`Watch`), which no renewal makes.
 #[test]
 fn a_hand_over_costs_the_waiters_further_back_nothing() {
