@@ -1,16 +1,18 @@
 //! The mutual-exclusion invariant checker. This module owns the observed timeline of every
 //! process that `eae-test-child` logs: a background thread tails the shared log file (every
 //! ~2 ms), opens a pidfd for every `start` record at once, and stamps the CLOCK_MONOTONIC time at
-//! which each process is seen dead (pidfd readable; ESRCH at open => dead at open time), and
-//! the last time it was known alive before that (the start of the poll that found it dead, or
-//! its start record). A process's interval is `[start, stop record]`, else `[start, last known
-//! alive]`, else `[start, now)` while alive: on a loaded machine the thread is not always
-//! scheduled, and a death it sees late is not a death that came late (a grandchild SIGKILLed
-//! and reaped by its wrapper before the hand-over was seen dead 15 ms after the heir's start,
-//! the monitor starved for 25 ms). An overlap shorter than such a blind spot goes unseen; the
-//! children's own records (`start`, `stop`) are exact. [`Monitor::overlaps`] lists every span where processes of two
-//! different identities were alive at once; [`Monitor::assert_no_overlap`] panics with a readable
-//! timeline. Dropping the monitor stops the thread and closes all pidfds.
+//! which each process is seen dead (pidfd readable; ESRCH at open => dead at open time), and the
+//! last time it was known alive before that (the start of the last poll that found it alive).
+//! A process's interval is `[start, stop record]`, else `[start, last known alive]`, else
+//! `[start, seen dead]` (dead by its first poll: a successor that starts and dies at once beside
+//! a running command still overlaps it), else `[start, now)` while alive. On a loaded machine
+//! the thread is not always scheduled, and a death seen late is not a death that came late (a
+//! grandchild SIGKILLed and reaped by its wrapper before the hand-over was seen dead 15 ms after
+//! the heir's start, the monitor starved for 25 ms): an overlap shorter than such a blind spot
+//! goes unseen; the children's own records (`start`, `stop`) are exact. [`Monitor::overlaps`]
+//! lists every span where processes of two different identities were alive at once;
+//! [`Monitor::assert_no_overlap`] panics with a readable timeline. Dropping the monitor stops the
+//! thread and closes all pidfds.
 
 use super::records::{monotonic_ns, Kind, Record};
 use std::collections::{HashMap, HashSet};
@@ -491,15 +493,14 @@ fn observe(path: &Path, inner: &Inner) {
                             alive_ns: None,
                         });
                         st.by_pid.insert(r.pid, idx);
-                        // Alive when it wrote its start record (pidfd_open also opens a zombie).
                         match pidfd_open(r.pid) {
                             Ok(fd) => watches.push(Watch {
                                 fd,
                                 pid: r.pid,
                                 proc_idx: Some(idx),
-                                alive_ns: Some(r.ns),
+                                alive_ns: None,
                             }),
-                            Err(_) => dead.push((Some(idx), r.pid, monotonic_ns(), Some(r.ns))),
+                            Err(_) => dead.push((Some(idx), r.pid, monotonic_ns(), None)),
                         }
                     }
                     Kind::Stop | Kind::Term => {
