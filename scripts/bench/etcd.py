@@ -112,6 +112,15 @@ class Etcd:
                 return int(r.get("grantedTTL", 0))
         return None
 
+    def gauge(self, name):
+        """One unlabelled sample of etcd's /metrics (a gauge such as go_memstats_heap_inuse_bytes),
+        or None."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=TIMEOUT_S) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return None
+
     def metrics(self):
         """{(metric, method): value} for the gRPC server counters, plus the watcher gauge."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=TIMEOUT_S) as r:

@@ -170,6 +170,8 @@ def at_rest(etcd, cl, procs, window):
             "rest_requests_per_s": {k: v / el for k, v in delta(m1, m0).items()},
             "rest_candidates_cpu_pct": (own1 - own0) / el * 100,
             "etcd_rss_kib_rest": proc_status(etcd.proc.pid).get("VmRSS"),
+            # What of that RSS the Go heap holds live (RSS also keeps what a burst left).
+            "etcd_heap_inuse_kib_rest": (etcd.gauge("go_memstats_heap_inuse_bytes") or 0) / 1024,
             "wrappers": memory_of(pids)}
 
 

@@ -166,6 +166,10 @@ def table(F):
         row("etcd VmRSS: fresh → at rest (a candidate's share)",
             lambda f: f"{kib_mib(f['etcd_rss_kib_before'])} → "
                       f"{kib_mib(f['etcd_rss_kib_rest'])} ({pc(f)['etcd_rss_kib']:.0f} KiB)"),
+        row("etcd's Go heap in use at rest (what of its VmRSS is live; the rest is what start-up "
+            "left, not yet given back)",
+            lambda f: kib_mib(f["etcd_heap_inuse_kib_rest"]) if "etcd_heap_inuse_kib_rest" in f
+            else "not measured"),
         row("etcd requests at rest, a second",
             lambda f: ", ".join(f"{k} {v:.1f}" for k, v in sorted(
                 f["rest_requests_per_s"].items()))
