@@ -88,7 +88,7 @@
 //! |---|---|---|
 //! | `Join`: adopt a key of our identity, else grant + put-if-absent key | election.rs `Election::join`, `adopt`, `create` | election/join.rs `Election::join`, `create` |
 //! | `Observe`: twin (exit 76) or dead previous life; `Adopt`: keep-alive, put again; leads and revokes no earlier than `not_before`, H or not; resigning before it: `Leave` | — (adopts at once, revokes other keys of ours) | election/adopt.rs `previous_life`, `liveness` |
-//! | `Check`: one read and the decision: a key ahead: wait for it; none, H bound to another lease: `GiveWay` if that lease has a candidate key, else wait for H; no H: `GiveWay` if another's Y stands, else `Take`; H ours: lead (handed, its version above 1: at once, the seen set cleared; else `AwaitGone`), our Y withdrawn. Or, next in line, not a forcer, our key never put again: the hand-over's watch event alone (`handed`: lead at once). `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election/campaign.rs `wait_turn`, `handed_to`, `take_turn`, `settle`, `take_record`, `await_lease_gone`; election/queue.rs `key_of_lease`, `Snapshot::read`, `Seat::holds`, `is_handed_over` |
+//! | `Check`: one read and the decision: a key ahead: wait for it; none, H bound to another lease: `GiveWay` if that lease has a candidate key, else wait for H; no H: `GiveWay` if another's Y stands, else `Take`; H ours: `GiveWay` if another's Y stands, else lead (handed, its version above 1: at once, the seen set cleared; else `AwaitGone`, and `Check` again if it had leases to wait for), our Y withdrawn. Or, next in line, not a forcer, our key never put again: the hand-over's watch event alone (`handed`: lead at once). `Take`; `AwaitGone` | election.rs `wait_turn`, `take_legacy_lock` | election/campaign.rs `wait_turn`, `handed_to`, `take_turn`, `settle`, `take_record`, `await_lease_gone`; election/queue.rs `key_of_lease`, `Snapshot::read`, `Seat::holds`, `is_handed_over` |
 //! | `GiveWay` (the outcome of `Check`): resign, join again behind; a forcer does not ask again in this life (`gave_way`) | — | election/campaign.rs `Turn::GiveWay`; election/mod.rs `elect_and_lead` |
 //! | `Force`: read; nobody to ask (H ours or a fence, or we head the queue) or another's Y: a plain candidate; no Y: put Y bound to our lease (guarded: our key's create revision, H and Y as read), read again; our Y: the runner's lease seen, then `Check`s | election.rs `depose_ahead_of` (its read) | election/force.rs `request_yield`, `runner`; election/campaign.rs `campaign` (`seen`) |
 //! | `Force` with our Y and a runner without a candidate key (the fence): H re-bound to a fence lease marked deposed (same guards); `RevokeRunner` | — | election/force.rs `fence` |
@@ -906,6 +906,7 @@ impl Protocol {
             // that expired meanwhile is `LeaseLost`.
             (Op::Take, Pc::Take) if net_ok => self.take_record(s, i)?,
             // `settle`: the leases seen ahead gone, then a request of ours withdrawn.
+            // Having waited for any, read again (`Check`): a forcer may have asked meanwhile.
             (Op::AwaitGone, Pc::AwaitGone) if net_ok && own.is_some_and(|l| s.alive(l)) => {
                 if s.procs[i].seen.iter().any(|&l| s.alive(l)) {
                     return None;
@@ -913,7 +914,12 @@ impl Protocol {
                 if s.y.is_some_and(|y| Some(y.lease) == own) {
                     s.y = None;
                 }
-                s.procs[i].pc = Pc::Ready;
+                s.procs[i].pc = if s.procs[i].seen.is_empty() {
+                    Pc::Ready
+                } else {
+                    s.procs[i].seen.clear();
+                    Pc::Wait
+                };
             }
             (Op::Force, Pc::Force) if net_ok => {
                 if new {
@@ -1277,6 +1283,8 @@ impl Protocol {
             Some(h) if h.lease != l && s.key_pos(h.lease).is_some() => Self::give_way(s, i),
             // A Go replica, a fence, a stranger that unlocked, ours whose key was deleted.
             Some(h) if h.lease != l => s.procs[i].see(h.lease),
+            // Ours, but our command not started: another's request stands, we go back in line.
+            Some(_) if s.y.is_some_and(|y| y.lease != l) => Self::give_way(s, i),
             // `settle`: handed (put over an existing record) at once, else once the leases seen
             // are gone (`AwaitGone` withdraws our request then).
             Some(h) => {
