@@ -299,12 +299,8 @@ fn two_forcers_at_once_take_turns_without_overlap() {
     s.mon.assert_no_overlap();
 }
 
-/// A Go replica holds the lock (the record without a candidate key), one of ours waits, one of
-/// ours forces: the replica is fenced out, and nobody starts until its command is gone.
-#[test]
-fn force_acquire_against_a_go_replica_with_a_waiter_queued() {
-    let lock = "act-force-go";
-    let s = Scene::new("actors", lock);
+/// A Go replica holding `lock` (the record without a candidate key), and its command's start.
+fn go_replica_holds(s: &Scene, lock: &str) -> (OldReplica, Record) {
     let old = OldReplica::start(
         &s.etcd.endpoint(),
         lock,
@@ -316,6 +312,16 @@ fn force_acquire_against_a_go_replica_with_a_waiter_queued() {
     );
     old.wait_acquired(T);
     let ro = s.mon.wait_for_start(Some("old"), T);
+    (old, ro)
+}
+
+/// A Go replica holds the lock (the record without a candidate key), one of ours waits, one of
+/// ours forces: the replica is fenced out, and nobody starts until its command is gone.
+#[test]
+fn force_acquire_against_a_go_replica_with_a_waiter_queued() {
+    let lock = "act-force-go";
+    let s = Scene::new("actors", lock);
+    let (old, ro) = go_replica_holds(&s, lock);
     let mut cast = Cast::default();
     let cw = cast.add(cand(&s, "w", lock));
     s.etcd.wait_queued(lock, "w");
@@ -349,17 +355,7 @@ fn force_acquire_against_a_go_replica_with_a_waiter_queued() {
 fn force_acquire_against_a_go_replica_with_two_waiters_queued_all_run() {
     let lock = "act-force-go2";
     let s = Scene::new("actors", lock);
-    let old = OldReplica::start(
-        &s.etcd.endpoint(),
-        lock,
-        "old",
-        TTL as i64,
-        Duration::from_millis(500),
-        false,
-        &s.log,
-    );
-    old.wait_acquired(T);
-    let ro = s.mon.wait_for_start(Some("old"), T);
+    let (old, ro) = go_replica_holds(&s, lock);
     let mut cast = Cast::default();
     let run = ["--exit-after", "300"];
     cast.add(cand(&s, "w1", lock).args(&run));
