@@ -62,6 +62,9 @@ pub struct OldStatus {
     pub child_exited_ns: Option<u64>,
     /// Our command was reaped after we stopped it.
     pub child_stopped_ns: Option<u64>,
+    /// The revoke that releases the lock was sent (the command is gone by then): the earliest a
+    /// successor can learn of the release, whatever delayed this thread before it.
+    pub released_ns: Option<u64>,
     /// The run ended (lease revoked or revoke attempted).
     pub done: bool,
     /// Human-readable log of what happened, for failure messages.
@@ -311,6 +314,7 @@ async fn run(cfg: &Cfg, sh: &Shared, child: &mut Option<Child>) -> Result<(), St
     if let Some(mut ch) = child.take() {
         stop_child(sh, &mut ch).await;
     }
+    sh.update(|s| s.released_ns = Some(monotonic_ns()));
     match timed("lease revoke", c.lease_revoke(lease)).await {
         Ok(_) => sh.event(format!("revoked lease {lease:x}")),
         Err(e) => sh.event(format!("revoke: {e}")),
