@@ -302,10 +302,19 @@ impl Successor {
 
 /// Every candidate whose value is `identity` (a restart looking for its previous life), oldest
 /// first. etcd compares the values: nobody's value is read, however large.
+///
+/// Every candidate joining asks this of the whole queue, so the usual answer (none) is asked
+/// first in a form etcd serves as a read: a transaction of compares alone. The per-key answer
+/// needs nested transactions, which etcd counts as writes: each would be a raft entry, written
+/// to the log and kept in the member's memory, a page of compares long, for every page of the
+/// queue at every join. It is asked only of a page where some key may hold `identity`.
 pub async fn with_identity(etcd: &Etcd, keys: &Keys, identity: &str) -> Result<Vec<Candidate>> {
     let (_, all) = scan::all(etcd, keys).await?;
     let mut found = Vec::new();
     for chunk in all.chunks(CHUNK) {
+        if none_holds(etcd, chunk, identity).await? {
+            continue;
+        }
         let ops: Vec<TxnOp> = chunk
             .iter()
             .map(|cand| same_value(cand, identity))
@@ -318,6 +327,19 @@ pub async fn with_identity(etcd: &Etcd, keys: &Keys, identity: &str) -> Result<V
         }
     }
     Ok(found)
+}
+
+/// Whether no candidate of `chunk` holds `value`: true only if every key is still there with
+/// another value (etcd fails a value compare on a missing key), so a key gone since the scan
+/// sends its page to the per-key answer.
+async fn none_holds(etcd: &Etcd, chunk: &[Candidate], value: &str) -> Result<bool> {
+    let differs = chunk
+        .iter()
+        .map(|cand| Compare::value(cand.key.clone(), CompareOp::NotEqual, value));
+    let resp = etcd
+        .txn(Txn::new().when(differs.collect::<Vec<_>>()))
+        .await?;
+    Ok(resp.succeeded())
 }
 
 /// A nested transaction that succeeds if `cand` still holds `value`, unchanged.

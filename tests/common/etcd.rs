@@ -352,6 +352,18 @@ impl Etcd {
             .sum()
     }
 
+    /// An unlabelled sample of this server's Prometheus metrics (a counter such as
+    /// `etcd_server_proposals_committed_total`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.client_port());
+        let (code, body) =
+            super::http("GET", &url, Duration::from_secs(5)).expect("etcd /metrics answers");
+        assert_eq!(code, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("etcd's /metrics has no {name}"))
+    }
+
     /// Number of live leases (`etcdctl lease list`).
     pub fn lease_count(&self) -> usize {
         let out = self.etcdctl(&["lease", "list"]);
