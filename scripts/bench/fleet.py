@@ -171,7 +171,7 @@ def at_rest(etcd, cl, procs, window):
             "rest_candidates_cpu_pct": (own1 - own0) / el * 100,
             "etcd_rss_kib_rest": proc_status(etcd.proc.pid).get("VmRSS"),
             # What of that RSS the Go heap holds live (RSS also keeps what a burst left).
-            "etcd_heap_inuse_kib_rest": (etcd.gauge("go_memstats_heap_inuse_bytes") or 0) / 1024,
+            "etcd_heap_live_kib_rest": etcd.live_heap_kib(),
             "wrappers": memory_of(pids)}
 
 
@@ -226,7 +226,8 @@ def fleet(bench, tool, locks, per_lock, handovers, window, budget):
     out = {"tool": tool, "ttl": TTL, "locks": locks, "per_lock": per_lock,
            "asked": locks * per_lock, "in_flight": IN_FLIGHT, "startup_budget_s": budget,
            "headroom_before": headroom.now(),
-           "etcd_rss_kib_before": proc_status(etcd.proc.pid).get("VmRSS")}
+           "etcd_rss_kib_before": proc_status(etcd.proc.pid).get("VmRSS"),
+           "etcd_heap_live_kib_before": etcd.live_heap_kib()}
     t0, cpu0 = time.monotonic(), etcd.cpu_s()
     procs = {}
     try:

@@ -27,6 +27,8 @@ def per_cand(f):
     return {"etcd_cpu_pct": f["rest_etcd_cpu_pct"] / n,
             "requests_per_min": sum(f["rest_requests_per_s"].values()) * 60 / n,
             "etcd_rss_kib": max(0, f["etcd_rss_kib_rest"] - f["etcd_rss_kib_before"]) / n,
+            "etcd_heap_kib": max(0, (f.get("etcd_heap_live_kib_rest") or 0)
+                                 - (f.get("etcd_heap_live_kib_before") or 0)) / n,
             "pss_kib": w["Pss"] / n, "threads": w["Threads"] / n,
             "host_cpu_pct": f["rest_candidates_cpu_pct"] / n}
 
@@ -166,9 +168,12 @@ def table(F):
         row("etcd VmRSS: fresh → at rest (a candidate's share)",
             lambda f: f"{kib_mib(f['etcd_rss_kib_before'])} → "
                       f"{kib_mib(f['etcd_rss_kib_rest'])} ({pc(f)['etcd_rss_kib']:.0f} KiB)"),
-        row("etcd's Go heap in use at rest (what of its VmRSS is live; the rest is what start-up "
+        row("etcd's Go heap live (right after a garbage collection): fresh → at rest (a "
+            "candidate's share; what of the VmRSS the candidates hold, the rest is what start-up "
             "left, not yet given back)",
-            lambda f: kib_mib(f["etcd_heap_inuse_kib_rest"]) if "etcd_heap_inuse_kib_rest" in f
+            lambda f: f"{kib_mib(f['etcd_heap_live_kib_before'])} → "
+                      f"{kib_mib(f['etcd_heap_live_kib_rest'])} ({pc(f)['etcd_heap_kib']:.0f} KiB)"
+            if f.get("etcd_heap_live_kib_rest") and f.get("etcd_heap_live_kib_before")
             else "not measured"),
         row("etcd requests at rest, a second",
             lambda f: ", ".join(f"{k} {v:.1f}" for k, v in sorted(
@@ -268,9 +273,10 @@ leader, half of it kept free for raft, compaction and other clients, carries abo
 **{cap(p):,.0f} of `etcdctl lock`** ({p['etcd_cpu_pct'] * 10:.3f}‰); if a forwarded keep-alive
 cost the leader twice what a direct one does, two in three of them forwarded make it 5/3 of the
 work: about {cap(o) * 3 / 5:,.0f} and {cap(p) * 3 / 5:,.0f}. etcd's memory grew by
-{o['etcd_rss_kib']:.0f} KiB a candidate of ours and {p['etcd_rss_kib']:.0f} KiB one of `etcdctl lock` (a lease, its keys
-and watches, a client connection and its streams, and what the joins left on etcd's heap): spread over three members, it binds well after the
-CPU. A mass restart costs joins ({join_ms:.1f} ms of etcd CPU a candidate of ours here, a few raft commits each; on a cluster each commit also
+{o['etcd_rss_kib']:.0f} KiB a candidate of ours and {p['etcd_rss_kib']:.0f} KiB one of `etcdctl lock`, of which
+its Go heap holds live {o['etcd_heap_kib']:.0f} KiB and {p['etcd_heap_kib']:.0f} KiB (a lease, its keys and watches, a
+client connection and its streams; the rest is what start-up left): spread over three members, it
+binds well after the CPU. A mass restart costs joins ({join_ms:.1f} ms of etcd CPU a candidate of ours here, a few raft commits each; on a cluster each commit also
 waits for a follower).
 """
 
