@@ -160,7 +160,8 @@ impl Seat {
     }
 }
 
-/// At most this many keys compared in one transaction (etcd refuses more than 128 operations).
+/// At most this many keys compared in one transaction: etcd refuses more operations than its
+/// `--max-txn-ops` (128 by default; below 64, `failure` names it).
 const CHUNK: usize = 64;
 
 /// A candidate key as a keys-only read gives it: where it stands, not who it is. Its identity, a
@@ -303,25 +304,20 @@ impl Successor {
 /// Every candidate whose value is `identity` (a restart looking for its previous life), oldest
 /// first. etcd compares the values: nobody's value is read, however large.
 ///
-/// Every candidate joining asks this of the whole queue, so the usual answer (none) is asked
-/// first in a form etcd serves as a read: a transaction of compares alone. The per-key answer
-/// needs nested transactions, which etcd counts as writes: each would be a raft entry, written
-/// to the log and kept in the member's memory, a page of compares long, for every page of the
-/// queue at every join. It is asked only of a page where some key may hold `identity`.
+/// Every candidate joining asks this of the whole queue, so each question is a transaction of
+/// compares alone, which etcd serves as a read (one with a nested transaction counts as a write:
+/// a raft entry, written to the log and kept in the member's memory, for every page of the queue
+/// at every join). A page of keys is asked at once whether none holds `identity`, the usual
+/// answer; only the keys of a page where one may are asked one by one.
 pub async fn with_identity(etcd: &Etcd, keys: &Keys, identity: &str) -> Result<Vec<Candidate>> {
     let (_, all) = scan::all(etcd, keys).await?;
     let mut found = Vec::new();
     for chunk in all.chunks(CHUNK) {
-        if none_holds(etcd, chunk, identity).await? {
+        if holds(etcd, chunk, |c| differs(c, identity)).await? {
             continue;
         }
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|cand| same_value(cand, identity))
-            .collect();
-        let resp = etcd.txn(Txn::new().and_then(ops)).await?;
-        for (cand, r) in chunk.iter().zip(resp.op_responses()) {
-            if matches!(r, TxnOpResponse::Txn(inner) if inner.succeeded()) {
+        for cand in chunk {
+            if holds(etcd, std::slice::from_ref(cand), |c| same(c, identity)).await? {
                 found.push(cand.clone());
             }
         }
@@ -329,25 +325,27 @@ pub async fn with_identity(etcd: &Etcd, keys: &Keys, identity: &str) -> Result<V
     Ok(found)
 }
 
-/// Whether no candidate of `chunk` holds `value`: true only if every key is still there with
-/// another value (etcd fails a value compare on a missing key), so a key gone since the scan
-/// sends its page to the per-key answer.
-async fn none_holds(etcd: &Etcd, chunk: &[Candidate], value: &str) -> Result<bool> {
-    let differs = chunk
-        .iter()
-        .map(|cand| Compare::value(cand.key.clone(), CompareOp::NotEqual, value));
-    let resp = etcd
-        .txn(Txn::new().when(differs.collect::<Vec<_>>()))
-        .await?;
-    Ok(resp.succeeded())
+/// Whether every compare `of` the candidates holds, asked as a read. etcd fails a value compare
+/// on a missing key: a key gone since the scan holds no value and is no previous life.
+async fn holds(
+    etcd: &Etcd,
+    cands: &[Candidate],
+    of: impl Fn(&Candidate) -> Vec<Compare>,
+) -> Result<bool> {
+    let compares: Vec<Compare> = cands.iter().flat_map(of).collect();
+    Ok(etcd.txn(Txn::new().when(compares)).await?.succeeded())
 }
 
-/// A nested transaction that succeeds if `cand` still holds `value`, unchanged.
-fn same_value(cand: &Candidate, value: &str) -> TxnOp {
-    TxnOp::txn(Txn::new().when([
+fn differs(cand: &Candidate, value: &str) -> Vec<Compare> {
+    vec![Compare::value(cand.key.clone(), CompareOp::NotEqual, value)]
+}
+
+/// `cand` holds `value`, unchanged since the scan.
+fn same(cand: &Candidate, value: &str) -> Vec<Compare> {
+    vec![
         Compare::value(cand.key.clone(), CompareOp::Equal, value),
         Compare::mod_revision(cand.key.clone(), CompareOp::Equal, cand.mod_revision),
-    ]))
+    ]
 }
 
 /// Compares that `kv` (as read) is unchanged, or that the key is absent when `kv` is `None`.
