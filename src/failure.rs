@@ -54,6 +54,9 @@ pub enum Cause {
     /// An answer larger than the client takes (4 MiB): a value under the lock's prefix bigger
     /// than etcd's default request limit allows, or a batch of watch events over such values.
     TooLarge,
+    /// etcd allows fewer operations in one transaction (`--max-txn-ops`) than a candidate puts
+    /// in one (`queue::with_identity` compares a page of the queue at once).
+    TooManyOps,
     /// The etcd user has no rights on the lock's keys.
     PermissionDenied,
     /// Credentials are given but the server does not have authentication enabled.
@@ -85,6 +88,7 @@ impl Cause {
             Cause::LeaseTtl => "lease_ttl",
             Cause::InvalidRequest => "invalid_request",
             Cause::TooLarge => "too_large",
+            Cause::TooManyOps => "too_many_ops",
             Cause::PermissionDenied => "permission_denied",
             Cause::AuthNotEnabled => "auth_not_enabled",
             Cause::Credentials => "credentials",
@@ -121,6 +125,11 @@ impl Cause {
                 &[LOCK_NAME],
                 "a value under the lock's prefix (another client's key, or the job's data) is \
                  too large for one answer: keep large values out of the lock's key range",
+            ),
+            Cause::TooManyOps => (
+                &[ENDPOINTS],
+                "the etcd server allows fewer operations in one transaction (its --max-txn-ops) \
+                 than the 64 a candidate needs (etcd's default is 128)",
             ),
             Cause::PermissionDenied => (
                 &[USERNAME, LOCK_NAME],
@@ -211,6 +220,7 @@ fn cause_of(e: &Error, text: &str) -> Cause {
         // Our token predates a change of etcd's users or roles: a new connection authenticates
         // again.
         _ if is_old_auth_revision(status) => Cause::Unavailable,
+        Code::InvalidArgument if message("too many operations in txn request") => Cause::TooManyOps,
         Code::InvalidArgument => Cause::InvalidRequest,
         Code::PermissionDenied => Cause::PermissionDenied,
         Code::Unavailable if message("no leader") => Cause::NoLeader,
@@ -328,6 +338,18 @@ mod tests {
     }
 
     // Texts as tonic and etcd 3.4/3.5 report them (see tests/security.rs).
+
+    #[test]
+    fn too_few_operations_allowed_names_etcds_setting() {
+        let e = status(
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        );
+        let f = classify(&e);
+        assert_eq!(f.cause, Cause::TooManyOps);
+        assert!(f.cause.permanent());
+        assert!(f.to_string().contains("--max-txn-ops"), "{f}");
+    }
 
     #[test]
     fn an_answer_too_large_names_the_lock() {

@@ -263,6 +263,7 @@ fn read(get: impl Fn(&str) -> Option<String>, role: Role) -> Result<Option<Confi
         Role::Observer => get(IDENTITY).unwrap_or_default(),
     };
     no_control_characters(IDENTITY, &identity)?;
+    check_identity_length(&identity)?;
     let endpoints_raw = required(ENDPOINTS)?;
 
     let (lease_ttl, renew_deadline, retry_period) = read_timing(&get)?;
@@ -357,6 +358,9 @@ pub fn range(var: &str) -> Option<String> {
         ADVERTISE => Some(format!(
             "at most {MAX_ADVERTISE} bytes, no control characters"
         )),
+        IDENTITY => Some(format!(
+            "at most {MAX_IDENTITY} bytes, no control characters"
+        )),
         HEALTH_INTERVAL => Some(format!(
             "{:?} to {:?}",
             HEALTH_INTERVAL_RANGE.0, HEALTH_INTERVAL_RANGE.1
@@ -411,6 +415,26 @@ pub fn check_timing(
         return Err(err(
             RETRY_PERIOD,
             format!("{retry_period:?} is out of range: {min_retry:?} to {max_retry:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The most bytes of `IDENTITY`: a name (a pod's, a host's, 253 at most). A joining candidate
+/// sends it to etcd once for every key of a page of the queue (`queue::with_identity`), in a
+/// request etcd bounds (2 MiB by default): a longer one would be refused there, where nothing
+/// but a retry can follow.
+pub const MAX_IDENTITY: usize = 1024;
+
+fn check_identity_length(v: &str) -> Result<(), ConfigError> {
+    if v.len() > MAX_IDENTITY {
+        return Err(err(
+            IDENTITY,
+            format!(
+                "{} bytes is over the {MAX_IDENTITY} allowed: give a name, such as the pod's \
+                 or the host's",
+                v.len()
+            ),
         ));
     }
     Ok(())
@@ -977,6 +1001,16 @@ mod tests {
             assert_eq!(with(&[(LOCK_NAME, bad)]).unwrap_err().var, LOCK_NAME);
         }
         assert!(with(&[(IDENTITY, "pod-7 (zone ä)")]).is_ok());
+    }
+
+    #[test]
+    fn identity_length() {
+        let longest: &'static str = "ä".repeat(MAX_IDENTITY / 2).leak();
+        assert!(with(&[(IDENTITY, longest)]).is_ok());
+        let over: &'static str = format!("{longest}x").leak();
+        let e = with(&[(IDENTITY, over)]).unwrap_err();
+        assert_eq!(e.var, IDENTITY);
+        assert!(e.to_string().contains("1025 bytes"), "{e}");
     }
 
     #[test]

@@ -149,9 +149,12 @@ async fn liveness(etcd: &Etcd, lease: i64, leading: bool) -> Result<Life> {
         if last.is_some_and(|prev| left > prev) {
             return Ok(Life::Twin);
         }
-        // Unrenewed for longer than its role's keep-alive period, with a second for the
-        // rounding and one to spare. A twin whose renewal failed meanwhile may pass for dead:
-        // it then finds its key put again and exits without running anything.
+        // Unrenewed for longer than its role's keep-alive period, rounded up, + 1 s: `left`
+        // rounded down makes `granted - left` the time since the last renewal rounded up, so
+        // reaching `period` proves only more than `period - 1`. One more second of margin would
+        // leave a lease of 3 s (period 1 + 2) no time at all to be told dead before it ends.
+        // A twin whose renewal failed meanwhile may pass for dead: it then finds its key put
+        // again and exits without running anything.
         let longest = timing::longest_period(Duration::from_secs(granted.unsigned_abs()), leading);
         let period = longest.as_millis().div_ceil(1000) as i64 + 2;
         if granted - left >= period {
