@@ -130,6 +130,9 @@ def main():
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, on_signal)
 
+    # Read before the build, not after the run: the sources may change while it runs, and the
+    # figures are those of the binaries built now.
+    built = machine()
     if not args.no_build:
         build()
     for p in (EAE, CHILD, ETCD, ETCDCTL):
@@ -282,7 +285,7 @@ def main():
         if args.keep:
             log(f"kept {workdir}")
 
-    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    meta = {"machine": built, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "duration_s": time.monotonic() - t_start, "load_before": load_before,
             "load_after": loadavg()}
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
