@@ -48,7 +48,6 @@ impl Boot {
     }
 
     /// `d` earlier, or boot.
-    #[cfg(test)]
     pub fn saturating_sub(self, d: Duration) -> Boot {
         Boot(self.0.saturating_sub(d))
     }

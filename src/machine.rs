@@ -565,12 +565,16 @@ impl Wrapper {
     }
 
     fn lead(&mut self, key: String, revision: i64, lease: i64) -> State {
-        if self.renew_deadline().is_none_or(|d| d <= Boot::now()) {
-            // The keep-alive renews at once once elected if a renewal is overdue: start then,
-            // or give up if the lease turns out to be gone (`Lost`).
+        let deadline = self.cfg.renew_deadline;
+        if !self
+            .renewal
+            .is_some_and(|r| r.starts(deadline, Boot::now()))
+        {
+            // The keep-alive renews at once once elected if a renewal is (nearly) overdue: start
+            // then, or give up if the lease turns out to be gone (`Lost`).
             warn!(
-                "elected, but the lease was not renewed within the renew deadline; starting \
-                 once it is"
+                "elected, but the lease was not renewed recently enough to run on until the next \
+                 renewal; starting once it is renewed"
             );
             self.pending = Some((key, revision, lease));
             return State::Awaiting;

@@ -39,6 +39,17 @@ impl Renewal {
         self.sent.saturating_add(renew_deadline)
     }
 
+    /// Whether a command elected at `now` may start on this renewal: inside the renew deadline
+    /// with a leader's renewal bound to spare. Closer to it, the command would be stopped at the
+    /// deadline unless the renewal its election makes due at once (`keep_alive_period`: elected,
+    /// a renewal is due a period after the last counted one, and that is past by then) came first,
+    /// and one may take that bound: it starts with that renewal instead. Past the deadline, it
+    /// must: the lease may have been lost meanwhile.
+    pub fn starts(self, renew_deadline: Duration, now: Boot) -> bool {
+        let bound = renewal_bound(Role::Leading, self.ttl, renew_deadline);
+        now < self.renew_deadline(renew_deadline).saturating_sub(bound)
+    }
+
     /// How long before the lease can expire the group gets SIGKILL: at most a second and at most
     /// half the margin `T − R` (so at least half a second for a lease that leaves the margin).
     pub fn kill_budget(self, renew_deadline: Duration) -> Duration {
@@ -379,6 +390,24 @@ mod tests {
         }
         assert_eq!(stop.saturating_duration_since(sent), r);
         assert_eq!(kill.saturating_duration_since(sent), ttl - k);
+        // Elected on it: a command starts on a renewal answered within its bound, and on one as
+        // old as the next in line's can be (its next renewal due a period later, in flight for
+        // up to a bound); not so close to the deadline that it could end before a renewal came.
+        let (p, b) = (
+            keep_alive_period(Role::Next, ttl, r),
+            renewal_bound(Role::Leading, ttl, r),
+        );
+        assert!(
+            renewal.starts(r, sent.saturating_add(b)),
+            "{renewal:?} R {r:?}"
+        );
+        let next_in_line = sent.saturating_add(p + b).saturating_sub(NS);
+        assert!(renewal.starts(r, next_in_line), "{renewal:?} R {r:?}");
+        assert!(
+            !renewal.starts(r, stop.saturating_sub(b)),
+            "{renewal:?} R {r:?}"
+        );
+        assert!(!renewal.starts(r, stop), "{renewal:?} R {r:?}");
         assert_eq!(leading(renewal, r, sent), Due::Nothing(stop));
         assert_eq!(
             leading(renewal, r, stop.saturating_sub(NS)),
