@@ -113,8 +113,8 @@ pub const TABLE: &[Exit] = &[
          our client certificate rejected (CERT/KEY), credentials refused or given to a server \
          without authentication (USERNAME/PASSWORD), a right missing on the keys of LOCK_NAME \
          (each is proven before joining), a TTL etcd refuses (LEASE_DURATION), a request etcd \
-         refuses, a value under LOCK_NAME too large. The \
-         message names the variable to fix; the command never started. --leader ends with it \
+         refuses, a value under LOCK_NAME too large, an etcd allowing fewer than 64 operations \
+         in a transaction (its --max-txn-ops; named with ENDPOINTS). The message names the variable to fix; the command never started. --leader ends with it \
          too, at once.",
     ),
     exit(

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::etcd::Etcd;
 use common::records::monotonic_ns;
 use common::scene::Scene;
 use common::wait_for;
@@ -219,6 +220,41 @@ fn joining_a_long_queue_writes_only_the_join() {
         "{written} raft entries for one waiter to join behind 150 candidates (a lease, the proof \
          of rights and its key make 3)"
     );
+}
+
+/// An etcd that allows fewer operations in a transaction than a joining candidate compares at
+/// once (`--max-txn-ops` 32, a page of the queue being 64) refuses it for good: the candidate
+/// exits 77 at start-up, naming etcd's setting, never having started its command.
+#[test]
+fn an_etcd_allowing_too_few_operations_is_named() {
+    let etcd = Etcd::builder().args(&["--max-txn-ops", "32"]).start();
+    let s = Scene::on(etcd, "queue", "q-ops");
+    let ep = s.etcd.endpoint();
+    let lock = s.lock.clone();
+    block_on(async {
+        let mut c = connect(&ep).await;
+        for id in 0x40_0000..0x40_0000 + 40 {
+            c.lease_grant(300, Some(LeaseGrantOptions::new().with_id(id)))
+                .await
+                .expect("grant a chosen lease id");
+            c.put(
+                format!("{lock}/{id:x}"),
+                format!("s{id:x}"),
+                Some(PutOptions::new().with_lease(id)),
+            )
+            .await
+            .expect("put a candidate key");
+        }
+    });
+    let mut w = s.candidate("w", 5, "3s", "250ms").spawn();
+    let code = w.expect_exit(T).code();
+    let err = w.stderr_text();
+    assert_eq!(code, Some(77), "{err}");
+    assert!(
+        err.contains("ETCD_AWAIT_ELECTION_ENDPOINTS") && err.contains("--max-txn-ops"),
+        "{err}"
+    );
+    assert!(s.mon.starts().is_empty(), "the command ran:\n{err}");
 }
 
 /// ~300 candidates (lease-bound keys named after their chosen lease ids), a page boundary

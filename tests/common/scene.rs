@@ -33,6 +33,11 @@ impl Scene {
         Scene::around(Etcd::start(), tag, lock)
     }
 
+    /// As [`Scene::new`], around an etcd the test started with settings of its own.
+    pub fn on(etcd: Etcd, tag: &str, lock: &str) -> Scene {
+        Scene::around(etcd, tag, lock)
+    }
+
     /// A candidate on this scene's etcd, lock and record log, with the given lease TTL (seconds),
     /// renew deadline and retry period (override further as needed).
     pub fn candidate(&self, id: &str, lease: u64, renew: &str, retry: &str) -> CandidateBuilder {
