@@ -781,10 +781,11 @@ fn neighbouring_elections_app_and_app_cron_do_not_interfere() {
     s.etcd.wait_queued("app/cron", "hostB");
     let cron_keys = s.etcd.under("app/cron");
 
-    let t0 = Instant::now();
+    // Queued behind the app/cron keys, appA would never start: they are renewed while the cron
+    // lock runs. (Its time to start is not bounded here: it includes spawning the wrapper, which
+    // took 2.5 s once on a loaded machine.)
     let caa = cast.add(cand(&s, "hostA", "app").args(&["--id", "appA"]));
     let raa = s.mon.wait_for_start(Some("appA"), T);
-    assert!(t0.elapsed() < FAST, "appA took {:?}", t0.elapsed());
     cast.add(cand(&s, "hostB", "app").args(&["--id", "appB"]));
     s.etcd.wait_queued("app", "hostB");
     // appA is not queued behind the app/cron keys, nor holding one of them.
