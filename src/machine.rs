@@ -82,8 +82,9 @@ pub struct Wrapper {
     alarm: clock::Alarm,
     /// Next in line: the command's guardian, forked ahead.
     standby: Option<supervisor::Guardian>,
-    /// Elected while the last renewal was older than the renew deadline (an etcd outage just
-    /// ended): the command starts with the next renewal. Key, revision, lease.
+    /// Elected while the last counted renewal was too old to run on until the next one
+    /// (`Renewal::starts`: an etcd outage just ended, or a waiter's renewals, which count one in
+    /// three): the command starts with the next counted renewal. Key, revision, lease.
     pending: Option<(String, i64, i64)>,
     /// The health check's verdict (true without a check; false until its first verdict).
     healthy: bool,

@@ -41,10 +41,10 @@ impl Renewal {
 
     /// Whether a command elected at `now` may start on this renewal: inside the renew deadline
     /// with a leader's renewal bound to spare. Closer to it, the command would be stopped at the
-    /// deadline unless the renewal its election makes due at once (`keep_alive_period`: elected,
-    /// a renewal is due a period after the last counted one, and that is past by then) came first,
-    /// and one may take that bound: it starts with that renewal instead. Past the deadline, it
-    /// must: the lease may have been lost meanwhile.
+    /// deadline unless the next counted renewal came first, and one may take that bound; that
+    /// renewal is already due (a leader's period, at most `R/2`, after the last counted one, or
+    /// at once after a waiter's keep-alive that did not count) or in flight, so the command
+    /// starts with it instead. Past the deadline, it must: the lease may have been lost meanwhile.
     pub fn starts(self, renew_deadline: Duration, now: Boot) -> bool {
         let bound = renewal_bound(Role::Leading, self.ttl, renew_deadline);
         now < self.renew_deadline(renew_deadline).saturating_sub(bound)
