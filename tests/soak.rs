@@ -295,6 +295,19 @@ impl World {
         ok
     }
 
+    /// The identities of the keys queued on the lock (a candidate key's value).
+    fn identities_queued(&self) -> Vec<String> {
+        let prefix = format!("{LOCK}/");
+        let out = self
+            .etcd
+            .etcdctl(&["get", "--prefix", "--print-value-only", &prefix]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// A second wrapper with the identity of live slot `i` (reaching etcd directly): it must
     /// refuse with [`EXIT_TWIN`] and never run its command. Waits for its verdict while checking
     /// the invariant; nothing else happens meanwhile. Returns whether it refused.
@@ -557,9 +570,15 @@ impl World {
             19 | 20 if self.delete_a_key(rng) => self.stats.deletes += 1,
             21 => {
                 let live = self.live();
+                // A refusal is owed only to a twin of a life that has joined: one started beside
+                // a life still on its way in (a restart a few ms before) may find no key under
+                // the identity, and both join as plain candidates, which run in turn (failed an
+                // hour's soak once, 7 ms after a restart, without overlap).
+                let joined = self.identities_queued();
                 let passing: Vec<usize> = live
                     .into_iter()
                     .filter(|&i| self.slots[i].proxy.mode() == Mode::Pass)
+                    .filter(|&i| joined.contains(&self.slots[i].id))
                     .collect();
                 // Preferably the twin of a life that runs long: it lives on while the twin looks
                 // (seconds), so the twin owes a refusal.
