@@ -28,6 +28,23 @@ async fn connect(ep: &str) -> Client {
     Client::connect([ep], None).await.expect("connect to etcd")
 }
 
+/// Candidate keys `LOCK/<hex id>` as another client of etcd's recipe puts them, each bound to a
+/// lease of that chosen id (300 s) and holding `s<hex id>`.
+async fn put_candidates(c: &mut Client, lock: &str, ids: impl IntoIterator<Item = i64>) {
+    for id in ids {
+        c.lease_grant(300, Some(LeaseGrantOptions::new().with_id(id)))
+            .await
+            .expect("grant a chosen lease id");
+        c.put(
+            format!("{lock}/{id:x}"),
+            format!("s{id:x}"),
+            Some(PutOptions::new().with_lease(id)),
+        )
+        .await
+        .expect("put a candidate key");
+    }
+}
+
 /// Candidate keys of `lock` as etcd's recipe defines them: (key, lease, create rev, mod rev, value).
 fn queue(ep: &str, lock: &str) -> Vec<(String, i64, i64, i64, String)> {
     block_on(async {
@@ -192,19 +209,7 @@ fn joining_a_long_queue_writes_only_the_join() {
     let ep = s.etcd.endpoint();
     let lock = s.lock.clone();
     block_on(async {
-        let mut c = connect(&ep).await;
-        for id in 0x30_0000..0x30_0000 + 150 {
-            c.lease_grant(300, Some(LeaseGrantOptions::new().with_id(id)))
-                .await
-                .expect("grant a chosen lease id");
-            c.put(
-                format!("{lock}/{id:x}"),
-                format!("s{id:x}"),
-                Some(PutOptions::new().with_lease(id)),
-            )
-            .await
-            .expect("put a candidate key");
-        }
+        put_candidates(&mut connect(&ep).await, &lock, 0x30_0000..0x30_0000 + 150).await
     });
     let proposals = "etcd_server_proposals_committed_total";
     let before = s.etcd.metric(proposals);
@@ -232,19 +237,7 @@ fn an_etcd_allowing_too_few_operations_is_named() {
     let ep = s.etcd.endpoint();
     let lock = s.lock.clone();
     block_on(async {
-        let mut c = connect(&ep).await;
-        for id in 0x40_0000..0x40_0000 + 40 {
-            c.lease_grant(300, Some(LeaseGrantOptions::new().with_id(id)))
-                .await
-                .expect("grant a chosen lease id");
-            c.put(
-                format!("{lock}/{id:x}"),
-                format!("s{id:x}"),
-                Some(PutOptions::new().with_lease(id)),
-            )
-            .await
-            .expect("put a candidate key");
-        }
+        put_candidates(&mut connect(&ep).await, &lock, 0x40_0000..0x40_0000 + 40).await
     });
     let mut w = s.candidate("w", 5, "3s", "250ms").spawn();
     let code = w.expect_exit(T).code();
@@ -276,18 +269,7 @@ fn three_hundred_candidates_and_decoys_none_missed() {
     ids.extend((0..160).map(|i| 0x20_0000 + i * 0x11));
     block_on(async {
         let mut c = connect(&ep).await;
-        for &id in &ids {
-            c.lease_grant(300, Some(LeaseGrantOptions::new().with_id(id)))
-                .await
-                .expect("grant a chosen lease id");
-            c.put(
-                format!("{lock}/{id:x}"),
-                format!("s{id:x}"),
-                Some(PutOptions::new().with_lease(id)),
-            )
-            .await
-            .expect("put a candidate key");
-        }
+        put_candidates(&mut c, &lock, ids.iter().copied()).await;
         let raw = |k: &[u8]| [lock.as_bytes(), b"/", k].concat();
         for k in [
             &b"10007e/x"[..],
