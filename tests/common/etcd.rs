@@ -337,11 +337,8 @@ impl Etcd {
     /// Requests of these gRPC methods (`"Range"`, `"Txn"`, ...) this server has answered, from
     /// its Prometheus metrics on the client URL.
     pub fn handled(&self, methods: &[&str]) -> f64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.client_port());
-        let (code, body) =
-            super::http("GET", &url, Duration::from_secs(5)).expect("etcd /metrics answers");
-        assert_eq!(code, 200);
-        body.lines()
+        self.metrics_text()
+            .lines()
             .filter(|l| l.starts_with("grpc_server_handled_total{"))
             .filter(|l| {
                 methods
@@ -355,13 +352,19 @@ impl Etcd {
     /// An unlabelled sample of this server's Prometheus metrics (a counter such as
     /// `etcd_server_proposals_committed_total`).
     pub fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("etcd's /metrics has no {name}"))
+    }
+
+    /// This server's Prometheus metrics, from the client URL.
+    fn metrics_text(&self) -> String {
         let url = format!("http://127.0.0.1:{}/metrics", self.client_port());
         let (code, body) =
             super::http("GET", &url, Duration::from_secs(5)).expect("etcd /metrics answers");
         assert_eq!(code, 200);
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("etcd's /metrics has no {name}"))
+        body
     }
 
     /// Number of live leases (`etcdctl lease list`).
