@@ -205,6 +205,7 @@ impl CandidateBuilder {
             child,
             exit: None,
             dir,
+            stderr_shown: false,
         }
     }
 }
@@ -216,6 +217,8 @@ pub struct Candidate {
     child: Child,
     exit: Option<ExitStatus>,
     dir: TempDir,
+    /// Whether a [`Cast`](super::scene::Cast) printed its stderr already (with its phase marks).
+    stderr_shown: bool,
 }
 
 impl Candidate {
@@ -380,8 +383,25 @@ fn kill_if_test_child(pid: u32, log: &Path) {
     }
 }
 
+impl Candidate {
+    /// Its stderr was printed by whoever dumps a failed test's candidates.
+    pub fn stderr_shown(&mut self) {
+        self.stderr_shown = true;
+    }
+}
+
 impl Drop for Candidate {
     fn drop(&mut self) {
+        // A failed test's candidate that no cast printed: its stderr is the failure's story.
+        if std::thread::panicking() && !self.stderr_shown {
+            eprintln!(
+                "---- stderr of candidate {} (wrapper pid {}, exit {:?}) ----\n{}",
+                self.identity,
+                self.child.id(),
+                self.exit,
+                self.stderr_text()
+            );
+        }
         // The wrapper leads its own process group; take the whole group down, then reap.
         // SAFETY: kill(2) on our own process group: its leader is not reaped yet (alive or a
         // zombie), so the id is still ours.

@@ -172,7 +172,8 @@ impl Drop for Cast {
         if !std::thread::panicking() {
             return;
         }
-        for (i, c) in self.cands.iter().enumerate() {
+        for i in 0..self.cands.len() {
+            let c = &self.cands[i];
             eprintln!(
                 "---- stderr of candidate {} (wrapper pid {}, exit {:?}) ----\n{}",
                 c.identity(),
@@ -180,6 +181,7 @@ impl Drop for Cast {
                 c.exit_status(),
                 self.stderr_marked(i, c)
             );
+            self.cands[i].stderr_shown();
         }
     }
 }
