@@ -11,11 +11,12 @@
 //! starved: a connection costs a slot and no thread, never more than [`MAX_HEAD`] bytes of head,
 //! and at most [`IO_TIMEOUT`] for the whole exchange. When all [`MAX_CONNECTIONS`] slots are
 //! taken, a new connection evicts the oldest one that has not sent a byte (else the oldest one
-//! still reading its request): clients that connect and send nothing — or a flood of them — only
-//! push each other out, while a probe that sends its request at once is answered within a
-//! round of the loop. Requests that have arrived are answered before new connections are
-//! accepted, so a flood of connects cannot evict a request that is already there, and a
-//! connection is evicted only after a round of the loop has looked at it. Memory and
+//! still reading its request, else the oldest), and only one the loop has polled since its
+//! accept: the rest wait in the listen backlog a round. Clients that connect and send nothing —
+//! or a flood of them — only push each other out, while a probe that sends its request at once
+//! is answered within a round of the loop. Requests that have arrived are answered before new
+//! connections are accepted, so a flood of connects cannot evict a request that is already
+//! there. Memory and
 //! threads stay bounded whatever clients do. (A thread per connection, tried before, let 32 idle
 //! clients hold every slot for the whole time limit while probes were turned away.)
 
@@ -30,7 +31,7 @@ use log::debug;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longer request heads are refused: nothing we serve needs more.
 const MAX_HEAD: usize = 8 * 1024;
-/// Connections open at once; a new one beyond this evicts an idle one.
+/// Connections open at once; a new one beyond this evicts one (see `victim`) or waits its turn.
 const MAX_CONNECTIONS: usize = 32;
 /// After a failed accept (out of file descriptors), the listener rests this long instead of
 /// waking the loop again at once.
@@ -141,13 +142,8 @@ fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
     }
 }
 
-/// Accepts pending connections, evicting idle ones when the slots are full. Returns when the
-/// listener may be polled again if accepting failed.
-///
-/// Only a connection from an earlier round of the loop may be evicted: one accepted in this
-/// round has not been read since (its request may be waiting in the socket), and a flood that
-/// reconnects as fast as it is pushed out would otherwise evict it before the loop looks at it.
-/// With no such victim, the rest wait in the listen backlog for the next round.
+/// Accepts pending connections, making room when the slots are full (see [`victim`]). Returns
+/// when the listener may be polled again if accepting failed.
 fn accept_all(
     listener: &TcpListener,
     conns: &mut Vec<Conn>,
@@ -155,19 +151,13 @@ fn accept_all(
 ) -> Option<Instant> {
     let round = Instant::now();
     loop {
-        if conns.len() >= MAX_CONNECTIONS {
-            let earlier = |c: &Conn| c.opened < round;
-            let victim = oldest(conns, |c| {
-                earlier(c) && c.out.is_none() && c.head.is_empty()
-            })
-            .or_else(|| oldest(conns, |c| earlier(c) && c.out.is_none()))
-            .or_else(|| oldest(conns, earlier))?;
-            // Evict only for a connection that is there to take the slot.
-            if !pending(listener) {
-                return None;
-            }
-            conns.swap_remove(victim);
-        }
+        // Chosen before accepting, so that a full house with no victim leaves the rest in the
+        // listen backlog; evicted only once the new connection needs the slot.
+        let victim = if conns.len() >= MAX_CONNECTIONS {
+            Some(victim(conns, round)?)
+        } else {
+            None
+        };
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
@@ -186,18 +176,32 @@ fn accept_all(
             head: Vec::new(),
             out: None,
         };
-        // A client usually sends its request right after connecting: it may be here already.
+        // A client usually sends its request right after connecting: it may be here already,
+        // then it is answered now and takes no slot.
         if step(&mut c, answer) {
+            if let Some(v) = victim {
+                conns.swap_remove(v);
+            }
             conns.push(c);
         }
     }
 }
 
-/// Whether a connection waits in the listen backlog.
-fn pending(listener: &TcpListener) -> bool {
-    let mut fd = pollfd(listener.as_raw_fd(), libc::POLLIN);
-    // SAFETY: one valid pollfd, no wait.
-    unsafe { libc::poll(&mut fd, 1, 0) > 0 && fd.revents & libc::POLLIN != 0 }
+/// Which connection a new one pushes out of a full house: the oldest idle one (nothing sent),
+/// else the oldest still reading its request, else the oldest. Only one accepted in an earlier
+/// round of the loop: one accepted in this round has been polled only at its accept (its
+/// request may have arrived since), and a flood that reconnects as fast as it is pushed out
+/// would otherwise push it out before the loop polls it; and while idle ones of this round
+/// remain, none, so a flood's newest never outlasts a request under way. With no victim, the
+/// rest wait in the listen backlog for the next round, when every connection is of an earlier one.
+fn victim(conns: &[Conn], round: Instant) -> Option<usize> {
+    let earlier = |i: usize| (conns[i].opened < round).then_some(i);
+    if let Some(i) = oldest(conns, |c| c.out.is_none() && c.head.is_empty()) {
+        return earlier(i);
+    }
+    oldest(conns, |c| c.out.is_none())
+        .or_else(|| oldest(conns, |_| true))
+        .and_then(earlier)
 }
 
 fn oldest(conns: &[Conn], pick: impl Fn(&Conn) -> bool) -> Option<usize> {
@@ -395,31 +399,92 @@ mod tests {
         }
     }
 
+    fn listener() -> (TcpListener, std::net::SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("address");
+        (listener, addr)
+    }
+
+    fn ok(_: &str, _: &str) -> Answer {
+        (200, "text/plain", String::new()).into()
+    }
+
+    /// Whether `conns` holds the server's side of `client`.
+    fn holds(conns: &[Conn], client: &TcpStream) -> bool {
+        let addr = client.local_addr().ok();
+        conns.iter().any(|c| c.stream.peer_addr().ok() == addr)
+    }
+
+    /// Every slot taken by an idle connection of an earlier round, and the clients' ends.
+    fn full_house(
+        listener: &TcpListener,
+        addr: std::net::SocketAddr,
+    ) -> (Vec<Conn>, Vec<TcpStream>) {
+        let held: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut conns = Vec::new();
+        accept_all(listener, &mut conns, &ok);
+        assert_eq!(conns.len(), MAX_CONNECTIONS);
+        (conns, held)
+    }
+
     /// A connection accepted in a round is not evicted in that round, however many follow it:
     /// its request may be in its socket, unread (the flood of `tests/status_flood.rs` once had
     /// two probes of twenty pushed out that way).
     #[test]
     fn a_connection_survives_the_round_that_accepted_it() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("address");
-        let never = |_: &str, _: &str| -> Answer { (200, "text/plain", String::new()).into() };
-        let connect = || TcpStream::connect(addr).expect("connect");
-        // Every slot held by an idle connection from an earlier round.
-        let mut held: Vec<TcpStream> = (0..MAX_CONNECTIONS).map(|_| connect()).collect();
-        let mut conns = Vec::new();
-        accept_all(&listener, &mut conns, &never);
-        assert_eq!(conns.len(), MAX_CONNECTIONS);
-        // Then, in one round: a probe, and a flood of idle connects behind it.
-        let probe = connect();
-        held.extend((0..2 * MAX_CONNECTIONS).map(|_| connect()));
-        accept_all(&listener, &mut conns, &never);
-        let probe_addr = probe.local_addr().expect("probe address");
+        let (listener, addr) = listener();
+        let (mut conns, mut held) = full_house(&listener, addr);
+        let probe = TcpStream::connect(addr).expect("connect");
+        held.extend((0..MAX_CONNECTIONS).map(|_| TcpStream::connect(addr).expect("connect")));
+        accept_all(&listener, &mut conns, &ok);
         assert!(
-            conns
-                .iter()
-                .any(|c| c.stream.peer_addr().ok() == Some(probe_addr)),
-            "the probe was evicted in the round that accepted it"
+            holds(&conns, &probe),
+            "the probe was evicted in its own round"
+        );
+        assert_eq!(conns.len(), MAX_CONNECTIONS);
+    }
+
+    /// A request that has arrived by its accept is answered there and pushes nobody out.
+    #[test]
+    fn a_request_answered_at_its_accept_evicts_nobody() {
+        let (listener, addr) = listener();
+        let (mut conns, held) = full_house(&listener, addr);
+        let mut probe = TcpStream::connect(addr).expect("connect");
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .expect("send");
+        accept_all(&listener, &mut conns, &ok);
+        let mut answer = String::new();
+        probe.read_to_string(&mut answer).expect("the answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(
+            held.iter().all(|h| holds(&conns, h)),
+            "a connection was evicted"
+        );
+    }
+
+    /// A request under way (part of its head sent) outlasts the idle connections of a flood:
+    /// once the older idle ones are gone, the flood's newest wait for the next round.
+    #[test]
+    fn a_request_under_way_outlasts_a_flood() {
+        let (listener, addr) = listener();
+        let (mut conns, mut held) = full_house(&listener, addr);
+        // Half the house starts a request; the loop reads what came.
+        for h in &mut held[..MAX_CONNECTIONS / 2] {
+            h.write_all(b"GET /hea").expect("send");
+        }
+        for c in &mut conns {
+            assert!(step(c, &ok));
+        }
+        let under_way: Vec<TcpStream> = held.drain(..MAX_CONNECTIONS / 2).collect();
+        held.extend((0..2 * MAX_CONNECTIONS).map(|_| TcpStream::connect(addr).expect("connect")));
+        accept_all(&listener, &mut conns, &ok);
+        assert!(
+            under_way.iter().all(|u| holds(&conns, u)),
+            "a request under way was evicted"
         );
         assert_eq!(conns.len(), MAX_CONNECTIONS);
     }
