@@ -42,9 +42,9 @@ fn idle_connections_cannot_starve_healthz() {
         .endpoints(&etcd.endpoint())
         .status_port(port)
         .spawn();
-    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let healthz = c.status_url("/healthz");
     // Leading, its command started: every thread of the wrapper is up before they are counted.
-    let root = format!("http://127.0.0.1:{port}/");
+    let root = c.status_url("/");
     wait_until(Duration::from_secs(10), "the candidate leading", || {
         common::http("GET", &root, Duration::from_secs(1))
             .is_some_and(|(code, body)| code == 200 && body.contains(r#""phase":"running""#))

@@ -217,7 +217,7 @@ pub struct Candidate {
     child: Child,
     exit: Option<ExitStatus>,
     dir: TempDir,
-    /// Whether a [`Cast`](super::scene::Cast) printed its stderr already (with its phase marks).
+    /// Whether its stderr was printed already ([`Candidate::print_stderr`]).
     stderr_shown: bool,
 }
 
@@ -314,6 +314,18 @@ impl Candidate {
     }
 
     /// Everything written to stdout so far (e.g. `--print-env` lines of the test child).
+    /// Prints `text` (its stderr, as whoever dumps a failed test's candidates cut it) under a
+    /// header naming it; its drop then prints nothing more.
+    pub fn print_stderr(&mut self, text: &str) {
+        eprintln!(
+            "---- stderr of candidate {} (wrapper pid {}, exit {:?}) ----\n{text}",
+            self.identity,
+            self.pid(),
+            self.exit_status(),
+        );
+        self.stderr_shown = true;
+    }
+
     pub fn stdout_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
     }
@@ -383,24 +395,11 @@ fn kill_if_test_child(pid: u32, log: &Path) {
     }
 }
 
-impl Candidate {
-    /// Its stderr was printed by whoever dumps a failed test's candidates.
-    pub fn stderr_shown(&mut self) {
-        self.stderr_shown = true;
-    }
-}
-
 impl Drop for Candidate {
     fn drop(&mut self) {
         // A failed test's candidate that no cast printed: its stderr is the failure's story.
         if std::thread::panicking() && !self.stderr_shown {
-            eprintln!(
-                "---- stderr of candidate {} (wrapper pid {}, exit {:?}) ----\n{}",
-                self.identity,
-                self.child.id(),
-                self.exit,
-                self.stderr_text()
-            );
+            self.print_stderr(&self.stderr_text());
         }
         // The wrapper leads its own process group; take the whole group down, then reap.
         // SAFETY: kill(2) on our own process group: its leader is not reaped yet (alive or a

@@ -173,15 +173,8 @@ impl Drop for Cast {
             return;
         }
         for i in 0..self.cands.len() {
-            let c = &self.cands[i];
-            eprintln!(
-                "---- stderr of candidate {} (wrapper pid {}, exit {:?}) ----\n{}",
-                c.identity(),
-                c.pid(),
-                c.exit_status(),
-                self.stderr_marked(i, c)
-            );
-            self.cands[i].stderr_shown();
+            let text = self.stderr_marked(i, &self.cands[i]);
+            self.cands[i].print_stderr(&text);
         }
     }
 }
